@@ -1,0 +1,69 @@
+"""graygate's exceptions: one small tree, used by every package.
+
+    GraygateError
+    ├── ConfigError              a configuration key has a bad value (CLI exit 2)
+    ├── StoreError               anything the database layer cannot do
+    │   ├── StoreUnavailable     PostgreSQL cannot be reached (CLI exit 3)
+    │   └── UnknownRun           no run by that name (CLI exit 3, HTTP 404)
+    └── UpstreamError            an upstream did not answer
+        ├── UpstreamUnreachable  refused, reset, DNS: the client gets 502
+        └── UpstreamTimeout      no answer in time: the client gets 504
+
+Messages are one line and never carry secrets: DSNs are censored before they get here.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "GraygateError",
+    "StoreError",
+    "StoreUnavailable",
+    "UnknownRun",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+]
+
+
+class GraygateError(Exception):
+    """Base of every error graygate raises on purpose."""
+
+
+class ConfigError(GraygateError):
+    """A configuration value is wrong; the message names the key and the value."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+class StoreError(GraygateError):
+    """The database layer could not do what was asked."""
+
+
+class StoreUnavailable(StoreError):
+    """PostgreSQL cannot be reached, or its schema is not at the expected revision."""
+
+
+class UnknownRun(StoreError):
+    """No run has that name."""
+
+    def __init__(self, run: str) -> None:
+        self.run = run
+        super().__init__(f"unknown run {run!r}")
+
+
+class UpstreamError(GraygateError):
+    """An upstream failed to answer; ``kind`` is what is recorded on the exchange."""
+
+    kind = "error"
+
+
+class UpstreamUnreachable(UpstreamError):
+    kind = "refused"
+
+
+class UpstreamTimeout(UpstreamError):
+    kind = "timeout"

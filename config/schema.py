@@ -1,0 +1,365 @@
+"""The configuration schema: frozen pydantic models, validated once at start.
+
+Every key is documented in ``config/graygate.example.yaml``; this module is the one that
+decides what is valid. Unknown keys are errors (``extra="forbid"``), so a typo never
+silently turns into a default.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from yarl import URL
+
+__all__ = [
+    "SIDE_EFFECT_METHODS",
+    "AdminConfig",
+    "ArrayRule",
+    "CompareConfig",
+    "DatabaseConfig",
+    "EndpointRules",
+    "GrayConfig",
+    "GraygateConfig",
+    "HeaderRules",
+    "LatencyConfig",
+    "MirrorConfig",
+    "NoiseConfig",
+    "PreflightConfig",
+    "RecordConfig",
+    "RedactConfig",
+    "RuleSpec",
+    "RuntimeConfig",
+    "RuntimeSource",
+    "ServeRule",
+    "Tolerance",
+    "TracingConfig",
+    "UpstreamsConfig",
+    "VerdictConfig",
+    "parse_listen",
+]
+
+SIDE_EFFECT_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT", "POST", "PUT", "PATCH", "DELETE"}
+)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"host:port"`` (``[::1]:port`` for IPv6) into its parts; ValueError names the fault."""
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not port_s.isdigit():
+        raise ValueError(f"expected host:port, got {value!r}")
+    port = int(port_s)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range 0-65535")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, port
+
+
+def _check_listen(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    try:
+        url = URL(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("must be an absolute http:// or https:// URL with a host")
+    if url.query_string or url.fragment:
+        raise ValueError("must not carry a query string or fragment")
+    return str(url).rstrip("/")
+
+
+Listen = Annotated[str, Field(description="host:port")]
+HttpUrl = Annotated[str, Field(description="absolute http(s) URL")]
+
+
+class AdminConfig(_Frozen):
+    listen: Listen = "127.0.0.1:9090"
+    token_env: str = "GRAYGATE_ADMIN_TOKEN"
+    # Filled from the environment variable named by token_env at load; never from the file.
+    token: str | None = Field(default=None, exclude=True, repr=False)
+
+    _v_listen = field_validator("listen")(_check_listen)
+
+
+class DatabaseConfig(_Frozen):
+    url: str | None = None
+    pool_size: int = Field(default=10, ge=1, le=500)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        scheme = value.split("://", 1)[0]
+        if "://" not in value or scheme not in (
+            "postgresql",
+            "postgres",
+            "postgresql+asyncpg",
+        ):
+            raise ValueError("must be a postgresql:// or postgresql+asyncpg:// URL")
+        return "postgresql+asyncpg://" + value.split("://", 1)[1]
+
+
+class UpstreamsConfig(_Frozen):
+    primary: HttpUrl
+    canary: HttpUrl
+    secondary: HttpUrl | None = None
+    timeout_ms: int = Field(default=30_000, gt=0)
+    connect_timeout_ms: int = Field(default=2_000, gt=0)
+    max_connections: int = Field(default=512, ge=1)
+
+    _v_urls = field_validator("primary", "canary", "secondary")(
+        lambda v: None if v is None else _check_http_url(v)
+    )
+
+
+class MirrorConfig(_Frozen):
+    enabled: bool = True
+    sample: float = Field(default=1.0, ge=0.0, le=1.0)
+    methods: tuple[str, ...] | None = None
+    allow_side_effects: bool = False
+    max_body_bytes: int = Field(default=1_048_576, ge=0)
+    timeout_ms: int = Field(default=2_000, gt=0)
+    max_in_flight: int = Field(default=256, ge=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        upper = tuple(m.upper() for m in value)
+        for m in upper:
+            if m not in _KNOWN_METHODS:
+                raise ValueError(f"unknown HTTP method {m!r}")
+        return upper
+
+    @model_validator(mode="after")
+    def _side_effects(self) -> MirrorConfig:
+        if self.methods is not None and not self.allow_side_effects:
+            unsafe = sorted(set(self.methods) & SIDE_EFFECT_METHODS)
+            if unsafe:
+                raise ValueError(
+                    f"methods {unsafe} have side effects; set mirror.allow_side_effects: true "
+                    "to mirror them"
+                )
+        return self
+
+    @property
+    def mirrored_methods(self) -> frozenset[str]:
+        """The methods that are mirrored, after applying ``allow_side_effects``."""
+        if self.methods is not None:
+            return frozenset(self.methods)
+        if self.allow_side_effects:
+            return _KNOWN_METHODS - {"CONNECT", "TRACE"}
+        return frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class ServeRule(_Frozen):
+    """One condition under which the canary serves; every key given must hold."""
+
+    label: str | None = None  # the request's gray label equals this
+    header: str | None = None  # this header ...
+    equals: str | None = None  # ... equals this (absent: is present)
+    cookie: str | None = None  # this cookie ...
+    cookie_equals: str | None = None  # ... equals this (absent: is present)
+    percent: float | None = Field(default=None, ge=0.0, le=100.0)
+    sticky: str | None = None  # header whose value is hashed for percent (one user, one side)
+    sticky_cookie: str | None = None  # cookie whose value is hashed for percent
+
+    @model_validator(mode="after")
+    def _shape(self) -> ServeRule:
+        if (
+            self.label is None
+            and self.header is None
+            and self.cookie is None
+            and self.percent is None
+        ):
+            raise ValueError("a serve_canary rule needs label, header, cookie or percent")
+        if self.equals is not None and self.header is None:
+            raise ValueError("equals needs header")
+        if self.cookie_equals is not None and self.cookie is None:
+            raise ValueError("cookie_equals needs cookie")
+        if (self.sticky or self.sticky_cookie) and self.percent is None:
+            raise ValueError("sticky needs percent")
+        return self
+
+
+class GrayConfig(_Frozen):
+    header: str = "X-Gray-Tag"
+    # Label given to a request that arrives without one, by the side that serves it.
+    labels: dict[Literal["primary", "canary"], str] = Field(
+        default_factory=lambda: {"primary": "stable", "canary": "canary"}
+    )
+    serve_canary: tuple[ServeRule, ...] = ()
+
+
+class Tolerance(_Frozen):
+    abs: float | None = Field(default=None, ge=0.0)
+    rel: float | None = Field(default=None, ge=0.0)
+
+    @model_validator(mode="after")
+    def _one(self) -> Tolerance:
+        if self.abs is None and self.rel is None:
+            raise ValueError("a tolerance needs abs or rel")
+        return self
+
+
+class ArrayRule(_Frozen):
+    key: str | None = None  # elements matched by this field (keyed array)
+    unordered: bool = False  # compared as multisets
+
+    @model_validator(mode="after")
+    def _one(self) -> ArrayRule:
+        if self.key is None and not self.unordered:
+            raise ValueError("an array rule needs key or unordered: true")
+        return self
+
+
+class HeaderRules(_Frozen):
+    strict: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] | None = None
+
+    _v_lower = field_validator("strict", "ignore")(
+        lambda v: None if v is None else tuple(h.lower() for h in v)
+    )
+
+
+class RuleSpec(_Frozen):
+    """Rules for an endpoint; in ``compare.defaults`` they apply to every endpoint.
+
+    An endpoint's lists add to the defaults'; its maps and scalars override them.
+    """
+
+    default: Literal["strict", "ignore"] | None = None  # fields not named: strict or ignored
+    strict: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    tolerance: dict[str, Tolerance] = Field(default_factory=dict)
+    arrays: dict[str, ArrayRule] = Field(default_factory=dict)
+    status: Literal["strict", "ignore"] | None = None
+    headers: HeaderRules | None = None
+    body: Literal["auto", "json", "text", "bytes"] | None = None
+
+
+class EndpointRules(RuleSpec):
+    match: str  # "METHOD /path/{param}"; METHOD may be * for any
+
+    @field_validator("match")
+    @classmethod
+    def _match(cls, value: str) -> str:
+        method, _, path = value.strip().partition(" ")
+        path = path.strip()
+        if not method or not path.startswith("/"):
+            raise ValueError("expected 'METHOD /path/{param}'")
+        if method != "*" and method.upper() not in _KNOWN_METHODS:
+            raise ValueError(f"unknown HTTP method {method!r}")
+        return f"{method.upper()} {path}"
+
+
+class NoiseConfig(_Frozen):
+    # Diffy's rule: a field is reported only where the canary's difference rate exceeds
+    # the primary-vs-secondary rate by both margins.
+    relative: float = Field(default=0.2, ge=0.0)
+    absolute: float = Field(default=0.0003, ge=0.0)
+
+
+class CompareConfig(_Frozen):
+    defaults: RuleSpec = Field(default_factory=RuleSpec)
+    endpoints: tuple[EndpointRules, ...] = ()
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
+    max_body_bytes: int = Field(default=1_048_576, ge=0)
+
+
+class RedactConfig(_Frozen):
+    headers: tuple[str, ...] = ()  # in addition to authorization, cookie, set-cookie, ...
+    json_fields: tuple[str, ...] = ()  # JSON paths whose values are replaced
+    placeholder: str = "[REDACTED]"
+
+    _v_lower = field_validator("headers")(lambda v: tuple(h.lower() for h in v))
+
+
+class RecordConfig(_Frozen):
+    queue_size: int = Field(default=20_000, ge=1)
+    batch_size: int = Field(default=500, ge=1)
+    flush_interval_ms: int = Field(default=200, gt=0)
+    max_body_bytes: int = Field(default=262_144, ge=0)
+    spill_dir: str | None = None  # default: under the data directory
+    spill_max_bytes: int = Field(default=1_073_741_824, ge=0)
+
+
+class LatencyConfig(_Frozen):
+    max_increase: float = Field(default=0.05, ge=0.0)
+    alpha: float = Field(default=0.01, gt=0.0, lt=1.0)  # Mann-Whitney significance level
+    min_samples: int = Field(default=50, ge=1)
+
+
+class VerdictConfig(_Frozen):
+    min_pairs: int = Field(default=200, ge=0)
+    min_pairs_per_endpoint: int = Field(default=20, ge=0)
+    max_strict_mismatch_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_tolerance_violation_rate: float = Field(default=0.001, ge=0.0, le=1.0)
+    max_error_rate_increase: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_unrecorded_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+
+
+class RuntimeSource(_Frozen):
+    expvar: HttpUrl | None = None  # Go expvar JSON, e.g. http://canary:8082/debug/vars
+    prometheus: HttpUrl | None = None  # Go client library metrics, e.g. .../metrics
+
+    _v_urls = field_validator("expvar", "prometheus")(
+        lambda v: None if v is None else _check_http_url(v)
+    )
+
+
+class RuntimeConfig(_Frozen):
+    canary: RuntimeSource | None = None
+    primary: RuntimeSource | None = None
+    interval_s: float = Field(default=10.0, gt=0.0)
+    window_s: float = Field(default=60.0, gt=0.0)
+    required: bool = False
+    gc_pause_budget_ms: float | None = Field(default=None, gt=0.0)
+    failing_windows: int = Field(default=3, ge=1)
+    max_goroutine_growth: float = Field(default=0.5, ge=0.0)  # relative, under steady load
+    max_heap_growth: float | None = Field(default=None, ge=0.0)
+    max_gc_cpu_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class PreflightConfig(_Frozen):
+    enabled: bool = True
+    health_path: str = "/healthz"
+    timeout_ms: int = Field(default=2_000, gt=0)
+
+
+class TracingConfig(_Frozen):
+    exporter: Literal["none", "console", "otlp"] = "none"
+    endpoint: HttpUrl | None = None  # OTLP/HTTP traces endpoint
+    service_name: str = "graygate"
+
+
+class GraygateConfig(_Frozen):
+    run: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+    listen: Listen = "0.0.0.0:8080"
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    upstreams: UpstreamsConfig
+    mirror: MirrorConfig = Field(default_factory=MirrorConfig)
+    gray: GrayConfig = Field(default_factory=GrayConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
+    redact: RedactConfig = Field(default_factory=RedactConfig)
+    record: RecordConfig = Field(default_factory=RecordConfig)
+    verdict: VerdictConfig = Field(default_factory=VerdictConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    preflight: PreflightConfig = Field(default_factory=PreflightConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+
+    _v_listen = field_validator("listen")(_check_listen)

@@ -1,0 +1,1 @@
+"""The request path and the composition root (the CLI)."""

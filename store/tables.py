@@ -1,0 +1,190 @@
+"""SQLAlchemy Core tables: the one description of graygate's schema.
+
+Alembic autogenerates migrations from ``metadata``; ``alembic check`` in CI proves that the
+migrations and this module agree.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+__all__ = [
+    "ROLES",
+    "differences",
+    "exchanges",
+    "metadata",
+    "preflight_findings",
+    "run_losses",
+    "runs",
+    "runtime_samples",
+    "verdicts",
+]
+
+ROLES = ("primary", "canary", "secondary")
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+_now = sa.text("now()")
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("primary_url", sa.Text),
+    sa.Column("canary_url", sa.Text),
+    sa.Column("primary_version", sa.Text),
+    sa.Column("canary_version", sa.Text),
+    # The configuration that judges the run (the latest one a process started with).
+    sa.Column("config", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+)
+
+
+def _role_columns(role: str) -> list[sa.Column[object]]:
+    return [
+        sa.Column(f"{role}_status", sa.SmallInteger),
+        sa.Column(f"{role}_headers", JSONB),
+        sa.Column(f"{role}_body", sa.LargeBinary),
+        sa.Column(f"{role}_body_truncated", sa.Boolean, nullable=False, server_default="false"),
+        sa.Column(f"{role}_latency_ms", sa.Float),
+        # timeout | refused | reset | error; NULL when the upstream answered
+        sa.Column(f"{role}_error", sa.Text),
+    ]
+
+
+exchanges = sa.Table(
+    "exchanges",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column(
+        "run_id", sa.BigInteger, sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("trace_id", sa.Text, nullable=False),
+    sa.Column("span_id", sa.Text, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("endpoint", sa.Text, nullable=False),
+    sa.Column("method", sa.Text, nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("query", sa.Text, nullable=False, server_default=""),
+    sa.Column("request_headers", JSONB),
+    sa.Column("request_body", sa.LargeBinary),
+    sa.Column("request_body_truncated", sa.Boolean, nullable=False, server_default="false"),
+    sa.Column("gray_label", sa.Text),
+    # Which side answered the client: primary or canary.
+    sa.Column("served_by", sa.Text, nullable=False),
+    # Why the other side got no mirror (sampled_out, method, body_too_large, saturated,
+    # disabled); NULL when it was mirrored.
+    sa.Column("mirror_skipped", sa.Text),
+    *_role_columns("primary"),
+    *_role_columns("canary"),
+    *_role_columns("secondary"),
+    # Judgement, filled by the diff workers.
+    sa.Column("judged_at", sa.DateTime(timezone=True)),
+    # match | differ | noise_only | skipped (nothing to compare) | error
+    sa.Column("outcome", sa.Text),
+    sa.Column("strict_mismatches", sa.Integer),
+    sa.Column("tolerance_violations", sa.Integer),
+    sa.Column("noise_differences", sa.Integer),
+    sa.Index("ix_exchanges_trace_id", "trace_id"),
+    sa.Index("ix_exchanges_run_id_endpoint", "run_id", "endpoint"),
+    sa.Index("ix_exchanges_unjudged", "id", postgresql_where=sa.text("judged_at IS NULL")),
+)
+
+differences = sa.Table(
+    "differences",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column(
+        "exchange_id",
+        sa.BigInteger,
+        sa.ForeignKey("exchanges.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("run_id", sa.BigInteger, nullable=False),
+    sa.Column("endpoint", sa.Text, nullable=False),
+    # canary: primary vs canary; secondary: primary vs secondary (the noise baseline)
+    sa.Column("against", sa.Text, nullable=False, server_default="canary"),
+    # A concrete path ($.items[2].price) and its rule-level form ($.items[*].price).
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("field", sa.Text, nullable=False),
+    # value | type | missing | extra | order | length | status | header | body
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("primary_value", JSONB),
+    sa.Column("other_value", JSONB),
+    # strict | tolerance | noise | waived
+    sa.Column("judgement", sa.Text, nullable=False),
+    sa.Column("rule", sa.Text),
+    sa.Index("ix_differences_run_id_endpoint_field", "run_id", "endpoint", "field"),
+    sa.Index("ix_differences_exchange_id", "exchange_id"),
+)
+
+run_losses = sa.Table(
+    "run_losses",
+    metadata,
+    sa.Column(
+        "run_id", sa.BigInteger, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    ),
+    # queue_full | database_unavailable | spill_full | encode_error
+    sa.Column("reason", sa.Text, primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+)
+
+verdicts = sa.Table(
+    "verdicts",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column(
+        "run_id", sa.BigInteger, sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("verdict", sa.Text, nullable=False),  # GO | NO_GO | INCONCLUSIVE
+    sa.Column("checks", JSONB, nullable=False),
+    sa.Index("ix_verdicts_run_id_computed_at", "run_id", "computed_at"),
+)
+
+runtime_samples = sa.Table(
+    "runtime_samples",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column(
+        "run_id", sa.BigInteger, sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("role", sa.Text, nullable=False),  # primary | canary
+    sa.Column("taken_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("source", sa.Text, nullable=False),  # expvar | prometheus
+    sa.Column("goroutines", sa.Integer),
+    sa.Column("heap_alloc", sa.BigInteger),
+    sa.Column("heap_inuse", sa.BigInteger),
+    sa.Column("num_gc", sa.BigInteger),
+    sa.Column("gc_cpu_fraction", sa.Float),
+    # GC pauses (ns) that ended since the previous sample.
+    sa.Column("pauses_ns", sa.ARRAY(sa.BigInteger)),
+    sa.Column("error", sa.Text),
+    sa.Index("ix_runtime_samples_run_id_role_taken_at", "run_id", "role", "taken_at"),
+)
+
+preflight_findings = sa.Table(
+    "preflight_findings",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column(
+        "run_id", sa.BigInteger, sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("check", sa.Text, nullable=False),  # e.g. canary.health, canary.pprof_exposed
+    sa.Column("ok", sa.Boolean, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+)
