@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +57,7 @@ def open_database(url: str | None, data_dir: Path | None = None) -> Iterator[Dat
     try:
         pgdata.mkdir(parents=True, exist_ok=True)
         server = pgserver.get_server(pgdata, cleanup_mode="stop")
-    except Exception as exc:  # noqa: BLE001 - pgserver raises plain exceptions
+    except Exception as exc:
         raise StoreUnavailable(
             f"cannot start the embedded PostgreSQL in {pgdata}: {str(exc).splitlines()[0]}"
         ) from None

@@ -1,0 +1,352 @@
+"""``graygate``: the command line, and the one composition root that wires everything.
+
+Exit codes: 0 success; 2 bad configuration or usage; 3 cannot answer (database away,
+unknown run). ``graygate verdict`` adds 1 for NO_GO and 2 for INCONCLUSIVE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from config.errors import ConfigError, GraygateError, StoreUnavailable, UnknownRun
+
+__all__ = ["main"]
+
+logger = logging.getLogger("graygate")
+
+T = TypeVar("T")
+
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # platformdirs warns about XDG_RUNTIME_DIR on machines without a login session.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+
+def _fail(code: int, message: str) -> None:
+    click.echo(f"graygate: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn graygate's errors into one line on stderr and the documented exit code."""
+    try:
+        yield
+    except ConfigError as exc:
+        _fail(EXIT_CONFIG, f"config error: {exc}")
+    except (StoreUnavailable, UnknownRun) as exc:
+        _fail(EXIT_UNAVAILABLE, str(exc))
+    except GraygateError as exc:
+        _fail(1, str(exc))
+
+
+def run_async(factory: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine on uvloop when it is installed."""
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(factory())  # type: ignore[arg-type]
+
+
+def _load(config_path: str | None) -> Any:
+    from config.load import load_config
+
+    if config_path is None:
+        return None
+    return load_config(config_path)
+
+
+@contextmanager
+def _database(
+    config_path: str | None, database_url: str | None, data_dir: str | None
+) -> Iterator[Any]:
+    """The database handle: --database-url, else the config's, else the environment's,
+    else the embedded server in the data directory."""
+    from proxy.database import open_database
+
+    url = database_url
+    if url is None and config_path is not None:
+        url = _load(config_path).database.url
+    if url is None:
+        url = os.environ.get("GRAYGATE_DATABASE_URL") or None
+    if url is not None:
+        from config.schema import DatabaseConfig
+
+        try:
+            url = DatabaseConfig(url=url).url
+        except ValueError:
+            raise ConfigError("database.url", "must be a postgresql:// URL") from None
+    with open_database(url, Path(data_dir) if data_dir else None) as handle:
+        if handle.embedded:
+            click.echo(f"graygate: using the embedded PostgreSQL in {handle.data_dir}", err=True)
+        yield handle
+
+
+_config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="GRAYGATE_CONFIG",
+    help="graygate.yaml (env GRAYGATE_CONFIG).",
+)
+_db_option = click.option(
+    "--database-url", default=None, help="PostgreSQL URL; overrides the config's database.url."
+)
+_data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the embedded PostgreSQL and spill files live when no database URL is set.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="INFO", show_default=True, envvar="GRAYGATE_LOG_LEVEL")
+@click.version_option(package_name="graygate")
+def cli(log_level: str) -> None:
+    """graygate: mirror traffic to a canary, diff its answers, gate the release."""
+    _setup_logging(log_level)
+
+
+@cli.command()
+@_config_option
+@click.option(
+    "--role",
+    default="proxy,worker,admin",
+    show_default=True,
+    help="Comma list of proxy, worker, admin.",
+)
+@click.option(
+    "--processes", type=click.IntRange(1, 64), default=1, show_default=True,
+    help="Proxy processes sharing the listen port (SO_REUSEPORT).",
+)
+@_db_option
+@_data_dir_option
+@click.option("--reuse-port", is_flag=True, hidden=True)
+@click.option("--no-preflight", is_flag=True, hidden=True)
+def serve(
+    config_path: str | None,
+    role: str,
+    processes: int,
+    database_url: str | None,
+    data_dir: str | None,
+    reuse_port: bool,
+    no_preflight: bool,
+) -> None:
+    """Run the proxy, the diff workers and the admin API."""
+    if config_path is None:
+        _fail(EXIT_CONFIG, "config error: no configuration file: pass -c graygate.yaml")
+        return
+    roles = {r.strip() for r in role.split(",") if r.strip()}
+    unknown = roles - {"proxy", "worker", "admin"}
+    if unknown or not roles:
+        _fail(EXIT_CONFIG, f"config error: --role: {role!r}: expected proxy, worker, admin")
+    with _errors():
+        from diff.rules import RuleBook
+        from proxy.serve import serve_forever
+
+        cfg = _load(config_path)
+        RuleBook.from_config(cfg.compare)  # a bad rule path fails here, before anything runs
+        with _database(None, database_url or cfg.database.url, data_dir) as handle:
+            code = serve_forever(
+                cfg,
+                handle,
+                roles=frozenset(roles),
+                processes=processes,
+                config_path=config_path,
+                reuse_port=reuse_port or processes > 1,
+                data_dir=Path(data_dir) if data_dir else None,
+                run_preflight=not no_preflight,
+            )
+    sys.exit(code)
+
+
+@cli.group()
+def db() -> None:
+    """Database schema: upgrade, downgrade, check, current."""
+
+
+@db.command()
+@_config_option
+@_db_option
+@_data_dir_option
+@click.option("--revision", default="head", show_default=True)
+def upgrade(
+    config_path: str | None, database_url: str | None, data_dir: str | None, revision: str
+) -> None:
+    """Apply migrations up to REVISION."""
+    from store import migrate
+
+    with _errors(), _database(config_path, database_url, data_dir) as handle:
+        _migration(lambda: migrate.upgrade(handle.url, revision), handle.url)
+        click.echo(f"graygate: database at revision {revision}")
+
+
+@db.command()
+@_config_option
+@_db_option
+@_data_dir_option
+@click.argument("revision")
+def downgrade(
+    config_path: str | None, database_url: str | None, data_dir: str | None, revision: str
+) -> None:
+    """Revert migrations down to REVISION (``base`` for none)."""
+    from store import migrate
+
+    with _errors(), _database(config_path, database_url, data_dir) as handle:
+        _migration(lambda: migrate.downgrade(handle.url, revision), handle.url)
+        click.echo(f"graygate: database at revision {revision}")
+
+
+@db.command()
+@_config_option
+@_db_option
+@_data_dir_option
+def check(config_path: str | None, database_url: str | None, data_dir: str | None) -> None:
+    """Fail when the tables and the migrations disagree (``alembic check``)."""
+    from store import migrate
+
+    with _errors(), _database(config_path, database_url, data_dir) as handle:
+        diffs = _migration(lambda: migrate.check(handle.url), handle.url)
+        if diffs:
+            _fail(1, f"migrations and tables disagree: {diffs}")
+        click.echo("graygate: migrations and tables agree")
+
+
+def _migration(fn: Callable[[], T], url: str) -> T:
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from store.engine import censor_dsn
+
+    try:
+        return fn()
+    except (OSError, OperationalError, DBAPIError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
+        raise StoreUnavailable(f"database {censor_dsn(url)} is unavailable: {reason}") from None
+
+
+@cli.command()
+@click.argument("run")
+@_config_option
+@_db_option
+@_data_dir_option
+@click.option("--wait", is_flag=True, help="Wait until the verdict is GO or NO_GO.")
+@click.option(
+    "--timeout", type=float, default=900.0, show_default=True, help="Seconds, with --wait."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+def verdict(
+    run: str,
+    config_path: str | None,
+    database_url: str | None,
+    data_dir: str | None,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Exit 0 GO, 1 NO_GO, 2 INCONCLUSIVE, 3 cannot answer."""
+    from diff.commands import verdict_command
+
+    with _errors(), _database(config_path, database_url, data_dir) as handle:
+        code = _with_engine(
+            handle.url,
+            lambda engine: verdict_command(
+                engine, run, wait=wait, timeout=timeout, as_json=as_json, out=sys.stdout
+            ),
+        )
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("run")
+@_config_option
+@_db_option
+@_data_dir_option
+@click.option("--html", "html", type=click.Path(dir_okay=False), default=None,
+              help="Write the report as one HTML file.")
+def report(
+    run: str,
+    config_path: str | None,
+    database_url: str | None,
+    data_dir: str | None,
+    html: str | None,
+) -> None:
+    """Print the run's report, or write it as one HTML file."""
+    from diff.report_command import report_command
+
+    with _errors(), _database(config_path, database_url, data_dir) as handle:
+        code = _with_engine(
+            handle.url, lambda engine: report_command(engine, run, html=html, out=sys.stdout)
+        )
+    sys.exit(code)
+
+
+def _with_engine(url: str, fn: Callable[[Any], Awaitable[int]]) -> int:
+    from store.engine import create_engine
+
+    async def go() -> int:
+        engine = create_engine(url, pool_size=2)
+        try:
+            return await fn(engine)
+        finally:
+            await engine.dispose()
+
+    return run_async(go)
+
+
+@cli.group(name="config")
+def config_group() -> None:
+    """Configuration: validate a file."""
+
+
+@config_group.command(name="check")
+@_config_option
+def config_check(config_path: str | None) -> None:
+    """Validate graygate.yaml (with GRAYGATE_* overrides) and print the result."""
+    if config_path is None:
+        _fail(EXIT_CONFIG, "config error: no configuration file: pass -c graygate.yaml")
+    with _errors():
+        from diff.rules import RuleBook
+
+        cfg = _load(config_path)
+        RuleBook.from_config(cfg.compare)
+        import yaml
+
+        from store.engine import censor_dsn
+
+        data = cfg.model_dump(mode="json")
+        if data["database"]["url"]:
+            data["database"]["url"] = censor_dsn(data["database"]["url"])
+        click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+
+
+def main() -> None:
+    cli(prog_name="graygate")
+
+
+if __name__ == "__main__":
+    main()
