@@ -1,0 +1,3 @@
+module graygate.example/canary
+
+go 1.19
