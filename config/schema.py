@@ -194,12 +194,14 @@ class ServeRule(_Frozen):
         return self
 
 
+def _default_labels() -> dict[Literal["primary", "canary"], str]:
+    return {"primary": "stable", "canary": "canary"}
+
+
 class GrayConfig(_Frozen):
     header: str = "X-Gray-Tag"
     # Label given to a request that arrives without one, by the side that serves it.
-    labels: dict[Literal["primary", "canary"], str] = Field(
-        default_factory=lambda: {"primary": "stable", "canary": "canary"}
-    )
+    labels: dict[Literal["primary", "canary"], str] = Field(default_factory=_default_labels)
     serve_canary: tuple[ServeRule, ...] = ()
 
 
