@@ -344,6 +344,68 @@ def config_check(config_path: str | None) -> None:
         click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
 
 
+@cli.command()
+@click.option(
+    "--duration", type=click.FloatRange(min=0, min_open=True), default=30.0,
+    show_default=True, help="Seconds of traffic to send through the proxy.",
+)
+@click.option(
+    "--fault", default=None, metavar="NAME[=VALUE]",
+    help="Plant one fault in the canary: rounding, timestamp_format, item_order, "
+    "stock_deduction[=0.2], latency[=20ms], goroutine_leak, pprof_on_serving_port.",
+)
+@click.option(
+    "--rate", type=click.FloatRange(min=0, min_open=True), default=50.0,
+    show_default=True, help="Requests per second.",
+)
+@_data_dir_option
+@_db_option
+@click.option(
+    "--keep-running", is_flag=True,
+    help="Keep everything running after the verdict (the admin URL shows the report); "
+    "Ctrl-C stops it.",
+)
+@click.option(
+    "--standin", is_flag=True,
+    help="Use the Python stand-in for the canary even when `go` is on PATH.",
+)
+def demo(
+    duration: float,
+    fault: str | None,
+    rate: float,
+    data_dir: str | None,
+    database_url: str | None,
+    keep_running: bool,
+    standin: bool,
+) -> None:
+    """Run a demo primary and canary behind graygate, send traffic, print the verdict.
+
+    Builds the Go canary when `go` is on PATH (else the Python stand-in), starts an
+    embedded PostgreSQL when no database is configured, runs `graygate serve`, sends
+    orders traffic, waits for the diff workers, prints the verdict and writes the HTML
+    report to DATA_DIR/reports/RUN.html.
+
+    \b
+    Exit codes: 0 GO, 1 NO_GO, 2 INCONCLUSIVE (as `graygate verdict`);
+    3 the demo ran but no verdict could be read; 4 the demo failed;
+    130/143 interrupted (SIGINT/SIGTERM). Everything it started is stopped.
+    """
+    from proxy.demo import run_demo
+
+    sys.exit(
+        run_demo(
+            duration=duration,
+            fault=fault,
+            data_dir=Path(data_dir) if data_dir else None,
+            database_url=database_url or os.environ.get("GRAYGATE_DATABASE_URL") or None,
+            rate=rate,
+            keep_running=keep_running,
+            use_go=False if standin else None,
+            out=sys.stdout,
+        )
+    )
+
+
 def main() -> None:
     cli(prog_name="graygate")
 

@@ -39,12 +39,12 @@ class TaskSet:
         if exc is not None:
             logger.error("task %s failed", task.get_name(), exc_info=exc)
 
-    async def drain(self, timeout: float | None = 10.0) -> None:
-        """Wait up to ``timeout`` seconds for running tasks, then cancel the rest."""
+    async def drain(self, grace: float | None = 10.0) -> None:
+        """Wait up to ``grace`` seconds for running tasks, then cancel the rest."""
         if not self._tasks:
             return
         pending = set(self._tasks)
-        _, still = await asyncio.wait(pending, timeout=timeout)
+        _, still = await asyncio.wait(pending, timeout=grace)
         for task in still:
             task.cancel()
         if still:

@@ -1,0 +1,218 @@
+"""Each planted canary fault against the verdict a release engineer would expect.
+
+Real processes on loopback: the Python primary, the Go canary (``-fault ...``),
+``graygate serve`` as a subprocess on a fresh PostgreSQL database, the mixed load of
+``proxy.loadgen`` through the proxy, then ``graygate verdict RUN --wait --json``.
+
+The configuration is the demo's (``config/demo.yaml``: its compare rules are what is under
+test) with less evidence needed and a fast runtime sampler, so that one scenario takes
+well under 30 s. ``runtime.required`` is on: a verdict is only given once the canary's
+goroutines have been watched over a few windows, so a leak cannot slip through as GO
+before the sampler has seen it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from proxy.loadgen import LoadOptions, LoadStats, run_load
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import Procs
+
+MAX_LOAD_S = 40.0  # the load runs until the verdict is in, at most this long
+RATE = 60.0  # requests per second
+VERDICT_TIMEOUT_S = 40
+
+OVERRIDES: dict[str, Any] = {
+    "verdict": {"min_pairs": 60, "min_pairs_per_endpoint": 10},
+    "runtime": {"interval_s": 0.25, "window_s": 1.0, "required": True},
+}
+
+
+async def _load_until_verdict(
+    proxy: str, run: str, database_url: str
+) -> tuple[LoadStats, int, dict[str, Any]]:
+    """Send the load and, meanwhile, wait for the verdict as a pipeline would
+    (``graygate verdict RUN --wait --json``); stop the load once it is in."""
+    stop = asyncio.Event()
+    load = asyncio.create_task(
+        run_load(
+            LoadOptions(
+                base_url=proxy, duration=MAX_LOAD_S, rate=RATE, concurrency=8, seed=20261127
+            ),
+            stop=stop,
+        )
+    )
+    try:
+        verdict = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy.cli", "verdict", run,
+            "--database-url", database_url,
+            "--wait", "--timeout", str(VERDICT_TIMEOUT_S), "--json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(verdict.communicate(), VERDICT_TIMEOUT_S + 60)
+    finally:
+        stop.set()
+        stats = await load
+    lines = out.decode().strip().splitlines()
+    assert lines, f"verdict printed nothing (exit {verdict.returncode}): {err.decode()}"
+    assert verdict.returncode is not None
+    return stats, verdict.returncode, json.loads(lines[-1])
+
+
+def _failed(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in doc["checks"] if c["passed"] is False}
+
+
+def _scenario(
+    fault: str | None,
+    *,
+    procs: Procs,
+    go_canary: Path,
+    migrated_database: Callable[[], str],
+    graygate_config: Callable[..., Path],
+) -> tuple[int, dict[str, Any]]:
+    """Run one scenario end to end; (verdict exit code, verdict JSON)."""
+    started = time.monotonic()
+    url = migrated_database()
+    primary = procs.primary()
+    canary = procs.canary(go_canary, fault)
+    assert primary.url and canary.url
+    listen, admin = procs.free_port(), procs.free_port()
+    run = f"e2e-{(fault or 'none').split('=')[0]}-{uuid.uuid4().hex[:8]}"
+    cfg = graygate_config(
+        run=run,
+        primary=primary.url,
+        canary=canary.url,
+        listen_port=listen,
+        admin_port=admin,
+        overrides=OVERRIDES,
+    )
+    serve = procs.serve(cfg, url, f"http://127.0.0.1:{admin}")
+
+    stats, code, doc = asyncio.run(_load_until_verdict(f"http://127.0.0.1:{listen}", run, url))
+    assert stats.errors == 0, stats.as_dict()
+    assert stats.completed == stats.sent, stats.as_dict()
+    assert doc.get("run") == run, doc
+    # graygate serve stops cleanly on SIGTERM, after flushing what it recorded.
+    assert procs.stop(serve) == 0, serve.output()[-2000:]
+    elapsed = time.monotonic() - started
+    print(
+        f"\n{fault or 'no fault'}: {doc['verdict']} in {elapsed:.1f}s "
+        f"({stats.sent} requests in {stats.elapsed:.1f}s)"
+    )
+    for check in doc["checks"]:
+        print(f"  {check['name']}: {check['passed']} {check['detail']}")
+    return code, doc
+
+
+def test_no_fault_is_go(
+    procs: Procs,
+    go_canary: Path,
+    migrated_database: Callable[[], str],
+    graygate_config: Callable[..., Path],
+) -> None:
+    code, doc = _scenario(
+        None,
+        procs=procs,
+        go_canary=go_canary,
+        migrated_database=migrated_database,
+        graygate_config=graygate_config,
+    )
+    assert (code, doc["verdict"]) == (0, "GO"), _failed(doc)
+    checks = {c["name"]: c for c in doc["checks"]}
+    for name in ("evidence", "strict", "tolerance", "errors", "recording", "runtime"):
+        assert checks[name]["passed"] is True, checks[name]
+    assert doc["summary"]["pairs"] >= OVERRIDES["verdict"]["min_pairs"]
+
+
+def test_rounding_within_tolerance_is_go(
+    procs: Procs,
+    go_canary: Path,
+    migrated_database: Callable[[], str],
+    graygate_config: Callable[..., Path],
+) -> None:
+    code, doc = _scenario(
+        "rounding",
+        procs=procs,
+        go_canary=go_canary,
+        migrated_database=migrated_database,
+        graygate_config=graygate_config,
+    )
+    assert (code, doc["verdict"]) == (0, "GO"), _failed(doc)
+    checks = {c["name"]: c for c in doc["checks"]}
+    assert checks["tolerance"]["passed"] is True, checks["tolerance"]
+    assert checks["strict"]["passed"] is True, checks["strict"]
+
+
+def test_stock_deduction_is_no_go_naming_the_field(
+    procs: Procs,
+    go_canary: Path,
+    migrated_database: Callable[[], str],
+    graygate_config: Callable[..., Path],
+) -> None:
+    code, doc = _scenario(
+        "stock_deduction",
+        procs=procs,
+        go_canary=go_canary,
+        migrated_database=migrated_database,
+        graygate_config=graygate_config,
+    )
+    assert (code, doc["verdict"]) == (1, "NO_GO"), doc
+    failed = _failed(doc)
+    assert "strict" in failed, failed
+    strict = json.dumps(failed["strict"])
+    assert "POST /api/orders" in strict, strict
+    assert "stock_after" in strict or "stock_deducted" in strict, strict
+
+
+def test_goroutine_leak_is_no_go_from_the_runtime_check(
+    procs: Procs,
+    go_canary: Path,
+    migrated_database: Callable[[], str],
+    graygate_config: Callable[..., Path],
+) -> None:
+    code, doc = _scenario(
+        "goroutine_leak",
+        procs=procs,
+        go_canary=go_canary,
+        migrated_database=migrated_database,
+        graygate_config=graygate_config,
+    )
+    assert (code, doc["verdict"]) == (1, "NO_GO"), doc
+    failed = _failed(doc)
+    assert "runtime" in failed, failed
+    assert "goroutine" in failed["runtime"]["detail"], failed["runtime"]
+    # The answers themselves are right: only the runtime gives the leak away.
+    assert set(failed) == {"runtime"}, failed
+
+
+@pytest.mark.parametrize("delay", ["30ms"])
+def test_latency_is_no_go_from_the_latency_check(
+    delay: str,
+    procs: Procs,
+    go_canary: Path,
+    migrated_database: Callable[[], str],
+    graygate_config: Callable[..., Path],
+) -> None:
+    code, doc = _scenario(
+        f"latency={delay}",
+        procs=procs,
+        go_canary=go_canary,
+        migrated_database=migrated_database,
+        graygate_config=graygate_config,
+    )
+    assert (code, doc["verdict"]) == (1, "NO_GO"), doc
+    failed = _failed(doc)
+    assert "latency" in failed, failed
