@@ -179,7 +179,7 @@ class RuntimeSampler:
 
     async def stop(self) -> None:
         self._stop.set()
-        await self._tasks.drain(timeout=max(2.0, _timeout(self.cfg.interval_s).total or 0))
+        await self._tasks.drain(grace=max(2.0, _timeout(self.cfg.interval_s).total or 0))
 
     async def poll_once(
         self, role: str, source: RuntimeSource, *, store: bool = True

@@ -1,0 +1,92 @@
+"""Runs: created by the first process that starts one, shared by every process that feeds it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from config.errors import StoreUnavailable, UnknownRun
+from store.engine import censor_dsn
+from store.exchanges import is_unavailable
+from store.tables import runs
+
+__all__ = ["ensure_run", "get_run_id"]
+
+
+def _unavailable(engine: AsyncEngine, exc: BaseException) -> StoreUnavailable:
+    reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [type(exc).__name__])[0]
+    return StoreUnavailable(
+        f"database {censor_dsn(str(engine.url))} is unavailable: {reason[:200]}"
+    )
+
+
+async def ensure_run(
+    engine: AsyncEngine,
+    name: str,
+    *,
+    primary_url: str | None,
+    canary_url: str | None,
+    config_json: Mapping[str, Any] | str | None = None,
+    primary_version: str | None = None,
+    canary_version: str | None = None,
+) -> int:
+    """The id of run ``name``, created if new; its URLs and configuration are updated to the
+    caller's (the latest process to start judges the run).
+
+    One statement (``INSERT ... ON CONFLICT (name) DO UPDATE ... RETURNING id``): safe when
+    many processes on many hosts start the same run at once. Versions are kept when the
+    caller does not know them. Raises StoreUnavailable when the database cannot be reached.
+    """
+    if isinstance(config_json, str):
+        config: Any = orjson.loads(config_json)
+    else:
+        config = dict(config_json) if config_json is not None else {}
+    stmt = pg_insert(runs).values(
+        name=name,
+        primary_url=primary_url,
+        canary_url=canary_url,
+        primary_version=primary_version,
+        canary_version=canary_version,
+        config=config,
+    )
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[runs.c.name],
+        set_={
+            "primary_url": stmt.excluded.primary_url,
+            "canary_url": stmt.excluded.canary_url,
+            "primary_version": sa.func.coalesce(
+                stmt.excluded.primary_version, runs.c.primary_version
+            ),
+            "canary_version": sa.func.coalesce(stmt.excluded.canary_version, runs.c.canary_version),
+            "config": stmt.excluded.config,
+            "updated_at": sa.func.now(),
+        },
+    ).returning(runs.c.id)
+    try:
+        async with engine.begin() as conn:
+            run_id = (await conn.execute(upsert)).scalar_one()
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise _unavailable(engine, exc) from None
+        raise
+    return int(run_id)
+
+
+async def get_run_id(engine: AsyncEngine, name: str) -> int:
+    """The id of run ``name``; UnknownRun when there is none, StoreUnavailable when the
+    database cannot be reached."""
+    try:
+        async with engine.connect() as conn:
+            run_id = await conn.scalar(sa.select(runs.c.id).where(runs.c.name == name))
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise _unavailable(engine, exc) from None
+        raise
+    if run_id is None:
+        raise UnknownRun(name)
+    return int(run_id)
