@@ -72,11 +72,19 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_differences'))
     )
     op.create_index('ix_differences_exchange_id', 'differences', ['exchange_id'], unique=False)
-    op.create_index('ix_differences_run_id_endpoint_field', 'differences', ['run_id', 'endpoint', 'field'], unique=False)
+    op.create_index('ix_differences_field_counts', 'differences', ['run_id', 'endpoint', 'field', 'against', 'judgement', 'exchange_id'], unique=False)
+    # Indexes on 0001's exchanges that the judgement needs: the workers' claim and the
+    # verdict's latency sample.
+    op.create_index('ix_exchanges_run_id_unjudged', 'exchanges', ['run_id', 'id'], unique=False, postgresql_where=sa.text('judged_at IS NULL'))
+    op.create_index('ix_exchanges_run_id_id', 'exchanges', ['run_id', 'id'], unique=False)
+    op.create_index('ix_exchanges_verdict_counts', 'exchanges', ['run_id', 'endpoint', 'outcome'], unique=False, postgresql_include=['noise_differences', 'strict_mismatches', 'tolerance_violations', 'primary_status', 'canary_status', 'primary_error', 'canary_error'])
 
 
 def downgrade() -> None:
-    op.drop_index('ix_differences_run_id_endpoint_field', table_name='differences')
+    op.drop_index('ix_exchanges_verdict_counts', table_name='exchanges', postgresql_include=['noise_differences', 'strict_mismatches', 'tolerance_violations', 'primary_status', 'canary_status', 'primary_error', 'canary_error'])
+    op.drop_index('ix_exchanges_run_id_id', table_name='exchanges')
+    op.drop_index('ix_exchanges_run_id_unjudged', table_name='exchanges', postgresql_where=sa.text('judged_at IS NULL'))
+    op.drop_index('ix_differences_field_counts', table_name='differences')
     op.drop_index('ix_differences_exchange_id', table_name='differences')
     op.drop_table('differences')
     op.drop_index('ix_verdicts_run_id_computed_at', table_name='verdicts')

@@ -1,0 +1,434 @@
+"""The verdict: GO, NO_GO or INCONCLUSIVE from a run's aggregates. Pure: no I/O.
+
+``decide(aggregates, cfg)`` turns what PostgreSQL counted (``store.aggregates``) into one
+check per line, each with what was observed, the threshold and pass or fail:
+
+========== ========== =================================================================
+check      blocking   fails when
+========== ========== =================================================================
+evidence   no         fewer than ``min_pairs`` pairs, or an endpoint that was mirrored
+                      has fewer than ``min_pairs_per_endpoint``
+strict     yes        an endpoint's share of pairs with a strict mismatch in a field
+                      that is not noise exceeds ``max_strict_mismatch_rate``
+tolerance  yes        the same for tolerance violations, ``max_tolerance_violation_rate``
+noise      no         never: reports the fields that differ by nature (a secondary shows
+                      them), which the two checks above leave out
+errors     yes        the canary's 5xx + transport-error rate exceeds the primary's by
+                      more than ``max_error_rate_increase``
+latency    yes        the canary is slower with Mann-Whitney p < ``alpha`` AND its p50 or
+                      p99 exceeds the primary's by more than ``max_increase``; skipped
+                      under ``min_samples``
+recording  no         unrecorded / (recorded + unrecorded) exceeds ``max_unrecorded_rate``
+runtime    by config  see ``diff.runtime``
+========== ========== =================================================================
+
+The verdict: any blocking check failed -> NO_GO; else any non-blocking check failed, or a
+blocking check could not be decided (``passed=None``) -> INCONCLUSIVE; else GO. A
+non-blocking check that could not be decided (no secondary, too few latency samples, no
+runtime source) is informational and changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from config.schema import GraygateConfig, NoiseConfig, VerdictConfig
+from diff.model import Check, Verdict, VerdictResult
+from diff.noise import EndpointTotals, FieldCounts, FieldNoise, judge_noise
+from diff.stats import compare_latency
+
+if TYPE_CHECKING:  # value types only: the verdict never touches the database
+    from store.aggregates import EndpointCounts, FieldCount, RunAggregates
+
+__all__ = [
+    "READINESS_RULES",
+    "PreflightFinding",
+    "decide",
+    "find_noise",
+    "outcome",
+    "preflight_check",
+]
+
+# Judgements of a canary difference that count in the noise comparison (waived ones are
+# accepted by a person and count nowhere).
+_DIFFERING = frozenset({"strict", "tolerance", "noise"})
+
+
+def outcome(checks: Iterable[Check]) -> Verdict:
+    """NO_GO on a blocking failure; INCONCLUSIVE on a non-blocking failure or an undecided
+    blocking check; else GO."""
+    checks = list(checks)
+    if any(c.passed is False and c.blocking for c in checks):
+        return Verdict.NO_GO
+    if any(
+        (c.passed is False and not c.blocking) or (c.passed is None and c.blocking) for c in checks
+    ):
+        return Verdict.INCONCLUSIVE
+    return Verdict.GO
+
+
+# --------------------------------------------------------------------------- noise
+
+
+def find_noise(aggregates: RunAggregates, cfg: NoiseConfig) -> list[FieldNoise]:
+    """The run's noise fields, by Diffy's rule (``diff.noise``) on its field counts.
+
+    Candidates are the fields where the secondary differed from the primary at least once:
+    a difference the secondary never shows is never noise, however rare (the gate errs
+    toward reporting). Canary rates are over all the endpoint's pairs, secondary rates
+    over the pairs that had a secondary.
+    """
+    canary: dict[tuple[str, str], int] = {}
+    secondary: dict[tuple[str, str], int] = {}
+    for f in aggregates.fields:
+        key = (f.endpoint, f.field)
+        if f.against == "secondary":
+            secondary[key] = secondary.get(key, 0) + f.exchanges
+        elif f.judgement in _DIFFERING:
+            canary[key] = canary.get(key, 0) + f.exchanges
+    if not secondary:
+        return []
+    totals = [
+        EndpointTotals(e.endpoint, canary_compared=e.pairs, secondary_compared=e.secondary_pairs)
+        for e in aggregates.endpoints
+        if e.secondary_pairs > 0
+    ]
+    candidates = [
+        FieldCounts(endpoint, field, canary=canary.get((endpoint, field), 0), secondary=n)
+        for (endpoint, field), n in sorted(secondary.items())
+        if n > 0
+    ]
+    return [f for f in judge_noise(candidates, totals, cfg) if f.is_noise]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _rate(n: int, d: int) -> float:
+    return n / d if d else 0.0
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.4g}%"
+
+
+def _mismatches(a: RunAggregates, e: EndpointCounts) -> tuple[int, int]:
+    """(strict, tolerance) pairs of an endpoint, noise fields left out when counted so."""
+    if a.mismatches is None:
+        return e.strict_pairs, e.tolerance_pairs
+    m = a.mismatches.get(e.endpoint)
+    return (0, 0) if m is None else (m.strict_pairs, m.tolerance_pairs)
+
+
+def _top_fields(
+    fields: Sequence[FieldCount],
+    endpoint: str,
+    judgement: str,
+    noise: frozenset[tuple[str, str]],
+    n: int = 3,
+) -> str:
+    top = sorted(
+        (
+            f
+            for f in fields
+            if f.endpoint == endpoint
+            and f.against == "canary"
+            and f.judgement == judgement
+            and (f.endpoint, f.field) not in noise
+        ),
+        key=lambda f: (-f.exchanges, f.field),
+    )[:n]
+    return ", ".join(f"{f.field} ({f.exchanges})" for f in top)
+
+
+def _evidence(a: RunAggregates, cfg: VerdictConfig) -> Check:
+    pairs = a.pairs
+    mirrored = [e for e in a.endpoints if e.attempted > 0]
+    short = [e for e in mirrored if e.pairs < cfg.min_pairs_per_endpoint]
+    never = [e.endpoint for e in a.endpoints if e.attempted == 0 and e.judged > 0]
+    pending = a.recorded - a.judged
+    parts = [f"{pairs} pairs judged over {len(mirrored)} endpoint(s)"]
+    if pending:
+        parts.append(f"{pending} exchange(s) not judged yet")
+    if short:
+        parts.append(
+            "too few pairs: "
+            + ", ".join(
+                f"{e.endpoint} {e.pairs}/{cfg.min_pairs_per_endpoint}"
+                for e in sorted(short, key=lambda e: (e.pairs, e.endpoint))[:5]
+            )
+            + (f" and {len(short) - 5} more" if len(short) > 5 else "")
+        )
+    if never:
+        parts.append("never mirrored (not judged): " + ", ".join(sorted(never)[:5]))
+    passed = pairs >= cfg.min_pairs and not short and bool(mirrored)
+    if pairs < cfg.min_pairs:
+        parts.insert(1, f"need {cfg.min_pairs}")
+    return Check(
+        "evidence",
+        passed,
+        observed=pairs,
+        threshold={
+            "min_pairs": cfg.min_pairs,
+            "min_pairs_per_endpoint": cfg.min_pairs_per_endpoint,
+        },
+        detail="; ".join(parts),
+        blocking=False,
+    )
+
+
+def _mismatch_check(
+    a: RunAggregates,
+    noise: frozenset[tuple[str, str]],
+    judgement: str,
+    threshold: float,
+    label: str,
+) -> Check:
+    name = judgement
+    rows: list[tuple[float, str, int, int]] = []  # rate, endpoint, bad, pairs
+    for e in a.endpoints:
+        if e.pairs == 0:
+            continue
+        strict, tolerance = _mismatches(a, e)
+        bad = strict if judgement == "strict" else tolerance
+        rows.append((_rate(bad, e.pairs), e.endpoint, bad, e.pairs))
+    if not rows:
+        return Check(name, None, None, threshold, "no pairs judged yet")
+    rows.sort(key=lambda r: (-r[0], r[1]))
+    worst = rows[0][0]
+    failing = [r for r in rows if r[0] > threshold]
+    total_bad = sum(r[2] for r in rows)
+    total_pairs = sum(r[3] for r in rows)
+    if failing:
+        lines = []
+        for rate, endpoint, bad, pairs in failing[:5]:
+            top = _top_fields(a.fields, endpoint, judgement, noise)
+            lines.append(
+                f"{endpoint}: {bad}/{pairs} pairs ({_pct(rate)})" + (f": {top}" if top else "")
+            )
+        more = f"; and {len(failing) - 5} more endpoint(s)" if len(failing) > 5 else ""
+        detail = f"{label} above {_pct(threshold)} in " + "; ".join(lines) + more
+        return Check(name, False, round(worst, 6), threshold, detail)
+    detail = (
+        f"{total_bad}/{total_pairs} pairs with {label} ({_pct(_rate(total_bad, total_pairs))})"
+        f"; worst endpoint {rows[0][1]} {_pct(worst)}"
+    )
+    return Check(name, True, round(worst, 6), threshold, detail)
+
+
+def _noise_check(a: RunAggregates, noise: Sequence[FieldNoise]) -> Check:
+    secondary_pairs = sum(e.secondary_pairs for e in a.endpoints)
+    per_exchange = sum(
+        f.exchanges for f in a.fields if f.against == "canary" and f.judgement == "noise"
+    )
+    if secondary_pairs == 0:
+        return Check(
+            "noise",
+            None,
+            0,
+            None,
+            "no secondary recorded: noise not measured",
+            blocking=False,
+        )
+    names = [
+        f"{n.endpoint} {n.field} (canary {_pct(n.canary_rate)}, "
+        f"secondary {_pct(n.noise_rate or 0.0)})"
+        for n in noise
+    ]
+    detail = f"{len(noise)} noise field(s), left out of strict/tolerance"
+    if names:
+        detail += (
+            ": " + "; ".join(names[:8]) + (f"; and {len(names) - 8} more" if len(names) > 8 else "")
+        )
+    if per_exchange:
+        detail += f"; {per_exchange} exchange-field difference(s) matched the secondary's"
+    detail += f" ({secondary_pairs} pairs with a secondary)"
+    return Check("noise", True, len(noise), None, detail, blocking=False)
+
+
+def _errors_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
+    attempted = sum(e.attempted for e in a.endpoints)
+    threshold = cfg.max_error_rate_increase
+    if attempted == 0:
+        return Check("errors", None, None, threshold, "no mirrored exchanges judged yet")
+    p_fail = sum(e.primary_failures for e in a.endpoints)
+    c_fail = sum(e.canary_failures for e in a.endpoints)
+    increase = _rate(c_fail, attempted) - _rate(p_fail, attempted)
+    detail = (
+        f"canary {_pct(_rate(c_fail, attempted))} ({c_fail}/{attempted}) vs primary "
+        f"{_pct(_rate(p_fail, attempted))} ({p_fail}/{attempted}) 5xx or transport errors"
+    )
+    worse = sorted(
+        (
+            (_rate(e.canary_failures - e.primary_failures, e.attempted), e)
+            for e in a.endpoints
+            if e.attempted and e.canary_failures > e.primary_failures
+        ),
+        key=lambda t: (-t[0], t[1].endpoint),
+    )
+    if worse:
+        detail += "; worst " + ", ".join(
+            f"{e.endpoint} +{_pct(r)} ({e.canary_failures} vs {e.primary_failures})"
+            for r, e in worse[:3]
+        )
+    passed = increase <= threshold + 1e-12
+    return Check("errors", passed, round(increase, 6), threshold, detail)
+
+
+def _latency_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
+    lat = cfg.latency
+    s = a.latency
+    threshold = {"max_increase": lat.max_increase, "alpha": lat.alpha}
+    n = min(len(s.primary_ms), len(s.canary_ms))
+    if n < lat.min_samples:
+        return Check(
+            "latency",
+            None,
+            None,
+            threshold,
+            f"skipped: {n} latency pairs, need {lat.min_samples}",
+            blocking=False,
+        )
+    pcts = None
+    if None not in (s.primary_p50, s.primary_p99, s.canary_p50, s.canary_p99):
+        pcts = (
+            float(s.primary_p50),  # type: ignore[arg-type]
+            float(s.primary_p99),  # type: ignore[arg-type]
+            float(s.canary_p50),  # type: ignore[arg-type]
+            float(s.canary_p99),  # type: ignore[arg-type]
+        )
+    c = compare_latency(s.primary_ms, s.canary_ms, percentiles=pcts)
+    significant = c.test.p_value < lat.alpha
+    too_slow = c.increase > lat.max_increase
+    detail = (
+        f"p50 {c.primary_p50:.3g} -> {c.canary_p50:.3g} ms (x{_fmt_ratio(c.p50_ratio)}), "
+        f"p99 {c.primary_p99:.3g} -> {c.canary_p99:.3g} ms (x{_fmt_ratio(c.p99_ratio)}); "
+        f"Mann-Whitney U p={c.test.p_value:.3g} (alpha {lat.alpha}), "
+        f"P(canary slower)={c.test.common_language:.3f}, "
+        f"rank-biserial r={c.test.rank_biserial:+.3f}, n={c.n_primary}/{c.n_canary}"
+    )
+    if significant and too_slow:
+        detail = f"canary slower by more than {_pct(lat.max_increase)}: " + detail
+    elif too_slow:
+        detail = "increase not significant: " + detail
+    elif significant:
+        detail = f"slower, but within {_pct(lat.max_increase)}: " + detail
+    observed = round(c.increase, 6) if math.isfinite(c.increase) else None
+    return Check("latency", not (significant and too_slow), observed, threshold, detail)
+
+
+def _fmt_ratio(r: float) -> str:
+    return "inf" if math.isinf(r) else f"{r:.3f}"
+
+
+def _recording_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
+    recorded = a.recorded
+    lost = a.unrecorded
+    threshold = cfg.max_unrecorded_rate
+    total = recorded + lost
+    if total == 0:
+        return Check("recording", None, None, threshold, "nothing recorded yet", blocking=False)
+    rate = lost / total
+    detail = f"{lost} of {total} exchanges not recorded ({_pct(rate)})"
+    if a.losses:
+        detail += ": " + ", ".join(f"{k} {v}" for k, v in sorted(a.losses.items()))
+    return Check("recording", rate <= threshold, round(rate, 6), threshold, detail, blocking=False)
+
+
+class PreflightFinding(Protocol):
+    @property
+    def check(self) -> str: ...
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def detail(self) -> str: ...
+
+
+# Preflight findings that make a canary unfit for production traffic whatever its answers
+# (a readiness rule). Health findings are reported only: they describe the moment serve
+# started, and the traffic since shows whether the canary answers.
+READINESS_RULES = frozenset({"canary.pprof_exposed"})
+
+
+def preflight_check(findings: Sequence[PreflightFinding]) -> Check:
+    """The latest preflight's findings as a check: a broken readiness rule fails it."""
+    if not findings:
+        return Check("preflight", None, 0, "no readiness rule broken", "no preflight ran",
+                     blocking=False)
+    broken = [f for f in findings if not f.ok and f.check in READINESS_RULES]
+    warnings = [f for f in findings if not f.ok and f.check not in READINESS_RULES]
+    parts = [f"{f.check}: {f.detail}" for f in broken + warnings]
+    detail = "; ".join(parts) if parts else f"{len(findings)} preflight check(s) passed"
+    return Check(
+        "preflight",
+        not broken,
+        [f.check for f in broken + warnings],
+        "no readiness rule broken",
+        detail,
+    )
+
+
+def decide(
+    aggregates: RunAggregates,
+    cfg: GraygateConfig | VerdictConfig,
+    *,
+    runtime: Check | None = None,
+    preflight: Sequence[PreflightFinding] | None = None,
+) -> VerdictResult:
+    """The run's verdict from its aggregates.
+
+    Noise fields are found here (:func:`find_noise`, with ``cfg.compare.noise`` when a full
+    configuration is given, else the defaults). ``aggregates.mismatches``, when set, must be
+    the mismatch counts that leave those fields out (``diff.evaluate`` fetches them for the
+    same :func:`find_noise` result); when it is None the endpoint counts stand, which
+    counts a noise field's mismatches too (never more lenient). ``runtime`` is the runtime
+    check, when there is one.
+    """
+    if isinstance(cfg, GraygateConfig):
+        vcfg, ncfg = cfg.verdict, cfg.compare.noise
+    else:
+        vcfg, ncfg = cfg, NoiseConfig()
+    noise = find_noise(aggregates, ncfg)
+    noise_keys = frozenset((n.endpoint, n.field) for n in noise)
+    checks = [
+        _evidence(aggregates, vcfg),
+        _mismatch_check(
+            aggregates,
+            noise_keys,
+            "strict",
+            vcfg.max_strict_mismatch_rate,
+            "strict mismatches",
+        ),
+        _mismatch_check(
+            aggregates,
+            noise_keys,
+            "tolerance",
+            vcfg.max_tolerance_violation_rate,
+            "tolerance violations",
+        ),
+        _noise_check(aggregates, noise),
+        _errors_check(aggregates, vcfg),
+        _latency_check(aggregates, vcfg),
+        _recording_check(aggregates, vcfg),
+    ]
+    if runtime is not None:
+        checks.append(runtime)
+    if preflight is not None:
+        checks.append(preflight_check(preflight))
+    return VerdictResult(
+        run=aggregates.run,
+        verdict=outcome(checks),
+        checks=tuple(checks),
+        extra={
+            "noise": [n.as_dict() for n in noise if n.is_noise],
+            "summary": {
+                "recorded": aggregates.recorded,
+                "judged": aggregates.judged,
+                "pairs": aggregates.pairs,
+                "unrecorded": aggregates.unrecorded,
+                "endpoints": len(aggregates.endpoints),
+            }
+        },
+    )

@@ -1,0 +1,336 @@
+"""Diff workers: claim unjudged exchanges, compare them under the rules, store the result.
+
+One unit of work is :func:`judge_batch`: in ONE transaction it claims up to ``batch_size``
+of the run's unjudged exchanges (``FOR UPDATE SKIP LOCKED``), compares each (pure, in a
+thread so the event loop stays free), and stores the differences and every exchange's
+outcome. Workers in any number of processes and hosts judge each exchange exactly once; a
+worker that dies mid-batch loses nothing (its transaction rolls back and the rows are
+claimable again).
+
+How an exchange is judged (the primary side is always the primary's answer, also when the
+canary served the client):
+
+- ``skipped``: the mirror was skipped, or a side left no trace: nothing to compare;
+- ``error``: the primary or the canary failed in transport (timeout, refused, reset), or the
+  comparison itself failed;
+- otherwise primary vs canary, and primary vs secondary when a secondary answered. A canary
+  difference at a field where the secondary differs too in the same exchange is judged
+  ``noise``; ``match`` (no difference), ``noise_only`` (only noise) or ``differ``.
+
+Running workers: ``async with run_workers(engine, run_id, rulebook, count=2): ...`` (an
+aiohttp ``cleanup_ctx`` wraps it in two lines), or :func:`worker_loop` as one task;
+:func:`judge_pending` drains a run once (tests, the demo).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from config.errors import StoreUnavailable
+from diff.compare import compare
+from diff.model import Difference, Side
+from diff.rules import RuleBook, RuleSet
+from store.judgement import (
+    ClaimedExchange,
+    ExchangeJudgement,
+    RecordedSide,
+    StoredDifference,
+    claim_batch,
+    store_judgements,
+)
+from store.runs import get_run_id
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "WorkerStats",
+    "judge_batch",
+    "judge_exchange",
+    "judge_exchanges",
+    "judge_pending",
+    "run_workers",
+    "worker_loop",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 200
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """What a worker (or a group of them) has done; for logs and metrics."""
+
+    judged: int = 0
+    batches: int = 0
+    differences: int = 0
+    failures: int = 0  # batches that failed (database away, ...) and were retried
+
+
+# --------------------------------------------------------------------------- pure part
+
+
+def _side(s: RecordedSide) -> Side:
+    return Side(
+        status=s.status,
+        headers=s.headers,
+        body=s.body,
+        body_truncated=s.body_truncated,
+        error=s.error,
+    )
+
+
+def _stored(d: Difference, against: str, judgement: str | None = None) -> StoredDifference:
+    return StoredDifference(
+        against=against,
+        path=d.path,
+        field=d.field,
+        kind=d.kind,
+        primary_value=d.primary_value,
+        other_value=d.other_value,
+        judgement=judgement or d.judgement,
+        rule=d.rule,
+    )
+
+
+def judge_exchange(x: ClaimedExchange, rules: RuleSet) -> ExchangeJudgement:
+    """The judgement of one claimed exchange under ``rules``. Pure."""
+
+    def verdict(outcome: str) -> ExchangeJudgement:
+        return ExchangeJudgement(
+            exchange_id=x.id, run_id=x.run_id, endpoint=x.endpoint, outcome=outcome
+        )
+
+    if x.mirror_skipped is not None or not x.primary.recorded or not x.canary.recorded:
+        return verdict("skipped")
+    if x.primary.error is not None or x.canary.error is not None:
+        return verdict("error")
+    try:
+        primary = _side(x.primary)
+        against_canary = compare(primary, _side(x.canary), rules)
+        against_secondary: list[Difference] | None = None
+        if x.secondary.answered:
+            against_secondary = compare(primary, _side(x.secondary), rules)
+    except Exception:  # a comparison bug must not stop the worker: the exchange is an error
+        logger.exception("comparing exchange %s (%s) failed", x.id, x.endpoint)
+        return verdict("error")
+
+    noisy = {d.field for d in against_secondary} if against_secondary else set()
+    stored: list[StoredDifference] = []
+    strict = tolerance = noise = 0
+    for d in against_canary:
+        if d.field in noisy:
+            noise += 1
+            stored.append(_stored(d, "canary", "noise"))
+            continue
+        if d.judgement == "strict":
+            strict += 1
+        elif d.judgement == "tolerance":
+            tolerance += 1
+        stored.append(_stored(d, "canary"))
+    if against_secondary:
+        stored.extend(_stored(d, "secondary") for d in against_secondary)
+    if not against_canary:
+        outcome = "match"
+    elif strict == tolerance == 0 and noise == len(against_canary):
+        outcome = "noise_only"
+    else:
+        outcome = "differ"
+    return ExchangeJudgement(
+        exchange_id=x.id,
+        run_id=x.run_id,
+        endpoint=x.endpoint,
+        outcome=outcome,
+        strict_mismatches=strict,
+        tolerance_violations=tolerance,
+        noise_differences=None if against_secondary is None else noise,
+        differences=tuple(stored),
+    )
+
+
+def judge_exchanges(
+    batch: Sequence[ClaimedExchange], rulebook: RuleBook
+) -> list[ExchangeJudgement]:
+    """Judge a claimed batch. Pure (CPU only): run it in a thread or process."""
+    return [judge_exchange(x, rulebook.for_endpoint(x.endpoint)) for x in batch]
+
+
+# --------------------------------------------------------------------------- I/O part
+
+
+async def judge_batch(
+    engine: AsyncEngine,
+    run_id: int,
+    rulebook: RuleBook,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    executor: Executor | None = None,
+    stats: WorkerStats | None = None,
+) -> int:
+    """Claim, judge and store one batch of the run's unjudged exchanges in one transaction.
+
+    Returns how many exchanges were judged (0: nothing was left unclaimed). Comparing runs
+    in ``executor`` (default: the loop's thread pool) while the claim's locks are held.
+    """
+    loop = asyncio.get_running_loop()
+    async with engine.begin() as conn:
+        batch = await claim_batch(conn, run_id, batch_size)
+        if not batch:
+            return 0
+        judgements = await loop.run_in_executor(executor, judge_exchanges, batch, rulebook)
+        await store_judgements(conn, judgements)
+    if stats is not None:
+        stats.judged += len(judgements)
+        stats.batches += 1
+        stats.differences += sum(len(j.differences) for j in judgements)
+    return len(judgements)
+
+
+async def judge_pending(
+    engine: AsyncEngine,
+    run: str,
+    rulebook: RuleBook,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> int:
+    """Judge every exchange of ``run`` that is unjudged and unclaimed now; returns how many.
+
+    UnknownRun when there is no such run; StoreUnavailable when the database is away.
+    """
+    run_id = await get_run_id(engine, run)
+    total = 0
+    while True:
+        try:
+            n = await judge_batch(engine, run_id, rulebook, batch_size=batch_size)
+        except Exception as exc:
+            _raise_unavailable(engine, exc)
+            raise
+        total += n
+        if n == 0:
+            return total
+
+
+def _raise_unavailable(engine: AsyncEngine, exc: Exception) -> None:
+    from store.engine import censor_dsn
+    from store.exchanges import is_unavailable
+
+    if is_unavailable(exc):
+        reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [repr(exc)])[0][:200]
+        raise StoreUnavailable(
+            f"database {censor_dsn(str(engine.url))} is unavailable: {reason}"
+        ) from None
+
+
+async def worker_loop(
+    engine: AsyncEngine,
+    run_id: int,
+    rulebook: RuleBook,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    idle_min: float = 0.05,
+    idle_max: float = 2.0,
+    error_max: float = 30.0,
+    stop: asyncio.Event | None = None,
+    stats: WorkerStats | None = None,
+    executor: Executor | None = None,
+) -> None:
+    """Judge the run's exchanges as they arrive, until cancelled or ``stop`` is set.
+
+    Idle (nothing to claim): waits ``idle_min`` doubling to ``idle_max`` (with jitter).
+    Database away or a failing batch: logs, then waits doubling up to ``error_max``; the
+    batch's transaction rolled back, so nothing is lost. Cancelling it mid-batch rolls back
+    the batch the same way.
+    """
+    stats = stats if stats is not None else WorkerStats()
+    idle = idle_min
+    backoff = 0.0
+    while stop is None or not stop.is_set():
+        try:
+            n = await judge_batch(
+                engine, run_id, rulebook, batch_size=batch_size, executor=executor, stats=stats
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            stats.failures += 1
+            backoff = min(error_max, max(idle_min, backoff * 2 or 0.5))
+            logger.warning(
+                "diff worker: batch of run %s failed (%s); retrying in %.1fs",
+                run_id,
+                (str(exc).splitlines() or [type(exc).__name__])[0][:200],
+                backoff,
+                exc_info=logger.isEnabledFor(logging.DEBUG),
+            )
+            await _sleep(backoff, stop)
+            continue
+        backoff = 0.0
+        if n >= batch_size:
+            idle = idle_min
+            await asyncio.sleep(0)  # let others run between full batches
+            continue
+        if n > 0:
+            idle = idle_min
+        await _sleep(idle * random.uniform(0.8, 1.2), stop)
+        idle = min(idle_max, idle * 2)
+
+
+async def _sleep(seconds: float, stop: asyncio.Event | None) -> None:
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
+
+
+@asynccontextmanager
+async def run_workers(
+    engine: AsyncEngine,
+    run_id: int,
+    rulebook: RuleBook,
+    *,
+    count: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    grace: float = 5.0,
+    stats: WorkerStats | None = None,
+) -> AsyncIterator[WorkerStats]:
+    """Run ``count`` worker loops while the block runs; on exit let them finish their
+    batch (up to ``grace`` seconds), then cancel them. Yields their shared stats.
+
+    In the composition root::
+
+        async def diff_workers(app: web.Application) -> AsyncIterator[None]:
+            async with run_workers(app[ENGINE], app[RUN_ID], app[RULEBOOK], count=2):
+                yield
+
+        app.cleanup_ctx.append(diff_workers)
+    """
+    stats = stats if stats is not None else WorkerStats()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    tasks = [
+        loop.create_task(
+            worker_loop(engine, run_id, rulebook, batch_size=batch_size, stop=stop, stats=stats),
+            name=f"diff-worker:{run_id}:{i}",
+        )
+        for i in range(count)
+    ]
+    try:
+        yield stats
+    finally:
+        stop.set()
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for task, result in zip(tasks, results, strict=True):
+            if isinstance(result, Exception):
+                logger.error("%s failed", task.get_name(), exc_info=result)

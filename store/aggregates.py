@@ -1,0 +1,486 @@
+"""What the verdict needs, computed by PostgreSQL; and the verdict history.
+
+Every number here is an SQL aggregate over the run's rows (counts with ``FILTER``,
+differences grouped by endpoint, field, side and judgement, ``percentile_cont`` over a
+bounded latency sample); no Python loop ever walks the run's exchanges. The values returned
+are plain frozen dataclasses that the pure verdict code (``diff.verdict``) reads.
+
+Outcome vocabulary (set by the diff workers, ``store.judgement``):
+
+- ``match`` / ``differ`` / ``noise_only``: a *pair*: both the primary and the canary answered
+  and were compared (``noise_only``: every difference was noise in that exchange, the
+  secondary differing at the same field);
+- ``skipped``: nothing to compare (the mirror was skipped, or the other side left no trace);
+- ``error``: one side failed in transport (timeout, refused, reset), so no pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from config.errors import StoreUnavailable, UnknownRun
+from store.engine import censor_dsn
+from store.exchanges import is_unavailable
+from store.tables import differences, exchanges, run_losses, runs, verdicts
+
+__all__ = [
+    "LATENCY_SAMPLE_SIZE",
+    "PAIR_OUTCOMES",
+    "EndpointCounts",
+    "FieldCount",
+    "LatencySample",
+    "MismatchCounts",
+    "RunAggregates",
+    "RunInfo",
+    "StoredVerdict",
+    "fetch_aggregates",
+    "fetch_endpoint_counts",
+    "fetch_field_counts",
+    "fetch_latency_sample",
+    "fetch_losses",
+    "fetch_mismatch_counts",
+    "fetch_run",
+    "latest_verdicts",
+    "read_snapshot",
+    "record_verdict",
+    "store_errors",
+]
+
+PAIR_OUTCOMES = ("match", "differ", "noise_only")
+# Exchanges where both sides were asked (the population of the error-rate check).
+_ATTEMPTED_OUTCOMES = (*PAIR_OUTCOMES, "error")
+# The latency test reads at most this many of the run's most recent pairs.
+LATENCY_SAMPLE_SIZE = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    id: int
+    name: str
+    config: Mapping[str, Any]  # GraygateConfig.model_dump(mode="json"), or {} / partial
+    as_of: datetime  # the database's now() when it was read
+    canary_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointCounts:
+    """One endpoint's exchanges, by what the workers made of them."""
+
+    endpoint: str
+    recorded: int = 0  # exchanges recorded (judged or not)
+    judged: int = 0
+    pairs: int = 0  # outcome match | differ | noise_only
+    secondary_pairs: int = 0  # pairs also compared with a secondary
+    skipped: int = 0
+    errors: int = 0  # outcome error: a transport failure on one side
+    attempted: int = 0  # judged and not skipped: both sides were asked
+    primary_failures: int = 0  # attempted, and the primary answered 5xx or failed in transport
+    canary_failures: int = 0  # the same for the canary
+    strict_pairs: int = 0  # pairs with a strict mismatch against the canary (any field)
+    tolerance_pairs: int = 0  # pairs with a tolerance violation against the canary
+
+
+@dataclass(frozen=True, slots=True)
+class FieldCount:
+    """Differences at one rule-level field of one endpoint, against one side."""
+
+    endpoint: str
+    field: str
+    against: str  # canary | secondary
+    judgement: str  # strict | tolerance | noise | waived
+    exchanges: int  # distinct exchanges with such a difference
+    differences: int = 0  # rows (an array field may differ several times in one exchange)
+
+
+@dataclass(frozen=True, slots=True)
+class MismatchCounts:
+    """Pairs of one endpoint with a mismatch outside the noise fields."""
+
+    strict_pairs: int = 0
+    tolerance_pairs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySample:
+    """Latencies (ms) of the most recent pairs, and their p50/p99 (``percentile_cont``)."""
+
+    primary_ms: tuple[float, ...] = ()
+    canary_ms: tuple[float, ...] = ()
+    primary_p50: float | None = None
+    primary_p99: float | None = None
+    canary_p50: float | None = None
+    canary_p99: float | None = None
+
+    @classmethod
+    def of(cls, primary_ms: Sequence[float], canary_ms: Sequence[float]) -> LatencySample:
+        """A sample with its percentiles computed here (as percentile_cont would)."""
+        return cls(
+            primary_ms=tuple(primary_ms),
+            canary_ms=tuple(canary_ms),
+            primary_p50=_percentile_cont(primary_ms, 0.5),
+            primary_p99=_percentile_cont(primary_ms, 0.99),
+            canary_p50=_percentile_cont(canary_ms, 0.5),
+            canary_p99=_percentile_cont(canary_ms, 0.99),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunAggregates:
+    """Everything the verdict reads about one run."""
+
+    run: str
+    run_id: int = 0
+    endpoints: tuple[EndpointCounts, ...] = ()
+    fields: tuple[FieldCount, ...] = ()
+    losses: Mapping[str, int] = field(default_factory=dict)  # reason -> unrecorded exchanges
+    latency: LatencySample = field(default_factory=LatencySample)
+    # Mismatch counts per endpoint that leave the noise fields out (fetch_mismatch_counts);
+    # None: EndpointCounts' strict_pairs / tolerance_pairs stand (no field is noise).
+    mismatches: Mapping[str, MismatchCounts] | None = None
+    runtime: Sequence[Any] = ()  # runtime samples, as store.runtime.fetch_samples returns
+
+    @property
+    def recorded(self) -> int:
+        return sum(e.recorded for e in self.endpoints)
+
+    @property
+    def judged(self) -> int:
+        return sum(e.judged for e in self.endpoints)
+
+    @property
+    def pairs(self) -> int:
+        return sum(e.pairs for e in self.endpoints)
+
+    @property
+    def unrecorded(self) -> int:
+        return sum(self.losses.values())
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVerdict:
+    run_id: int
+    computed_at: datetime
+    verdict: str  # GO | NO_GO | INCONCLUSIVE
+    checks: list[dict[str, Any]]
+
+
+def _percentile_cont(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+# Undefined table / column: the database's schema is behind the code.
+_SCHEMA_BEHIND = frozenset({"42P01", "42703"})
+
+
+def _sqlstate(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    for cur in (orig, getattr(orig, "__cause__", None), exc):
+        state = getattr(cur, "sqlstate", None) or getattr(cur, "pgcode", None)
+        if state:
+            return str(state)
+    return ""
+
+
+@asynccontextmanager
+async def store_errors(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Turn "the database is away" (and "its schema is behind") into StoreUnavailable,
+    naming the censored URL; every other error passes through."""
+    try:
+        yield
+    except (DBAPIError, OSError, TimeoutError) as exc:
+        where = censor_dsn(str(engine.url))
+        reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [repr(exc)])[0][:200]
+        if _sqlstate(exc) in _SCHEMA_BEHIND:
+            raise StoreUnavailable(
+                f"database {where} schema is behind this graygate ({reason}); "
+                "run `graygate db upgrade`"
+            ) from None
+        if is_unavailable(exc):
+            raise StoreUnavailable(f"database {where} is unavailable: {reason}") from None
+        raise
+
+
+@asynccontextmanager
+async def read_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A read-only REPEATABLE READ transaction: every aggregate read in it sees the same
+    moment of the run. JIT is off (it costs more to compile than these scans take); a
+    larger work_mem keeps the aggregates' hash tables in memory."""
+    async with engine.connect() as conn:
+        async with conn.begin():
+            await conn.execute(
+                sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            )
+            await conn.execute(sa.text("SET LOCAL jit = off"))
+            await conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))
+            yield conn
+
+
+async def fetch_run(conn: AsyncConnection, name: str) -> RunInfo:
+    """The run's id and stored configuration; UnknownRun when there is none by that name."""
+    row = (
+        await conn.execute(
+            sa.select(
+                runs.c.id, runs.c.config, runs.c.canary_url, sa.func.now().label("as_of")
+            ).where(runs.c.name == name)
+        )
+    ).first()
+    if row is None:
+        raise UnknownRun(name)
+    return RunInfo(
+        id=row.id,
+        name=name,
+        config=row.config or {},
+        as_of=row.as_of,
+        canary_url=row.canary_url,
+    )
+
+
+async def fetch_endpoint_counts(conn: AsyncConnection, run_id: int) -> list[EndpointCounts]:
+    """Every endpoint's counts, in one scan of the run's exchanges.
+
+    The scan only classifies (endpoint, outcome and five flags -> count), reading nothing
+    but ix_exchanges_verdict_counts (an index-only scan); the FILTERed sums then run over
+    those few dozen groups instead of evaluating ten FILTER clauses on every row.
+    """
+    e = exchanges.c
+    http_5xx: sa.ColumnElement[int] = sa.literal_column("500")
+    zero: sa.ColumnElement[int] = sa.literal_column("0")
+
+    def flag(cond: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
+        return sa.func.coalesce(cond, sa.false())
+
+    keys: dict[str, sa.ColumnElement[Any]] = {
+        "endpoint": e.endpoint,
+        "outcome": e.outcome,
+        "with_secondary": e.noise_differences.is_not(None),
+        "primary_failed": flag(e.primary_error.is_not(None) | (e.primary_status >= http_5xx)),
+        "canary_failed": flag(e.canary_error.is_not(None) | (e.canary_status >= http_5xx)),
+        "strict": flag(e.strict_mismatches > zero),
+        "tolerance": flag(e.tolerance_violations > zero),
+    }
+    classes = (
+        sa.select(*(v.label(k) for k, v in keys.items()), sa.func.count().label("n"))
+        .where(e.run_id == run_id)
+        .group_by(*keys.values())
+        .subquery("classes")
+    )
+    c = classes.c
+    pair = c.outcome.in_(PAIR_OUTCOMES)
+    attempted = c.outcome.in_(_ATTEMPTED_OUTCOMES)
+
+    def n(cond: sa.ColumnElement[bool] | None = None) -> sa.ColumnElement[int]:
+        total = sa.func.sum(c.n) if cond is None else sa.func.sum(c.n).filter(cond)
+        return sa.func.coalesce(total, 0)
+
+    stmt = (
+        sa.select(
+            c.endpoint,
+            n().label("recorded"),
+            n(c.outcome.is_not(None)).label("judged"),  # workers set both at once
+            n(pair).label("pairs"),
+            n(pair & c.with_secondary).label("secondary_pairs"),
+            n(c.outcome == "skipped").label("skipped"),
+            n(c.outcome == "error").label("errors"),
+            n(attempted).label("attempted"),
+            n(attempted & c.primary_failed).label("primary_failures"),
+            n(attempted & c.canary_failed).label("canary_failures"),
+            n(pair & c.strict).label("strict_pairs"),
+            n(pair & c.tolerance).label("tolerance_pairs"),
+        )
+        .group_by(c.endpoint)
+        .order_by(c.endpoint)
+    )
+    rows = (await conn.execute(stmt)).all()
+    return [
+        EndpointCounts(
+            endpoint=m["endpoint"],
+            **{k: int(v) for k, v in m.items() if k != "endpoint"},
+        )
+        for m in (row._mapping for row in rows)
+    ]
+
+
+async def fetch_field_counts(conn: AsyncConnection, run_id: int) -> list[FieldCount]:
+    """Differences grouped by (endpoint, field, against, judgement): distinct exchanges and
+    rows. Streams over ix_differences_field_counts in key order (no sort, no hash)."""
+    d = differences.c
+    stmt = (
+        sa.select(
+            d.endpoint,
+            d.field,
+            d.against,
+            d.judgement,
+            sa.func.count(sa.distinct(d.exchange_id)).label("exchanges"),
+            sa.func.count().label("differences"),
+        )
+        .where(d.run_id == run_id)
+        .group_by(d.endpoint, d.field, d.against, d.judgement)
+        .order_by(d.endpoint, d.field, d.against, d.judgement)
+    )
+    rows = (await conn.execute(stmt)).all()
+    return [
+        FieldCount(
+            endpoint=r.endpoint,
+            field=r.field,
+            against=r.against,
+            judgement=r.judgement,
+            exchanges=int(r.exchanges),
+            differences=int(r.differences),
+        )
+        for r in rows
+    ]
+
+
+async def fetch_mismatch_counts(
+    conn: AsyncConnection, run_id: int, exclude: Collection[tuple[str, str]]
+) -> dict[str, MismatchCounts]:
+    """Per endpoint: pairs with a strict mismatch / tolerance violation against the canary
+    in a field outside ``exclude`` ((endpoint, field) pairs, e.g. the noise fields)."""
+    d = differences.c
+    cond = (d.run_id == run_id) & (d.against == "canary") & d.judgement.in_(("strict", "tolerance"))
+    if exclude:
+        cond = cond & sa.tuple_(d.endpoint, d.field).not_in(sorted(exclude))
+    stmt = (
+        sa.select(
+            d.endpoint,
+            sa.func.count(sa.distinct(d.exchange_id))
+            .filter(d.judgement == "strict")
+            .label("strict_pairs"),
+            sa.func.count(sa.distinct(d.exchange_id))
+            .filter(d.judgement == "tolerance")
+            .label("tolerance_pairs"),
+        )
+        .where(cond)
+        .group_by(d.endpoint)
+    )
+    rows = (await conn.execute(stmt)).all()
+    return {
+        r.endpoint: MismatchCounts(strict_pairs=r.strict_pairs, tolerance_pairs=r.tolerance_pairs)
+        for r in rows
+    }
+
+
+async def fetch_latency_sample(
+    conn: AsyncConnection, run_id: int, limit: int = LATENCY_SAMPLE_SIZE
+) -> LatencySample:
+    """The latencies of the run's ``limit`` most recent pairs, with p50/p99 of each side."""
+    e = exchanges.c
+    recent = (
+        sa.select(e.primary_latency_ms.label("p"), e.canary_latency_ms.label("c"))
+        .where(
+            e.run_id == run_id,
+            e.outcome.in_(PAIR_OUTCOMES),
+            e.primary_latency_ms.is_not(None),
+            e.canary_latency_ms.is_not(None),
+        )
+        .order_by(e.id.desc())
+        .limit(limit)
+        .subquery()
+    )
+    s = recent.c
+
+    def pct(col: sa.ColumnElement[float], q: float) -> sa.ColumnElement[float]:
+        return sa.func.percentile_cont(q).within_group(col)
+
+    stmt = sa.select(
+        sa.func.array_agg(s.p),
+        sa.func.array_agg(s.c),
+        pct(s.p, 0.5),
+        pct(s.p, 0.99),
+        pct(s.c, 0.5),
+        pct(s.c, 0.99),
+    )
+    row = (await conn.execute(stmt)).one()
+    return LatencySample(
+        primary_ms=tuple(row[0] or ()),
+        canary_ms=tuple(row[1] or ()),
+        primary_p50=row[2],
+        primary_p99=row[3],
+        canary_p50=row[4],
+        canary_p99=row[5],
+    )
+
+
+async def fetch_losses(conn: AsyncConnection, run_id: int) -> dict[str, int]:
+    """Exchanges the recorders could not record, by reason."""
+    rows = (
+        await conn.execute(
+            sa.select(run_losses.c.reason, run_losses.c.count).where(run_losses.c.run_id == run_id)
+        )
+    ).all()
+    return {reason: int(count) for reason, count in rows if count}
+
+
+async def fetch_aggregates(conn: AsyncConnection, run: RunInfo) -> RunAggregates:
+    """The run's counts, field counts, losses and latency sample (no noise applied yet:
+    see ``fetch_mismatch_counts`` and ``dataclasses.replace``)."""
+    return RunAggregates(
+        run=run.name,
+        run_id=run.id,
+        endpoints=tuple(await fetch_endpoint_counts(conn, run.id)),
+        fields=tuple(await fetch_field_counts(conn, run.id)),
+        losses=await fetch_losses(conn, run.id),
+        latency=await fetch_latency_sample(conn, run.id),
+    )
+
+
+async def record_verdict(
+    conn: AsyncConnection,
+    run_id: int,
+    verdict: str,
+    checks: Sequence[Mapping[str, Any]],
+    *,
+    computed_at: datetime | None = None,
+) -> datetime:
+    """Append a verdict to the run's history; returns its time (default: the server's now)."""
+    values: dict[str, Any] = {
+        "run_id": run_id,
+        "verdict": verdict,
+        # Through orjson: NaN/inf become null, which jsonb accepts.
+        "checks": orjson.loads(
+            orjson.dumps([dict(c) for c in checks], default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+        ),
+    }
+    if computed_at is not None:
+        values["computed_at"] = computed_at
+    at: datetime = (
+        await conn.execute(sa.insert(verdicts).values(**values).returning(verdicts.c.computed_at))
+    ).scalar_one()
+    return at
+
+
+async def latest_verdicts(engine: AsyncEngine, run: str, limit: int = 20) -> list[StoredVerdict]:
+    """The run's most recent verdicts, newest first; UnknownRun when there is no such run,
+    StoreUnavailable when the database cannot be reached."""
+    async with store_errors(engine), engine.connect() as conn:
+        info = await fetch_run(conn, run)
+        v = verdicts.c
+        rows = (
+            await conn.execute(
+                sa.select(v.run_id, v.computed_at, v.verdict, v.checks)
+                .where(v.run_id == info.id)
+                .order_by(v.computed_at.desc(), v.id.desc())
+                .limit(limit)
+            )
+        ).all()
+    return [
+        StoredVerdict(
+            run_id=r.run_id, computed_at=r.computed_at, verdict=r.verdict, checks=list(r.checks)
+        )
+        for r in rows
+    ]
