@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -75,3 +77,13 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 def run_name() -> Iterator[str]:
     """A fresh run name per test, so tests sharing the database never see each other."""
     yield f"run-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def canary_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Go canary of ``examples/canary``, built once per test session."""
+    if shutil.which("go") is None:
+        pytest.skip("the Go toolchain (`go`) is not on PATH: cannot build examples/canary")
+    from proxy.demo import build_go_canary
+
+    return build_go_canary(tmp_path_factory.mktemp("canary"))

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -215,13 +214,9 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 
 
 @pytest.fixture(scope="session")
-def go_canary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The Go canary, built once per session."""
-    if shutil.which("go") is None:
-        pytest.skip("the Go toolchain (`go`) is not on PATH: cannot build examples/canary")
-    from proxy.demo import build_go_canary
-
-    return build_go_canary(tmp_path_factory.mktemp("go-canary"))
+def go_canary(canary_bin: Path) -> Path:
+    """The Go canary, built once per session (tests/conftest.py)."""
+    return canary_bin
 
 
 @pytest.fixture

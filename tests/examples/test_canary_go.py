@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -43,21 +42,6 @@ def serve_app() -> ServeApp:
     return _serve
 
 
-@pytest.fixture(scope="module")
-def canary_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("the Go toolchain (`go`) is not on PATH: cannot build examples/canary")
-    out = tmp_path_factory.mktemp("canary") / "canary"
-    proc = subprocess.run(
-        [go, "build", "-o", str(out), "."],
-        cwd=CANARY_SRC,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return out
 
 
 def _read_line(proc: subprocess.Popen[str], timeout: float = 15.0) -> str:

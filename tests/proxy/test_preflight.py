@@ -7,9 +7,7 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import socket
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -35,21 +33,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CANARY_SRC = ROOT / "examples" / "canary"
 
 
-@pytest.fixture(scope="module")
-def canary_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("the Go toolchain (`go`) is not on PATH: cannot build examples/canary")
-    out = tmp_path_factory.mktemp("canary") / "canary"
-    proc = subprocess.run(
-        [go, "build", "-o", str(out), "."],
-        cwd=CANARY_SRC,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return out
 
 
 @contextlib.asynccontextmanager

@@ -8,9 +8,7 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import socket
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -38,21 +36,6 @@ CANARY_SRC = ROOT / "examples" / "canary"
 # --------------------------------------------------------------------------- services
 
 
-@pytest.fixture(scope="module")
-def canary_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("the Go toolchain (`go`) is not on PATH: cannot build examples/canary")
-    out = tmp_path_factory.mktemp("canary") / "canary"
-    proc = subprocess.run(
-        [go, "build", "-o", str(out), "."],
-        cwd=CANARY_SRC,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return out
 
 
 @contextlib.asynccontextmanager
