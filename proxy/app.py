@@ -1,0 +1,370 @@
+"""The proxied port's application: request path steps 1-6 in one handler.
+
+``make_proxy_app(cfg, recorder=..., run_id=...)`` returns an ``aiohttp`` application with
+a single catch-all route and no middleware (the hot path is one coroutine). What it owns,
+each in a cleanup context, in this order (cleanup runs in reverse, so mirrors are drained
+before the tracer and the sessions go):
+
+1. ``UPSTREAMS_KEY``: one ``ClientSession`` per upstream (``proxy.forward``)
+2. ``TRACING_KEY``: the ``TracerProvider``, or nothing (``proxy.tracing``)
+3. ``MIRROR_TASKS_KEY``: the mirrors' ``TaskSet``, drained on cleanup (``proxy.mirror``)
+4. the proxy itself (``PROXY_KEY``), bound to the above on startup (and, unless
+   ``tune_gc=False``, the garbage collector tuned while it serves; see ``_GC_THRESHOLD``)
+
+Per request: tag (trace ids, gray label), route (who serves, is it mirrored), read the body
+up to ``mirror.max_body_bytes`` (beyond: streamed, not mirrored), spawn the mirror, forward
+to the serving side streaming its answer, then record the exchange: once, when both answers
+are in, from the mirror's task (or right away when there is no mirror). Decoding, redaction
+and building the record happen after the client has its answer.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Final, Protocol
+
+from aiohttp import ClientError, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import StreamReader
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from config.schema import GraygateConfig
+from diff.endpoints import EndpointMatcher
+from proxy.codec import decode_body
+from proxy.forward import (
+    HOP_BY_HOP,
+    UPSTREAMS_KEY,
+    Capture,
+    RequestBody,
+    Upstream,
+    forward,
+    request_drop,
+    split_target,
+    upstream_headers,
+    upstreams_ctx,
+)
+from proxy.metrics import count_mirror_skip, observe_upstream
+from proxy.mirror import MIRROR_TASKS_KEY, Exchange, Mirror, mirror_tasks_ctx
+from proxy.redact import Redactor
+from proxy.routing import CANARY, PRIMARY, SKIP_BODY_TOO_LARGE, SKIP_SATURATED, Router
+from proxy.tagging import tag_request
+from proxy.tracing import TRACING_KEY, Tracing, tracing_ctx
+from store.records import ExchangeRecord, Response
+
+__all__ = ["PROXY_KEY", "Proxy", "RecordSink", "make_proxy_app"]
+
+logger = logging.getLogger(__name__)
+
+
+# Every request allocates a few hundred container objects (aiohttp's requests, responses,
+# tasks, futures; the record) that die young. With CPython's default threshold (700) the
+# collector runs every few requests and rescans what startup left behind: a quarter of the
+# proxy's CPU time in the benchmark. While the proxy serves, what exists at startup is
+# frozen out of collection and the young generation is collected every 50 000 allocations.
+_GC_THRESHOLD: Final = (50_000, 50, 100)
+
+
+class RecordSink(Protocol):
+    """What the proxy hands exchanges to (``proxy.recorder.Recorder``)."""
+
+    def submit(self, record: ExchangeRecord) -> bool:
+        """Queue ``record`` without blocking; False when it was dropped (and counted)."""
+        ...
+
+
+class Proxy:
+    """The request handler and what it needs; bound to the app's resources on startup."""
+
+    def __init__(
+        self,
+        cfg: GraygateConfig,
+        *,
+        recorder: RecordSink | None,
+        run_id: int,
+        tune_gc: bool = True,
+    ) -> None:
+        self._tune_gc = tune_gc
+        self._router = Router(cfg.gray, cfg.mirror)
+        self._redactor = Redactor(cfg.redact)
+        self._matcher = EndpointMatcher([e.match for e in cfg.compare.endpoints])
+        self._gray_header = cfg.gray.header
+        self._drop = request_drop(cfg.gray.header)
+        self._mirror_max_body = cfg.mirror.max_body_bytes
+        self._max_in_flight = cfg.mirror.max_in_flight
+        self._record_limit = cfg.record.max_body_bytes
+        self._recorder = recorder
+        self._run_id = run_id
+        # Bound on startup (ctx).
+        self._upstreams: dict[str, Upstream] = {}
+        self._targets: dict[str, tuple[Upstream, ...]] = {}
+        self._tracing: Tracing | None = None
+        self._mirror: Mirror | None = None
+
+    @property
+    def mirror(self) -> Mirror:
+        assert self._mirror is not None, "the proxy app is not started"
+        return self._mirror
+
+    async def ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """Cleanup context: bind to the sessions, tracer, task set (and recorder); tune the
+        garbage collector while serving (``tune_gc``)."""
+        if self._recorder is None:
+            from proxy.recorder import RECORDER_KEY
+
+            if RECORDER_KEY not in app:
+                raise RuntimeError(
+                    "make_proxy_app(recorder=None) needs recorder_ctx in the app's "
+                    "cleanup_ctx before the proxy's (app.cleanup_ctx.insert(0, ...))"
+                )
+            self._recorder = app[RECORDER_KEY]
+        ups = app[UPSTREAMS_KEY]
+        self._upstreams = ups
+        secondary = (ups["secondary"],) if "secondary" in ups else ()
+        self._targets = {
+            PRIMARY: (ups[CANARY], *secondary),
+            CANARY: (ups[PRIMARY], *secondary),
+        }
+        self._tracing = app[TRACING_KEY]
+        self._mirror = Mirror(
+            app[MIRROR_TASKS_KEY],
+            max_in_flight=self._max_in_flight,
+            record_limit=self._record_limit,
+            tracing=self._tracing,
+            finish=self._finish,
+        )
+        if not self._tune_gc:
+            yield
+            return
+        saved = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(*(max(a, b) for a, b in zip(saved, _GC_THRESHOLD, strict=True)))
+        try:
+            yield
+        finally:
+            gc.set_threshold(*saved)
+            gc.unfreeze()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        received = time.time()
+        headers = request.headers
+        tags = tag_request(headers, self._gray_header)
+        trace_id = tags.trace_id
+        router = self._router
+        served_by = router.serving_side(headers, tags.label, trace_id)
+        label = router.label_for(tags.label, served_by)
+        method = request.method
+        path, query = split_target(request)
+        skip = router.mirror_skip(method, trace_id)
+        out_headers = upstream_headers(request, tags, self._gray_header, label, self._drop)
+        ex = Exchange(
+            received_at=received,
+            tags=tags,
+            label=label,
+            method=method,
+            path=path,
+            query=query,
+            headers=out_headers,
+            served_by=served_by,
+        )
+        body: bytes | None = None
+        data: RequestBody = None
+        if request.body_exists:
+            try:
+                body, stream = await self._read_body(request, ex, out_headers)
+            except (ConnectionError, ClientError, HttpProcessingError):
+                # The client went away (or broke off its body): nobody reads this answer.
+                return web.Response(status=400)
+            if stream is not None:
+                data = stream
+                if skip is None:
+                    skip = SKIP_BODY_TOO_LARGE
+            else:
+                data = body
+
+        tracing = self._tracing
+        assert tracing is not None and self._mirror is not None
+        span = fspan = None
+        if tracing.enabled:
+            span = ex.span = tracing.server_span(tags, method, path)
+            fspan = tracing.child_span(span, "forward", served_by)
+        if skip is None and not self._mirror.try_start(ex, self._targets[served_by], body):
+            skip = SKIP_SATURATED
+        if skip is not None:
+            ex.mirror_skipped = skip
+            count_mirror_skip(skip)
+
+        upstream = self._upstreams[served_by]
+        cap = Capture(self._record_limit)
+        try:
+            return await forward(
+                request, upstream, upstream.url(path, query), out_headers, data, trace_id, cap
+            )
+        finally:
+            if cap.status is None and cap.error is None:
+                cap.error = "error"  # cancelled before an answer
+            ex.captures[served_by] = cap
+            observe_upstream(
+                served_by,
+                "serve",
+                cap.error or cap.status or "error",
+                cap.latency if cap.error is None else None,
+            )
+            if span is not None and fspan is not None:
+                Tracing.finish(fspan, cap.status, cap.error)
+                client_status = cap.status
+                if client_status is None:
+                    client_status = 504 if cap.error == "timeout" else 502
+                Tracing.finish(span, client_status, cap.error)
+            served = ex.served
+            if served is not None:
+                if not served.done():
+                    served.set_result(None)
+            else:
+                self._finish(ex)
+
+    async def _read_body(
+        self, request: web.Request, ex: Exchange, out_headers: list[tuple[str, str]]
+    ) -> tuple[bytes | None, AsyncIterator[bytes] | None]:
+        """The whole body when it fits ``mirror.max_body_bytes``; else a stream of it (what
+        was read already, then the rest). A bounded copy goes to ``ex.request``."""
+        headers = request.headers
+        ex.request_encoding = headers.get("Content-Encoding")
+        ex.request_type = headers.get("Content-Type")
+        copy = ex.request = Capture(self._record_limit)
+        content = request.content
+        limit = self._mirror_max_body
+        length = request.content_length
+        if length is not None and length <= limit:
+            body = await content.read()
+            copy.add(body)
+            return body, None
+        chunks: list[bytes] = []
+        if length is None:  # chunked: read on while it fits
+            size = 0
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    body = b"".join(chunks)
+                    copy.add(body)
+                    return body, None
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    break
+        else:
+            out_headers.append(("Content-Length", str(length)))
+        for chunk in chunks:
+            copy.add(chunk)
+        return None, _stream(chunks, content, copy)
+
+    def _finish(self, ex: Exchange) -> None:
+        """Build the exchange's record and hand it to the recorder (once)."""
+        try:
+            record = self._record(ex)
+        except Exception:
+            logger.exception("cannot build the record of exchange %s", ex.tags.trace_id)
+            return
+        recorder = self._recorder
+        assert recorder is not None
+        try:
+            recorder.submit(record)  # a refusal is counted by the recorder
+        except Exception:
+            logger.exception("the recorder refused exchange %s", ex.tags.trace_id)
+
+    def _record(self, ex: Exchange) -> ExchangeRecord:
+        tags = ex.tags
+        redact = self._redactor
+        req_body: bytes | None = None
+        req_truncated = False
+        if ex.request is not None:
+            decoded, cut = decode_body(ex.request.body, ex.request_encoding, self._record_limit)
+            req_body = redact.body(decoded, ex.request_type)
+            req_truncated = ex.request.truncated or cut
+        caps = ex.captures
+        served = caps.get(ex.served_by)
+        return ExchangeRecord(
+            run_id=self._run_id,
+            trace_id=tags.trace_id,
+            span_id=tags.span_id,
+            received_at=datetime.fromtimestamp(ex.received_at, UTC),
+            endpoint=self._matcher.endpoint(ex.method, ex.path),
+            method=ex.method,
+            path=ex.path,
+            query=ex.query,
+            request_headers=redact.headers(ex.headers),
+            request_body=req_body,
+            request_body_truncated=req_truncated,
+            gray_label=ex.label,
+            served_by=ex.served_by,
+            mirror_skipped=ex.mirror_skipped,
+            primary=self._response(caps.get(PRIMARY)),
+            canary=self._response(caps.get(CANARY)),
+            secondary=self._response(caps.get("secondary")),
+            extra={"client_disconnected": "true"} if served and served.client_gone else {},
+        )
+
+    def _response(self, cap: Capture | None) -> Response | None:
+        if cap is None:
+            return None
+        latency_ms = None if cap.latency is None else cap.latency * 1000.0
+        headers = cap.headers
+        if headers is None:
+            return Response(latency_ms=latency_ms, error=cap.error)
+        decoded, cut = decode_body(
+            cap.body, headers.get("Content-Encoding"), self._record_limit
+        )
+        redact = self._redactor
+        return Response(
+            status=cap.status,
+            headers=redact.headers(headers.items(), HOP_BY_HOP),
+            body=redact.body(decoded, headers.get("Content-Type")),
+            body_truncated=cap.truncated or cut,
+            latency_ms=latency_ms,
+            error=cap.error,
+        )
+
+
+async def _stream(
+    head: list[bytes], content: StreamReader, copy: Capture
+) -> AsyncIterator[bytes]:
+    for chunk in head:
+        yield chunk
+    while chunk := await content.readany():
+        copy.add(chunk)
+        yield chunk
+
+
+PROXY_KEY: web.AppKey[Proxy] = web.AppKey("graygate.proxy.proxy", Proxy)
+
+
+def make_proxy_app(
+    cfg: GraygateConfig,
+    *,
+    recorder: RecordSink | None,
+    run_id: int,
+    span_exporter: SpanExporter | None = None,
+    tune_gc: bool = True,
+) -> web.Application:
+    """The proxied port's application.
+
+    ``recorder``: where exchanges go (anything with ``submit(record) -> bool``). ``None``
+    takes ``app[proxy.recorder.RECORDER_KEY]`` on startup: then put ``recorder_ctx`` first
+    (``app.cleanup_ctx.insert(0, recorder_ctx(...))``), so that it starts before the proxy
+    and stops after the mirrors are drained. ``span_exporter`` overrides
+    ``cfg.tracing.exporter`` (tests, embedding). ``tune_gc``: while the app runs, freeze
+    the startup heap out of the garbage collector and collect the young generation less
+    often (process-wide; restored on cleanup).
+    """
+    proxy = Proxy(cfg, recorder=recorder, run_id=run_id, tune_gc=tune_gc)
+    app = web.Application()
+    app[PROXY_KEY] = proxy
+    app.cleanup_ctx.append(upstreams_ctx(cfg.upstreams, cfg.mirror))
+    app.cleanup_ctx.append(tracing_ctx(cfg.tracing, span_exporter))
+    app.cleanup_ctx.append(mirror_tasks_ctx(cfg.mirror.timeout_ms / 1000 + 1.0))
+    app.cleanup_ctx.append(proxy.ctx)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    return app

@@ -1,0 +1,106 @@
+"""Prometheus metrics of the request path, on the default registry.
+
+The default registry is what ``prometheus_client``'s multiprocess mode collects from (set
+``PROMETHEUS_MULTIPROC_DIR`` before this module is imported), so several proxy processes
+can be scraped as one. Metric names:
+
+- ``graygate_upstream_requests_total{role, mode, status}``: requests sent to an upstream
+  (``role`` primary | canary | secondary; ``mode`` serve | mirror; ``status`` the HTTP
+  status code, or the error kind: timeout | refused | reset | error)
+- ``graygate_upstream_latency_seconds{role, mode}``: time to an upstream's full answer
+- ``graygate_mirror_outcomes_total{outcome}``: mirrors sent, by outcome (ok | timeout |
+  refused | reset | error; ``ok`` is any HTTP answer)
+- ``graygate_mirror_skipped_total{reason}``: exchanges not mirrored, by reason (disabled |
+  method | sampled_out | body_too_large | saturated)
+- ``graygate_mirror_in_flight``: mirrors running now
+
+What the recorder does with the exchanges is counted by the recorder
+(``graygate_record_exchanges_*``).
+
+Label children are cached: ``.labels()`` takes a lock and builds a tuple per call, which the
+hot path can do without.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "MIRROR_IN_FLIGHT",
+    "MIRROR_OUTCOMES",
+    "MIRROR_SKIPPED",
+    "UPSTREAM_LATENCY",
+    "UPSTREAM_REQUESTS",
+    "count_mirror_outcome",
+    "count_mirror_skip",
+    "observe_upstream",
+]
+
+logger = logging.getLogger(__name__)
+
+UPSTREAM_REQUESTS: Final = Counter(
+    "graygate_upstream_requests",
+    "Requests sent to an upstream, by role, mode and HTTP status or error kind.",
+    ("role", "mode", "status"),
+)
+UPSTREAM_LATENCY: Final = Histogram(
+    "graygate_upstream_latency_seconds",
+    "Time from sending a request to an upstream to the end of its answer.",
+    ("role", "mode"),
+    buckets=(
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        30.0,
+    ),
+)
+MIRROR_OUTCOMES: Final = Counter(
+    "graygate_mirror_outcomes",
+    "Mirrors sent, by outcome: ok (an HTTP answer), timeout, refused, reset, error.",
+    ("outcome",),
+)
+MIRROR_SKIPPED: Final = Counter(
+    "graygate_mirror_skipped",
+    "Exchanges not mirrored, by reason.",
+    ("reason",),
+)
+MIRROR_IN_FLIGHT: Final = Gauge(
+    "graygate_mirror_in_flight",
+    "Mirrors running now.",
+    multiprocess_mode="livesum",
+)
+
+_requests: dict[tuple[str, str, str], Counter] = {}
+_latency: dict[tuple[str, str], Histogram] = {}
+_outcomes: dict[str, Counter] = {}
+_skipped: dict[str, Counter] = {}
+
+
+def observe_upstream(role: str, mode: str, status: int | str, seconds: float | None) -> None:
+    """Count one upstream request (``status``: the HTTP status or the error kind)."""
+    key = (role, mode, str(status))
+    child = _requests.get(key)
+    if child is None:
+        child = _requests[key] = UPSTREAM_REQUESTS.labels(*key)
+    child.inc()
+    if seconds is not None:
+        lkey = (role, mode)
+        hist = _latency.get(lkey)
+        if hist is None:
+            hist = _latency[lkey] = UPSTREAM_LATENCY.labels(*lkey)
+        hist.observe(seconds)
+
+
+def count_mirror_outcome(outcome: str) -> None:
+    child = _outcomes.get(outcome)
+    if child is None:
+        child = _outcomes[outcome] = MIRROR_OUTCOMES.labels(outcome)
+    child.inc()
+
+
+def count_mirror_skip(reason: str) -> None:
+    child = _skipped.get(reason)
+    if child is None:
+        child = _skipped[reason] = MIRROR_SKIPPED.labels(reason)
+    child.inc()

@@ -1,0 +1,728 @@
+"""Forwarding: real aiohttp upstreams on loopback, a real client, the proxy in between."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import gzip
+import logging
+import socket
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import brotli
+import orjson
+import pytest
+from aiohttp import ClientSession, web
+from yarl import URL
+
+from config.load import config_from_mapping
+from config.schema import GraygateConfig
+from proxy.app import make_proxy_app
+from proxy.codec import decode_body
+from store.records import ExchangeRecord
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# --- harness: real servers on random loopback ports ------------------------------------
+
+
+class Sink:
+    """The recorder's part the proxy uses: submit(record) -> bool. Keeps what it got."""
+
+    def __init__(self) -> None:
+        self.records: list[ExchangeRecord] = []
+        self._added = asyncio.Event()
+
+    def submit(self, record: ExchangeRecord) -> bool:
+        self.records.append(record)
+        self._added.set()
+        return True
+
+    async def wait(self, n: int = 1) -> list[ExchangeRecord]:
+        """Until ``n`` records are in (an event per submit; 10 s before giving up)."""
+        async with asyncio.timeout(10):
+            while len(self.records) < n:
+                self._added.clear()
+                await self._added.wait()
+        return self.records
+
+
+@asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def handler_app(handler: Handler) -> web.Application:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return app
+
+
+async def echo(request: web.Request) -> web.Response:
+    """What the upstream saw, as JSON."""
+    body = await request.read()
+    return web.json_response(
+        {
+            "method": request.method,
+            "raw_path": request.raw_path,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body": body.decode("latin-1"),
+        }
+    )
+
+
+def closed_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def make_cfg(primary: str, canary: str, **extra: Any) -> GraygateConfig:
+    data: dict[str, Any] = {"run": "test", "upstreams": {"primary": primary, "canary": canary}}
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return config_from_mapping(data, env={})
+
+
+@asynccontextmanager
+async def proxy_for(cfg: GraygateConfig, sink: Sink) -> AsyncIterator[str]:
+    async with serve_app(make_proxy_app(cfg, recorder=sink, run_id=7)) as url:
+        yield url
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[ClientSession]:
+    async with ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+def header_map(pairs: list[list[str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k, v in pairs:
+        out.setdefault(k.lower(), []).append(v)
+    return out
+
+
+async def raw_request(base: str, data: bytes) -> bytes:
+    """Send ``data`` as is on a new connection, read the answer to the end."""
+    url = URL(base)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await reader.read()
+    finally:
+        writer.close()
+
+
+# --- the client gets the primary's answer, exactly ------------------------------------
+
+
+async def test_client_gets_primary_status_headers_and_bytes(client: ClientSession) -> None:
+    payload = gzip.compress(b'{"ok": true, "n": 1}' * 50)
+
+    async def primary(request: web.Request) -> web.Response:
+        resp = web.Response(status=201, reason="Made It", body=payload)
+        resp.headers["Content-Type"] = "application/json"
+        resp.headers["Content-Encoding"] = "gzip"
+        resp.headers["X-Custom"] = "a"
+        resp.headers.add("Set-Cookie", "a=1; Path=/")
+        resp.headers.add("Set-Cookie", "b=2; Path=/")
+        resp.headers["Vary"] = "Accept-Encoding"
+        return resp
+
+    sink = Sink()
+    async with (
+        serve_app(handler_app(primary)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        async with client.get(proxy + "/x", headers={"Accept-Encoding": "gzip"}) as resp:
+            body = await resp.read()
+            assert resp.status == 201
+            assert resp.reason == "Made It"
+            assert body == payload  # the compressed bytes, untouched
+            assert resp.headers["Content-Encoding"] == "gzip"
+            assert resp.headers["Content-Length"] == str(len(payload))
+            assert resp.headers["Content-Type"] == "application/json"
+            assert resp.headers["X-Custom"] == "a"
+            assert resp.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/"]
+            assert resp.headers["Vary"] == "Accept-Encoding"
+            trace_id = resp.headers["X-Trace-ID"]
+        (rec,) = await sink.wait()
+    assert rec.trace_id == trace_id
+    assert rec.primary is not None
+    assert rec.primary.status == 201
+    assert rec.primary.body == b'{"ok": true, "n": 1}' * 50  # decoded for storage
+    assert rec.primary.headers is not None
+    assert rec.primary.headers["set-cookie"] == "[REDACTED], [REDACTED]"
+
+
+async def test_query_and_body_intact_for_every_method() -> None:
+    sink = Sink()
+    query = "a=1&b=%zz+x&&c=%2F&d=%E2%82%AC&e"
+    body = bytes(range(256)) * 3
+    async with (
+        serve_app(handler_app(echo)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+            head = (
+                f"{method} /api/items/9?{query} HTTP/1.1\r\nHost: shop.example\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            raw = await raw_request(proxy, head + body)
+            status_line, _, rest = raw.partition(b"\r\n")
+            assert status_line == b"HTTP/1.1 200 OK"
+            seen = orjson.loads(rest.partition(b"\r\n\r\n")[2])
+            assert seen["method"] == method
+            assert seen["raw_path"] == f"/api/items/9?{query}"
+            assert seen["body"].encode("latin-1") == body
+        head = f"HEAD /h?{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        raw = await raw_request(proxy, head)
+        assert raw.startswith(b"HTTP/1.1 200 OK")
+        assert raw.endswith(b"\r\n\r\n")  # no body for HEAD
+        records = await sink.wait(7)
+    assert {r.query for r in records} == {query}
+
+
+async def test_chunked_request_body_is_forwarded(client: ClientSession) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(5):
+            yield f"part-{i};".encode()
+
+    sink = Sink()
+    async with (
+        serve_app(handler_app(echo)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        async with client.put(proxy + "/c", data=chunks()) as resp:
+            seen = await resp.json()
+        assert seen["body"] == "part-0;part-1;part-2;part-3;part-4;"
+        (rec,) = await sink.wait()
+    assert rec.request_body == b"part-0;part-1;part-2;part-3;part-4;"
+
+
+async def test_hop_by_hop_headers_are_stripped_both_ways() -> None:
+    async def primary(request: web.Request) -> web.Response:
+        resp = await echo(request)
+        resp.headers["Connection"] = "X-Resp-Hop"
+        resp.headers["X-Resp-Hop"] = "drop me"
+        resp.headers["Keep-Alive"] = "timeout=5"
+        resp.headers["Proxy-Authenticate"] = "Basic"
+        resp.headers["Trailer"] = "X-Checksum"
+        resp.headers["X-Resp-Kept"] = "keep me"
+        return resp
+
+    sink = Sink()
+    async with (
+        serve_app(handler_app(primary)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        raw = await raw_request(
+            proxy,
+            b"GET /hop HTTP/1.1\r\nHost: a.example\r\n"
+            b"Connection: close, X-Secret-Hop\r\nX-Secret-Hop: 1\r\n"
+            b"Keep-Alive: timeout=9\r\nTE: trailers\r\nTrailer: X-T\r\n"
+            b"Proxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\n"
+            b"X-Kept: yes\r\n\r\n",
+        )
+    head, _, body = raw.partition(b"\r\n\r\n")
+    resp_headers = {
+        line.split(b":", 1)[0].strip().lower(): line.split(b":", 1)[1].strip()
+        for line in head.split(b"\r\n")[1:]
+    }
+    for hop in (b"x-resp-hop", b"keep-alive", b"proxy-authenticate", b"trailer"):
+        assert hop not in resp_headers
+    assert resp_headers[b"x-resp-kept"] == b"keep me"
+    if b"transfer-encoding" in resp_headers:  # aiohttp's own framing, not the upstream's
+        assert resp_headers[b"transfer-encoding"] == b"chunked"
+    seen = header_map(orjson.loads(body)["headers"])
+    for name in (
+        "connection",
+        "x-secret-hop",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+    ):
+        assert name not in seen, name
+    assert seen["x-kept"] == ["yes"]
+
+
+async def test_forwarded_headers_and_host(client: ClientSession) -> None:
+    sink = Sink()
+    async with (
+        serve_app(handler_app(echo)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        async with client.get(
+            proxy + "/f",
+            headers={
+                "Host": "shop.example",
+                "X-Forwarded-For": "10.0.0.1",
+                "X-Forwarded-Proto": "https-spoofed",
+                "X-Forwarded-Host": "spoofed.example",
+                "X-Gray-Shadow": "1",  # a client cannot pass its request off as shadow
+            },
+        ) as resp:
+            seen = header_map((await resp.json())["headers"])
+    assert seen["x-forwarded-for"] == ["10.0.0.1, 127.0.0.1"]
+    assert seen["x-forwarded-proto"] == ["http"]
+    assert seen["x-forwarded-host"] == ["shop.example"]
+    assert seen["host"] == [URL(p).raw_authority]
+    # no header the client did not send
+    assert "user-agent" in seen  # the test client sends one
+    assert "x-gray-shadow" not in seen
+
+
+async def test_no_default_headers_added() -> None:
+    sink = Sink()
+    async with (
+        serve_app(handler_app(echo)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        raw = await raw_request(
+            proxy,
+            b"POST /n HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        )
+    seen = header_map(orjson.loads(raw.partition(b"\r\n\r\n")[2])["headers"])
+    for name in ("accept", "accept-encoding", "user-agent", "content-type"):
+        assert name not in seen, name
+    assert seen["content-length"] == ["2"]
+
+
+async def test_trace_id_returned_and_sent_upstream(client: ClientSession) -> None:
+    sink = Sink()
+    async with (
+        serve_app(handler_app(echo)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        async with client.get(proxy + "/t") as resp:
+            trace_id = resp.headers["X-Trace-ID"]
+            seen = header_map((await resp.json())["headers"])
+        (rec,) = await sink.wait()
+    assert len(trace_id) == 32
+    assert seen["x-trace-id"] == [trace_id]
+    assert seen["traceparent"][0].split("-")[1] == trace_id
+    assert seen["x-gray-tag"] == ["stable"]
+    assert rec.trace_id == trace_id
+
+
+async def test_incoming_traceparent_continues_upstream(client: ClientSession) -> None:
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    sink = Sink()
+    async with (
+        serve_app(handler_app(echo)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        async with client.get(
+            proxy + "/tp",
+            headers={"traceparent": f"00-{trace_id}-{parent}-00", "tracestate": "k=v"},
+        ) as resp:
+            assert resp.headers["X-Trace-ID"] == trace_id
+            seen = header_map((await resp.json())["headers"])
+        (rec,) = await sink.wait()
+    version, tid, span, flags = seen["traceparent"][0].split("-")
+    assert (version, tid, flags) == ("00", trace_id, "00")
+    assert span != parent and span == rec.span_id  # the proxy's span is the parent now
+    assert seen["tracestate"] == ["k=v"]
+    assert seen["x-trace-id"] == [trace_id]
+    assert rec.trace_id == trace_id
+
+
+# --- steering: only the configured upstream is ever asked -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("http://evil.example/abs?q=1", "/abs?q=1"),
+        ("//evil.example/x?y=2", "//evil.example/x?y=2"),
+        ("/../../etc/passwd", "/../../etc/passwd"),
+        ("/@evil.example/p", "/@evil.example/p"),
+        ("https://127.0.0.2:1/other", "/other"),
+    ],
+)
+async def test_steering_attempts_reach_the_configured_upstream(
+    target: str, expected: str
+) -> None:
+    hits: list[str] = []
+
+    async def primary(request: web.Request) -> web.Response:
+        hits.append(request.raw_path)
+        return web.Response(text="primary")
+
+    sink = Sink()
+    async with (
+        serve_app(handler_app(primary)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c, mirror={"enabled": False}), sink) as proxy,
+    ):
+        raw = await raw_request(
+            proxy,
+            f"GET {target} HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n".encode(),
+        )
+        await sink.wait()
+    assert raw.startswith(b"HTTP/1.1 200")
+    assert raw.endswith(b"primary")
+    assert hits == [expected]
+
+
+# --- failures of the serving upstream ---------------------------------------------------
+
+
+async def test_primary_down_gives_502_json_with_trace_id(client: ClientSession) -> None:
+    sink = Sink()
+    async with (
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(f"http://127.0.0.1:{closed_port()}", c), sink) as proxy,
+    ):
+        async with client.get(proxy + "/down") as resp:
+            assert resp.status == 502
+            assert resp.content_type == "application/json"
+            doc = await resp.json()
+            assert doc == {
+                "error": "refused",
+                "upstream": "primary",
+                "trace_id": resp.headers["X-Trace-ID"],
+            }
+        (rec,) = await sink.wait()
+    assert rec.primary is not None and rec.primary.error == "refused"
+    assert rec.primary.status is None
+    assert rec.canary is not None and rec.canary.status == 200
+
+
+async def test_primary_unresolvable_gives_502(client: ClientSession) -> None:
+    sink = Sink()
+    async with (
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg("http://graygate-no-such-host.invalid", c), sink) as proxy,
+    ):
+        async with client.get(proxy + "/dns") as resp:
+            assert resp.status == 502
+            assert (await resp.json())["error"] == "refused"
+        (rec,) = await sink.wait()
+    assert rec.primary is not None and rec.primary.error == "refused"
+
+
+async def test_primary_slow_gives_504(client: ClientSession) -> None:
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="late")
+
+    sink = Sink()
+    try:
+        async with (
+            serve_app(handler_app(slow)) as p,
+            serve_app(handler_app(echo)) as c,
+            proxy_for(make_cfg(p, c, upstreams={"timeout_ms": 200}), sink) as proxy,
+        ):
+            async with client.get(proxy + "/slow") as resp:
+                assert resp.status == 504
+                doc = await resp.json()
+                assert doc["error"] == "timeout"
+                assert doc["upstream"] == "primary"
+                assert doc["trace_id"] == resp.headers["X-Trace-ID"]
+            (rec,) = await sink.wait()
+            assert rec.primary is not None and rec.primary.error == "timeout"
+            release.set()
+    finally:
+        release.set()
+
+
+async def test_primary_reset_mid_body_closes_client_connection(client: ClientSession) -> None:
+    async def broken(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": "100"})
+        await resp.prepare(request)
+        await resp.write(b"x" * 10)
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    sink = Sink()
+    async with (
+        serve_app(handler_app(broken)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        async with client.get(proxy + "/broken") as resp:
+            assert resp.status == 200
+            with pytest.raises(Exception):  # noqa: B017 - any payload error will do
+                await resp.read()
+        (rec,) = await sink.wait()
+    assert rec.primary is not None
+    assert rec.primary.status == 200
+    assert rec.primary.error == "reset"
+    assert rec.primary.body_truncated
+
+
+# --- streaming and bounds ---------------------------------------------------------------
+
+
+async def test_response_is_streamed_chunk_by_chunk(client: ClientSession) -> None:
+    first_seen = asyncio.Event()
+
+    async def streaming(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b"first;")
+        await first_seen.wait()  # only the client reading chunk one lets chunk two go
+        await resp.write(b"second")
+        await resp.write_eof()
+        return resp
+
+    sink = Sink()
+    async with (
+        serve_app(handler_app(streaming)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        async with client.get(proxy + "/stream") as resp:
+            got = b""
+            while not got.endswith(b"first;"):
+                got += await resp.content.readany()
+            first_seen.set()
+            got += await resp.content.read()
+        assert got == b"first;second"
+        (rec,) = await sink.wait()
+    assert rec.primary is not None and rec.primary.body == b"first;second"
+
+
+async def test_large_request_body_is_served_not_mirrored(client: ClientSession) -> None:
+    canary_hits: list[str] = []
+
+    async def canary(request: web.Request) -> web.Response:
+        canary_hits.append(request.path)
+        return await echo(request)
+
+    big = b"0123456789" * 1000  # 10 000 bytes
+    sink = Sink()
+    bounds: dict[str, Any] = {
+        "mirror": {"max_body_bytes": 1000, "allow_side_effects": True},
+        "record": {"max_body_bytes": 500},
+    }
+    async with (
+        serve_app(handler_app(echo)) as p,
+        serve_app(handler_app(canary)) as c,
+        proxy_for(make_cfg(p, c, **bounds), sink) as proxy,
+    ):
+        async with client.post(proxy + "/upload", data=big) as resp:
+            assert (await resp.json())["body"].encode() == big
+
+        async def chunked() -> AsyncIterator[bytes]:
+            for i in range(0, len(big), 700):
+                yield big[i : i + 700]
+
+        async with client.post(proxy + "/upload-chunked", data=chunked()) as resp:
+            assert (await resp.json())["body"].encode() == big
+        small = b"tiny"
+        async with client.post(proxy + "/upload-small", data=small) as resp:
+            assert (await resp.json())["body"].encode() == small
+        records = await sink.wait(3)
+    by_path = {r.path: r for r in records}
+    for path in ("/upload", "/upload-chunked"):
+        rec = by_path[path]
+        assert rec.mirror_skipped == "body_too_large"
+        assert rec.canary is None
+        assert rec.request_body == big[:500]
+        assert rec.request_body_truncated
+    assert canary_hits == ["/upload-small"]
+    assert by_path["/upload-small"].mirror_skipped is None
+
+
+async def test_large_response_is_truncated_in_the_record_only(client: ClientSession) -> None:
+    big = bytes(range(256)) * 100  # 25 600 bytes
+
+    async def primary(request: web.Request) -> web.Response:
+        return web.Response(body=big, content_type="application/octet-stream")
+
+    sink = Sink()
+    async with (
+        serve_app(handler_app(primary)) as p,
+        serve_app(handler_app(primary)) as c,
+        proxy_for(make_cfg(p, c, record={"max_body_bytes": 1000}), sink) as proxy,
+    ):
+        async with client.get(proxy + "/big") as resp:
+            assert await resp.read() == big
+        (rec,) = await sink.wait()
+    assert rec.primary is not None and rec.canary is not None
+    assert rec.primary.body == big[:1000] and rec.primary.body_truncated
+    assert rec.canary.body == big[:1000] and rec.canary.body_truncated
+
+
+async def test_client_disconnect_mid_stream_is_quiet(
+    client: ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    gone = asyncio.Event()
+    finished = asyncio.Event()
+
+    async def streaming(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b"a" * 1000)
+        await gone.wait()
+        try:
+            for _ in range(200):
+                await resp.write(b"b" * 65536)
+        except ConnectionError:
+            pass
+        finally:
+            finished.set()
+        return resp
+
+    sink = Sink()
+    caplog.set_level(logging.WARNING)
+    async with (
+        serve_app(handler_app(streaming)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        resp = await client.get(proxy + "/gone")
+        await resp.content.readany()
+        resp.close()  # the client goes away mid-body
+        gone.set()
+        (rec,) = await sink.wait()
+        async with asyncio.timeout(10):
+            await finished.wait()
+    assert rec.extra.get("client_disconnected") == "true"
+    assert rec.primary is not None and rec.primary.status == 200
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noisy == []
+
+
+async def test_expect_100_continue() -> None:
+    sink = Sink()
+    async with (
+        serve_app(handler_app(echo)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        url = URL(proxy)
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        try:
+            writer.write(
+                b"PUT /e HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
+                b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+            )
+            interim = await reader.readuntil(b"\r\n\r\n")
+            assert interim.startswith(b"HTTP/1.1 100")
+            writer.write(b"hello")
+            raw = await reader.read()
+        finally:
+            writer.close()
+    assert raw.startswith(b"HTTP/1.1 200")
+    seen = orjson.loads(raw.partition(b"\r\n\r\n")[2])
+    assert seen["body"] == "hello"
+    assert "expect" not in header_map(seen["headers"])
+
+
+async def test_client_abandoning_its_body_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
+    hits: list[str] = []
+
+    async def primary(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return await echo(request)
+
+    sink = Sink()
+    caplog.set_level(logging.WARNING)
+    async with (
+        serve_app(handler_app(primary)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        url = URL(proxy)
+        _, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(b"POST /cut HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\nabc")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        # the same beyond mirror.max_body_bytes, where the body is streamed upstream
+        _, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(
+            b"POST /cut-big HTTP/1.1\r\nHost: h\r\nContent-Length: 100000000\r\n\r\n"
+            + b"x" * 200_000
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        # the proxy is still fine
+        raw = await raw_request(
+            proxy, b"GET /after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+        assert raw.startswith(b"HTTP/1.1 200")
+        await sink.wait(2)  # /after, and /cut-big (streamed: the primary saw part of it)
+    assert "/cut" not in hits
+    assert [r.levelname for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_gc_is_tuned_while_serving_and_restored_after() -> None:
+    before = gc.get_threshold()
+    cfg = make_cfg("http://127.0.0.1:1", "http://127.0.0.1:2")
+    async with serve_app(make_proxy_app(cfg, recorder=Sink(), run_id=1)):
+        assert gc.get_threshold()[0] >= 50_000
+    assert gc.get_threshold() == before
+    async with serve_app(make_proxy_app(cfg, recorder=Sink(), run_id=1, tune_gc=False)):
+        assert gc.get_threshold() == before
+
+
+# --- codec ------------------------------------------------------------------------------
+
+
+def test_decode_body_encodings() -> None:
+    data = b'{"a": 1}' * 100
+    assert decode_body(gzip.compress(data), "gzip", 10_000) == (data, False)
+    assert decode_body(zlib.compress(data), "deflate", 10_000) == (data, False)
+    raw = zlib.compressobj(wbits=-15)
+    raw_deflate = raw.compress(data) + raw.flush()
+    assert decode_body(raw_deflate, "deflate", 10_000) == (data, False)
+    assert decode_body(brotli.compress(data), "br", 10_000) == (data, False)
+    assert decode_body(data, None, 10_000) == (data, False)
+    assert decode_body(data, "identity", 10_000) == (data, False)
+    # gzip over br, applied in order: undone in reverse
+    assert decode_body(gzip.compress(brotli.compress(data)), "br, gzip", 10_000) == (
+        data,
+        False,
+    )
+
+
+def test_decode_body_bounds_and_failures() -> None:
+    bomb = gzip.compress(b"\0" * 5_000_000)
+    out, cut = decode_body(bomb, "gzip", 1000)
+    assert out == b"\0" * 1000 and cut
+    out, cut = decode_body(brotli.compress(b"z" * 100_000), "br", 10)
+    assert out == b"z" * 10 and cut
+    # a cut compressed body decodes as far as it goes
+    whole = gzip.compress(bytes(range(256)) * 40)
+    out, _ = decode_body(whole[: len(whole) // 2], "gzip", 100_000)
+    assert (bytes(range(256)) * 40).startswith(out) and out
+    # undecodable or unknown: kept as it came
+    assert decode_body(b"not gzip", "gzip", 100) == (b"not gzip", False)
+    assert decode_body(b"zstd bytes", "zstd", 100) == (b"zstd bytes", False)
+    assert decode_body(b"abcdef", None, 3) == (b"abc", True)
