@@ -10,7 +10,7 @@ that differ are strict differences, except where the secondary differs at the sa
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,18 +20,12 @@ import orjson
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.schema import GraygateConfig
+from config.schema import CompareConfig, GraygateConfig
+from diff.rules import RuleBook
 from diff.runtime import RuntimeSample
+from diff.worker import judge_batch
 from proxy.admin import make_admin_app
 from store.exchanges import exchange_row, write_exchanges
-from store.judgement import (
-    ClaimedExchange,
-    ExchangeJudgement,
-    RecordedSide,
-    StoredDifference,
-    claim_batch,
-    store_judgements,
-)
 from store.records import ExchangeRecord, Response
 from store.runs import ensure_run
 from store.runtime import Finding, insert_findings, insert_samples
@@ -141,66 +135,17 @@ async def add_exchanges(
     return traces
 
 
-def _body(side: RecordedSide) -> Any:
-    if side.body is None:
-        return None
-    try:
-        return orjson.loads(side.body)
-    except orjson.JSONDecodeError:
-        return side.body
+# The real diff worker with the default rules (everything strict): the report reads what
+# the engine stores, not what a test imagines it stores.
+RULES = RuleBook.from_config(CompareConfig())
 
 
-def _judge_one(x: ClaimedExchange, tolerant: frozenset[str]) -> ExchangeJudgement:
-    if not x.canary.recorded or not x.primary.recorded:
-        return ExchangeJudgement(x.id, x.run_id, x.endpoint, "skipped")
-    if x.canary.error or x.primary.error:
-        return ExchangeJudgement(x.id, x.run_id, x.endpoint, "error")
-    p, c = _body(x.primary), _body(x.canary)
-    s = _body(x.secondary) if x.secondary.recorded else None
-    diffs: list[StoredDifference] = []
-    if isinstance(p, Mapping) and isinstance(c, Mapping):
-        for key in sorted(set(p) | set(c)):
-            if p.get(key) == c.get(key):
-                continue
-            path = f"$.{key}"
-            if isinstance(s, Mapping) and s.get(key) != p.get(key):
-                judgement = "noise"
-            elif key in tolerant:
-                judgement = "tolerance"
-            else:
-                judgement = "strict"
-            kind = "missing" if key not in c else "extra" if key not in p else "value"
-            diffs.append(
-                StoredDifference("canary", path, path, kind, p.get(key), c.get(key), judgement,
-                                 rule=f"{judgement} (test)")
-            )
-    elif p != c:
-        diffs.append(StoredDifference("canary", "body", "body", "body", None, None, "strict"))
-    strict = sum(d.judgement == "strict" for d in diffs)
-    tolerance = sum(d.judgement == "tolerance" for d in diffs)
-    noise = sum(d.judgement == "noise" for d in diffs)
-    return ExchangeJudgement(
-        x.id,
-        x.run_id,
-        x.endpoint,
-        "differ" if strict or tolerance else ("noise_only" if noise else "match"),
-        strict_mismatches=strict,
-        tolerance_violations=tolerance,
-        noise_differences=noise if x.secondary.recorded else None,
-        differences=diffs,
-    )
-
-
-async def judge(engine: AsyncEngine, run_id: int, *, tolerant: Sequence[str] = ()) -> int:
-    """Judge every unjudged exchange of the run, as a diff worker would; returns how many."""
+async def judge(engine: AsyncEngine, run_id: int) -> int:
+    """Judge every unjudged exchange of the run, as a diff worker does; returns how many."""
     done = 0
-    while True:
-        async with engine.begin() as conn:
-            batch = await claim_batch(conn, run_id, 100)
-            if not batch:
-                return done
-            await store_judgements(conn, [_judge_one(x, frozenset(tolerant)) for x in batch])
-            done += len(batch)
+    while n := await judge_batch(engine, run_id, RULES, batch_size=100):
+        done += n
+    return done
 
 
 def _order(i: int, *, total: float = 10.5, ts: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:

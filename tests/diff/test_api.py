@@ -205,7 +205,8 @@ async def test_differences_pagination(
         if page["next"] is None:
             break
         after = page["next"]
-    assert len(ids) == len(set(ids)) == 18 and ids == sorted(ids)
+    # 18 canary differences and 14 primary-vs-secondary ones
+    assert len(ids) == len(set(ids)) == 32 and ids == sorted(ids)
 
 
 async def test_differences_filters(http: aiohttp.ClientSession, base: str, no_go: Seeded) -> None:
@@ -216,8 +217,9 @@ async def test_differences_filters(http: aiohttp.ClientSession, base: str, no_go
     assert set(item) >= {"id", "trace_id", "endpoint", "path", "field", "kind",
                          "primary_value", "other_value", "judgement", "rule", "against"}
     assert {i["trace_id"] for i in page["items"]} == set(no_go.traces["wrong_total"])
-    page = await _json(http, "GET", url, 200, params={"endpoint": ORDERS, "path": "$.ts"})
-    assert len(page["items"]) == 14
+    params = {"endpoint": ORDERS, "path": "$.ts", "against": "canary"}
+    page = await _json(http, "GET", url, 200, params=params)
+    assert len(page["items"]) == 14 and {i["against"] for i in page["items"]} == {"canary"}
     page = await _json(http, "GET", url, 200, params={"endpoint": LOGO})
     assert page == {"run": no_go.run, "items": [], "next": None}
     page = await _json(http, "GET", url, 200, params={"judgement": "strict", "limit": "2"})
@@ -255,7 +257,11 @@ async def test_exchange_with_json_bodies(
     assert primary["body"]["value"]["total"] == 10.5
     assert canary["body"]["value"]["total"] == 10.75
     assert body["judgement"]["outcome"] == "differ"
-    assert sorted(d["field"] for d in body["differences"]) == ["$.total", "$.ts"]
+    assert sorted((d["against"], d["field"]) for d in body["differences"]) == [
+        ("canary", "$.total"),
+        ("canary", "$.ts"),
+        ("secondary", "$.ts"),
+    ]
 
 
 async def test_exchange_with_binary_text_and_error(

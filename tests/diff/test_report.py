@@ -128,9 +128,10 @@ async def test_differences_paginate_by_id(engine: AsyncEngine, no_go: Seeded) ->
             break
         assert page.next == page.items[-1].id
         after = page.next
-    assert len(seen) == 18 and len(set(seen)) == 18
+    # 18 canary differences ($.total 4, $.ts 14) and the 14 primary-vs-secondary ones ($.ts)
+    assert len(seen) == 32 and len(set(seen)) == 32
     assert seen == sorted(seen)
-    assert pages == 4
+    assert pages == 7
 
 
 async def test_differences_filters(engine: AsyncEngine, no_go: Seeded) -> None:
@@ -139,7 +140,11 @@ async def test_differences_filters(engine: AsyncEngine, no_go: Seeded) -> None:
     assert {d.trace_id for d in total.items} == set(no_go.traces["wrong_total"])
     assert all(d.judgement == "strict" and d.endpoint == ORDERS for d in total.items)
     by_path = await reports.list_differences(engine, no_go.run, path="$.ts", limit=1000)
-    assert len(by_path.items) == 14
+    assert len(by_path.items) == 28  # against the canary and against the secondary
+    canary_ts = await reports.list_differences(
+        engine, no_go.run, path="$.ts", against="canary", limit=1000
+    )
+    assert len(canary_ts.items) == 14 and {d.against for d in canary_ts.items} == {"canary"}
     noise = await reports.list_differences(engine, no_go.run, judgement="noise")
     assert len(noise.items) == 14
     other = await reports.list_differences(engine, no_go.run, endpoint=LOGO)
@@ -157,7 +162,11 @@ async def test_exchange_by_trace(engine: AsyncEngine, no_go: Seeded) -> None:
     assert [r.role for r in found.responses] == ["primary", "canary", "secondary"]
     assert found.responses[0].status == 200 and found.responses[0].body
     assert found.outcome == "differ" and found.strict_mismatches == 1
-    assert sorted(d.field for d in found.differences) == ["$.total", "$.ts"]
+    assert sorted((d.against, d.field) for d in found.differences) == [
+        ("canary", "$.total"),
+        ("canary", "$.ts"),
+        ("secondary", "$.ts"),
+    ]
     # Without a secondary the response list has two sides.
     plain = await reports.exchange_by_trace(engine, no_go.traces["logo"][0], run=no_go.run)
     assert plain is not None and [r.role for r in plain.responses] == ["primary", "canary"]
