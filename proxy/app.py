@@ -3,9 +3,9 @@
 ``make_proxy_app(cfg, recorder=..., run_id=...)`` returns an ``aiohttp`` application with
 a single catch-all route and no middleware (the hot path is one coroutine). What it owns,
 each in a cleanup context, in this order (cleanup runs in reverse, so mirrors are drained
-before the tracer and the sessions go):
+before the tracer and the pools go):
 
-1. ``UPSTREAMS_KEY``: one ``ClientSession`` per upstream (``proxy.forward``)
+1. ``UPSTREAMS_KEY``: one connection ``Pool`` per upstream (``proxy.forward``)
 2. ``TRACING_KEY``: the ``TracerProvider``, or nothing (``proxy.tracing``)
 3. ``MIRROR_TASKS_KEY``: the mirrors' ``TaskSet``, drained on cleanup (``proxy.mirror``)
 4. the proxy itself (``PROXY_KEY``), bound to the above on startup (and, unless
@@ -110,7 +110,7 @@ class Proxy:
         return self._mirror
 
     async def ctx(self, app: web.Application) -> AsyncIterator[None]:
-        """Cleanup context: bind to the sessions, tracer, task set (and recorder); tune the
+        """Cleanup context: bind to the pools, tracer, task set (and recorder); tune the
         garbage collector while serving (``tune_gc``)."""
         if self._recorder is None:
             from proxy.recorder import RECORDER_KEY
@@ -201,7 +201,7 @@ class Proxy:
         cap = Capture(self._record_limit)
         try:
             return await forward(
-                request, upstream, upstream.url(path, query), out_headers, data, trace_id, cap
+                request, upstream, upstream.target(path, query), out_headers, data, trace_id, cap
             )
         finally:
             if cap.status is None and cap.error is None:

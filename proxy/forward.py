@@ -1,14 +1,13 @@
 """Forwarding (request path step 4): one request to one upstream, its answer to the client.
 
-- One ``aiohttp.ClientSession`` (keep-alive pool of ``upstreams.max_connections``) per
-  upstream, owned by the app (``upstreams_ctx``), closed on cleanup. Sessions never
-  decompress (the client gets the upstream's exact bytes), never follow redirects, never
-  keep cookies (``DummyCookieJar``: one user's cookies must not reach another), and add no
-  header the client did not send (no default ``Accept``, ``Accept-Encoding``,
-  ``User-Agent``, ``Content-Type``).
-- The upstream URL is built from the configured base and the request's path and raw query
-  only (``URL.build`` with the base's authority): an absolute-form request target gives
-  its path only, ``//host`` and ``..`` stay a path on the configured upstream.
+- One ``proxy.upstream.Pool`` (keep-alive pool of ``upstreams.max_connections``) per
+  upstream, owned by the app (``upstreams_ctx``), closed on cleanup. It never decompresses
+  (the client gets the upstream's exact bytes), never follows redirects, keeps no cookies
+  (one user's cookies must not reach another), and adds no header the client did not send
+  (``Host`` aside: the upstream's).
+- The request target is the configured base's path and the request's raw path and query
+  only: an absolute-form request target gives its path only, ``//host`` and ``..`` stay a
+  path on the configured upstream.
 - Hop-by-hop headers (RFC 9110 7.6.1, and every header the ``Connection`` header names)
   are dropped both ways; ``X-Forwarded-For`` is appended to, ``X-Forwarded-Proto`` and
   ``X-Forwarded-Host`` set; ``Host`` is the upstream's.
@@ -23,29 +22,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import Final
 
 import orjson
-from aiohttp import (
-    ClientConnectorCertificateError,
-    ClientConnectorError,
-    ClientError,
-    ClientOSError,
-    ClientPayloadError,
-    ClientRequest,
-    ClientSession,
-    ClientTimeout,
-    DummyCookieJar,
-    ServerDisconnectedError,
-    TCPConnector,
-    web,
-)
-from multidict import CIMultiDict, CIMultiDictProxy
+from aiohttp import web
+from multidict import CIMultiDictProxy
 from yarl import URL
 
+from config.errors import UpstreamError
 from config.schema import MirrorConfig, UpstreamsConfig
 from proxy.tagging import TRACEPARENT, X_TRACE_ID, Tags
+from proxy.upstream import Pool
 
 __all__ = [
     "HOP_BY_HOP",
@@ -97,10 +85,6 @@ _REQUEST_DROP: Final = HOP_BY_HOP | {
     "x-gray-shadow",
 }
 _RESPONSE_DROP: Final = HOP_BY_HOP | {"x-trace-id"}
-_SKIP_AUTO_HEADERS: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-_SKIP_AUTO_HEADERS_CI: Final[CIMultiDict[None]] = CIMultiDict(
-    (name, None) for name in _SKIP_AUTO_HEADERS
-)
 
 _perf = time.perf_counter
 
@@ -142,7 +126,7 @@ def upstream_headers(
     """The headers sent upstream: the client's minus hop-by-hop (and ``drop``), plus the
     proxy's own: the gray label, ``X-Forwarded-*``, ``X-Trace-ID``, ``traceparent``.
 
-    ``Host`` is left out: the client library sets it from each upstream's URL.
+    ``Host`` is left out: the pool sets it to its upstream's.
     """
     headers = request.headers
     drop = _connection_named(headers.get("Connection"), drop)
@@ -171,15 +155,11 @@ def client_headers(upstream: Mapping[str, str], trace_id: str) -> list[tuple[str
 
 def error_kind(exc: BaseException) -> str:
     """What an upstream failure is recorded as: timeout | refused | reset | error."""
-    if isinstance(exc, TimeoutError):  # asyncio's, and aiohttp's ServerTimeoutError family
+    if isinstance(exc, UpstreamError):  # what proxy.upstream raises: its kind
+        return exc.kind
+    if isinstance(exc, TimeoutError):
         return "timeout"
-    if isinstance(exc, ClientConnectorCertificateError):
-        return "error"
-    if isinstance(exc, ClientConnectorError):  # refused, unreachable, DNS
-        return "refused"
-    if isinstance(
-        exc, (ServerDisconnectedError, ClientPayloadError, ClientOSError, ConnectionError)
-    ):
+    if isinstance(exc, ConnectionError):  # e.g. the client's streamed body broke off
         return "reset"
     return "error"
 
@@ -243,46 +223,26 @@ class Capture:
 
 
 class Upstream:
-    """One configured upstream: its role, where it is, its session and timeouts."""
+    """One configured upstream: its role, where it is, its pool and timeouts (seconds)."""
 
-    __slots__ = (
-        "_authority",
-        "_prefix",
-        "_scheme",
-        "base",
-        "mirror_timeout",
-        "role",
-        "serve_timeout",
-        "session",
-    )
+    __slots__ = ("_prefix", "base", "mirror_timeout", "pool", "role", "serve_timeout")
 
     def __init__(
-        self,
-        role: str,
-        base: str,
-        session: ClientSession,
-        serve_timeout: ClientTimeout,
-        mirror_timeout: ClientTimeout,
+        self, role: str, base: str, pool: Pool, serve_timeout: float, mirror_timeout: float
     ) -> None:
-        url = URL(base)
         self.role = role
         self.base = base
-        self.session = session
+        self.pool = pool
         self.serve_timeout = serve_timeout
         self.mirror_timeout = mirror_timeout
-        self._scheme = url.scheme
-        self._authority = url.raw_authority
-        self._prefix = url.raw_path.rstrip("/")
+        self._prefix = URL(base).raw_path.rstrip("/")
 
-    def url(self, path: str, query: str) -> URL:
-        """The upstream URL of a request: this upstream's base, the request's path + query."""
-        return URL.build(
-            scheme=self._scheme,
-            authority=self._authority,
-            path=self._prefix + path if self._prefix else path,
-            query_string=query,
-            encoded=True,
-        )
+    def target(self, path: str, query: str) -> str:
+        """The request target upstream: this upstream's base path, the request's path and
+        query."""
+        if self._prefix:
+            path = self._prefix + path
+        return f"{path}?{query}" if query else path
 
     def __repr__(self) -> str:
         return f"Upstream({self.role!r}, {self.base!r})"
@@ -293,57 +253,31 @@ UPSTREAMS_KEY: web.AppKey[dict[str, Upstream]] = web.AppKey(
 )
 
 
-class _UpstreamRequest(ClientRequest):
-    """A request that adds no header of its own (Host aside).
-
-    The session skips every auto header there is (``_SKIP_AUTO_HEADERS``); aiohttp's own
-    ``update_auto_headers`` would still copy the headers and build the skip list on every
-    request to find that out. This records the (shared, never mutated) skip list, which is
-    what keeps a default ``Content-Type`` out, and adds nothing.
-    ``test_no_default_headers_added`` guards the behaviour.
-    """
-
-    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
-        self._skip_auto_headers = _SKIP_AUTO_HEADERS_CI
-
-
-def _session(cfg: UpstreamsConfig) -> ClientSession:
-    connector = TCPConnector(
-        limit=cfg.max_connections,
-        limit_per_host=0,
-        ttl_dns_cache=60,
-        keepalive_timeout=30.0,
-    )
-    return ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        cookie_jar=DummyCookieJar(),
-        skip_auto_headers=_SKIP_AUTO_HEADERS,
-        request_class=_UpstreamRequest,
-        trust_env=False,
-        raise_for_status=False,
-        max_line_size=65536,
-        max_field_size=65536,
+def _pool(base: str, cfg: UpstreamsConfig) -> Pool:
+    url = URL(base)
+    assert url.host is not None and url.port is not None  # validated by the config
+    return Pool(
+        url.scheme,
+        url.host,
+        url.port,
+        url.raw_authority,
+        max_connections=cfg.max_connections,
+        connect_timeout=cfg.connect_timeout_ms / 1000,
     )
 
 
 def upstreams_ctx(
     cfg: UpstreamsConfig, mirror: MirrorConfig
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup context: a session per configured upstream under ``UPSTREAMS_KEY``."""
+    """A cleanup context: a pool per configured upstream under ``UPSTREAMS_KEY``."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        timeout_s = cfg.timeout_ms / 1000
-        connect_s = cfg.connect_timeout_ms / 1000
-        mirror_s = mirror.timeout_ms / 1000
-        # Serving: the pool wait + connect is bounded by the timeout, the connect itself by
-        # connect_timeout_ms, and every wait for the upstream's bytes (the head included) by
-        # timeout_ms: a long streamed answer is fine as long as it keeps coming.
-        serve_timeout = ClientTimeout(
-            total=None, connect=timeout_s, sock_connect=connect_s, sock_read=timeout_s
-        )
+        # Serving: the pool wait, the connect (also bounded by connect_timeout_ms) and every
+        # wait for the upstream's bytes (the head included) are bounded by timeout_ms: a
+        # long streamed answer is fine as long as it keeps coming.
+        serve_timeout = cfg.timeout_ms / 1000
         # Mirroring: the whole exchange, body included, within mirror.timeout_ms.
-        mirror_timeout = ClientTimeout(total=mirror_s, sock_connect=min(connect_s, mirror_s))
+        mirror_timeout = mirror.timeout_ms / 1000
         bases = {"primary": cfg.primary, "canary": cfg.canary}
         if cfg.secondary is not None:
             bases["secondary"] = cfg.secondary
@@ -351,13 +285,13 @@ def upstreams_ctx(
         try:
             for role, base in bases.items():
                 upstreams[role] = Upstream(
-                    role, base, _session(cfg), serve_timeout, mirror_timeout
+                    role, base, _pool(base, cfg), serve_timeout, mirror_timeout
                 )
             app[UPSTREAMS_KEY] = upstreams
             yield
         finally:
             for up in upstreams.values():
-                await up.session.close()
+                await up.pool.close()
 
     return ctx
 
@@ -374,8 +308,8 @@ class _CoalescedResponse(web.StreamResponse):
 async def forward(
     request: web.BaseRequest,
     upstream: Upstream,
-    url: URL,
-    headers: Iterable[tuple[str, str]],
+    target: str,
+    headers: list[tuple[str, str]],
     body: RequestBody,
     trace_id: str,
     capture: Capture,
@@ -388,13 +322,8 @@ async def forward(
     """
     start = _perf()
     try:
-        resp = await upstream.session.request(
-            request.method,
-            url,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            timeout=upstream.serve_timeout,
+        resp = await upstream.pool.send(
+            request.method, target, headers, body, limit=upstream.serve_timeout, idle=True
         )
     except asyncio.CancelledError:
         raise
@@ -406,17 +335,16 @@ async def forward(
     try:
         capture.status = resp.status
         capture.headers = up_headers = resp.headers
-        content = resp.content
         # What of the body is here already goes out with the head, in one write; when
         # nothing is, the head goes out at once (a slow stream still shows its head).
         try:
-            first = content.read_nowait()
-        except (ClientError, OSError) as exc:  # broken before the head went out: 502
+            first = resp.read_nowait()
+        except UpstreamError as exc:  # broken before the head went out: 502
             capture.latency = _perf() - start
-            capture.error = kind = error_kind(exc)
+            capture.error = kind = exc.kind
             capture.truncated = True
             return error_response(kind, upstream.role, trace_id)
-        cls = _CoalescedResponse if first or content.is_eof() else web.StreamResponse
+        cls = _CoalescedResponse if first or resp.at_eof else web.StreamResponse
         out = cls(
             status=resp.status, reason=resp.reason, headers=client_headers(up_headers, trace_id)
         )
@@ -428,16 +356,15 @@ async def forward(
         except ConnectionError:
             capture.client_gone = True
             capture.truncated = bool(first)
-            resp.close()
             return out
         while True:
             try:
-                chunk = await content.readany()
-            except (ClientError, TimeoutError, OSError) as exc:
+                chunk = await resp.read()
+            except UpstreamError as exc:
                 # The head was sent: no 502 now. Close the client's connection, so that the
                 # body it got cannot pass for a whole one.
                 capture.latency = _perf() - start
-                capture.error = error_kind(exc)
+                capture.error = exc.kind
                 capture.truncated = True
                 transport = request.transport
                 if transport is not None:
@@ -452,7 +379,6 @@ async def forward(
                 capture.client_gone = True
                 capture.truncated = True
                 capture.latency = _perf() - start
-                resp.close()
                 return out
         capture.latency = _perf() - start
         try:
@@ -467,8 +393,8 @@ async def forward(
 async def fetch(
     upstream: Upstream,
     method: str,
-    url: URL,
-    headers: Iterable[tuple[str, str]],
+    target: str,
+    headers: list[tuple[str, str]],
     body: bytes | None,
     capture: Capture,
 ) -> Capture:
@@ -476,19 +402,16 @@ async def fetch(
     the mirror timeout. Never raises for an upstream failure: ``capture.error`` says it."""
     start = _perf()
     try:
-        async with upstream.session.request(
-            method,
-            url,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            timeout=upstream.mirror_timeout,
-        ) as resp:
+        resp = await upstream.pool.send(
+            method, target, headers, body, limit=upstream.mirror_timeout, idle=False
+        )
+        try:
             capture.status = resp.status
             capture.headers = resp.headers
-            content = resp.content
-            while chunk := await content.readany():
+            while chunk := await resp.read():
                 capture.add(chunk)
+        finally:
+            resp.release()
     except asyncio.CancelledError:
         raise
     except Exception as exc:

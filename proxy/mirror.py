@@ -3,8 +3,8 @@
 A mirror is spawned (``TaskSet``) before the serving upstream is even asked, and the client
 never waits for it: the handler hands it an :class:`Exchange` and goes on. At most
 ``mirror.max_in_flight`` mirrors run at once; one more is not queued but skipped
-(``saturated``). Each is bounded by ``mirror.timeout_ms`` (aiohttp's total timeout), marked
-``X-Gray-Shadow: 1``, and carries the request's trace id and gray label. The optional
+(``saturated``). Each is bounded by ``mirror.timeout_ms`` (the whole exchange, one timer),
+marked ``X-Gray-Shadow: 1``, and carries the request's trace id and gray label. The optional
 ``secondary`` upstream gets the same copy at the same time (the noise baseline).
 
 When the mirror's answers (or errors) are in, the task waits for the serving side to be done
@@ -149,8 +149,10 @@ class Mirror:
         span = None
         if self._tracing.enabled and exchange.span is not None:
             span = self._tracing.child_span(exchange.span, "mirror", upstream.role)
-        url = upstream.url(exchange.path, exchange.query)
-        cap = await fetch(upstream, exchange.method, url, headers, body, Capture(self._limit))
+        target = upstream.target(exchange.path, exchange.query)
+        cap = await fetch(
+            upstream, exchange.method, target, headers, body, Capture(self._limit)
+        )
         exchange.captures[upstream.role] = cap
         outcome = cap.error or "ok"
         count_mirror_outcome(outcome)

@@ -1,0 +1,701 @@
+"""A lean HTTP/1.1 client for the configured upstreams (the request path's hot path).
+
+One :class:`Pool` per upstream: at most ``max_connections`` keep-alive connections
+(asyncio protocols on the running loop), idle ones reused last-in first-out. A connection is
+put back only when its answer was read to the end, the server did not ask to close it
+(``Connection: close``, HTTP/1.0) and it is still open; else it is closed. Idle connections
+unused for ``idle_timeout`` seconds are closed by one timer per pool.
+
+A request is written in one ``transport.write`` (request line, ``Host``, the caller's headers
+as given, in order, and the body when it is in memory); a streamed body goes out as it comes,
+chunked unless the caller's headers carry a ``Content-Length``. Nothing is added: no default
+header, no decompression, no redirect, no cookie. Answers are parsed by ``httptools`` (1xx
+skipped; HEAD, 204 and 304 have no body; content-length, chunked and read-until-close
+bodies) and handed to the caller as a :class:`Response` whose body is read chunk by chunk.
+
+Time: one timer per request. ``send(..., idle=True)`` bounds every wait for the upstream's
+bytes by ``limit`` (the serving path: a long answer is fine as long as it keeps coming);
+``idle=False`` bounds the whole exchange, body included (the mirror path). The pool wait and
+the connect are bounded by the same deadline, the connect also by ``connect_timeout``.
+
+Failures are raised as ``config.errors`` kinds, which is what is recorded:
+
+    UpstreamError                 kind "error": a malformed answer, a bad header
+    ├── UpstreamUnreachable       kind "refused": connect failed (refused, DNS, unreachable)
+    │   └── UpstreamReset         kind "reset": the connection broke during the exchange
+    └── UpstreamTimeout           kind "timeout"
+
+A reused connection that the server closed before sending a byte of the answer (it closed an
+idle keep-alive connection as the request went out) is retried once on a fresh connection,
+only for an idempotent method whose body is in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import deque
+from collections.abc import AsyncIterable, Iterable, Sequence
+from typing import Final, cast
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from config.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+
+__all__ = ["Pool", "Response", "UpstreamReset"]
+
+logger = logging.getLogger(__name__)
+
+
+class UpstreamReset(UpstreamUnreachable):
+    """The connection broke (reset, closed) before the answer was whole."""
+
+    kind = "reset"
+
+
+class _Stale(UpstreamReset):
+    """A reused connection closed before any byte of the answer: may be retried."""
+
+
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Methods that get ``Content-Length: 0`` when they carry no body (as aiohttp's client did).
+_BODYLESS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+_HIGH_WATER: Final = 256 * 1024  # buffered answer bytes before reading pauses
+_LOW_WATER: Final = 64 * 1024
+
+# Connection states.
+_IDLE: Final = 0
+_HEAD: Final = 1  # waiting for the head of the answer
+_BODY: Final = 2  # head parsed, body coming
+_DONE: Final = 3  # answer complete
+_BROKEN: Final = 4
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection and the answer it is reading."""
+
+    __slots__ = (
+        "_buffered",
+        "_deadline_idle",
+        "_drain",
+        "_header_parts",
+        "_paused",
+        "_timeout",
+        "_timer",
+        "_wait_start",
+        "_waiter",
+        "chunks",
+        "error",
+        "head_only",
+        "headers",
+        "idle_since",
+        "keep_alive",
+        "loop",
+        "parser",
+        "pool",
+        "reason",
+        "received",
+        "state",
+        "status",
+        "transport",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.state = _IDLE
+        self.status = 0
+        self.reason = b""
+        self.headers: CIMultiDictProxy[str] | None = None
+        self._header_parts: list[bytes] = []
+        self.chunks: list[bytes] = []
+        self._buffered = 0
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timeout = 0.0
+        self._deadline_idle = False
+        self._wait_start = 0.0
+        self.error: UpstreamError | None = None
+        self.keep_alive = True
+        self.head_only = False
+        self.received = False
+        self.idle_since = 0.0
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state == _IDLE or state >= _DONE:
+            # Bytes nobody asked for: the connection cannot be trusted any more.
+            self.keep_alive = False
+            if state == _IDLE:
+                self.pool._drop_idle(self)
+            return
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"malformed answer: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.keep_alive = False
+        state = self.state
+        if state == _IDLE:
+            self.pool._drop_idle(self)
+        elif state == _BODY and self._until_close():
+            self._complete()
+        elif state < _DONE:
+            if not self.received and self.pool_reused:
+                self._fail(_Stale("connection closed before the answer"))
+            else:
+                self._fail(UpstreamReset(f"connection lost: {exc or 'closed by upstream'}"))
+        self.state = _BROKEN if self.state != _DONE else _DONE
+        self.transport = None
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._drain is None:
+            self._drain = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        drain = self._drain
+        self._drain = None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # -- httptools callbacks
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        parts = self._header_parts
+        parts.append(name)
+        parts.append(value)
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        parts = self._header_parts
+        self._header_parts = []
+        if 100 <= status < 200 and status != 101:
+            self.reason = b""  # an interim answer: skip it
+            return
+        self.status = status
+        if parts:
+            it = iter(b"\n".join(parts).decode("utf-8", "surrogateescape").split("\n"))
+            self.headers = CIMultiDictProxy(CIMultiDict(zip(it, it, strict=True)))
+        else:
+            self.headers = CIMultiDictProxy(CIMultiDict())
+        self.state = _BODY
+        if self.head_only or status == 101:
+            # httptools cannot be told the request was HEAD: the answer ends here, and a
+            # fresh parser reads the next one.
+            self.parser = httptools.HttpResponseParser(self)
+            if status == 101:
+                self.keep_alive = False
+            self._complete()
+        else:
+            self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self.state != _BODY:
+            self.keep_alive = False
+            return
+        self.chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.state != _BODY:
+            return  # an interim (1xx) answer
+        if not self.parser.should_keep_alive():
+            self.keep_alive = False
+        self._complete()
+
+    # -- internals
+
+    @property
+    def pool_reused(self) -> bool:
+        return self.idle_since > 0.0
+
+    def _until_close(self) -> bool:
+        headers = self.headers
+        return headers is not None and (
+            "Content-Length" not in headers and "Transfer-Encoding" not in headers
+        )
+
+    def _complete(self) -> None:
+        self.state = _DONE
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+            self._timer = None
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _fail(self, exc: UpstreamError) -> None:
+        if self.error is None:
+            self.error = exc
+        self.state = _BROKEN
+        self.keep_alive = False
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+            self._timer = None
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_exception(exc)
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.state >= _DONE:
+            return
+        now = self.loop.time()
+        if self._deadline_idle:
+            if self._waiter is None:  # the caller is busy elsewhere, not waiting
+                self._timer = self.loop.call_at(now + self._timeout, self._on_timer)
+                return
+            due = self._wait_start + self._timeout
+            if due > now:
+                self._timer = self.loop.call_at(due, self._on_timer)
+                return
+        self._fail(UpstreamTimeout("no answer in time"))
+
+    async def _wait(self) -> None:
+        if self.error is not None:
+            raise self.error
+        waiter = self._waiter = self.loop.create_future()
+        self._wait_start = self.loop.time()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            self._waiter = None
+            raise
+
+    def start(
+        self, data: bytes, head_only: bool, timeout: float, deadline: float, idle: bool
+    ) -> None:
+        """Send ``data`` (the request's head and in-memory body) and arm the timer."""
+        self.state = _HEAD
+        self.status = 0
+        self.reason = b""
+        self.headers = None
+        self.head_only = head_only
+        self.received = False
+        self._timeout = timeout
+        self._deadline_idle = idle
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self._fail(_Stale("connection closed before the request"))
+        elif data:
+            transport.write(data)
+
+    async def write_body(self, head: bytes, body: AsyncIterable[bytes], chunked: bool) -> None:
+        """Stream a request body (after ``start``), the head with its first chunk (nothing
+        is sent when the body fails before it has one), honouring flow control."""
+        pending = head
+        async for chunk in body:
+            if not chunk:
+                continue
+            if self.error is not None:
+                raise self.error
+            transport = self.transport
+            if transport is None:
+                raise UpstreamReset("connection lost while sending the body")
+            if chunked:
+                chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+            if pending:
+                chunk = pending + chunk
+                pending = b""
+            transport.write(chunk)
+            drain = self._drain
+            if drain is not None:
+                await drain
+        end = pending + b"0\r\n\r\n" if chunked else pending
+        if end and self.transport is not None:
+            self.transport.write(end)
+
+    async def head(self) -> None:
+        while self.state == _HEAD:
+            await self._wait()
+        if self.error is not None:
+            raise self.error
+
+    def take(self) -> bytes:
+        chunks = self.chunks
+        if not chunks:
+            return b""
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._paused:
+            self._paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+        return data
+
+    async def read(self) -> bytes:
+        while not self.chunks:
+            if self.state == _DONE:
+                return b""
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+        return self.take()
+
+    def close(self) -> None:
+        self.keep_alive = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+
+class Response:
+    """The head of an upstream's answer; its body is read with :meth:`read`.
+
+    Call :meth:`release` when done (it is idempotent): the connection goes back to the pool
+    when the body was read to the end, else it is closed.
+    """
+
+    __slots__ = ("_conn", "headers", "reason", "status")
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn: _Connection | None = conn
+        self.status = conn.status
+        self.reason = conn.reason.decode("latin-1")
+        headers = conn.headers
+        assert headers is not None
+        self.headers = headers
+
+    @property
+    def at_eof(self) -> bool:
+        """The whole body was read."""
+        conn = self._conn
+        return conn is None or (conn.state == _DONE and not conn.chunks)
+
+    def read_nowait(self) -> bytes:
+        """What of the body is here already (``b""`` when nothing is)."""
+        conn = self._conn
+        if conn is None:
+            return b""
+        data = conn.take()
+        if not data and conn.error is not None:
+            raise conn.error
+        if conn.state == _DONE and not conn.chunks:
+            self.release()
+        return data
+
+    async def read(self) -> bytes:
+        """The next part of the body, ``b""`` at its end; raises ``UpstreamError``."""
+        conn = self._conn
+        if conn is None:
+            return b""
+        try:
+            data = await conn.read()
+        except BaseException:
+            self.release()
+            raise
+        if conn.state == _DONE and not conn.chunks:
+            self.release()
+        return data
+
+    def release(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            conn.pool._release(conn)
+
+
+def _encode_head(method: str, target: str, host: str, headers: Iterable[tuple[str, str]]) -> str:
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines.extend([f"{k}: {v}" for k, v in headers])
+    text = "\r\n".join(lines)
+    n = len(lines) - 1
+    if text.count("\n") != n or text.count("\r") != n:
+        raise UpstreamError("a header or the target carries a line break")
+    return text
+
+
+class Pool:
+    """Keep-alive connections to one upstream (``http://`` or ``https://``)."""
+
+    def __init__(
+        self,
+        scheme: str,
+        host: str,
+        port: int,
+        authority: str,
+        *,
+        max_connections: int,
+        connect_timeout: float,
+        idle_timeout: float = 30.0,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.host = host
+        self.port = port
+        self.authority = authority
+        self.max_connections = max_connections
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self._ssl: ssl.SSLContext | None = (
+            ssl.create_default_context() if scheme == "https" else None
+        )
+        self._idle: list[_Connection] = []  # a stack: the last released is reused first
+        self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
+        self.size = 0  # open or opening connections
+        self._closed = False
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"Pool({self.authority!r}, size={self.size}, idle={len(self._idle)})"
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    async def send(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | AsyncIterable[bytes] | None,
+        *,
+        limit: float,
+        idle: bool,
+    ) -> Response:
+        """Send a request and wait for the head of its answer.
+
+        ``limit`` (seconds) bounds each wait for the upstream's bytes (``idle=True``) or the
+        whole exchange up to the body's end (``idle=False``); the pool wait and the connect
+        count.
+        """
+        loop = self.loop
+        deadline = loop.time() + limit
+        text = _encode_head(method, target, self.authority, headers)
+        stream: AsyncIterable[bytes] | None = None
+        chunked = False
+        if body is None or isinstance(body, bytes | bytearray | memoryview):
+            if body:
+                data = f"{text}\r\nContent-Length: {len(body)}\r\n\r\n".encode(
+                    "utf-8", "surrogateescape"
+                ) + bytes(body)
+            elif method in _BODYLESS:
+                data = f"{text}\r\n\r\n".encode("utf-8", "surrogateescape")
+            else:
+                data = f"{text}\r\nContent-Length: 0\r\n\r\n".encode("utf-8", "surrogateescape")
+        else:
+            stream = body
+            chunked = not any(k.lower() == "content-length" for k, _ in headers)
+            tail = "Transfer-Encoding: chunked\r\n\r\n" if chunked else "\r\n"
+            data = f"{text}\r\n{tail}".encode("utf-8", "surrogateescape")
+        head_only = method == "HEAD"
+        retry = stream is None and method in IDEMPOTENT
+        fresh = False
+        while True:
+            conn = await self._acquire(deadline, fresh)
+            try:
+                if stream is None:
+                    conn.start(data, head_only, limit, deadline, idle)
+                else:
+                    conn.start(b"", head_only, limit, deadline, idle)
+                    await conn.write_body(data, stream, chunked)
+                await conn.head()
+            except _Stale:
+                self._release(conn)
+                if retry and not fresh:
+                    fresh = True
+                    continue
+                raise
+            except BaseException:
+                self._release(conn)
+                raise
+            return Response(conn)
+
+    async def _acquire(self, deadline: float, fresh: bool) -> _Connection:
+        if self._closed:
+            raise UpstreamUnreachable("the pool is closed")
+        idle = self._idle
+        while idle and not fresh:
+            conn = idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                return conn
+            self._forget(conn)
+        if self.size >= self.max_connections:
+            if fresh and idle:
+                self._forget(idle.pop(0)).close()  # make room: the oldest idle one
+            else:
+                got = await self._wait_slot(deadline)
+                if got is not None:
+                    return got
+        self.size += 1
+        try:
+            return await self._connect(deadline)
+        except BaseException:
+            self.size -= 1
+            self._wake_waiter()
+            raise
+
+    async def _wait_slot(self, deadline: float) -> _Connection | None:
+        """Wait for a released connection (returned) or a free slot (None)."""
+        waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
+        self._waiters.append(waiter)
+        timer = self.loop.call_at(deadline, _expire, waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                got = waiter.result()  # handed over as we were cancelled: pass it on
+                if got is not None:
+                    self._release(got)
+                else:
+                    self._wake_waiter()
+            raise
+        finally:
+            timer.cancel()
+            try:
+                self._waiters.remove(waiter)
+            except ValueError:
+                pass
+
+    async def _connect(self, deadline: float) -> _Connection:
+        loop = self.loop
+        limit = min(self.connect_timeout, deadline - loop.time())
+        if limit <= 0:
+            raise UpstreamTimeout("no connection in time")
+        try:
+            async with asyncio.timeout(limit):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl is not None else None,
+                )
+        except TimeoutError:
+            raise UpstreamTimeout(f"connect to {self.authority} timed out") from None
+        except ssl.SSLError as exc:
+            raise UpstreamError(f"TLS with {self.authority}: {exc}") from None
+        except OSError as exc:
+            raise UpstreamUnreachable(f"connect to {self.authority}: {exc}") from None
+        return conn
+
+    def _release(self, conn: _Connection) -> None:
+        """A request is done with ``conn``: keep it (answer read, keep-alive) or close it."""
+        if (
+            conn.state == _DONE
+            and conn.keep_alive
+            and not conn.chunks
+            and not self._closed
+            and conn.transport is not None
+            and not conn.transport.is_closing()
+        ):
+            conn.state = _IDLE
+            conn.error = None
+            waiters = self._waiters
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    conn.idle_since = self.loop.time()
+                    waiter.set_result(conn)
+                    return
+            conn.idle_since = self.loop.time()
+            self._idle.append(conn)
+            if self._sweeper is None:
+                self._sweeper = self.loop.call_later(self.idle_timeout, self._sweep)
+            return
+        conn.close()
+        self.size -= 1
+        self._wake_waiter()
+
+    def _wake_waiter(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _forget(self, conn: _Connection) -> _Connection:
+        self.size -= 1
+        return conn
+
+    def _drop_idle(self, conn: _Connection) -> None:
+        """An idle connection was closed (or misbehaved): it leaves the pool."""
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            return
+        conn.close()
+        self.size -= 1
+        self._wake_waiter()
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        idle = self._idle
+        cutoff = self.loop.time() - self.idle_timeout
+        n = 0
+        while n < len(idle) and idle[n].idle_since <= cutoff:
+            n += 1
+        if n:
+            old = idle[:n]
+            del idle[:n]
+            for conn in old:
+                conn.close()
+            self.size -= n
+        if idle:
+            due = idle[0].idle_since + self.idle_timeout
+            self._sweeper = self.loop.call_at(due, self._sweep)
+
+    async def close(self) -> None:
+        """Close every idle connection; busy ones close when they are released."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        idle = self._idle
+        self._idle = []
+        for conn in idle:
+            conn.close()
+        self.size -= len(idle)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(UpstreamUnreachable("the pool is closed"))
+        await asyncio.sleep(0)  # let the transports close
+
+
+def _expire(waiter: asyncio.Future[_Connection | None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(UpstreamTimeout("no free connection in time"))

@@ -1,0 +1,503 @@
+"""The upstream client: real aiohttp servers and raw asyncio servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from aiohttp import web
+
+from config.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from proxy.upstream import Pool, Response, UpstreamReset
+
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+# --- harness ----------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def aiohttp_server(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[int]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port: int = runner.addresses[0][1]
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def raw_server(handler: RawHandler) -> AsyncIterator[int]:
+    """A server that runs ``handler`` per connection (and closes the connection after)."""
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(run, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+@asynccontextmanager
+async def pool_for(port: int, **kw: float) -> AsyncIterator[Pool]:
+    pool = Pool(
+        "http",
+        "127.0.0.1",
+        port,
+        f"127.0.0.1:{port}",
+        max_connections=int(kw.pop("max_connections", 8)),
+        connect_timeout=kw.pop("connect_timeout", 2.0),
+        **kw,
+    )
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def read_all(resp: Response) -> bytes:
+    out = b""
+    while chunk := await resp.read():
+        out += chunk
+    return out
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+# --- requests go out exactly as given ---------------------------------------------------
+
+
+async def test_request_bytes_are_exact_and_nothing_is_added() -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_head(reader)
+        seen.append(head + await reader.readexactly(5))
+        writer.write(OK)
+        await writer.drain()
+
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        headers = [("X-B", "2"), ("x-a", "1"), ("X-B", "3"), ("Cookie", "c=é")]
+        resp = await pool.send("POST", "/p?q=1&q=2", headers, b"hello", limit=2, idle=False)
+        assert (resp.status, await read_all(resp)) == (200, b"ok")
+    assert seen == [
+        b"POST /p?q=1&q=2 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-B: 2\r\nx-a: 1\r\nX-B: 3\r\n"
+        b"Cookie: c=\xc3\xa9\r\nContent-Length: 5\r\n\r\nhello" % port
+    ]
+
+
+async def test_line_breaks_in_headers_are_refused() -> None:
+    async with pool_for(1) as pool:
+        with pytest.raises(UpstreamError):
+            await pool.send("GET", "/", [("X", "a\r\nEvil: 1")], None, limit=1, idle=False)
+
+
+async def test_streamed_body_is_chunked_unless_its_length_is_given() -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"abc"
+        yield b""
+        yield b"defg"
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(
+            body=await request.read(),
+            headers={"X-TE": request.headers.get("Transfer-Encoding", "-")},
+        )
+
+    async with aiohttp_server(echo) as port, pool_for(port) as pool:
+        resp = await pool.send("POST", "/", [], body(), limit=2, idle=True)
+        assert resp.headers["X-TE"] == "chunked"
+        assert await read_all(resp) == b"abcdefg"
+        resp = await pool.send(
+            "POST", "/", [("Content-Length", "7")], body(), limit=2, idle=True
+        )
+        assert resp.headers["X-TE"] == "-"
+        assert await read_all(resp) == b"abcdefg"
+        assert pool.size == 1  # one connection, reused
+
+
+async def test_a_body_that_fails_before_its_first_chunk_sends_nothing() -> None:
+    connected = asyncio.Event()
+    done = asyncio.Event()
+    got: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()
+        got.append(await reader.read())
+        done.set()
+
+    async def broken() -> AsyncIterator[bytes]:
+        await connected.wait()
+        raise ConnectionResetError("the client went away")
+        yield b""  # pragma: no cover
+
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        with pytest.raises(ConnectionResetError):
+            await pool.send("POST", "/", [], broken(), limit=2, idle=True)
+        assert pool.size == 0
+        async with asyncio.timeout(2):
+            await done.wait()
+    assert got == [b""]
+
+
+# --- answers ----------------------------------------------------------------------------
+
+
+async def test_headers_in_order_repeated_kept_and_connection_reused() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        resp = web.Response(body=b"x" * 100_000, headers={"Content-Encoding": "identity"})
+        resp.headers.add("Set-Cookie", "a=1")
+        resp.headers.add("Set-Cookie", "b=2")
+        return resp
+
+    async with aiohttp_server(handler) as port, pool_for(port) as pool:
+        for _ in range(3):
+            resp = await pool.send("GET", "/", [], None, limit=2, idle=True)
+            assert resp.headers.getall("Set-Cookie") == ["a=1", "b=2"]
+            assert resp.headers["Content-Encoding"] == "identity"  # not decoded
+            assert await read_all(resp) == b"x" * 100_000
+            assert resp.at_eof
+        assert (pool.size, pool.idle) == (1, 1)
+
+
+async def test_chunked_answer_is_streamed_chunk_by_chunk() -> None:
+    step = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst;\r\n")
+        await writer.drain()
+        await step.wait()
+        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        await writer.drain()
+        await read_head(reader)  # the connection is kept: a second request comes
+        writer.write(OK)
+        await writer.drain()
+
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        resp = await pool.send("GET", "/", [], None, limit=2, idle=True)
+        assert await resp.read() == b"first;"
+        step.set()
+        assert await read_all(resp) == b"second"
+        resp = await pool.send("GET", "/", [], None, limit=2, idle=True)
+        assert await read_all(resp) == b"ok"
+        assert pool.size == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ],
+)
+async def test_connection_close_is_not_reused(answer: bytes) -> None:
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_head(reader)
+        writer.write(answer)
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        for _ in range(2):
+            resp = await pool.send("GET", "/", [], None, limit=2, idle=True)
+            assert await read_all(resp) == b"ok"
+            assert (pool.size, pool.idle) == (0, 0)
+    assert connections == 2
+
+
+async def test_body_until_close() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\npart one, ")
+        await writer.drain()
+        writer.write(b"part two")
+
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        resp = await pool.send("GET", "/", [], None, limit=2, idle=True)
+        assert await read_all(resp) == b"part one, part two"
+        assert pool.size == 0
+
+
+async def test_head_204_304_have_no_body_and_1xx_is_skipped() -> None:
+    answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nX-N: 1\r\n\r\n",  # to HEAD
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",  # to HEAD
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK,
+        OK,
+    ]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:
+            await read_head(reader)
+            writer.write(answer)
+            await writer.drain()
+
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        got = []
+        for method in ("HEAD", "HEAD", "GET", "GET", "GET", "GET"):
+            resp = await pool.send(method, "/", [], None, limit=2, idle=True)
+            got.append((resp.status, await read_all(resp)))
+            assert pool.size == 1  # every one on the same connection
+        assert resp.headers.get("Link") is None
+    assert got == [(200, b""), (200, b""), (204, b""), (304, b""), (200, b"ok"), (200, b"ok")]
+
+
+async def test_unread_body_discards_the_connection() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=b"y" * 1_000_000)
+
+    async with aiohttp_server(handler) as port, pool_for(port) as pool:
+        resp = await pool.send("GET", "/", [], None, limit=2, idle=True)
+        assert await resp.read()
+        resp.release()
+        resp.release()  # idempotent
+        assert (pool.size, pool.idle) == (0, 0)
+        resp = await pool.send("GET", "/", [], None, limit=2, idle=True)
+        assert len(await read_all(resp)) == 1_000_000
+        assert (pool.size, pool.idle) == (1, 1)
+
+
+# --- failures ---------------------------------------------------------------------------
+
+
+async def test_refused_and_unresolvable() -> None:
+    async with pool_for(1) as pool:
+        with pytest.raises(UpstreamUnreachable) as info:
+            await pool.send("GET", "/", [], None, limit=2, idle=True)
+        assert info.value.kind == "refused"
+        assert pool.size == 0
+    pool = Pool("http", "no-such-host.invalid", 80, "x", max_connections=1, connect_timeout=2)
+    with pytest.raises(UpstreamUnreachable) as info:
+        await pool.send("GET", "/", [], None, limit=2, idle=True)
+    assert info.value.kind == "refused"
+
+
+async def test_reset_mid_body_and_malformed_answer() -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
+        await writer.drain()
+
+    async def junk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"SPDY/9 what\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(cut) as port, pool_for(port) as pool:
+        resp = await pool.send("GET", "/", [], None, limit=2, idle=True)
+        with pytest.raises(UpstreamReset) as info:
+            await read_all(resp)
+        assert info.value.kind == "reset"
+        assert pool.size == 0
+    async with raw_server(junk) as port, pool_for(port) as pool:
+        with pytest.raises(UpstreamError) as err:
+            await pool.send("GET", "/", [], None, limit=2, idle=True)
+        assert err.value.kind == "error"
+        assert pool.size == 0
+
+
+async def test_idle_connection_closed_by_server_is_retried_once_for_idempotent() -> None:
+    """The server takes the next request on a kept connection and closes it unanswered (it
+    timed the connection out as the request came): GET is retried on a fresh connection,
+    POST is not (the server may have acted on it)."""
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_head(reader)
+        writer.write(OK)
+        await writer.drain()
+        await read_head(reader)  # the second request on this connection: closed unanswered
+
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        resp = await pool.send("GET", "/", [], None, limit=2, idle=True)
+        assert await read_all(resp) == b"ok"
+        resp = await pool.send("GET", "/", [], None, limit=2, idle=True)
+        assert await read_all(resp) == b"ok"
+        assert connections == 2
+        with pytest.raises(UpstreamReset):
+            await pool.send("POST", "/", [], b"x", limit=2, idle=True)
+        assert connections == 2
+        assert pool.size == 0
+
+
+async def test_fresh_connection_closed_unanswered_is_not_retried() -> None:
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_head(reader)
+
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        with pytest.raises(UpstreamReset):
+            await pool.send("GET", "/", [], None, limit=2, idle=True)
+    assert connections == 1
+
+
+async def test_idle_connection_closed_by_server_leaves_the_pool() -> None:
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(OK)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        closed.set()
+
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        resp = await pool.send("GET", "/", [], None, limit=2, idle=True)
+        assert await read_all(resp) == b"ok"
+        await closed.wait()
+        await asyncio.sleep(0.05)  # the FIN's way back
+        assert (pool.size, pool.idle) == (0, 0)
+
+
+async def test_slow_body_times_out() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+        for _ in range(4):  # a byte every 0.1 s: never idle for 0.3 s, 0.4 s in all
+            await asyncio.sleep(0.1)
+            writer.write(b"d")
+            await writer.drain()
+        await asyncio.sleep(5)
+
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        # the whole exchange within 0.25 s
+        resp = await pool.send("GET", "/", [], None, limit=0.25, idle=False)
+        with pytest.raises(UpstreamTimeout):
+            await read_all(resp)
+        # every wait within 0.3 s: the body keeps coming for 0.4 s, then stops
+        resp = await pool.send("GET", "/", [], None, limit=0.3, idle=True)
+        got = b""
+        with pytest.raises(UpstreamTimeout) as info:
+            while chunk := await resp.read():
+                got += chunk
+        assert info.value.kind == "timeout"
+        assert got == b"abcdddd"
+        assert pool.size == 0
+
+
+async def test_no_head_in_time() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(UpstreamTimeout):
+            await pool.send("GET", "/", [], None, limit=0.2, idle=True)
+        assert 0.15 < loop.time() - start < 1.0
+        assert pool.size == 0
+
+
+async def test_pool_limit_bounds_connections() -> None:
+    active = peak = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.05)
+        active -= 1
+        return web.Response(text=request.path)
+
+    async with aiohttp_server(handler) as port, pool_for(port, max_connections=2) as pool:
+
+        async def one(i: int) -> bytes:
+            resp = await pool.send("GET", f"/{i}", [], None, limit=5, idle=True)
+            return await read_all(resp)
+
+        got = await asyncio.gather(*(one(i) for i in range(8)))
+        assert got == [f"/{i}".encode() for i in range(8)]
+        assert peak == 2
+        assert pool.size == 2
+
+        # all busy: a request that cannot get a connection in time times out
+        held = await pool.send("GET", "/a", [], None, limit=5, idle=True)
+        held2 = await pool.send("GET", "/b", [], None, limit=5, idle=True)
+        with pytest.raises(UpstreamTimeout):
+            await pool.send("GET", "/c", [], None, limit=0.1, idle=True)
+        held.release()  # not read to the end: closed, its slot freed
+        resp = await pool.send("GET", "/d", [], None, limit=1, idle=True)
+        assert await read_all(resp) == b"/d"
+        held2.release()
+
+
+async def test_cancelled_request_frees_its_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        task = asyncio.ensure_future(pool.send("GET", "/", [], None, limit=5, idle=False))
+        await asyncio.sleep(0.05)
+        assert pool.size == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pool.size == 0
+
+
+async def test_idle_connections_are_swept() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async with aiohttp_server(handler) as port, pool_for(port, idle_timeout=0.1) as pool:
+        resp = await pool.send("GET", "/", [], None, limit=2, idle=True)
+        assert await read_all(resp) == b"ok"
+        assert pool.idle == 1
+        await asyncio.sleep(0.3)
+        assert (pool.size, pool.idle) == (0, 0)
+
+
+def test_on_uvloop() -> None:
+    """The proxy runs on uvloop (whose transports are not asyncio's classes)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> list[bytes]:
+        async def handler(request: web.Request) -> web.Response:
+            return web.Response(body=request.path.encode() * 1000)
+
+        async with aiohttp_server(handler) as port, pool_for(port) as pool:
+            out = []
+            for path in ("/a", "/b"):
+                resp = await pool.send("GET", path, [], None, limit=2, idle=False)
+                out.append(await read_all(resp))
+            assert (pool.size, pool.idle) == (1, 1)
+            return out
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(main()) == [b"/a" * 1000, b"/b" * 1000]
