@@ -117,19 +117,35 @@ def _scenario(
     return code, doc
 
 
-def test_no_fault_is_go(
+Scenario = Callable[[str | None], tuple[int, dict[str, Any]]]
+
+
+@pytest.fixture
+def scenario(
     procs: Procs,
     go_canary: Path,
     migrated_database: Callable[[], str],
     graygate_config: Callable[..., Path],
+) -> Scenario:
+    """``code, verdict_json = scenario(fault)``: primary, Go canary with ``fault`` planted,
+    graygate serve, a load, and ``graygate verdict --wait --json`` while it runs."""
+
+    def run(fault: str | None) -> tuple[int, dict[str, Any]]:
+        return _scenario(
+            fault,
+            procs=procs,
+            go_canary=go_canary,
+            migrated_database=migrated_database,
+            graygate_config=graygate_config,
+        )
+
+    return run
+
+
+def test_no_fault_is_go(
+    scenario: Scenario,
 ) -> None:
-    code, doc = _scenario(
-        None,
-        procs=procs,
-        go_canary=go_canary,
-        migrated_database=migrated_database,
-        graygate_config=graygate_config,
-    )
+    code, doc = scenario(None)
     assert (code, doc["verdict"]) == (0, "GO"), _failed(doc)
     checks = {c["name"]: c for c in doc["checks"]}
     for name in ("evidence", "strict", "tolerance", "errors", "recording", "runtime"):
@@ -138,18 +154,9 @@ def test_no_fault_is_go(
 
 
 def test_rounding_within_tolerance_is_go(
-    procs: Procs,
-    go_canary: Path,
-    migrated_database: Callable[[], str],
-    graygate_config: Callable[..., Path],
+    scenario: Scenario,
 ) -> None:
-    code, doc = _scenario(
-        "rounding",
-        procs=procs,
-        go_canary=go_canary,
-        migrated_database=migrated_database,
-        graygate_config=graygate_config,
-    )
+    code, doc = scenario("rounding")
     assert (code, doc["verdict"]) == (0, "GO"), _failed(doc)
     checks = {c["name"]: c for c in doc["checks"]}
     assert checks["tolerance"]["passed"] is True, checks["tolerance"]
@@ -157,18 +164,9 @@ def test_rounding_within_tolerance_is_go(
 
 
 def test_stock_deduction_is_no_go_naming_the_field(
-    procs: Procs,
-    go_canary: Path,
-    migrated_database: Callable[[], str],
-    graygate_config: Callable[..., Path],
+    scenario: Scenario,
 ) -> None:
-    code, doc = _scenario(
-        "stock_deduction",
-        procs=procs,
-        go_canary=go_canary,
-        migrated_database=migrated_database,
-        graygate_config=graygate_config,
-    )
+    code, doc = scenario("stock_deduction")
     assert (code, doc["verdict"]) == (1, "NO_GO"), doc
     failed = _failed(doc)
     assert "strict" in failed, failed
@@ -178,18 +176,9 @@ def test_stock_deduction_is_no_go_naming_the_field(
 
 
 def test_goroutine_leak_is_no_go_from_the_runtime_check(
-    procs: Procs,
-    go_canary: Path,
-    migrated_database: Callable[[], str],
-    graygate_config: Callable[..., Path],
+    scenario: Scenario,
 ) -> None:
-    code, doc = _scenario(
-        "goroutine_leak",
-        procs=procs,
-        go_canary=go_canary,
-        migrated_database=migrated_database,
-        graygate_config=graygate_config,
-    )
+    code, doc = scenario("goroutine_leak")
     assert (code, doc["verdict"]) == (1, "NO_GO"), doc
     failed = _failed(doc)
     assert "runtime" in failed, failed
@@ -201,18 +190,9 @@ def test_goroutine_leak_is_no_go_from_the_runtime_check(
 @pytest.mark.parametrize("delay", ["30ms"])
 def test_latency_is_no_go_from_the_latency_check(
     delay: str,
-    procs: Procs,
-    go_canary: Path,
-    migrated_database: Callable[[], str],
-    graygate_config: Callable[..., Path],
+    scenario: Scenario,
 ) -> None:
-    code, doc = _scenario(
-        f"latency={delay}",
-        procs=procs,
-        go_canary=go_canary,
-        migrated_database=migrated_database,
-        graygate_config=graygate_config,
-    )
+    code, doc = scenario(f"latency={delay}")
     assert (code, doc["verdict"]) == (1, "NO_GO"), doc
     failed = _failed(doc)
     assert "latency" in failed, failed

@@ -6,10 +6,8 @@ import asyncio
 import gc
 import gzip
 import logging
-import socket
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from typing import Any
 
 import brotli
@@ -18,98 +16,21 @@ import pytest
 from aiohttp import ClientSession, web
 from yarl import URL
 
-from config.load import config_from_mapping
-from config.schema import GraygateConfig
 from proxy.app import make_proxy_app
 from proxy.codec import decode_body
-from store.records import ExchangeRecord
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
+from tests.proxy.harness import (
+    Sink,
+    closed_port,
+    echo,
+    handler_app,
+    make_cfg,
+    proxy_for,
+    serve_app,
+)
 
 # --- harness: real servers on random loopback ports ------------------------------------
 
 
-class Sink:
-    """The recorder's part the proxy uses: submit(record) -> bool. Keeps what it got."""
-
-    def __init__(self) -> None:
-        self.records: list[ExchangeRecord] = []
-        self._added = asyncio.Event()
-
-    def submit(self, record: ExchangeRecord) -> bool:
-        self.records.append(record)
-        self._added.set()
-        return True
-
-    async def wait(self, n: int = 1) -> list[ExchangeRecord]:
-        """Until ``n`` records are in (an event per submit; 10 s before giving up)."""
-        async with asyncio.timeout(10):
-            while len(self.records) < n:
-                self._added.clear()
-                await self._added.wait()
-        return self.records
-
-
-@asynccontextmanager
-async def serve_app(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
-def handler_app(handler: Handler) -> web.Application:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    return app
-
-
-async def echo(request: web.Request) -> web.Response:
-    """What the upstream saw, as JSON."""
-    body = await request.read()
-    return web.json_response(
-        {
-            "method": request.method,
-            "raw_path": request.raw_path,
-            "headers": [[k, v] for k, v in request.headers.items()],
-            "body": body.decode("latin-1"),
-        }
-    )
-
-
-def closed_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
-def make_cfg(primary: str, canary: str, **extra: Any) -> GraygateConfig:
-    data: dict[str, Any] = {"run": "test", "upstreams": {"primary": primary, "canary": canary}}
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    return config_from_mapping(data, env={})
-
-
-@asynccontextmanager
-async def proxy_for(cfg: GraygateConfig, sink: Sink) -> AsyncIterator[str]:
-    async with serve_app(make_proxy_app(cfg, recorder=sink, run_id=7)) as url:
-        yield url
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[ClientSession]:
-    async with ClientSession(auto_decompress=False) as session:
-        yield session
 
 
 def header_map(pairs: list[list[str]]) -> dict[str, list[str]]:
