@@ -237,6 +237,30 @@ def check(config_path: str | None, database_url: str | None, data_dir: str | Non
         click.echo("graygate: migrations and tables agree")
 
 
+@db.command()
+@_config_option
+@_db_option
+@_data_dir_option
+def current(config_path: str | None, database_url: str | None, data_dir: str | None) -> None:
+    """Print the database's schema revision and this graygate's head; exit 1 if behind."""
+    from store import migrate
+    from store.engine import create_engine, schema_revision
+
+    async def revision(url: str) -> str | None:
+        engine = create_engine(url, pool_size=1)
+        try:
+            return await schema_revision(engine)
+        finally:
+            await engine.dispose()
+
+    with _errors(), _database(config_path, database_url, data_dir) as handle:
+        rev = _migration(lambda: run_async(lambda: revision(handle.url)), handle.url)
+        head = migrate.head_revision()
+        click.echo(f"revision {rev or 'none'} (head {head})")
+        if rev != head:
+            sys.exit(1)
+
+
 def _migration(fn: Callable[[], T], url: str) -> T:
     from sqlalchemy.exc import DBAPIError, OperationalError
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[2]
 GOOD = """run: r1
 listen: 127.0.0.1:0
 upstreams: {primary: "http://127.0.0.1:1", canary: "http://127.0.0.1:2"}
@@ -87,3 +88,25 @@ def test_database_away_exits_3(tmp_path: Path) -> None:
     assert "unavailable" in proc.stderr
     assert "pw" not in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_db_current_reports_the_revision(database_url: str, make_database: object) -> None:
+    import asyncio
+
+    from store.migrate import head_revision
+
+    async def current(url: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy.cli", "db", "current", "--database-url", url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            cwd=REPO,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        assert proc.returncode is not None
+        return proc.returncode, out.decode()
+
+    code, out = await current(database_url)
+    assert code == 0 and f"revision {head_revision()}" in out
+    empty: str = await make_database()  # type: ignore[operator]
+    code, out = await current(empty)
+    assert code == 1 and "revision none" in out
