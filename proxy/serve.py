@@ -55,6 +55,13 @@ def serve_forever(
     if handle.embedded:
         migrate.upgrade(handle.url)
     children: list[subprocess.Popen[bytes]] = []
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cores and processes > cores:
+        logger.warning(
+            "--processes %d is more than the %d core(s) this process may use: extra proxy "
+            "processes only contend for the same cores (each costs ~25%% more CPU per request)",
+            processes, cores,
+        )
     if processes > 1:
         os.environ.setdefault(
             "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="graygate-metrics-")
