@@ -29,7 +29,6 @@ __all__ = [
     "SKIP_SAMPLED_OUT",
     "SKIP_SATURATED",
     "Router",
-    "mirror_side",
     "parse_cookies",
     "stable_bucket",
 ]
@@ -176,9 +175,4 @@ class Router:
         if self._sample < BUCKETS and stable_bucket(trace_id, _SAMPLE_SALT) >= self._sample:
             return SKIP_SAMPLED_OUT
         return None
-
-
-def mirror_side(served_by: str) -> str:
-    """The side that gets the mirror when ``served_by`` serves."""
-    return PRIMARY if served_by == CANARY else CANARY
 

@@ -124,7 +124,7 @@ class Tags:
         self.parent_id = parent_id  # the caller's span, when a traceparent came in
         self.flags = flags  # trace-flags, 2 hex
         self.label = label  # the incoming gray label, if any
-        self.traceparent = f"00-{trace_id}-{span_id}-{flags}"  # sent upstream
+        self.traceparent = format_traceparent(trace_id, span_id, flags)  # sent upstream
 
     def __repr__(self) -> str:
         return (

@@ -647,3 +647,63 @@ def test_decode_body_bounds_and_failures() -> None:
     assert decode_body(b"not gzip", "gzip", 100) == (b"not gzip", False)
     assert decode_body(b"zstd bytes", "zstd", 100) == (b"zstd bytes", False)
     assert decode_body(b"abcdef", None, 3) == (b"abc", True)
+
+
+# --- failure paths: a malformed request, a recorder that refuses or breaks ------------------
+
+
+async def test_malformed_request_is_refused_without_reaching_an_upstream() -> None:
+    seen: list[str] = []
+
+    async def upstream(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        return web.Response(text="ok")
+
+    sink = Sink()
+    async with serve_app(handler_app(upstream)) as primary, serve_app(
+        handler_app(upstream)
+    ) as canary:
+        async with proxy_for(make_cfg(primary, canary), sink) as url:
+            port = URL(url).port
+            for raw in (
+                b"GARBAGE\r\n\r\n",
+                b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+                b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: nope\r\n\r\n",
+            ):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(raw)
+                await writer.drain()
+                head = await asyncio.wait_for(reader.readline(), 5)
+                writer.close()
+                assert head.split(b" ")[1] == b"400", (raw, head)
+            # The proxy still serves well-formed requests afterwards.
+            async with ClientSession() as session, session.get(f"{url}/fine") as resp:
+                assert resp.status == 200
+    assert seen.count("/fine") == 2  # served and mirrored; the malformed ones reached nobody
+    assert len(seen) == 2
+
+
+class _RefusingSink(Sink):
+    def submit(self, record: Any) -> bool:
+        super().submit(record)
+        return False  # the recorder's queue is full: dropped and counted by the recorder
+
+
+class _BrokenSink(Sink):
+    def submit(self, record: Any) -> bool:
+        super().submit(record)
+        raise RuntimeError("recorder broke")
+
+
+@pytest.mark.parametrize("sink_cls", [_RefusingSink, _BrokenSink])
+async def test_client_is_served_whatever_the_recorder_does(
+    client: ClientSession, sink_cls: type[Sink], caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = sink_cls()
+    async with serve_app(handler_app(echo)) as primary, serve_app(handler_app(echo)) as canary:
+        async with proxy_for(make_cfg(primary, canary), sink) as url:
+            for _ in range(3):
+                async with client.get(f"{url}/orders/1") as resp:
+                    assert resp.status == 200
+                    assert (await resp.json())["raw_path"] == "/orders/1"
+            await sink.wait(3)
