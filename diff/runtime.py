@@ -44,12 +44,15 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.schema import RuntimeConfig
 from diff.model import Check
+
+if TYPE_CHECKING:  # store owns what a sample holds; imported for types only, so no database here
+    from store.runtime import SampleValues
 
 __all__ = [
     "MIN_BASELINE_PAUSES",
@@ -61,7 +64,6 @@ __all__ = [
     "RuntimeAnalysis",
     "RuntimeParseError",
     "RuntimeSample",
-    "SampleLike",
     "Trend",
     "WindowStats",
     "analyse",
@@ -89,27 +91,6 @@ _MAX_TREND_POINTS = 400  # Theil-Sen is O(n^2): longer series are thinned evenly
 
 class RuntimeParseError(ValueError):
     """A runtime source answered something that is not expvar JSON / Prometheus text."""
-
-
-class SampleLike(Protocol):
-    """What the analysis reads of a sample: a :class:`RuntimeSample` or a stored row."""
-
-    @property
-    def taken_at(self) -> datetime: ...
-    @property
-    def goroutines(self) -> int | None: ...
-    @property
-    def heap_alloc(self) -> int | None: ...
-    @property
-    def heap_inuse(self) -> int | None: ...
-    @property
-    def num_gc(self) -> int | None: ...
-    @property
-    def gc_cpu_fraction(self) -> float | None: ...
-    @property
-    def pauses_ns(self) -> Sequence[int]: ...
-    @property
-    def error(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,7 +430,7 @@ def baseline_from_pauses(
 
 
 def baseline_from_samples(
-    samples: Sequence[SampleLike], source: str = "primary"
+    samples: Sequence[SampleValues], source: str = "primary"
 ) -> Baseline | None:
     """A baseline from a service's samples (e.g. the primary's, when it is a Go service)."""
     return baseline_from_pauses(
@@ -509,7 +490,7 @@ def _ts(dt: datetime) -> float:
 
 
 def analyse(
-    samples: Sequence[SampleLike], cfg: RuntimeConfig, *, baseline: Baseline | None
+    samples: Sequence[SampleValues], cfg: RuntimeConfig, *, baseline: Baseline | None
 ) -> RuntimeAnalysis:
     """Window the samples and compute every figure the check judges."""
     ordered = sorted(samples, key=lambda s: s.taken_at)
@@ -519,10 +500,10 @@ def analyse(
     errors = len(ordered) - len(ok)
     t0 = _ts(ordered[0].taken_at) if ordered else 0.0
 
-    def widx(s: SampleLike) -> int:
+    def widx(s: SampleValues) -> int:
         return int((_ts(s.taken_at) - t0) // cfg.window_s)
 
-    grouped: dict[int, list[SampleLike]] = {}
+    grouped: dict[int, list[SampleValues]] = {}
     for s in ordered:
         grouped.setdefault(widx(s), []).append(s)
 
@@ -653,7 +634,7 @@ def _pct(x: float) -> str:
 
 
 def runtime_check(
-    samples: Sequence[SampleLike], cfg: RuntimeConfig, *, baseline: Baseline | None
+    samples: Sequence[SampleValues], cfg: RuntimeConfig, *, baseline: Baseline | None
 ) -> Check:
     """The verdict's ``runtime`` line for the canary's samples.
 

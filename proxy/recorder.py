@@ -246,11 +246,6 @@ class Recorder:
     def spill(self) -> Spill | None:
         return self._spill
 
-    @property
-    def pending_losses(self) -> dict[tuple[int, str], int]:
-        """Loss counters not yet stored (a copy)."""
-        return dict(self._losses)
-
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:

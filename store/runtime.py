@@ -4,8 +4,8 @@
 (on several hosts) serve the same run: a PostgreSQL session advisory lock.
 
 Plain values in and out (:class:`StoredSample`, :class:`PauseStats`, :class:`Finding`);
-the judgement (``diff.runtime``) reads them without importing this module: a stored sample
-has the attributes ``diff.runtime.SampleLike`` asks for.
+:class:`SampleValues` is what a sample holds; ``diff.runtime`` judges anything that has it
+(its ``RuntimeSample`` and a :class:`StoredSample`), naming it for types only.
 
 A pause baseline is computed where the pauses are, with SQL aggregates over
 ``unnest(pauses_ns)``: the primary's in the same run, or the canary's in the latest run
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 class SampleValues(Protocol):
-    """What is stored of one runtime sample (``diff.runtime.RuntimeSample`` has it)."""
+    """One runtime sample as stored and judged: ``diff.runtime.RuntimeSample``, a stored one."""
 
     @property
     def taken_at(self) -> datetime: ...

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from diff.runtime import (
     theil_sen,
     with_new_pauses,
 )
+from store.runtime import StoredSample
 
 DATA = Path(__file__).parent / "data"
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
@@ -472,24 +472,10 @@ def test_failed_polls_are_counted_and_the_rest_judged() -> None:
     assert "1 of 60 polls failed" in check.detail
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """A stored sample's shape (what store.runtime.fetch_samples returns)."""
-
-    taken_at: datetime
-    goroutines: int | None
-    heap_alloc: int | None
-    heap_inuse: int | None
-    num_gc: int | None
-    gc_cpu_fraction: float | None
-    pauses_ns: tuple[int, ...]
-    error: str | None
-
-
 def test_stored_rows_are_judged_and_lost_pauses_derived() -> None:
     rows = [
-        Row(T0 + timedelta(seconds=t), 20, 1, 1, 10 * t if t < 30 else 10 * t + 300, None,
-            () if t == 0 else (MS,) * 10, None)
+        StoredSample(t, 1, "canary", T0 + timedelta(seconds=t), "expvar", 20, 1, 1,
+            10 * t if t < 30 else 10 * t + 300, None, () if t == 0 else (MS,) * 10, None)
         for t in range(60)
     ]  # fmt: skip
     a = analyse(rows, cfg(), baseline=None)

@@ -3,12 +3,7 @@ stand-in), a dead port; findings stored in a real PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import re
-import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,43 +23,8 @@ from config.schema import (
 from proxy.preflight import PPROF_PATH, Finding, preflight
 from store.runs import ensure_run
 from store.runtime import fetch_findings
-
-ROOT = Path(__file__).resolve().parents[2]
-CANARY_SRC = ROOT / "examples" / "canary"
-
-
-
-
-@contextlib.asynccontextmanager
-async def service(cmd: list[str], faults: str = "") -> AsyncIterator[list[str]]:
-    """Run a service; yield the URLs it prints (``[debug ]listening on http://...``)."""
-    env = {**os.environ, "ORDERS_FAULTS": faults}
-    env.pop("LISTEN", None)
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-    )
-    try:
-        assert proc.stdout is not None
-        urls = []
-        for _ in range(2 if "-debug-listen" in cmd else 1):
-            line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
-            m = re.search(r"listening on (http://\S+)", line)
-            assert m, f"unexpected output of {cmd[0]}: {line!r}"
-            urls.append(m.group(1))
-        yield urls
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await asyncio.wait_for(proc.wait(), 10)
-
-
-@contextlib.asynccontextmanager
-async def python_orders(role: str, fault: str | None = None) -> AsyncIterator[str]:
-    cmd = [sys.executable, "-m", "examples.orders", "--listen", "127.0.0.1:0", "--role", role]
-    if fault:
-        cmd += ["--fault", fault]
-    async with service(cmd) as urls:
-        yield urls[0]
+from tests.proxy.harness import closed_port
+from tests.services import go_canary, python_orders, service
 
 
 @contextlib.asynccontextmanager
@@ -72,8 +32,8 @@ async def canary(kind: str, binary: Path | None, fault: str = "") -> AsyncIterat
     """The canary's base URL: the Go build, or the Python stand-in."""
     if kind == "go":
         assert binary is not None
-        async with service([str(binary), "-listen", "127.0.0.1:0"], fault) as urls:
-            yield urls[0]
+        async with go_canary(binary, fault) as url:
+            yield url
     else:
         async with python_orders("canary-standin", fault or None) as url:
             yield url
@@ -89,12 +49,6 @@ def binary(canary_kind: str, request: pytest.FixtureRequest) -> Path | None:
     if canary_kind == "go":
         return Path(request.getfixturevalue("canary_bin"))
     return None
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config(primary: str, canary_url: str, *, runtime: bool = True, **pre: object) -> GraygateConfig:
@@ -177,7 +131,7 @@ async def test_pprof_on_the_serving_port(
 
 async def test_pprof_on_a_debug_port_is_fine(engine: AsyncEngine, canary_bin: Path) -> None:
     cmd = [str(canary_bin), "-listen", "127.0.0.1:0", "-debug-listen", "127.0.0.1:0"]
-    async with python_orders("primary") as primary, service(cmd) as urls:
+    async with python_orders("primary") as primary, service(cmd, listeners=2) as urls:
         debug, serving = urls  # the debug listener is announced first
         async with aiohttp.ClientSession() as s, s.get(f"{debug}/debug/pprof/") as resp:
             assert resp.status == 200  # pprof is there, on the debug port

@@ -7,15 +7,18 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from aiohttp import web
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from config.errors import ConfigError
 from config.schema import RecordConfig
 from proxy.recorder import RECORDER_KEY, Recorder, recorder_ctx
 from proxy.spill import SEGMENT_SUFFIX, Spill
@@ -86,6 +89,19 @@ def spill_files(directory: Path) -> list[Path]:
     return sorted(directory.glob(f"*{SEGMENT_SUFFIX}"))
 
 
+@asynccontextmanager
+async def database_behind_a_fault_proxy(
+    database_url: str,
+) -> AsyncIterator[tuple[FaultProxy, AsyncEngine]]:
+    """An engine whose PostgreSQL can be blocked, hung and brought back."""
+    async with FaultProxy("127.0.0.1", 5432) as proxy:
+        proxied = create_engine(proxy.rewrite(database_url), pool_size=2)
+        try:
+            yield proxy, proxied
+        finally:
+            await proxied.dispose()
+
+
 def dropped_metric(reason: str) -> float:
     value = REGISTRY.get_sample_value("graygate_record_exchanges_dropped_total", {"reason": reason})
     return value or 0.0
@@ -115,7 +131,7 @@ async def test_batches_by_size_then_by_time(engine: AsyncEngine, run_name: str) 
         assert recorder.stats.batches == 1
 
 
-async def _equals(value: Awaitable[int], expected: int) -> bool:
+async def _equals(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
 
 
@@ -181,39 +197,35 @@ async def test_database_away_spills_then_replays(
 ) -> None:
     run_id = await new_run(engine, run_name)
     config = RecordConfig(batch_size=50, flush_interval_ms=20, spill_dir=str(tmp_path))
-    async with FaultProxy("127.0.0.1", 5432) as proxy:
-        proxied = create_engine(proxy.rewrite(database_url), pool_size=2)
-        try:
-            async with Recorder(proxied, config) as recorder:
-                for i in range(100):
-                    recorder.submit(record(run_id, i))
-                await recorder.flush()
-                assert await count_exchanges(engine, run_id) == 100
+    async with database_behind_a_fault_proxy(database_url) as (proxy, proxied):
+        async with Recorder(proxied, config) as recorder:
+            for i in range(100):
+                recorder.submit(record(run_id, i))
+            await recorder.flush()
+            assert await count_exchanges(engine, run_id) == 100
 
-                await proxy.block()  # PostgreSQL goes away: open connections cut, new refused
-                for i in range(100, 400):
-                    assert recorder.submit(record(run_id, i))
-                    if i % 25 == 0:
-                        await asyncio.sleep(0.005)
-                await recorder.flush()
-                assert not recorder.database_up
-                assert recorder.stats.spilled == 300
-                assert spill_files(tmp_path)
-                assert await count_exchanges(engine, run_id) == 100
+            await proxy.block()  # PostgreSQL goes away: open connections cut, new refused
+            for i in range(100, 400):
+                assert recorder.submit(record(run_id, i))
+                if i % 25 == 0:
+                    await asyncio.sleep(0.005)
+            await recorder.flush()
+            assert not recorder.database_up
+            assert recorder.stats.spilled == 300
+            assert spill_files(tmp_path)
+            assert await count_exchanges(engine, run_id) == 100
 
-                await proxy.unblock()  # back: the spill is replayed, oldest first
-                for i in range(400, 450):
-                    recorder.submit(record(run_id, i))
-                await eventually(lambda: _equals(count_exchanges(engine, run_id), 450))
-                await eventually(lambda: _no_files(tmp_path))
-                assert recorder.database_up
-                # The last 50 went to the spill too if they came before the probe saw it back.
-                stats = recorder.stats
-                assert stats.replayed == stats.spilled >= 300
-                assert stats.recorded + stats.replayed == 450 and stats.dropped == {}
-                assert recorder.spill is not None and recorder.spill.size == 0
-        finally:
-            await proxied.dispose()
+            await proxy.unblock()  # back: the spill is replayed, oldest first
+            for i in range(400, 450):
+                recorder.submit(record(run_id, i))
+            await eventually(lambda: _equals(count_exchanges(engine, run_id), 450))
+            await eventually(lambda: _no_files(tmp_path))
+            assert recorder.database_up
+            # The last 50 went to the spill too if they came before the probe saw it back.
+            stats = recorder.stats
+            assert stats.replayed == stats.spilled >= 300
+            assert stats.recorded + stats.replayed == 450 and stats.dropped == {}
+            assert recorder.spill is not None and recorder.spill.size == 0
     assert await distinct_and_total(engine, run_id) == (450, 450)
     assert await fetch_losses(engine, run_id) == {}
 
@@ -227,26 +239,22 @@ async def test_database_hanging_times_out_and_spills(
 ) -> None:
     run_id = await new_run(engine, run_name)
     config = RecordConfig(batch_size=20, flush_interval_ms=20, spill_dir=str(tmp_path))
-    async with FaultProxy("127.0.0.1", 5432) as proxy:
-        # The production engine (pre-ping, 60 s command timeout): the recorder's own
-        # write timeout must bound the whole write, pool checkout included.
-        hanging = create_engine(proxy.rewrite(database_url), pool_size=2)
-        try:
-            async with Recorder(hanging, config, write_timeout=1.0) as recorder:
-                for i in range(20):
-                    recorder.submit(record(run_id, i))
+    # The production engine (pre-ping, 60 s command timeout): the recorder's own
+    # write timeout must bound the whole write, pool checkout included.
+    async with database_behind_a_fault_proxy(database_url) as (proxy, hanging):
+        async with Recorder(hanging, config, write_timeout=1.0) as recorder:
+            for i in range(20):
+                recorder.submit(record(run_id, i))
+            await recorder.flush()
+            await proxy.hang()  # packets go nowhere: every call times out
+            for i in range(20, 60):
+                recorder.submit(record(run_id, i))
+            async with asyncio.timeout(20):
                 await recorder.flush()
-                await proxy.hang()  # packets go nowhere: every call times out
-                for i in range(20, 60):
-                    recorder.submit(record(run_id, i))
-                async with asyncio.timeout(20):
-                    await recorder.flush()
-                assert not recorder.database_up and recorder.stats.spilled == 40
-                await proxy.unblock()
-                await eventually(lambda: _equals(count_exchanges(engine, run_id), 60))
-                await eventually(lambda: _no_files(tmp_path))
-        finally:
-            await hanging.dispose()
+            assert not recorder.database_up and recorder.stats.spilled == 40
+            await proxy.unblock()
+            await eventually(lambda: _equals(count_exchanges(engine, run_id), 60))
+            await eventually(lambda: _no_files(tmp_path))
     assert await distinct_and_total(engine, run_id) == (60, 60)
 
 
@@ -257,24 +265,50 @@ async def test_spill_full_is_dropped_and_counted(
     config = RecordConfig(
         batch_size=10, flush_interval_ms=10, spill_dir=str(tmp_path), spill_max_bytes=20_000
     )
-    async with FaultProxy("127.0.0.1", 5432) as proxy:
-        proxied = create_engine(proxy.rewrite(database_url), pool_size=2)
-        try:
-            async with Recorder(proxied, config) as recorder:
-                await proxy.block()
-                for i in range(100):
-                    recorder.submit(record(run_id, i))
-                    await asyncio.sleep(0)
-                await recorder.flush()
-                spilled = recorder.stats.spilled
-                assert 0 < spilled < 100
-                assert recorder.stats.dropped == {"spill_full": 100 - spilled}
-                await proxy.unblock()
-                await eventually(lambda: _equals(count_exchanges(engine, run_id), spilled))
-                await eventually(lambda: _no_files(tmp_path))
-        finally:
-            await proxied.dispose()
+    async with database_behind_a_fault_proxy(database_url) as (proxy, proxied):
+        async with Recorder(proxied, config) as recorder:
+            await proxy.block()
+            for i in range(100):
+                recorder.submit(record(run_id, i))
+                await asyncio.sleep(0)
+            await recorder.flush()
+            spilled = recorder.stats.spilled
+            assert 0 < spilled < 100
+            assert recorder.stats.dropped == {"spill_full": 100 - spilled}
+            await proxy.unblock()
+            await eventually(lambda: _equals(count_exchanges(engine, run_id), spilled))
+            await eventually(lambda: _no_files(tmp_path))
     assert await fetch_losses(engine, run_id) == {"spill_full": 100 - spilled}
+
+
+async def test_unusable_spill_dir_is_a_config_error(engine: AsyncEngine, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "spill"
+    not_a_dir.write_text("a file where the spill directory should be")
+    recorder = Recorder(engine, RecordConfig(spill_dir=str(not_a_dir)))
+    with pytest.raises(ConfigError) as caught:
+        await recorder.start()
+    assert "record.spill_dir" in str(caught.value)
+
+
+async def test_spill_unwritable_is_dropped_and_counted(
+    engine: AsyncEngine, database_url: str, run_name: str, tmp_path: Path
+) -> None:
+    run_id = await new_run(engine, run_name)
+    spill_dir = tmp_path / "spill"
+    config = RecordConfig(batch_size=10, flush_interval_ms=10, spill_dir=str(spill_dir))
+    async with database_behind_a_fault_proxy(database_url) as (proxy, proxied):
+        async with Recorder(proxied, config) as recorder:
+            shutil.rmtree(spill_dir)  # the disk goes bad under a running recorder
+            spill_dir.write_text("not a directory")
+            await proxy.block()
+            for i in range(30):
+                recorder.submit(record(run_id, i))
+            await recorder.flush()
+            assert recorder.stats.spilled == 0
+            assert recorder.stats.dropped == {"spill_error": 30}
+            await proxy.unblock()  # the losses are counted in the database once it is back
+            await eventually(lambda: _equals(fetch_losses(engine, run_id), {"spill_error": 30}))
+    assert await count_exchanges(engine, run_id) == 0
 
 
 async def test_close_while_away_spills_everything_and_the_next_start_replays(
@@ -284,17 +318,13 @@ async def test_close_while_away_spills_everything_and_the_next_start_replays(
     config = RecordConfig(
         queue_size=50, batch_size=20, flush_interval_ms=60_000, spill_dir=str(tmp_path)
     )
-    async with FaultProxy("127.0.0.1", 5432) as proxy:
-        proxied = create_engine(proxy.rewrite(database_url), pool_size=2)
-        try:
-            recorder = Recorder(proxied, config, drain_timeout=5.0)
-            await recorder.start()
-            await proxy.block()
-            for i in range(80):  # 50 queued, 30 refused (queue_full)
-                recorder.submit(record(run_id, i))
-            await recorder.close()  # SIGTERM while PostgreSQL is away
-        finally:
-            await proxied.dispose()
+    async with database_behind_a_fault_proxy(database_url) as (proxy, proxied):
+        recorder = Recorder(proxied, config, drain_timeout=5.0)
+        await recorder.start()
+        await proxy.block()
+        for i in range(80):  # 50 queued, 30 refused (queue_full)
+            recorder.submit(record(run_id, i))
+        await recorder.close()  # SIGTERM while PostgreSQL is away
     assert recorder.stats.spilled == 50
     assert spill_files(tmp_path)
     assert await count_exchanges(engine, run_id) == 0

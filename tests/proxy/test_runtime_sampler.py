@@ -6,10 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import re
-import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,70 +24,14 @@ from store.engine import create_engine
 from store.runs import ensure_run
 from store.runtime import StoredSample, fetch_samples
 from store.tables import runs
-
-ROOT = Path(__file__).resolve().parents[2]
-CANARY_SRC = ROOT / "examples" / "canary"
-
+from tests.proxy.harness import closed_port, serve_app
+from tests.services import go_canary, python_orders
 
 # --------------------------------------------------------------------------- services
 
 
-
-
-@contextlib.asynccontextmanager
-async def service(cmd: list[str], env: dict[str, str] | None = None) -> AsyncIterator[str]:
-    """Run a service that prints ``listening on http://host:port``; yield its base URL."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("LISTEN", None)
-    proc = await asyncio.create_subprocess_exec(
-        *cmd,
-        cwd=ROOT,
-        env=full_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
-        m = re.search(r"listening on (http://\S+)", line)
-        assert m, f"unexpected first output of {cmd[0]}: {line!r}"
-        yield m.group(1)
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await asyncio.wait_for(proc.wait(), 10)
-
-
-def go_canary(
-    binary: Path, faults: str = "", **env: str
-) -> contextlib.AbstractAsyncContextManager[str]:
-    return service([str(binary), "-listen", "127.0.0.1:0"], {"ORDERS_FAULTS": faults, **env})
-
-
 def python_standin(fault: str | None = None) -> contextlib.AbstractAsyncContextManager[str]:
-    cmd = [sys.executable, "-m", "examples.orders", "--listen", "127.0.0.1:0"]
-    cmd += ["--role", "canary-standin"]
-    if fault:
-        cmd += ["--fault", fault]
-    return service(cmd, {"ORDERS_FAULTS": ""})
-
-
-@contextlib.asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return python_orders("canary-standin", fault)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -246,7 +186,7 @@ async def test_failed_polls_are_stored_and_never_stop_the_loop(engine: AsyncEngi
     app.router.add_get("/debug/vars", debug_vars)
     dead = f"http://127.0.0.1:{closed_port()}/debug/vars"
     run_id = await new_run(engine)
-    async with serve(app) as base:
+    async with serve_app(app) as base:
         cfg = config(
             RuntimeSource(expvar=f"{base}/debug/vars"), RuntimeSource(expvar=dead), interval_s=0.1
         )
@@ -277,7 +217,7 @@ async def test_samples_wait_for_the_database_and_are_kept(engine: AsyncEngine) -
 
     app = web.Application()
     app.router.add_get("/debug/vars", debug_vars)
-    async with serve(app) as base:
+    async with serve_app(app) as base:
         cfg = config(RuntimeSource(expvar=f"{base}/debug/vars"), interval_s=0.1)
         async with sampling(cfg, engine, run_id) as sampler:
             await asyncio.sleep(0.35)
@@ -327,7 +267,7 @@ async def test_prometheus_source_and_merge_with_expvar(engine: AsyncEngine) -> N
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/debug/vars", plain_expvar)
     prom_run, both_run = await new_run(engine), await new_run(engine)
-    async with serve(app) as base:
+    async with serve_app(app) as base:
         only_prom = config(RuntimeSource(prometheus=f"{base}/metrics"), interval_s=0.1)
         async with sampling(only_prom, engine, prom_run):
             await asyncio.sleep(0.35)
@@ -370,7 +310,7 @@ async def test_one_sampler_per_run_and_role_and_a_standby_takes_over(engine: Asy
     app = web.Application()
     app.router.add_get("/debug/vars", debug_vars)
     run_id = await new_run(engine)
-    async with serve(app) as base:
+    async with serve_app(app) as base:
         cfg = config(RuntimeSource(expvar=f"{base}/debug/vars"), interval_s=0.1)
         async with sampling(cfg, engine, run_id) as first:
             await asyncio.sleep(0.25)
@@ -401,7 +341,7 @@ async def test_database_away_keeps_sampling_into_the_backlog() -> None:
     app.router.add_get("/debug/vars", debug_vars)
     away = create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{closed_port()}/none")
     try:
-        async with serve(app) as base:
+        async with serve_app(app) as base:
             cfg = config(RuntimeSource(expvar=f"{base}/debug/vars"), interval_s=0.1)
             async with sampling(cfg, away, 1) as sampler:
                 await asyncio.sleep(0.35)
