@@ -35,7 +35,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from diff.evaluate import evaluate_run
 from store.engine import create_engine
+from store.exchanges import COLUMNS, exchange_row
+from store.judgement import DIFFERENCE_COLUMNS
 from store.migrate import upgrade
+from store.records import ExchangeRecord, Response
 
 ADMIN_DSN = os.environ.get("GRAYGATE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -46,50 +49,15 @@ ENDPOINTS = (
     ("POST /api/orders", "POST", "/api/orders", 0.1),
 )
 
+# What the recorder writes (store.exchanges.COLUMNS, rows from exchange_row), then what the
+# diff workers add when they judge an exchange.
 EXCHANGE_COLUMNS = (
-    "run_id",
-    "trace_id",
-    "span_id",
-    "received_at",
-    "endpoint",
-    "method",
-    "path",
-    "query",
-    "request_headers",
-    "served_by",
-    "mirror_skipped",
-    "primary_status",
-    "primary_headers",
-    "primary_body",
-    "primary_latency_ms",
-    "primary_error",
-    "canary_status",
-    "canary_headers",
-    "canary_body",
-    "canary_latency_ms",
-    "canary_error",
-    "secondary_status",
-    "secondary_headers",
-    "secondary_body",
-    "secondary_latency_ms",
+    *COLUMNS,
     "judged_at",
     "outcome",
     "strict_mismatches",
     "tolerance_violations",
     "noise_differences",
-)
-DIFFERENCE_COLUMNS = (
-    "exchange_id",
-    "run_id",
-    "endpoint",
-    "against",
-    "path",
-    "field",
-    "kind",
-    "primary_value",
-    "other_value",
-    "judgement",
-    "rule",
 )
 
 
@@ -119,8 +87,8 @@ def generate(
 ) -> Iterator[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
     """Chunks of (exchange rows, difference rows); exchange ids are first_id, first_id+1..."""
     rng = random.Random(seed)
-    headers = orjson.dumps({"content-type": "application/json"}).decode()
-    req_headers = orjson.dumps({"accept": "application/json", "user-agent": "bench"}).decode()
+    headers = {"content-type": "application/json"}
+    req_headers = {"accept": "application/json", "user-agent": "bench"}
     bodies = [_body(1000 + v, v) for v in range(8)]
     weights = [e[3] for e in ENDPOINTS]
     t0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -138,16 +106,17 @@ def generate(
             r = rng.random()
             mirror_skipped: str | None = None
             noise: int | None = 0
-            canary: tuple[Any, ...] = (200, headers, body, c_lat, None)
-            secondary: tuple[Any, ...] = (200, headers, body, rng.lognormvariate(3.0, 0.35))
+            canary: Response | None = Response(200, headers, body, latency_ms=c_lat)
+            secondary: Response | None = Response(
+                200, headers, body, latency_ms=rng.lognormvariate(3.0, 0.35)
+            )
             outcome, strict, tol = "match", 0, 0
             if r < 0.02:
                 mirror_skipped = "sampled_out"
-                canary = (None, None, None, None, None)
-                secondary = (None, None, None, None)
+                canary = secondary = None
                 outcome, noise = "skipped", None
             elif r < 0.0203:
-                canary = (None, None, None, 2000.0, "timeout")
+                canary = Response(latency_ms=2000.0, error="timeout")
                 outcome, noise = "error", None
             else:
                 if rng.random() < noise_rate:
@@ -185,33 +154,26 @@ def generate(
                             "tolerance abs 0.01",
                         )
                     )
-            rows.append(
-                (
-                    run_id,
-                    uuid.UUID(int=rng.getrandbits(128)).hex,
-                    f"{i:016x}",
-                    t0 + timedelta(milliseconds=i * 7),
-                    endpoint,
-                    method,
-                    path.format(i % 5000) if "{}" in path else path,
-                    "",
-                    req_headers,
-                    "primary",
-                    mirror_skipped,
-                    200,
-                    headers,
-                    body,
-                    p_lat,
-                    None,
-                    *canary,
-                    *secondary,
-                    judged_at,
-                    outcome,
-                    strict,
-                    tol,
-                    noise,
-                )
+            record = ExchangeRecord(
+                run_id=run_id,
+                trace_id=uuid.UUID(int=rng.getrandbits(128)).hex,
+                span_id=f"{i:016x}",
+                received_at=t0 + timedelta(milliseconds=i * 7),
+                endpoint=endpoint,
+                method=method,
+                path=path.format(i % 5000) if "{}" in path else path,
+                query="",
+                request_headers=req_headers,
+                request_body=None,
+                request_body_truncated=False,
+                gray_label=None,
+                served_by="primary",
+                mirror_skipped=mirror_skipped,
+                primary=Response(200, headers, body, latency_ms=p_lat),
+                canary=canary,
+                secondary=secondary,
             )
+            rows.append((*exchange_row(record), judged_at, outcome, strict, tol, noise))
         yield rows, diffs
 
 

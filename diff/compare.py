@@ -89,14 +89,6 @@ _TYPE_CLASS: dict[type, int] = {
     dict: _OBJ,
     list: _ARR,
 }
-_TYPE_NAME = {
-    _NUM: "number",
-    _STR: "string",
-    _BOOL: "boolean",
-    _NULL: "null",
-    _OBJ: "object",
-    _ARR: "array",
-}
 
 
 def _clip(value: Any) -> Any:

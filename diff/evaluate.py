@@ -35,8 +35,8 @@ from store.aggregates import (
     fetch_run,
     read_snapshot,
     record_verdict,
-    store_errors,
 )
+from store.failures import store_errors
 
 __all__ = ["evaluate_run", "record_result", "run_config"]
 

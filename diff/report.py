@@ -232,6 +232,28 @@ def _checks_table(checks: Sequence[Check]) -> Table:
     return table
 
 
+_STRICT_COLUMN = 8  # in _endpoint_cells: shown in red when there is a strict mismatch
+
+
+def _endpoint_cells(e: EndpointStats) -> tuple[str, ...]:
+    """One endpoint row as plain text, for the terminal and (escaped) for HTML."""
+    return (
+        e.endpoint,
+        str(e.pairs),
+        str(e.match),
+        str(e.differ),
+        str(e.noise_only),
+        str(e.skipped),
+        str(e.error),
+        str(e.pending),
+        f"{e.strict_mismatches} ({_pct(e.strict_mismatch_rate)})",
+        f"{e.tolerance_violations} ({_pct(e.tolerance_violation_rate)})",
+        str(e.noise),
+        f"{_ms(e.primary_p50_ms)} / {_ms(e.primary_p99_ms)}",
+        f"{_ms(e.canary_p50_ms)} / {_ms(e.canary_p99_ms)}",
+    )
+
+
 def _endpoints_table(endpoints: Sequence[EndpointStats]) -> Table:
     table = Table(title="Endpoints", title_justify="left")
     table.add_column("endpoint", no_wrap=True)
@@ -243,25 +265,10 @@ def _endpoints_table(endpoints: Sequence[EndpointStats]) -> Table:
     table.add_column("primary p50/p99 ms", justify="right")
     table.add_column("canary p50/p99 ms", justify="right")
     for e in endpoints:
-        strict = Text(
-            f"{e.strict_mismatches} ({_pct(e.strict_mismatch_rate)})",
-            style="red" if e.strict_mismatches else "",
-        )
-        table.add_row(
-            e.endpoint,
-            str(e.pairs),
-            str(e.match),
-            str(e.differ),
-            str(e.noise_only),
-            str(e.skipped),
-            str(e.error),
-            str(e.pending),
-            strict,
-            f"{e.tolerance_violations} ({_pct(e.tolerance_violation_rate)})",
-            str(e.noise),
-            f"{_ms(e.primary_p50_ms)} / {_ms(e.primary_p99_ms)}",
-            f"{_ms(e.canary_p50_ms)} / {_ms(e.canary_p99_ms)}",
-        )
+        cells: list[str | Text] = list(_endpoint_cells(e))
+        if e.strict_mismatches:
+            cells[_STRICT_COLUMN] = Text(str(cells[_STRICT_COLUMN]), style="red")
+        table.add_row(*cells)
     return table
 
 
@@ -286,22 +293,36 @@ def _fields_table(title: str, fields: Sequence[FieldStat]) -> Table:
     return table
 
 
+_RUNTIME_HEADERS = (
+    "side",
+    "samples",
+    "goroutines first → last (max)",
+    "heap first → last (max)",
+    "GC cycles",
+    "GC pause p99 / max ms",
+    "GC CPU max",
+)
+
+
+def _runtime_cells(r: RuntimeSummary) -> tuple[str, ...]:
+    """One runtime row as plain text, for the terminal and (escaped) for HTML."""
+    return (
+        r.role,
+        f"{r.samples}" + (f" ({r.failed_samples} failed)" if r.failed_samples else ""),
+        f"{_num(r.goroutines_first)} → {_num(r.goroutines_last)} ({_num(r.goroutines_max)})",
+        f"{_bytes(r.heap_alloc_first)} → {_bytes(r.heap_alloc_last)} ({_bytes(r.heap_alloc_max)})",
+        _num(r.gc_cycles),
+        f"{_ms(r.gc_pause_p99_ms)} / {_ms(r.gc_pause_max_ms)}",
+        _pct(r.gc_cpu_fraction_max),
+    )
+
+
 def _runtime_table(runtime: Sequence[RuntimeSummary]) -> Table:
     table = Table(title="Runtime", title_justify="left")
-    for name in ("side", "samples", "goroutines first→last (max)", "heap first→last (max)",
-                 "GC cycles", "GC pause p99 / max ms", "GC CPU max"):
+    for name in _RUNTIME_HEADERS:
         table.add_column(name, justify="right" if name != "side" else "left")
     for r in runtime:
-        table.add_row(
-            r.role,
-            f"{r.samples}" + (f" ({r.failed_samples} failed)" if r.failed_samples else ""),
-            f"{_num(r.goroutines_first)} → {_num(r.goroutines_last)} ({_num(r.goroutines_max)})",
-            f"{_bytes(r.heap_alloc_first)} → {_bytes(r.heap_alloc_last)} "
-            f"({_bytes(r.heap_alloc_max)})",
-            _num(r.gc_cycles),
-            f"{_ms(r.gc_pause_p99_ms)} / {_ms(r.gc_pause_max_ms)}",
-            _pct(r.gc_cpu_fraction_max),
-        )
+        table.add_row(*_runtime_cells(r))
     return table
 
 
@@ -437,24 +458,11 @@ def _html_endpoints(endpoints: Sequence[EndpointStats]) -> str:
         return '<p class="empty">No exchanges recorded yet.</p>'
     rows = []
     for e in endpoints:
-        strict = f"{e.strict_mismatches} ({_pct(e.strict_mismatch_rate)})"
-        rows.append(
-            (
-                f"<code>{_e(e.endpoint)}</code>",
-                str(e.pairs),
-                str(e.match),
-                str(e.differ),
-                str(e.noise_only),
-                str(e.skipped),
-                str(e.error),
-                str(e.pending),
-                f'<span class="bad">{_e(strict)}</span>' if e.strict_mismatches else _e(strict),
-                _e(f"{e.tolerance_violations} ({_pct(e.tolerance_violation_rate)})"),
-                str(e.noise),
-                _e(f"{_ms(e.primary_p50_ms)} / {_ms(e.primary_p99_ms)}"),
-                _e(f"{_ms(e.canary_p50_ms)} / {_ms(e.canary_p99_ms)}"),
-            )
-        )
+        cells = [_e(cell) for cell in _endpoint_cells(e)]
+        cells[0] = f"<code>{cells[0]}</code>"
+        if e.strict_mismatches:
+            cells[_STRICT_COLUMN] = f'<span class="bad">{cells[_STRICT_COLUMN]}</span>'
+        rows.append(tuple(cells))
     headers = ("endpoint", "pairs", "match", "differ", "noise only", "skipped", "error",
                "pending", "strict mismatch", "tolerance violations", "noise differences",
                "primary p50 / p99 ms", "canary p50 / p99 ms")
@@ -485,23 +493,8 @@ def _html_fields(fields: Sequence[FieldStat], empty: str) -> str:
 
 
 def _html_runtime(runtime: Sequence[RuntimeSummary]) -> str:
-    rows = [
-        (
-            _e(r.role),
-            _e(f"{r.samples}" + (f" ({r.failed_samples} failed)" if r.failed_samples else "")),
-            _e(f"{_num(r.goroutines_first)} → {_num(r.goroutines_last)} "
-               f"({_num(r.goroutines_max)})"),
-            _e(f"{_bytes(r.heap_alloc_first)} → {_bytes(r.heap_alloc_last)} "
-               f"({_bytes(r.heap_alloc_max)})"),
-            _e(_num(r.gc_cycles)),
-            _e(f"{_ms(r.gc_pause_p99_ms)} / {_ms(r.gc_pause_max_ms)}"),
-            _e(_pct(r.gc_cpu_fraction_max)),
-        )
-        for r in runtime
-    ]
-    headers = ("side", "samples", "goroutines first → last (max)", "heap first → last (max)",
-               "GC cycles", "GC pause p99 / max ms", "GC CPU max")
-    return _table(headers, rows, {1, 2, 3, 4, 5, 6})
+    rows = [tuple(_e(cell) for cell in _runtime_cells(r)) for r in runtime]
+    return _table(_RUNTIME_HEADERS, rows, {1, 2, 3, 4, 5, 6})
 
 
 def _html_preflight(findings: Sequence[PreflightFinding]) -> str:

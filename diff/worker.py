@@ -34,10 +34,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import StoreUnavailable
 from diff.compare import compare
 from diff.model import Difference, Side
 from diff.rules import RuleBook, RuleSet
+from store.failures import store_errors
 from store.judgement import (
     ClaimedExchange,
     ExchangeJudgement,
@@ -207,25 +207,11 @@ async def judge_pending(
     run_id = await get_run_id(engine, run)
     total = 0
     while True:
-        try:
+        async with store_errors(engine):
             n = await judge_batch(engine, run_id, rulebook, batch_size=batch_size)
-        except Exception as exc:
-            _raise_unavailable(engine, exc)
-            raise
         total += n
         if n == 0:
             return total
-
-
-def _raise_unavailable(engine: AsyncEngine, exc: Exception) -> None:
-    from store.engine import censor_dsn
-    from store.exchanges import is_unavailable
-
-    if is_unavailable(exc):
-        reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [repr(exc)])[0][:200]
-        raise StoreUnavailable(
-            f"database {censor_dsn(str(engine.url))} is unavailable: {reason}"
-        ) from None
 
 
 async def worker_loop(
@@ -315,6 +301,8 @@ async def run_workers(
     """
     stats = stats if stats is not None else WorkerStats()
     stop = asyncio.Event()
+    # Not proxy.tasks.TaskSet: diff must not import proxy (proxy imports diff). The list
+    # keeps the references; the block's exit drains them.
     loop = asyncio.get_running_loop()
     tasks = [
         loop.create_task(

@@ -24,12 +24,10 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from config.errors import StoreUnavailable, UnknownRun
-from store.engine import censor_dsn
-from store.exchanges import is_unavailable
+from config.errors import UnknownRun
+from store.failures import store_errors
 from store.tables import differences, exchanges, run_losses, runs, verdicts
 
 __all__ = [
@@ -52,7 +50,6 @@ __all__ = [
     "latest_verdicts",
     "read_snapshot",
     "record_verdict",
-    "store_errors",
 ]
 
 PAIR_OUTCOMES = ("match", "differ", "noise_only")
@@ -181,38 +178,6 @@ def _percentile_cont(values: Sequence[float], q: float) -> float | None:
     lo = int(pos)
     hi = min(lo + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-# Undefined table / column: the database's schema is behind the code.
-_SCHEMA_BEHIND = frozenset({"42P01", "42703"})
-
-
-def _sqlstate(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    for cur in (orig, getattr(orig, "__cause__", None), exc):
-        state = getattr(cur, "sqlstate", None) or getattr(cur, "pgcode", None)
-        if state:
-            return str(state)
-    return ""
-
-
-@asynccontextmanager
-async def store_errors(engine: AsyncEngine) -> AsyncIterator[None]:
-    """Turn "the database is away" (and "its schema is behind") into StoreUnavailable,
-    naming the censored URL; every other error passes through."""
-    try:
-        yield
-    except (DBAPIError, OSError, TimeoutError) as exc:
-        where = censor_dsn(str(engine.url))
-        reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [repr(exc)])[0][:200]
-        if _sqlstate(exc) in _SCHEMA_BEHIND:
-            raise StoreUnavailable(
-                f"database {where} schema is behind this graygate ({reason}); "
-                "run `graygate db upgrade`"
-            ) from None
-        if is_unavailable(exc):
-            raise StoreUnavailable(f"database {where} is unavailable: {reason}") from None
-        raise
 
 
 @asynccontextmanager

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import sqlalchemy as sa
@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from store.tables import ROLES, exchanges
 
 __all__ = [
+    "DIFFERENCE_COLUMNS",
     "ClaimedExchange",
     "ExchangeJudgement",
     "RecordedSide",
@@ -34,6 +35,21 @@ __all__ = [
     "count_unjudged",
     "store_judgements",
 ]
+
+# The columns of a stored difference, in the order of the bulk insert below.
+DIFFERENCE_COLUMNS: Final[tuple[str, ...]] = (
+    "exchange_id",
+    "run_id",
+    "endpoint",
+    "against",
+    "path",
+    "field",
+    "kind",
+    "primary_value",
+    "other_value",
+    "judgement",
+    "rule",
+)
 
 # An absent side of a missing/extra difference is stored as SQL NULL.
 _ABSENT_PRIMARY_KINDS = frozenset({"extra"})
@@ -202,22 +218,7 @@ async def store_judgements(conn: AsyncConnection, judgements: Sequence[ExchangeJ
             "noise": [j.noise_differences for j in judgements],
         },
     )
-    cols: dict[str, list[Any]] = {
-        k: []
-        for k in (
-            "exchange_id",
-            "run_id",
-            "endpoint",
-            "against",
-            "path",
-            "field",
-            "kind",
-            "primary_value",
-            "other_value",
-            "judgement",
-            "rule",
-        )
-    }
+    cols: dict[str, list[Any]] = {k: [] for k in DIFFERENCE_COLUMNS}
     for j in judgements:
         for d in j.differences:
             cols["exchange_id"].append(j.exchange_id)

@@ -20,13 +20,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from config.errors import StoreUnavailable, UnknownRun
+from config.errors import UnknownRun
 from store.aggregates import PAIR_OUTCOMES
-from store.engine import censor_dsn
-from store.exchanges import is_unavailable
+from store.failures import store_errors
 from store.tables import (
     ROLES,
     differences,
@@ -65,12 +63,6 @@ logger = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
 
-# Beyond store.exchanges.is_unavailable (connection lost, shutdown, overload): SQLSTATEs
-# that also mean "this database cannot answer": 28 invalid authorization, 3D000 no such
-# database.
-_UNAVAILABLE_PREFIXES = ("28", "3D000")
-# Undefined table / column: the schema is behind the code.
-_SCHEMA_BEHIND = ("42P01", "42703")
 
 
 # --------------------------------------------------------------------------- values
@@ -256,29 +248,11 @@ class RuntimeSummary:
 # --------------------------------------------------------------------------- plumbing
 
 
-def _sqlstate(exc: DBAPIError) -> str:
-    state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return str(state or "")
-
-
 @asynccontextmanager
 async def _connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A read connection whose "database away" failures become StoreUnavailable."""
-    try:
-        async with engine.connect() as conn:
-            yield conn
-    except (DBAPIError, OSError, TimeoutError) as exc:
-        where = censor_dsn(str(engine.url))
-        reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [repr(exc)])[0][:200]
-        state = _sqlstate(exc) if isinstance(exc, DBAPIError) else ""
-        if state in _SCHEMA_BEHIND:
-            raise StoreUnavailable(
-                f"database {where} schema is behind this graygate ({reason}); "
-                "run `graygate db upgrade`"
-            ) from None
-        if is_unavailable(exc) or state.startswith(_UNAVAILABLE_PREFIXES):
-            raise StoreUnavailable(f"database {where} is unavailable: {reason}") from None
-        raise
+    async with store_errors(engine), engine.connect() as conn:
+        yield conn
 
 
 async def _run_id(conn: AsyncConnection, run: str) -> int:

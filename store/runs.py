@@ -10,19 +10,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import StoreUnavailable, UnknownRun
-from store.engine import censor_dsn
-from store.exchanges import is_unavailable
+from config.errors import UnknownRun
+from store.failures import store_errors
 from store.tables import runs
 
 __all__ = ["ensure_run", "get_run_id"]
-
-
-def _unavailable(engine: AsyncEngine, exc: BaseException) -> StoreUnavailable:
-    reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [type(exc).__name__])[0]
-    return StoreUnavailable(
-        f"database {censor_dsn(str(engine.url))} is unavailable: {reason[:200]}"
-    )
 
 
 async def ensure_run(
@@ -67,26 +59,16 @@ async def ensure_run(
             "updated_at": sa.func.now(),
         },
     ).returning(runs.c.id)
-    try:
-        async with engine.begin() as conn:
-            run_id = (await conn.execute(upsert)).scalar_one()
-    except Exception as exc:
-        if is_unavailable(exc):
-            raise _unavailable(engine, exc) from None
-        raise
+    async with store_errors(engine), engine.begin() as conn:
+        run_id = (await conn.execute(upsert)).scalar_one()
     return int(run_id)
 
 
 async def get_run_id(engine: AsyncEngine, name: str) -> int:
     """The id of run ``name``; UnknownRun when there is none, StoreUnavailable when the
     database cannot be reached."""
-    try:
-        async with engine.connect() as conn:
-            run_id = await conn.scalar(sa.select(runs.c.id).where(runs.c.name == name))
-    except Exception as exc:
-        if is_unavailable(exc):
-            raise _unavailable(engine, exc) from None
-        raise
+    async with store_errors(engine), engine.connect() as conn:
+        run_id = await conn.scalar(sa.select(runs.c.id).where(runs.c.name == name))
     if run_id is None:
         raise UnknownRun(name)
     return int(run_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sys
 import threading
 import uuid
@@ -16,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import UnknownRun
+from config.errors import StoreUnavailable, UnknownRun
 from diff.worker import (
     WorkerStats,
     judge_batch,
@@ -400,3 +401,16 @@ async def test_worker_loop_survives_a_database_outage(database_url: str, run_nam
 async def test_judge_pending_unknown_run(engine: AsyncEngine) -> None:
     with pytest.raises(UnknownRun):
         await judge_pending(engine, f"nope-{uuid.uuid4().hex[:6]}", BOOK)
+
+
+async def test_judge_pending_database_away() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    eng = create_engine(f"postgresql+asyncpg://postgres:s3cret@127.0.0.1:{port}/x", pool_size=1)
+    try:
+        with pytest.raises(StoreUnavailable, match="is unavailable") as info:
+            await judge_pending(eng, "any", BOOK)
+    finally:
+        await eng.dispose()
+    assert "s3cret" not in str(info.value)
