@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -41,7 +41,7 @@ def _setup_logging(level: str) -> None:
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 
-def _fail(code: int, message: str) -> None:
+def _fail(code: int, message: str) -> NoReturn:
     click.echo(f"graygate: {message}", err=True)
     sys.exit(code)
 
@@ -71,11 +71,9 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
         return runner.run(factory())  # type: ignore[arg-type]
 
 
-def _load(config_path: str | None) -> Any:
+def _load(config_path: str) -> Any:
     from config.load import load_config
 
-    if config_path is None:
-        return None
     return load_config(config_path)
 
 
@@ -160,7 +158,6 @@ def serve(
     """Run the proxy, the diff workers and the admin API."""
     if config_path is None:
         _fail(EXIT_CONFIG, "config error: no configuration file: pass -c graygate.yaml")
-        return
     roles = {r.strip() for r in role.split(",") if r.strip()}
     unknown = roles - {"proxy", "worker", "admin"}
     if unknown or not roles:

@@ -44,7 +44,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -59,6 +59,7 @@ from rich.text import Text
 import config as config_pkg
 import examples as examples_pkg
 from proxy.loadgen import LoadOptions, LoadStats, run_load
+from proxy.serve import parent_death_signal
 
 __all__ = [
     "DEMO_CONFIG",
@@ -161,25 +162,7 @@ def _interrupted_code(signum: int) -> int:
 # --------------------------------------------------------------------------- processes
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """On Linux, a pre-exec hook that makes the child get SIGTERM when the demo dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def hook() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return hook
-
-
-_PDEATHSIG = _parent_death_signal()
+_PDEATHSIG = parent_death_signal()
 
 
 @dataclass

@@ -7,7 +7,9 @@ stops accepting and finishes in-flight requests and mirrors, the recorder flushe
 the workers finish their batch, and the engine closes.
 
 ``--processes N`` starts N-1 more processes that run only the proxy role on the same port
-(SO_REUSEPORT); this process runs every role and forwards signals to them.
+(SO_REUSEPORT; a named port, not 0), once this process has checked the schema. This process
+runs every role, sends them SIGTERM when it stops, and stops (exit code of the child, else 1)
+when one of them exits; should it die, the kernel sends them SIGTERM (Linux).
 """
 
 from __future__ import annotations
@@ -16,21 +18,22 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import StoreUnavailable
+from config.errors import ConfigError, StoreUnavailable
 from config.schema import GraygateConfig, parse_listen
 from proxy.database import DatabaseHandle, default_data_dir
 
-__all__ = ["serve_forever"]
+__all__ = ["parent_death_signal", "serve_forever"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +55,13 @@ def serve_forever(
     from proxy.cli import run_async
     from store import migrate
 
+    if processes > 1 and "proxy" in roles and parse_listen(cfg.listen)[1] == 0:
+        raise ConfigError(
+            "listen", f"{cfg.listen!r}: port 0 with --processes {processes}: each process would "
+            "listen on a port of its own; name the port"
+        )
     if handle.embedded:
         migrate.upgrade(handle.url)
-    children: list[subprocess.Popen[bytes]] = []
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if cores and processes > cores:
         logger.warning(
@@ -62,37 +69,86 @@ def serve_forever(
             "processes only contend for the same cores (each costs ~25%% more CPU per request)",
             processes, cores,
         )
-    if processes > 1:
-        os.environ.setdefault(
-            "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="graygate-metrics-")
+    metrics_dir: str | None = None
+    if processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Before proxy.metrics is imported, here and in the children (they inherit it).
+        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            prefix="graygate-metrics-"
         )
-        for _ in range(processes - 1):
-            children.append(
-                subprocess.Popen(
-                    [
-                        sys.executable, "-m", "proxy.cli", "serve", "-c", config_path,
-                        "--role", "proxy", "--reuse-port", "--no-preflight",
-                        "--database-url", handle.url,
-                        *(["--data-dir", str(data_dir)] if data_dir else []),
-                    ],
-                )
-            )
+    child_argv = [
+        sys.executable, "-m", "proxy.cli", "serve", "-c", config_path,
+        "--role", "proxy", "--reuse-port", "--no-preflight",
+        *(["--data-dir", str(data_dir)] if data_dir else []),
+    ]  # fmt: skip
     try:
         return run_async(
             lambda: _serve(
                 cfg, handle, roles=roles, reuse_port=reuse_port, data_dir=data_dir,
-                run_preflight=run_preflight, children=children,
+                run_preflight=run_preflight,
+                children=_Children(processes - 1, child_argv, handle.url),
             )
         )
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
+        if metrics_dir is not None:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def parent_death_signal() -> Callable[[], None] | None:
+    """On Linux, a pre-exec hook that makes the child get SIGTERM when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return hook
+
+
+_PDEATHSIG = parent_death_signal()
+
+
+class _Children:
+    """The extra proxy processes of ``--processes N``: started once this process has checked
+    the schema and holds its signal handlers, so a failure or a signal before then leaves
+    none behind; stopped with SIGTERM, killed after the grace period; sent SIGTERM by the
+    kernel should this process die without stopping them (Linux)."""
+
+    def __init__(self, count: int, argv: list[str], database_url: str) -> None:
+        self.count = count
+        self.argv = argv
+        # The URL goes by environment (config override), not argv: argv is world-readable.
+        self.env = {**os.environ, "GRAYGATE_DATABASE_URL": database_url}
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        for _ in range(self.count):
+            self.procs.append(subprocess.Popen(self.argv, env=self.env, preexec_fn=_PDEATHSIG))
+
+    def exited(self) -> subprocess.Popen[bytes] | None:
+        """The first child that has exited, if any."""
+        return next((p for p in self.procs if p.poll() is not None), None)
+
+    def terminate(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.terminate()
+        for proc in self.procs:
             try:
-                child.wait(timeout=SHUTDOWN_GRACE_S + 5)
+                proc.wait(timeout=SHUTDOWN_GRACE_S + 5)
             except subprocess.TimeoutExpired:
-                child.kill()
+                proc.kill()
+                proc.wait()
 
 
 async def _check_schema(engine: AsyncEngine) -> None:
@@ -121,8 +177,6 @@ async def _site(app: web.Application, listen: str, *, reuse_port: bool) -> Async
         try:
             await site.start()
         except OSError as exc:
-            from config.errors import ConfigError
-
             raise ConfigError("listen", f"{listen!r}: cannot listen: {exc.strerror}") from None
         bound = runner.addresses[0] if runner.addresses else (host, port)
         yield f"http://{bound[0]}:{bound[1]}"
@@ -138,7 +192,7 @@ async def _serve(
     reuse_port: bool,
     data_dir: Path | None,
     run_preflight: bool,
-    children: list[subprocess.Popen[bytes]],
+    children: _Children,
 ) -> int:
     from diff.rules import RuleBook
     from diff.worker import run_workers
@@ -171,6 +225,7 @@ async def _serve(
                 level = logging.INFO if finding.ok else logging.WARNING
                 logger.log(level, "preflight %s: %s", finding.check, finding.detail)
 
+        children.start()
         async with contextlib.AsyncExitStack() as stack:
             if "admin" in roles:
                 admin = make_admin_app(cfg, engine)
@@ -203,22 +258,19 @@ async def _serve(
                     url, cfg.upstreams.primary, cfg.upstreams.canary,
                 )
             print(f"graygate: serving run {cfg.run!r}", file=sys.stderr, flush=True)
-            failed = False
+            code = 0
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
-                for child in children:
-                    if child.poll() is not None:
-                        logger.error("proxy process %d exited with %s", child.pid, child.returncode)
-                        children.remove(child)
-                        failed = True
-                        stop.set()
-                        break
-            code = 1 if failed else 0
+                dead = None if stop.is_set() else children.exited()
+                if dead is not None:
+                    # A child that could not bind or lost its database printed why.
+                    logger.error("proxy process %d exited with %s", dead.pid, dead.returncode)
+                    code = dead.returncode if dead.returncode > 0 else 1
+                    stop.set()
             logger.info("stopping: finishing in-flight requests and flushing records")
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
+            children.terminate()
     finally:
+        await asyncio.to_thread(children.stop)
         await engine.dispose()
     return code

@@ -99,6 +99,24 @@ class Proc:
         except OSError:
             return ""
 
+    def wait_for(self, pattern: str | re.Pattern[str], timeout: float) -> re.Match[str]:
+        """The first match of ``pattern`` (multiline) in the output; fail when the process
+        exits or ``timeout`` seconds pass first."""
+        regex = re.compile(pattern, re.MULTILINE) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.output()
+            found = regex.search(out)
+            if found:
+                return found
+            if self.popen.poll() is not None:
+                raise AssertionError(
+                    f"{self.name} exited {self.popen.returncode} before {regex.pattern!r}:\n{out}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: no {regex.pattern!r} in {timeout}s:\n{out}")
+            time.sleep(0.05)
+
 
 class Procs:
     """Processes a test started; ``stop_all()`` (run at teardown) stops every one.
@@ -135,17 +153,8 @@ class Procs:
     def service(self, name: str, argv: list[str], timeout: float = 30.0) -> Proc:
         """Start a service that prints ``listening on http://...``; wait for that line."""
         proc = self.spawn(name, argv)
-        deadline = time.monotonic() + timeout
-        while True:
-            found = _LISTENING.search(proc.output())
-            if found:
-                proc.url = found.group(1)
-                return proc
-            if proc.popen.poll() is not None:
-                raise AssertionError(f"{name} exited {proc.popen.returncode}: {proc.output()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{name} printed no address in {timeout}s: {proc.output()}")
-            time.sleep(0.05)
+        proc.url = proc.wait_for(_LISTENING, timeout).group(1)
+        return proc
 
     def primary(self) -> Proc:
         return self.service(

@@ -38,19 +38,6 @@ def _wait_exit(proc: Proc, timeout: float = DEMO_TIMEOUT_S) -> tuple[int, str]:
     return int(proc.popen.returncode), proc.output()
 
 
-def _wait_for(proc: Proc, pattern: str, timeout: float = 120.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        out = proc.output()
-        if re.search(pattern, out, re.MULTILINE):
-            return out
-        if proc.popen.poll() is not None:
-            raise AssertionError(f"demo exited {proc.popen.returncode} before {pattern!r}:\n{out}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {pattern!r} in {timeout}s:\n{out}")
-        time.sleep(0.1)
-
-
 def _started(out: str) -> tuple[set[int], set[int]]:
     """The pids and loopback ports of the processes the demo said it started."""
     pids = {int(p) for p in re.findall(r"\bpid (\d+)", out)}
@@ -167,7 +154,7 @@ def test_demo_interrupted_mid_run_leaves_nothing_behind(
     if not embedded:
         args += ["--database-url", fresh_database()]
     demo = procs.spawn("demo", _demo_argv(*args))
-    _wait_for(demo, r"^load\s+sending")
+    demo.wait_for(r"^load\s+sending", timeout=120.0)
     time.sleep(2.0)  # mid-load
     demo.popen.send_signal(sig)
     rc, out = _wait_exit(demo, timeout=60)

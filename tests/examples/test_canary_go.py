@@ -9,39 +9,17 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from examples.orders import INITIAL_STOCK, make_app, parse_faults
+from tests.proxy.harness import serve_app
 
-ServeApp = Callable[[web.Application], AbstractAsyncContextManager[str]]
 CANARY_SRC = Path(__file__).resolve().parents[2] / "examples" / "canary"
-
-
-@contextlib.asynccontextmanager
-async def _serve(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
-@pytest.fixture
-def serve_app() -> ServeApp:
-    """``async with serve_app(app) as base_url:`` serves ``app`` on 127.0.0.1, a free port."""
-    return _serve
-
-
 
 
 def _read_line(proc: subprocess.Popen[str], timeout: float = 15.0) -> str:
@@ -144,7 +122,7 @@ async def compare(py_base: str, go_base: str, script: list[Any]) -> int:
 
 
 @pytest.mark.asyncio
-async def test_go_and_python_give_the_same_json(canary_bin: Path, serve_app: ServeApp) -> None:
+async def test_go_and_python_give_the_same_json(canary_bin: Path) -> None:
     with run_canary(canary_bin) as (go_base, _):
         async with serve_app(make_app()) as py_base:
             assert await compare(py_base, go_base, SCRIPT) == len(SCRIPT)
@@ -164,7 +142,7 @@ FAULTY_SCRIPT = [
 
 
 @pytest.mark.asyncio
-async def test_faults_have_the_same_effect_in_both(canary_bin: Path, serve_app: ServeApp) -> None:
+async def test_faults_have_the_same_effect_in_both(canary_bin: Path) -> None:
     spec = "rounding,timestamp_format,item_order,stock_deduction=0.5"
     app = make_app("python-standin", parse_faults([spec]))
     with run_canary(canary_bin, faults=spec) as (go_base, _):
@@ -177,7 +155,7 @@ async def test_faults_have_the_same_effect_in_both(canary_bin: Path, serve_app: 
 
 
 @pytest.mark.asyncio
-async def test_fault_flags_and_clean_mismatch(canary_bin: Path, serve_app: ServeApp) -> None:
+async def test_fault_flags_and_clean_mismatch(canary_bin: Path) -> None:
     with run_canary(canary_bin, "-fault", "item_order", "-fault", "timestamp_format") as (go, _):
         async with serve_app(make_app()) as py, aiohttp.ClientSession() as s:
             _, _, gb = await call(s, "GET", go + "/api/orders/1")

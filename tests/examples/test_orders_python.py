@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
 import os
@@ -12,15 +11,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from examples.orders import (
     CREATED_ID_BASE,
@@ -32,28 +28,10 @@ from examples.orders import (
     make_app,
     parse_faults,
 )
+from tests.proxy.harness import serve_app
 
-ServeApp = Callable[[web.Application], AbstractAsyncContextManager[str]]
 REPO = Path(__file__).resolve().parents[2]
 STRICT_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-
-
-@contextlib.asynccontextmanager
-async def _serve(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
-@pytest.fixture
-def serve_app() -> ServeApp:
-    """``async with serve_app(app) as base_url:`` serves ``app`` on 127.0.0.1, a free port."""
-    return _serve
 
 
 async def get(session: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, Any]:
@@ -91,7 +69,7 @@ def test_prng_reference_values() -> None:
 
 
 @pytest.mark.asyncio
-async def test_order_shape_and_determinism(serve_app: ServeApp) -> None:
+async def test_order_shape_and_determinism() -> None:
     async with serve_app(make_app()) as base, aiohttp.ClientSession() as s:
         for order_id in (1, 2, 42, 1000, 987654321):
             status, a = await get(s, f"{base}/api/orders/{order_id}")
@@ -119,7 +97,7 @@ async def test_order_shape_and_determinism(serve_app: ServeApp) -> None:
 
 
 @pytest.mark.asyncio
-async def test_healthz_not_found_and_method_errors_are_json(serve_app: ServeApp) -> None:
+async def test_healthz_not_found_and_method_errors_are_json() -> None:
     async with serve_app(make_app()) as base, aiohttp.ClientSession() as s:
         assert await get(s, f"{base}/healthz") == (200, {"status": "ok"})
         assert await get(s, f"{base}/nope") == (404, {"error": "not found"})
@@ -135,7 +113,7 @@ async def test_healthz_not_found_and_method_errors_are_json(serve_app: ServeApp)
 
 
 @pytest.mark.asyncio
-async def test_inventory(serve_app: ServeApp) -> None:
+async def test_inventory() -> None:
     async with serve_app(make_app()) as base, aiohttp.ClientSession() as s:
         status, inv = await get(s, f"{base}/api/inventory/SKU-0001")
         assert status == 200
@@ -152,7 +130,7 @@ async def test_inventory(serve_app: ServeApp) -> None:
 
 
 @pytest.mark.asyncio
-async def test_post_creates_order_and_deducts_stock(serve_app: ServeApp) -> None:
+async def test_post_creates_order_and_deducts_stock() -> None:
     async with serve_app(make_app()) as base, aiohttp.ClientSession() as s:
         body = order_body(("SKU-0001", 3), ("SKU-0002", 1), ("SKU-0001", 2))
         status, o = await post(s, f"{base}/api/orders", body, headers={"X-Trace-ID": "trace-1"})
@@ -184,7 +162,7 @@ async def test_post_creates_order_and_deducts_stock(serve_app: ServeApp) -> None
 
 
 @pytest.mark.asyncio
-async def test_same_trace_same_order_on_two_instances(serve_app: ServeApp) -> None:
+async def test_same_trace_same_order_on_two_instances() -> None:
     async with (
         serve_app(make_app()) as a,
         serve_app(make_app("python-standin")) as b,
@@ -198,7 +176,7 @@ async def test_same_trace_same_order_on_two_instances(serve_app: ServeApp) -> No
 
 
 @pytest.mark.asyncio
-async def test_shadow_write_leaves_real_stock(serve_app: ServeApp) -> None:
+async def test_shadow_write_leaves_real_stock() -> None:
     async with serve_app(make_app()) as base, aiohttp.ClientSession() as s:
         shadow = {"X-Gray-Shadow": "1", "X-Trace-ID": "shadow-1"}
         status, o = await post(s, f"{base}/api/orders", order_body(("SKU-0005", 9)), headers=shadow)
@@ -239,7 +217,7 @@ BAD_BODIES = [
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("body", "status", "message"), BAD_BODIES)
-async def test_bad_input(serve_app: ServeApp, body: bytes, status: int, message: str) -> None:
+async def test_bad_input(body: bytes, status: int, message: str) -> None:
     async with serve_app(make_app()) as base, aiohttp.ClientSession() as s:
         got, doc = await post(s, f"{base}/api/orders", body)
         assert got == status
@@ -249,7 +227,7 @@ async def test_bad_input(serve_app: ServeApp, body: bytes, status: int, message:
 
 
 @pytest.mark.asyncio
-async def test_body_too_large(serve_app: ServeApp) -> None:
+async def test_body_too_large() -> None:
     async with serve_app(make_app()) as base, aiohttp.ClientSession() as s:
         status, doc = await post(s, f"{base}/api/orders", b" " * (2 << 20))
         assert (status, doc) == (413, {"error": "request body too large"})
@@ -277,7 +255,7 @@ IDS = (1, 2, 3, 4, 42, 777, 123456)
 
 
 @pytest.mark.asyncio
-async def test_fault_rounding_stays_within_tolerance(serve_app: ServeApp) -> None:
+async def test_fault_rounding_stays_within_tolerance() -> None:
     async with (
         serve_app(make_app()) as clean,
         serve_app(make_app("python-standin", Faults(rounding=True))) as bad,
@@ -297,7 +275,7 @@ async def test_fault_rounding_stays_within_tolerance(serve_app: ServeApp) -> Non
 
 
 @pytest.mark.asyncio
-async def test_fault_timestamp_format(serve_app: ServeApp) -> None:
+async def test_fault_timestamp_format() -> None:
     async with (
         serve_app(make_app()) as clean,
         serve_app(make_app("python-standin", Faults(timestamp_format=True))) as bad,
@@ -313,7 +291,7 @@ async def test_fault_timestamp_format(serve_app: ServeApp) -> None:
 
 
 @pytest.mark.asyncio
-async def test_fault_item_order(serve_app: ServeApp) -> None:
+async def test_fault_item_order() -> None:
     async with (
         serve_app(make_app()) as clean,
         serve_app(make_app("python-standin", Faults(item_order=True))) as bad,
@@ -330,7 +308,7 @@ async def test_fault_item_order(serve_app: ServeApp) -> None:
 
 
 @pytest.mark.asyncio
-async def test_fault_stock_deduction_always(serve_app: ServeApp) -> None:
+async def test_fault_stock_deduction_always() -> None:
     app = make_app("python-standin", Faults(stock_deduction=1.0))
     async with serve_app(app) as base, aiohttp.ClientSession() as s:
         body = order_body(("SKU-0010", 4), ("SKU-0011", 1))
@@ -343,7 +321,7 @@ async def test_fault_stock_deduction_always(serve_app: ServeApp) -> None:
 
 
 @pytest.mark.asyncio
-async def test_fault_stock_deduction_fraction_is_deterministic(serve_app: ServeApp) -> None:
+async def test_fault_stock_deduction_fraction_is_deterministic() -> None:
     faults = parse_faults(["stock_deduction=0.2"])
     async with (
         serve_app(make_app("python-standin", faults)) as a,
@@ -361,7 +339,7 @@ async def test_fault_stock_deduction_fraction_is_deterministic(serve_app: ServeA
 
 
 @pytest.mark.asyncio
-async def test_fault_latency(serve_app: ServeApp) -> None:
+async def test_fault_latency() -> None:
     app = make_app("python-standin", parse_faults(["latency=50ms"]))
     async with serve_app(app) as base, aiohttp.ClientSession() as s:
         await get(s, f"{base}/healthz")
@@ -371,7 +349,7 @@ async def test_fault_latency(serve_app: ServeApp) -> None:
 
 
 @pytest.mark.asyncio
-async def test_fault_goroutine_leak_shows_in_debug_vars(serve_app: ServeApp) -> None:
+async def test_fault_goroutine_leak_shows_in_debug_vars() -> None:
     app = make_app("python-standin", Faults(goroutine_leak=True), debug_vars=True)
     async with serve_app(app) as base, aiohttp.ClientSession() as s:
         _, before = await get(s, f"{base}/debug/vars")
@@ -385,7 +363,7 @@ async def test_fault_goroutine_leak_shows_in_debug_vars(serve_app: ServeApp) -> 
 
 
 @pytest.mark.asyncio
-async def test_pprof_only_when_planted(serve_app: ServeApp) -> None:
+async def test_pprof_only_when_planted() -> None:
     async with (
         serve_app(make_app("python-standin", debug_vars=True)) as clean,
         serve_app(make_app("python-standin", Faults(pprof_on_serving_port=True))) as bad,
@@ -399,7 +377,7 @@ async def test_pprof_only_when_planted(serve_app: ServeApp) -> None:
 
 
 @pytest.mark.asyncio
-async def test_debug_vars_has_expvar_shape(serve_app: ServeApp) -> None:
+async def test_debug_vars_has_expvar_shape() -> None:
     async with (
         serve_app(make_app("python-standin", debug_vars=True)) as standin,
         serve_app(make_app()) as primary,

@@ -1,9 +1,17 @@
-"""`graygate serve` with a bad configuration: exit 2, one line naming key and value."""
+"""`graygate serve` and `graygate db` failing to start: one line, the documented exit code.
+
+Bad configuration or a listen port already taken: exit 2 naming the key. The database away
+or its schema behind: exit 3.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -90,9 +98,70 @@ def test_database_away_exits_3(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-async def test_db_current_reports_the_revision(database_url: str, make_database: object) -> None:
-    import asyncio
+async def _serve_async(config: Path, *extra: str) -> tuple[int, str]:
+    """`graygate serve` as a subprocess, without blocking the loop the fixtures share."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy.cli", "serve", "-c", str(config), *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+        env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
 
+
+def _config(tmp_path: Path, listen: str = "127.0.0.1:0") -> Path:
+    cfg = tmp_path / "graygate.yaml"
+    cfg.write_text(
+        f"run: cli-{uuid.uuid4().hex[:8]}\nlisten: {listen}\nadmin: {{listen: 127.0.0.1:0}}\n"
+        'upstreams: {primary: "http://127.0.0.1:1", canary: "http://127.0.0.1:2"}\n'
+    )
+    return cfg
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("graygate: ")]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+async def test_serve_database_away_exits_3(tmp_path: Path) -> None:
+    code, err = await _serve_async(
+        _config(tmp_path), "--database-url", "postgresql://u:pw@127.0.0.1:1/nope"
+    )
+    assert code == 3, err
+    assert "unavailable" in _one_line(err)
+    assert ":pw@" not in err
+
+
+async def test_serve_schema_behind_exits_3(tmp_path: Path, make_database: object) -> None:
+    empty: str = await make_database()  # type: ignore[operator]
+    code, err = await _serve_async(_config(tmp_path), "--database-url", empty)
+    assert code == 3, err
+    line = _one_line(err)
+    assert "revision none" in line and "graygate db upgrade" in line
+
+
+async def test_serve_listen_port_taken_exits_2(tmp_path: Path, database_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        code, err = await _serve_async(
+            _config(tmp_path, listen), "--database-url", database_url, "--no-preflight"
+        )
+    assert code == 2, err
+    line = _one_line(err)
+    assert f"config error: listen: '{listen}'" in line
+
+
+async def test_db_current_reports_the_revision(database_url: str, make_database: object) -> None:
     from store.migrate import head_revision
 
     async def current(url: str) -> tuple[int, str]:
@@ -110,3 +179,70 @@ async def test_db_current_reports_the_revision(database_url: str, make_database:
     empty: str = await make_database()  # type: ignore[operator]
     code, out = await current(empty)
     assert code == 1 and "revision none" in out
+
+
+async def test_serve_processes_needs_a_named_port(tmp_path: Path, database_url: str) -> None:
+    code, err = await _serve_async(
+        _config(tmp_path), "--processes", "2", "--database-url", database_url
+    )
+    assert code == 2, err
+    assert "config error: listen: '127.0.0.1:0': port 0 with --processes 2" in _one_line(err)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+async def test_serve_processes_leaves_no_child_behind(
+    tmp_path: Path, database_url: str, sig: str
+) -> None:
+    """SIGTERM: the children stop and serve exits 0. SIGKILL: the kernel stops them."""
+    import signal
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    cfg = _config(tmp_path, f"127.0.0.1:{port}")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy.cli", "serve", "-c", str(cfg),
+        "--processes", "2", "--role", "proxy,worker", "--no-preflight",
+        "--database-url", database_url,
+        stderr=asyncio.subprocess.PIPE, cwd=REPO, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.stderr is not None
+    children: list[int] = []
+    try:
+        seen: list[str] = []
+        while not any("serving run" in line for line in seen):
+            line = (await asyncio.wait_for(proc.stderr.readline(), timeout=60)).decode()
+            assert line, "".join(seen)
+            seen.append(line)
+        children = _children(proc.pid)
+        assert len(children) == 1, children
+        proc.send_signal(getattr(signal, sig))
+        code = await asyncio.wait_for(proc.wait(), timeout=60)
+        if sig == "SIGTERM":
+            rest = await asyncio.wait_for(proc.stderr.read(), timeout=10)
+            assert code == 0, "".join(seen) + rest.decode()
+        for _ in range(100):
+            alive = [c for c in children if _alive(c)]
+            if not alive:
+                break
+            await asyncio.sleep(0.1)
+        assert not alive, f"{sig}: proxy processes {alive} outlived serve"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for child in children:
+            if _alive(child):
+                os.kill(child, signal.SIGKILL)
