@@ -199,7 +199,7 @@ def upgrade(
     from store import migrate
 
     with _errors(), _database(config_path, database_url, data_dir) as handle:
-        _migration(lambda: migrate.upgrade(handle.url, revision), handle.url)
+        migration(lambda: migrate.upgrade(handle.url, revision), handle.url)
         click.echo(f"graygate: database at revision {revision}")
 
 
@@ -215,7 +215,7 @@ def downgrade(
     from store import migrate
 
     with _errors(), _database(config_path, database_url, data_dir) as handle:
-        _migration(lambda: migrate.downgrade(handle.url, revision), handle.url)
+        migration(lambda: migrate.downgrade(handle.url, revision), handle.url)
         click.echo(f"graygate: database at revision {revision}")
 
 
@@ -228,7 +228,7 @@ def check(config_path: str | None, database_url: str | None, data_dir: str | Non
     from store import migrate
 
     with _errors(), _database(config_path, database_url, data_dir) as handle:
-        diffs = _migration(lambda: migrate.check(handle.url), handle.url)
+        diffs = migration(lambda: migrate.check(handle.url), handle.url)
         if diffs:
             _fail(1, f"migrations and tables disagree: {diffs}")
         click.echo("graygate: migrations and tables agree")
@@ -251,14 +251,16 @@ def current(config_path: str | None, database_url: str | None, data_dir: str | N
             await engine.dispose()
 
     with _errors(), _database(config_path, database_url, data_dir) as handle:
-        rev = _migration(lambda: run_async(lambda: revision(handle.url)), handle.url)
+        rev = migration(lambda: run_async(lambda: revision(handle.url)), handle.url)
         head = migrate.head_revision()
         click.echo(f"revision {rev or 'none'} (head {head})")
         if rev != head:
             sys.exit(1)
 
 
-def _migration(fn: Callable[[], T], url: str) -> T:
+def migration(fn: Callable[[], T], url: str) -> T:
+    """Run a migration step; a database that cannot be reached is StoreUnavailable (exit 3)
+    with the URL censored, never a traceback."""
     from sqlalchemy.exc import DBAPIError, OperationalError
 
     from store.engine import censor_dsn

@@ -52,7 +52,7 @@ def serve_forever(
     run_preflight: bool = True,
 ) -> int:
     """Serve until SIGTERM/SIGINT; the exit code."""
-    from proxy.cli import run_async
+    from proxy.cli import migration, run_async
     from store import migrate
 
     if processes > 1 and "proxy" in roles and parse_listen(cfg.listen)[1] == 0:
@@ -61,7 +61,7 @@ def serve_forever(
             "listen on a port of its own; name the port"
         )
     if handle.embedded:
-        migrate.upgrade(handle.url)
+        migration(lambda: migrate.upgrade(handle.url), handle.url)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if cores and processes > cores:
         logger.warning(
