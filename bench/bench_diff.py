@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from config.schema import CompareConfig
 from diff.compare import compare
-from diff.model import Side
 from diff.rules import RuleBook, RuleSet
+from graygate.values import Side
 
 __all__ = ["main"]
 

@@ -42,7 +42,7 @@ Noise: other users' processes are measured too. Each variant waits (``--quiet-wa
 their load to drop under 0.25 cores, and the figures are the medians of the samples during
 which it stayed there (of all samples when none did). ``--nice -10`` (root) runs everything
 the bench starts at a higher priority. ``--source DIR`` runs graygate from a copy of the
-tree (``python -m proxy.cli``), to measure a change before it lands.
+tree (``python -m graygate``), to measure a change before it lands.
 
 Prints a table, the ratios against the targets and writes the figures to
 ``bench/results/proxy-<timestamp>.json``. Exit code 0 when every target is met, 1 when one
@@ -684,11 +684,11 @@ class Bench:
         # quiet sample, else taken again from the next repeat's.
         self.paced_delay_ms: float | None = None
         self.paced_from_quiet = False
-        # The graygate command: the installed one, or ``python -m proxy.cli`` on a source tree
+        # The graygate command: the installed one, or ``python -m graygate`` on a source tree
         # (--source: to measure a change on a copy of the tree before it lands).
         self.graygate_env: dict[str, str] = {}
         if s.source is not None:
-            self.graygate = [sys.executable, "-m", "proxy.cli"]
+            self.graygate = [sys.executable, "-m", "graygate"]
             self.graygate_env = {"PYTHONPATH": str(s.source)}
         else:
             self.graygate = [shutil.which("graygate") or "graygate"]
@@ -1287,7 +1287,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--source",
         default=None,
-        help="run graygate from this source tree (python -m proxy.cli) instead of the "
+        help="run graygate from this source tree (python -m graygate) instead of the "
         "installed command: to measure a change on a copy of the tree",
     )
     ap.add_argument(

@@ -1,7 +1,7 @@
 """Configuration: the schema (frozen models), the loader, and graygate's error tree."""
 
-from config.errors import ConfigError
 from config.load import config_from_mapping, load_config
 from config.schema import GraygateConfig
+from graygate.errors import ConfigError
 
 __all__ = ["ConfigError", "GraygateConfig", "config_from_mapping", "load_config"]

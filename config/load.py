@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from config.errors import ConfigError
 from config.schema import GraygateConfig
+from graygate.errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "config_from_mapping", "load_config"]
 
@@ -115,12 +115,15 @@ def config_from_mapping(
     admin = merged.get("admin")
     if isinstance(admin, dict) and "token" in admin:
         raise ConfigError(
-            "admin.token", "is not read from the file; put the token in the environment "
-            "variable named by admin.token_env"
+            "admin.token",
+            "is not read from the file; put the token in the environment "
+            "variable named by admin.token_env",
         )
-    token_env = (admin or {}).get("token_env", "GRAYGATE_ADMIN_TOKEN") if isinstance(
-        admin, dict
-    ) else "GRAYGATE_ADMIN_TOKEN"
+    token_env = (
+        (admin or {}).get("token_env", "GRAYGATE_ADMIN_TOKEN")
+        if isinstance(admin, dict)
+        else "GRAYGATE_ADMIN_TOKEN"
+    )
     _apply_env(merged, env, str(token_env))
     token = env.get(str(token_env)) or None
     if token is not None:

@@ -60,9 +60,9 @@ import orjson
 from deepdiff import DeepDiff
 from deepdiff.operator import BaseOperator
 
-from diff.model import Difference, Side
 from diff.paths import Location, MatchState, render_field, render_location
 from diff.rules import ArraySpec, Judge, RuleSet
+from graygate.values import Difference, Side
 
 __all__ = ["MAX_DIFFERENCES", "compare", "compare_json"]
 

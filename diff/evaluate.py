@@ -23,10 +23,10 @@ from config.schema import (
     RuntimeConfig,
     VerdictConfig,
 )
-from diff.model import Check, VerdictResult
-from diff.runtime import Baseline, choose_baseline, runtime_check
+from diff.runtime_checks import Baseline, choose_baseline, runtime_check
 from diff.verdict import decide, find_noise
-from store import runtime as store_runtime
+from graygate.values import Check, VerdictResult
+from store import runtime_samples as store_runtime
 from store.aggregates import (
     RunAggregates,
     RunInfo,
@@ -116,7 +116,7 @@ async def _with_noise(
 
 async def _runtime(engine: AsyncEngine, run: RunInfo, cfg: GraygateConfig) -> Check:
     """The runtime check over the canary's stored samples, against the baseline
-    ``diff.runtime.choose_baseline`` picks: the configured budget, else the primary's
+    ``diff.runtime_checks.choose_baseline`` picks: the configured budget, else the primary's
     pauses in this run (when the primary is sampled), else an earlier GO run's canary."""
     rcfg = cfg.runtime
     samples = await store_runtime.fetch_samples(engine, run.id, "canary")

@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
-from config.errors import ConfigError
 from config.schema import ArrayRule, CompareConfig, HeaderRules, RuleSpec, Tolerance
 from diff.endpoints import EndpointMatcher, normalise_pattern
 from diff.paths import Location, MatchState, Path, PathMatcher, compile_path
+from graygate.errors import ConfigError
 
 __all__ = [
     "DEFAULT_IGNORED_HEADERS",

@@ -19,7 +19,7 @@ latency    yes        the canary is slower with Mann-Whitney p < ``alpha`` AND i
                       p99 exceeds the primary's by more than ``max_increase``; skipped
                       under ``min_samples``
 recording  no         unrecorded / (recorded + unrecorded) exceeds ``max_unrecorded_rate``
-runtime    by config  see ``diff.runtime``
+runtime    by config  see ``diff.runtime_checks``
 ========== ========== =================================================================
 
 The verdict: any blocking check failed -> NO_GO; else any non-blocking check failed, or a
@@ -35,9 +35,9 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from config.schema import GraygateConfig, NoiseConfig, VerdictConfig
-from diff.model import Check, Verdict, VerdictResult
 from diff.noise import EndpointTotals, FieldCounts, FieldNoise, judge_noise
 from diff.stats import compare_latency
+from graygate.values import Check, Verdict, VerdictResult
 
 if TYPE_CHECKING:  # value types only: the verdict never touches the database
     from store.aggregates import EndpointCounts, FieldCount, RunAggregates
@@ -355,8 +355,9 @@ READINESS_RULES = frozenset({"canary.pprof_exposed"})
 def preflight_check(findings: Sequence[PreflightFinding]) -> Check:
     """The latest preflight's findings as a check: a broken readiness rule fails it."""
     if not findings:
-        return Check("preflight", None, 0, "no readiness rule broken", "no preflight ran",
-                     blocking=False)
+        return Check(
+            "preflight", None, 0, "no readiness rule broken", "no preflight ran", blocking=False
+        )
     broken = [f for f in findings if not f.ok and f.check in READINESS_RULES]
     warnings = [f for f in findings if not f.ok and f.check not in READINESS_RULES]
     parts = [f"{f.check}: {f.detail}" for f in broken + warnings]
@@ -429,6 +430,6 @@ def decide(
                 "pairs": aggregates.pairs,
                 "unrecorded": aggregates.unrecorded,
                 "endpoints": len(aggregates.endpoints),
-            }
+            },
         },
     )

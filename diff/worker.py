@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from diff.compare import compare
-from diff.model import Difference, Side
 from diff.rules import RuleBook, RuleSet
+from graygate.values import Difference, Side
 from store.failures import store_errors
 from store.judgement import (
     ClaimedExchange,
@@ -301,7 +301,7 @@ async def run_workers(
     """
     stats = stats if stats is not None else WorkerStats()
     stop = asyncio.Event()
-    # Not proxy.tasks.TaskSet: diff must not import proxy (proxy imports diff). The list
+    # Not graygate.tasks.TaskSet: diff must not import proxy (proxy imports diff). The list
     # keeps the references; the block's exit drains them.
     loop = asyncio.get_running_loop()
     tasks = [

@@ -1,2 +1,2 @@
 """Demo upstreams for graygate: an order service as the stable Python primary
-(``examples.orders``) and as its Go rewrite, the canary (``examples/canary``)."""
+(``graygate.examples.orders``) and as its Go rewrite, the canary (``examples/canary``)."""

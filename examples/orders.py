@@ -751,7 +751,7 @@ async def _serve(app: web.Application, host: str | None, port: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m examples.orders",
+        prog="python -m graygate.examples.orders",
         description="Demo order service (graygate's primary, or a stand-in for the Go canary).",
     )
     parser.add_argument(

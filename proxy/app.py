@@ -314,9 +314,7 @@ class Proxy:
         headers = cap.headers
         if headers is None:
             return Response(latency_ms=latency_ms, error=cap.error)
-        decoded, cut = decode_body(
-            cap.body, headers.get("Content-Encoding"), self._record_limit
-        )
+        decoded, cut = decode_body(cap.body, headers.get("Content-Encoding"), self._record_limit)
         redact = self._redactor
         return Response(
             status=cap.status,
@@ -328,9 +326,7 @@ class Proxy:
         )
 
 
-async def _stream(
-    head: list[bytes], content: StreamReader, copy: Capture
-) -> AsyncIterator[bytes]:
+async def _stream(head: list[bytes], content: StreamReader, copy: Capture) -> AsyncIterator[bytes]:
     for chunk in head:
         yield chunk
     while chunk := await content.readany():

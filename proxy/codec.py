@@ -57,9 +57,7 @@ _DECODERS = {
 }
 
 
-def decode_body(
-    body: bytes, content_encoding: str | None, limit: int
-) -> tuple[bytes, bool]:
+def decode_body(body: bytes, content_encoding: str | None, limit: int) -> tuple[bytes, bool]:
     """``body`` decoded from ``content_encoding``, at most ``limit`` bytes, and whether it was
     cut. Unknown encodings and undecodable bodies come back as they are (bounded)."""
     if not content_encoding or not body:

@@ -30,8 +30,8 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from config.errors import UpstreamError
 from config.schema import MirrorConfig, UpstreamsConfig
+from graygate.errors import UpstreamError
 from proxy.tagging import TRACEPARENT, X_TRACE_ID, Tags
 from proxy.upstream import Pool
 
@@ -248,9 +248,7 @@ class Upstream:
         return f"Upstream({self.role!r}, {self.base!r})"
 
 
-UPSTREAMS_KEY: web.AppKey[dict[str, Upstream]] = web.AppKey(
-    "graygate.proxy.upstreams", dict
-)
+UPSTREAMS_KEY: web.AppKey[dict[str, Upstream]] = web.AppKey("graygate.proxy.upstreams", dict)
 
 
 def _pool(base: str, cfg: UpstreamsConfig) -> Pool:

@@ -21,10 +21,10 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from opentelemetry.trace import Span
 
+from graygate.tasks import TaskSet
 from proxy.forward import X_GRAY_SHADOW, Capture, Upstream, fetch
 from proxy.metrics import MIRROR_IN_FLIGHT, count_mirror_outcome, observe_upstream
 from proxy.tagging import Tags
-from proxy.tasks import TaskSet
 from proxy.tracing import Tracing
 
 __all__ = ["MIRROR_TASKS_KEY", "Exchange", "Mirror", "mirror_tasks_ctx"]
@@ -128,9 +128,7 @@ class Mirror:
             if len(targets) == 1:
                 await self._one(exchange, targets[0], headers, body)
             else:
-                await asyncio.gather(
-                    *(self._one(exchange, up, headers, body) for up in targets)
-                )
+                await asyncio.gather(*(self._one(exchange, up, headers, body) for up in targets))
         finally:
             self.in_flight -= 1
             MIRROR_IN_FLIGHT.dec()
@@ -150,9 +148,7 @@ class Mirror:
         if self._tracing.enabled and exchange.span is not None:
             span = self._tracing.child_span(exchange.span, "mirror", upstream.role)
         target = upstream.target(exchange.path, exchange.query)
-        cap = await fetch(
-            upstream, exchange.method, target, headers, body, Capture(self._limit)
-        )
+        cap = await fetch(upstream, exchange.method, target, headers, body, Capture(self._limit))
         exchange.captures[upstream.role] = cap
         outcome = cap.error or "ok"
         count_mirror_outcome(outcome)

@@ -55,10 +55,10 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import ConfigError
 from config.schema import RecordConfig
+from graygate.errors import ConfigError
+from graygate.tasks import TaskSet
 from proxy.spill import Segment, Spill
-from proxy.tasks import TaskSet
 from store.engine import censor_dsn, ping
 from store.exchanges import (
     Row,

@@ -67,9 +67,7 @@ class Redactor:
         self._placeholder_json = orjson.dumps(cfg.placeholder)
         paths = [compile_path(p) for p in cfg.json_fields]
         self._matcher = PathMatcher(paths) if paths else None
-        names = sorted(
-            str(p.steps[-1][1]) for p in paths if p.steps and p.steps[-1][0] == KEY
-        )
+        names = sorted(str(p.steps[-1][1]) for p in paths if p.steps and p.steps[-1][0] == KEY)
         self._fallback = (
             re.compile(
                 rb'("(?:'

@@ -52,9 +52,7 @@ _SAMPLE_SALT = b"graygate.sample"
 
 def stable_bucket(value: str, salt: bytes = _ROUTE_SALT) -> int:
     """``value``'s bucket in ``0..9999``: the same everywhere, always."""
-    digest = blake2b(
-        value.encode("utf-8", "surrogateescape"), digest_size=8, person=salt
-    ).digest()
+    digest = blake2b(value.encode("utf-8", "surrogateescape"), digest_size=8, person=salt).digest()
     return int.from_bytes(digest, "big") % BUCKETS
 
 
@@ -175,4 +173,3 @@ class Router:
         if self._sample < BUCKETS and stable_bucket(trace_id, _SAMPLE_SALT) >= self._sample:
             return SKIP_SAMPLED_OUT
         return None
-

@@ -18,7 +18,7 @@ bytes by ``limit`` (the serving path: a long answer is fine as long as it keeps 
 ``idle=False`` bounds the whole exchange, body included (the mirror path). The pool wait and
 the connect are bounded by the same deadline, the connect also by ``connect_timeout``.
 
-Failures are raised as ``config.errors`` kinds, which is what is recorded:
+Failures are raised as ``graygate.errors`` kinds, which is what is recorded:
 
     UpstreamError                 kind "error": a malformed answer, a bad header
     ├── UpstreamUnreachable       kind "refused": connect failed (refused, DNS, unreachable)
@@ -42,7 +42,7 @@ from typing import Final, cast
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from config.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from graygate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 
 __all__ = ["Pool", "Response", "UpstreamReset"]
 

@@ -26,7 +26,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from config.errors import UnknownRun
+from graygate.errors import UnknownRun
 from store.failures import store_errors
 from store.tables import differences, exchanges, run_losses, runs, verdicts
 
@@ -143,7 +143,7 @@ class RunAggregates:
     # Mismatch counts per endpoint that leave the noise fields out (fetch_mismatch_counts);
     # None: EndpointCounts' strict_pairs / tolerance_pairs stand (no field is noise).
     mismatches: Mapping[str, MismatchCounts] | None = None
-    runtime: Sequence[Any] = ()  # runtime samples, as store.runtime.fetch_samples returns
+    runtime: Sequence[Any] = ()  # runtime samples, as store.runtime_samples.fetch_samples returns
 
     @property
     def recorded(self) -> int:

@@ -10,7 +10,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from config.errors import StoreUnavailable
+from graygate.errors import StoreUnavailable
 
 __all__ = ["censor_dsn", "create_engine", "ping", "schema_revision"]
 

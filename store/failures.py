@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import StoreUnavailable
+from graygate.errors import StoreUnavailable
 from store.engine import censor_dsn
 from store.exchanges import is_unavailable
 

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from config.errors import UnknownRun
+from graygate.errors import UnknownRun
 from store.aggregates import PAIR_OUTCOMES
 from store.failures import store_errors
 from store.tables import (
@@ -62,7 +62,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
-
 
 
 # --------------------------------------------------------------------------- values
@@ -339,9 +338,7 @@ async def list_runs(engine: AsyncEngine, *, limit: int = 100) -> list[RunSummary
             latest.c.computed_at,
         )
         .select_from(
-            runs.join(counts, sa.true())
-            .join(lost, sa.true())
-            .outerjoin(latest, sa.true())
+            runs.join(counts, sa.true()).join(lost, sa.true()).outerjoin(latest, sa.true())
         )
         .order_by(runs.c.updated_at.desc(), runs.c.id.desc())
         .limit(max(1, min(limit, MAX_PAGE)))
@@ -370,9 +367,7 @@ async def run_overview(engine: AsyncEngine, run: str) -> RunOverview:
     """The run's identity, totals and unrecorded-exchange counts."""
     e = exchanges
     async with _connect(engine) as conn:
-        row = (
-            await conn.execute(sa.select(runs).where(runs.c.name == run))
-        ).one_or_none()
+        row = (await conn.execute(sa.select(runs).where(runs.c.name == run))).one_or_none()
         if row is None:
             raise UnknownRun(run)
         totals = (
@@ -429,15 +424,12 @@ async def endpoint_stats(
         return sa.func.count().filter(cond)
 
     in_noise: sa.ColumnElement[bool] = (
-        sa.tuple_(d.c.endpoint, d.c.field).in_(sorted(noise_fields))
-        if noise_fields
-        else sa.false()
+        sa.tuple_(d.c.endpoint, d.c.field).in_(sorted(noise_fields)) if noise_fields else sa.false()
     )
 
     def exchanges_where(judgement: str) -> sa.ColumnElement[int]:
-        return (
-            sa.func.count(sa.distinct(d.c.exchange_id))
-            .filter(d.c.judgement == judgement, sa.not_(in_noise))
+        return sa.func.count(sa.distinct(d.c.exchange_id)).filter(
+            d.c.judgement == judgement, sa.not_(in_noise)
         )
 
     async with _connect(engine) as conn:
@@ -725,9 +717,7 @@ async def preflight(engine: AsyncEngine, run: str) -> list[PreflightFinding]:
             .subquery("ranked")
         )
         latest = sa.select(ranked).where(ranked.c.rank == 1).subquery("latest")
-        rows = (
-            await conn.execute(sa.select(latest).order_by(latest.c.ok, latest.c.check))
-        ).all()
+        rows = (await conn.execute(sa.select(latest).order_by(latest.c.ok, latest.c.check))).all()
     return [
         PreflightFinding(check=r.check, ok=r.ok, detail=r.detail, checked_at=r.checked_at)
         for r in rows
@@ -741,9 +731,7 @@ async def runtime_summary(engine: AsyncEngine, run: str) -> list[RuntimeSummary]
     def end(column: sa.ColumnElement[Any], *, last: bool = False) -> sa.ColumnElement[Any]:
         """The column's first (or last) non-null value, by time."""
         order = (rs.c.taken_at.desc(), rs.c.id.desc()) if last else (rs.c.taken_at, rs.c.id)
-        values = sa.func.array_agg(aggregate_order_by(column, *order)).filter(
-            column.is_not(None)
-        )
+        values = sa.func.array_agg(aggregate_order_by(column, *order)).filter(column.is_not(None))
         return sa.type_coerce(values, ARRAY(column.type))[1]
 
     async with _connect(engine) as conn:
@@ -791,9 +779,7 @@ async def runtime_summary(engine: AsyncEngine, run: str) -> list[RuntimeSummary]
                 pauses.c.p99,
                 pauses.c.max,
             )
-            .select_from(
-                totals.outerjoin(pauses, pauses.c.role == totals.c.role)
-            )
+            .select_from(totals.outerjoin(pauses, pauses.c.role == totals.c.role))
             .order_by(totals.c.role)
         )
         rows = (await conn.execute(query)).all()

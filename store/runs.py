@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import UnknownRun
+from graygate.errors import UnknownRun
 from store.failures import store_errors
 from store.tables import runs
 

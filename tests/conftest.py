@@ -84,6 +84,6 @@ def canary_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Go canary of ``examples/canary``, built once per test session."""
     if shutil.which("go") is None:
         pytest.skip("the Go toolchain (`go`) is not on PATH: cannot build examples/canary")
-    from proxy.demo import build_go_canary
+    from graygate.demo import build_go_canary
 
     return build_go_canary(tmp_path_factory.mktemp("canary"))

@@ -27,7 +27,7 @@ from typing import Self
 
 from sqlalchemy.engine import make_url
 
-from proxy.tasks import TaskSet
+from graygate.tasks import TaskSet
 
 __all__ = ["FaultProxy"]
 

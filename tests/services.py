@@ -57,7 +57,15 @@ async def go_canary(binary: Path, faults: str = "", **env: str) -> AsyncIterator
 @asynccontextmanager
 async def python_orders(role: str, fault: str | None = None) -> AsyncIterator[str]:
     """The Python orders service as ``role`` (primary, canary-standin, ...)."""
-    cmd = [sys.executable, "-m", "examples.orders", "--listen", "127.0.0.1:0", "--role", role]
+    cmd = [
+        sys.executable,
+        "-m",
+        "graygate.examples.orders",
+        "--listen",
+        "127.0.0.1:0",
+        "--role",
+        role,
+    ]
     if fault:
         cmd += ["--fault", fault]
     async with service(cmd) as urls:

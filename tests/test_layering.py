@@ -46,7 +46,7 @@ def test_no_upward_imports(package: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["compare", "verdict", "rules", "paths", "noise", "endpoints", "stats", "model"]
+    "module", ["compare", "verdict", "rules", "paths", "noise", "endpoints", "stats"]
 )
 def test_pure_diff_modules_do_no_io(module: str) -> None:
     found = _imports(ROOT / "diff" / f"{module}.py", runtime_only=True)

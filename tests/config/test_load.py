@@ -113,9 +113,7 @@ def test_bad_values_name_key_and_value(data: dict[str, object], key: str, fragme
 
 def test_database_password_is_censored_in_errors() -> None:
     with pytest.raises(ConfigError) as err:
-        config_from_mapping(
-            {**BASE, "database": {"url": "mysql://user:hunter2@db/x"}}, env={}
-        )
+        config_from_mapping({**BASE, "database": {"url": "mysql://user:hunter2@db/x"}}, env={})
     assert "hunter2" not in str(err.value)
 
 

@@ -1,6 +1,6 @@
 """Runs with known contents for the report, API and admin tests, written through the real
 store code (``store.runs``, ``store.exchanges``' COPY writer, ``store.judgement``,
-``store.runtime``) into the session's PostgreSQL.
+``store.runtime_samples``) into the session's PostgreSQL.
 
 The judging here is a small, explicit stand-in for the diff workers: top-level JSON keys
 that differ are strict differences, except where the secondary differs at the same key
@@ -22,13 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.schema import CompareConfig, GraygateConfig
 from diff.rules import RuleBook
-from diff.runtime import RuntimeSample
+from diff.runtime_checks import RuntimeSample
 from diff.worker import judge_batch
-from proxy.admin import make_admin_app
+from graygate.admin.app import make_admin_app
 from store.exchanges import exchange_row, write_exchanges
 from store.records import ExchangeRecord, Response
 from store.runs import ensure_run
-from store.runtime import Finding, insert_findings, insert_samples
+from store.runtime_samples import Finding, insert_findings, insert_samples
 
 __all__ = [
     "ORDERS",
@@ -79,15 +79,18 @@ async def make_run(engine: AsyncEngine, run: str, **verdict: Any) -> int:
     )
 
 
-def _response(body: Any, *, latency: float, status: int = 200, error: str | None = None,
-              ) -> Response:
+def _response(
+    body: Any,
+    *,
+    latency: float,
+    status: int = 200,
+    error: str | None = None,
+) -> Response:
     if error is not None:
         return Response(error=error, latency_ms=latency)
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     ctype = "application/json" if not isinstance(body, bytes) else "application/octet-stream"
-    return Response(
-        status=status, headers={"content-type": ctype}, body=raw, latency_ms=latency
-    )
+    return Response(status=status, headers={"content-type": ctype}, body=raw, latency_ms=latency)
 
 
 async def add_exchanges(
@@ -125,9 +128,7 @@ async def add_exchanges(
                 served_by="primary",
                 primary=_response(primary, latency=10.0 + i % 7),
                 canary=_response(canary, latency=12.0 + i % 5, error=canary_error),
-                secondary=None
-                if secondary is None
-                else _response(secondary, latency=11.0 + i % 3),
+                secondary=None if secondary is None else _response(secondary, latency=11.0 + i % 3),
             )
         )
     result = await write_exchanges(engine, [exchange_row(r) for r in records])

@@ -1,4 +1,4 @@
-"""The admin API (diff.api) served by the real admin application on a loopback port."""
+"""The admin API (graygate.admin.api) served by the real admin application on a loopback port."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from diff.api import render_body
+from graygate.admin.api import render_body
 from store.aggregates import latest_verdicts
 from store.engine import create_engine
 from tests.diff.reportseed import (
@@ -62,9 +62,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def _json(
-    http: aiohttp.ClientSession, method: str, url: str, status: int, **kw: Any
-) -> Any:
+async def _json(http: aiohttp.ClientSession, method: str, url: str, status: int, **kw: Any) -> Any:
     async with http.request(method, url, **kw) as resp:
         assert resp.status == status, await resp.text()
         assert resp.content_type == "application/json"
@@ -80,9 +78,7 @@ async def _not_found(http: aiohttp.ClientSession, url: str, needle: str) -> None
 # --------------------------------------------------------------------------- runs
 
 
-async def test_runs_list(
-    http: aiohttp.ClientSession, base: str, no_go: Seeded, go: Seeded
-) -> None:
+async def test_runs_list(http: aiohttp.ClientSession, base: str, no_go: Seeded, go: Seeded) -> None:
     body = await _json(http, "GET", f"{base}/api/v1/runs?limit=1000", 200)
     runs = {r["name"]: r for r in body["runs"]}
     assert runs[no_go.run]["exchanges"] == 21
@@ -214,8 +210,19 @@ async def test_differences_filters(http: aiohttp.ClientSession, base: str, no_go
     page = await _json(http, "GET", url, 200, params={"field": "$.total"})
     assert len(page["items"]) == 4 and page["next"] is None
     item = page["items"][0]
-    assert set(item) >= {"id", "trace_id", "endpoint", "path", "field", "kind",
-                         "primary_value", "other_value", "judgement", "rule", "against"}
+    assert set(item) >= {
+        "id",
+        "trace_id",
+        "endpoint",
+        "path",
+        "field",
+        "kind",
+        "primary_value",
+        "other_value",
+        "judgement",
+        "rule",
+        "against",
+    }
     assert {i["trace_id"] for i in page["items"]} == set(no_go.traces["wrong_total"])
     params = {"endpoint": ORDERS, "path": "$.ts", "against": "canary"}
     page = await _json(http, "GET", url, 200, params=params)
@@ -276,11 +283,12 @@ async def test_exchange_with_binary_text_and_error(
         http, "GET", f"{base}/api/v1/exchanges/{no_go.traces['ping'][0]}?run={no_go.run}", 200
     )
     assert ping["responses"]["canary"]["body"] == {
-        "encoding": "text", "value": "pong", "size": 4, "truncated": False
+        "encoding": "text",
+        "value": "pong",
+        "size": 4,
+        "truncated": False,
     }
-    timeout = await _json(
-        http, "GET", f"{base}/api/v1/exchanges/{no_go.traces['timeout'][0]}", 200
-    )
+    timeout = await _json(http, "GET", f"{base}/api/v1/exchanges/{no_go.traces['timeout'][0]}", 200)
     assert timeout["responses"]["canary"]["error"] == "timeout"
     assert timeout["responses"]["canary"]["body"] is None
     assert timeout["judgement"]["outcome"] == "error"
@@ -295,7 +303,10 @@ async def test_exchange_not_found(http: aiohttp.ClientSession, base: str, no_go:
 def test_render_body() -> None:
     assert render_body(None) is None
     assert render_body(b'{"a": [1, 2]}') == {
-        "encoding": "json", "value": {"a": [1, 2]}, "size": 13, "truncated": False
+        "encoding": "json",
+        "value": {"a": [1, 2]},
+        "size": 13,
+        "truncated": False,
     }
     assert render_body(b'{"a": [1,', truncated=True)["encoding"] == "text"  # type: ignore[index]
     assert render_body(b"")["encoding"] == "text"  # type: ignore[index]

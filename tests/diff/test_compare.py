@@ -10,8 +10,8 @@ import orjson
 
 from config.schema import CompareConfig
 from diff.compare import compare, compare_json
-from diff.model import Difference, Side
 from diff.rules import RuleBook, RuleSet
+from graygate.values import Difference, Side
 
 JSON = {"content-type": "application/json"}
 

@@ -11,10 +11,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import StoreUnavailable, UnknownRun
 from diff.evaluate import evaluate_run, run_config
-from diff.model import Verdict, VerdictResult
 from diff.worker import judge_pending
+from graygate.errors import StoreUnavailable, UnknownRun
+from graygate.values import Verdict, VerdictResult
 from store.aggregates import (
     fetch_endpoint_counts,
     fetch_field_counts,

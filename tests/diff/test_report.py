@@ -1,4 +1,4 @@
-"""store.reports and diff.report over real rows in the session's PostgreSQL."""
+"""store.reports and diff.report_model over real rows in the session's PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import StoreUnavailable, UnknownRun
-from diff.model import Verdict, VerdictResult
-from diff.report import build_report, noise_fields_of, render_html, render_terminal
+from diff.report_model import build_report, noise_fields_of, render_html, render_terminal
+from graygate.errors import StoreUnavailable, UnknownRun
+from graygate.values import Verdict, VerdictResult
 from store import reports
 from store.engine import create_engine
 from tests.diff.reportseed import (
@@ -149,8 +149,9 @@ async def test_differences_filters(engine: AsyncEngine, no_go: Seeded) -> None:
     assert len(noise.items) == 14
     other = await reports.list_differences(engine, no_go.run, endpoint=LOGO)
     assert other.items == [] and other.next is None
-    both = await reports.list_differences(engine, no_go.run, endpoint=ORDERS, field="$.ts",
-                                          limit=10)
+    both = await reports.list_differences(
+        engine, no_go.run, endpoint=ORDERS, field="$.ts", limit=10
+    )
     assert len(both.items) == 10 and both.next is not None
 
 
@@ -233,7 +234,7 @@ async def test_unmigrated_database(make_database: object) -> None:
         await engine.dispose()
 
 
-# --------------------------------------------------------------------------- diff.report
+# --------------------------------------------------------------------------- diff.report_model
 
 
 async def test_report_model(engine: AsyncEngine, no_go: Seeded) -> None:
@@ -274,9 +275,7 @@ _EXTERNAL = re.compile(
 )
 
 
-async def test_html_report_is_one_self_contained_file(
-    engine: AsyncEngine, no_go: Seeded
-) -> None:
+async def test_html_report_is_one_self_contained_file(engine: AsyncEngine, no_go: Seeded) -> None:
     report = await build_report(engine, no_go.run)
     page = render_html(report)
     assert page.startswith("<!doctype html>") and page.count("<html") == 1
@@ -311,9 +310,7 @@ async def test_html_escapes_recorded_values(engine: AsyncEngine) -> None:
     run_id = await make_run(engine, run)
     evil = "<script>alert('x')</script>"
     endpoint = "GET /api/<b>notes</b>/{id}"
-    await add_exchanges(
-        engine, run_id, endpoint, [({"note": "fine"}, {"note": evil}, None)] * 2
-    )
+    await add_exchanges(engine, run_id, endpoint, [({"note": "fine"}, {"note": evil}, None)] * 2)
     await judge(engine, run_id)
     page = render_html(await build_report(engine, run))
     assert "<script" not in page and "<b>" not in page

@@ -26,9 +26,14 @@ async def _graygate(*args: str) -> tuple[int, str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["COLUMNS"] = "200"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy.cli", *args,
-        cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "graygate",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode is not None
@@ -68,8 +73,12 @@ async def test_report_unknown_run(database_url: str, tmp_path: Path) -> None:
 
 async def test_report_database_away(tmp_path: Path) -> None:
     code, out, err = await _graygate(
-        "report", "any", "--database-url", "postgresql://postgres@127.0.0.1:1/graygate",
-        "--html", str(tmp_path / "r.html"),
+        "report",
+        "any",
+        "--database-url",
+        "postgresql://postgres@127.0.0.1:1/graygate",
+        "--html",
+        str(tmp_path / "r.html"),
     )
     assert code == 3
     assert "unavailable" in out + err

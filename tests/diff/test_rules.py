@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from config.errors import ConfigError
 from config.schema import CompareConfig
 from diff.rules import DEFAULT_IGNORED_HEADERS, Judge, RuleBook
+from graygate.errors import ConfigError
 
 
 def book(cfg: dict[str, Any]) -> RuleBook:

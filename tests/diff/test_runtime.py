@@ -1,4 +1,4 @@
-"""diff.runtime: parsing, the pause ring, windows, leaks and the runtime check (pure)."""
+"""diff.runtime_checks: parsing, the pause ring, windows, leaks and the runtime check (pure)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from config.schema import RuntimeConfig, RuntimeSource
-from diff.runtime import (
+from diff.runtime_checks import (
     MIN_BASELINE_PAUSES,
     PAUSE_RING,
     Baseline,
@@ -30,7 +30,7 @@ from diff.runtime import (
     theil_sen,
     with_new_pauses,
 )
-from store.runtime import StoredSample
+from store.runtime_samples import StoredSample
 
 DATA = Path(__file__).parent / "data"
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)

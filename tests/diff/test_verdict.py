@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from config.schema import GraygateConfig, VerdictConfig
-from diff.model import Check, Verdict, VerdictResult
 from diff.verdict import decide, find_noise, outcome
+from graygate.values import Check, Verdict, VerdictResult
 from store.aggregates import (
     EndpointCounts,
     FieldCount,

@@ -26,7 +26,7 @@ async def start_verdict(*args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "proxy.cli",
+        "graygate",
         "verdict",
         *args,
         cwd=ROOT,

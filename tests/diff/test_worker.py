@@ -17,7 +17,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import StoreUnavailable, UnknownRun
 from diff.worker import (
     WorkerStats,
     judge_batch,
@@ -26,6 +25,7 @@ from diff.worker import (
     run_workers,
     worker_loop,
 )
+from graygate.errors import StoreUnavailable, UnknownRun
 from store.engine import create_engine
 from store.judgement import ClaimedExchange, RecordedSide
 from store.tables import differences, exchanges

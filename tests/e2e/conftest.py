@@ -158,7 +158,7 @@ class Procs:
 
     def primary(self) -> Proc:
         return self.service(
-            "primary", [sys.executable, "-m", "examples.orders", "--listen", "127.0.0.1:0"]
+            "primary", [sys.executable, "-m", "graygate.examples.orders", "--listen", "127.0.0.1:0"]
         )
 
     def canary(self, binary: Path, fault: str | None = None) -> Proc:
@@ -174,7 +174,7 @@ class Procs:
         proc = self.spawn(
             "serve",
             [
-                sys.executable, "-m", "proxy.cli", "serve", "-c", str(config),
+                sys.executable, "-m", "graygate", "serve", "-c", str(config),
                 "--database-url", database_url, "--data-dir", str(self.workdir / "data"),
             ],
         )  # fmt: skip

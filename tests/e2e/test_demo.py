@@ -1,6 +1,6 @@
 """``graygate demo`` as a newcomer runs it: one command, a verdict, a report, nothing left over.
 
-Each test runs ``python -m proxy.cli demo`` as a subprocess (with ``--data-dir`` in the
+Each test runs ``python -m graygate demo`` as a subprocess (with ``--data-dir`` in the
 test's temporary directory, so the Go canary is built there and nothing lands in the
 user's data directory) and reads what it prints: the verdict line, the report's path, and
 the addresses and pids of every process it started, which must all be gone when it exits,
@@ -26,7 +26,7 @@ DEMO_TIMEOUT_S = 180.0
 
 
 def _demo_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "proxy.cli", "demo", *args]
+    return [sys.executable, "-m", "graygate", "demo", *args]
 
 
 def _wait_exit(proc: Proc, timeout: float = DEMO_TIMEOUT_S) -> tuple[int, str]:
@@ -185,7 +185,7 @@ def test_the_demo_load_is_bounded_and_mixed(procs: Procs) -> None:
     primary: the bodies are valid)."""
     import asyncio
 
-    from proxy.loadgen import LoadOptions, run_load
+    from graygate.loadgen import LoadOptions, run_load
 
     primary = procs.primary()
     assert primary.url

@@ -2,7 +2,7 @@
 
 Real processes on loopback: the Python primary, the Go canary (``-fault ...``),
 ``graygate serve`` as a subprocess on a fresh PostgreSQL database, the mixed load of
-``proxy.loadgen`` through the proxy, then ``graygate verdict RUN --wait --json``.
+``graygate.loadgen`` through the proxy, then ``graygate verdict RUN --wait --json``.
 
 The configuration is the demo's (``config/demo.yaml``: its compare rules are what is under
 test) with less evidence needed and a fast runtime sampler, so that one scenario takes
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from proxy.loadgen import LoadOptions, LoadStats, run_load
+from graygate.loadgen import LoadOptions, LoadStats, run_load
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Procs
@@ -55,7 +55,7 @@ async def _load_until_verdict(
     )
     try:
         verdict = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy.cli", "verdict", run,
+            sys.executable, "-m", "graygate", "verdict", run,
             "--database-url", database_url,
             "--wait", "--timeout", str(VERDICT_TIMEOUT_S), "--json",
             stdout=asyncio.subprocess.PIPE,

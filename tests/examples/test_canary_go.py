@@ -15,8 +15,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from graygate.examples.orders import INITIAL_STOCK, make_app, parse_faults
 
-from examples.orders import INITIAL_STOCK, make_app, parse_faults
 from tests.proxy.harness import serve_app
 
 CANARY_SRC = Path(__file__).resolve().parents[2] / "examples" / "canary"

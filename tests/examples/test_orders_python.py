@@ -17,8 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-
-from examples.orders import (
+from graygate.examples.orders import (
     CREATED_ID_BASE,
     INITIAL_STOCK,
     FaultError,
@@ -28,6 +27,7 @@ from examples.orders import (
     make_app,
     parse_faults,
 )
+
 from tests.proxy.harness import serve_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -403,7 +403,7 @@ async def test_debug_vars_has_expvar_shape() -> None:
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "examples.orders", *args],
+        [sys.executable, "-m", "graygate.examples.orders", *args],
         cwd=REPO,
         env={**os.environ, "ORDERS_FAULTS": "", **(env or {})},
         capture_output=True,
@@ -434,7 +434,7 @@ def test_cli_primary_refuses_faults() -> None:
 
 def test_cli_serves_and_stops() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "examples.orders", "--role", "canary-standin"],
+        [sys.executable, "-m", "graygate.examples.orders", "--role", "canary-standin"],
         cwd=REPO,
         env={**os.environ, "LISTEN": "127.0.0.1:0", "ORDERS_FAULTS": "item_order"},
         stdout=subprocess.PIPE,

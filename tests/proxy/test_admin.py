@@ -78,9 +78,7 @@ async def test_database_away(http: aiohttp.ClientSession, away: AsyncEngine) -> 
         assert body["head"] == head_revision()
 
 
-async def test_readyz_on_an_empty_database(
-    http: aiohttp.ClientSession, make_database: Any
-) -> None:
+async def test_readyz_on_an_empty_database(http: aiohttp.ClientSession, make_database: Any) -> None:
     url: str = await make_database()
     engine = create_engine(url, pool_size=1)
     try:
@@ -121,7 +119,9 @@ async def test_metrics(http: aiohttp.ClientSession, engine: AsyncEngine) -> None
         assert resp.content_type == "text/plain"
         assert "python_info" in text
         text, resp = await _get(
-            http, f"{base}/metrics", 200,
+            http,
+            f"{base}/metrics",
+            200,
             headers={"Accept": "application/openmetrics-text; version=1.0.0"},
         )
         assert resp.content_type == "application/openmetrics-text"
@@ -154,9 +154,7 @@ async def test_metrics_multiprocess(
 # --------------------------------------------------------------------------- token
 
 
-async def test_token_required(
-    http: aiohttp.ClientSession, engine: AsyncEngine, go: Seeded
-) -> None:
+async def test_token_required(http: aiohttp.ClientSession, engine: AsyncEngine, go: Seeded) -> None:
     async with serve_admin(engine, token=TOKEN) as base:
         runs = f"{base}/api/v1/runs"
         body, resp = await _get(http, runs, 401)

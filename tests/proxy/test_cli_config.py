@@ -25,7 +25,7 @@ upstreams: {primary: "http://127.0.0.1:1", canary: "http://127.0.0.1:2"}
 
 def _serve(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "serve", "-c", str(config), *extra],
+        [sys.executable, "-m", "graygate", "serve", "-c", str(config), *extra],
         capture_output=True,
         text=True,
         timeout=60,
@@ -70,7 +70,7 @@ def test_config_check_prints_censored_config(tmp_path: Path) -> None:
     cfg = tmp_path / "graygate.yaml"
     cfg.write_text(GOOD + "database: {url: 'postgresql://u:hunter2@db/x'}\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "config", "check", "-c", str(cfg)],
+        [sys.executable, "-m", "graygate", "config", "check", "-c", str(cfg)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -85,8 +85,17 @@ def test_database_away_exits_3(tmp_path: Path) -> None:
     cfg = tmp_path / "graygate.yaml"
     cfg.write_text(GOOD)
     proc = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "db", "upgrade", "-c", str(cfg),
-         "--database-url", "postgresql://postgres:pw@127.0.0.1:1/nope"],
+        [
+            sys.executable,
+            "-m",
+            "graygate",
+            "db",
+            "upgrade",
+            "-c",
+            str(cfg),
+            "--database-url",
+            "postgresql://postgres:pw@127.0.0.1:1/nope",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -101,7 +110,7 @@ def test_database_away_exits_3(tmp_path: Path) -> None:
 async def _serve_async(config: Path, *extra: str) -> tuple[int, str]:
     """`graygate serve` as a subprocess, without blocking the loop the fixtures share."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy.cli", "serve", "-c", str(config), *extra,
+        sys.executable, "-m", "graygate", "serve", "-c", str(config), *extra,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
         env={"PATH": "/usr/bin:/bin"},
     )  # fmt: skip
@@ -166,7 +175,7 @@ async def test_db_current_reports_the_revision(database_url: str, make_database:
 
     async def current(url: str) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy.cli", "db", "current", "--database-url", url,
+            sys.executable, "-m", "graygate", "db", "current", "--database-url", url,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             cwd=REPO,
         )  # fmt: skip
@@ -213,7 +222,7 @@ async def test_serve_processes_leaves_no_child_behind(
         port = free.getsockname()[1]
     cfg = _config(tmp_path, f"127.0.0.1:{port}")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy.cli", "serve", "-c", str(cfg),
+        sys.executable, "-m", "graygate", "serve", "-c", str(cfg),
         "--processes", "2", "--role", "proxy,worker", "--no-preflight",
         "--database-url", database_url,
         stderr=asyncio.subprocess.PIPE, cwd=REPO, env={"PATH": "/usr/bin:/bin"},

@@ -31,8 +31,6 @@ from tests.proxy.harness import (
 # --- harness: real servers on random loopback ports ------------------------------------
 
 
-
-
 def header_map(pairs: list[list[str]]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for k, v in pairs:
@@ -289,9 +287,7 @@ async def test_incoming_traceparent_continues_upstream(client: ClientSession) ->
         ("https://127.0.0.2:1/other", "/other"),
     ],
 )
-async def test_steering_attempts_reach_the_configured_upstream(
-    target: str, expected: str
-) -> None:
+async def test_steering_attempts_reach_the_configured_upstream(target: str, expected: str) -> None:
     hits: list[str] = []
 
     async def primary(request: web.Request) -> web.Response:
@@ -660,9 +656,10 @@ async def test_malformed_request_is_refused_without_reaching_an_upstream() -> No
         return web.Response(text="ok")
 
     sink = Sink()
-    async with serve_app(handler_app(upstream)) as primary, serve_app(
-        handler_app(upstream)
-    ) as canary:
+    async with (
+        serve_app(handler_app(upstream)) as primary,
+        serve_app(handler_app(upstream)) as canary,
+    ):
         async with proxy_for(make_cfg(primary, canary), sink) as url:
             port = URL(url).port
             for raw in (

@@ -35,10 +35,6 @@ from tests.proxy.harness import (
 # --- harness: real servers on random loopback ports ------------------------------------
 
 
-
-
-
-
 class Recording:
     """An upstream that records what it was sent, and can be held until released."""
 
@@ -435,8 +431,10 @@ async def test_end_to_end_into_postgresql(
         # cleanup drained the mirrors, then the recorder flushed
     async with engine.connect() as conn:
         rows = (
-            await conn.execute(sa.select(exchanges).where(exchanges.c.run_id == run_id))
-        ).mappings().all()
+            (await conn.execute(sa.select(exchanges).where(exchanges.c.run_id == run_id)))
+            .mappings()
+            .all()
+        )
     assert sorted(r["trace_id"] for r in rows) == sorted(trace_ids)
     for row in rows:
         assert row["endpoint"] == "GET /api/orders/{id}"

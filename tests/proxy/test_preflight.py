@@ -20,9 +20,9 @@ from config.schema import (
     RuntimeSource,
     UpstreamsConfig,
 )
-from proxy.preflight import PPROF_PATH, Finding, preflight
+from graygate.preflight import PPROF_PATH, Finding, preflight
 from store.runs import ensure_run
-from store.runtime import fetch_findings
+from store.runtime_samples import fetch_findings
 from tests.proxy.harness import closed_port
 from tests.services import go_canary, python_orders, service
 

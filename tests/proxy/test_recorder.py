@@ -18,8 +18,8 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import ConfigError
 from config.schema import RecordConfig
+from graygate.errors import ConfigError
 from proxy.recorder import RECORDER_KEY, Recorder, recorder_ctx
 from proxy.spill import SEGMENT_SUFFIX, Spill
 from store.engine import create_engine

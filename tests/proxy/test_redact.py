@@ -57,9 +57,11 @@ DOC = {
         ("$.user.card", lambda d: d["user"]["card"] == "[REDACTED]"),
         (
             "$..password",
-            lambda d: d["user"]["password"] == "[REDACTED]"
-            and d["nested"]["deep"][0]["password"] == "[REDACTED]"
-            and d["nested"]["deep"][1]["other"]["password"] == "[REDACTED]",
+            lambda d: (
+                d["user"]["password"] == "[REDACTED]"
+                and d["nested"]["deep"][0]["password"] == "[REDACTED]"
+                and d["nested"]["deep"][1]["other"]["password"] == "[REDACTED]"
+            ),
         ),
         ("$.items[*].token", lambda d: [i["token"] for i in d["items"]] == ["[REDACTED]"] * 2),
         ("$.items[1].token", lambda d: [i["token"] for i in d["items"]] == ["t1", "[REDACTED]"]),

@@ -71,7 +71,7 @@ def test_cookie_equals_and_present() -> None:
 
 def test_parse_cookies() -> None:
     assert parse_cookies(None) == {}
-    assert parse_cookies("a=1; b = 2 ;c=\"q\"; junk; a=9; =x") == {"a": "1", "b": "2", "c": "q"}
+    assert parse_cookies('a=1; b = 2 ;c="q"; junk; a=9; =x') == {"a": "1", "b": "2", "c": "q"}
 
 
 def test_all_conditions_of_a_rule_must_hold_any_rule_may_match() -> None:
@@ -90,10 +90,14 @@ def test_percent_by_trace_id_statistically() -> None:
     assert 1800 < canary < 2200  # 20% (sd 40)
     tid = new_trace_id()
     assert len({r.serving_side(h(), None, tid) for _ in range(20)}) == 1
-    assert all(router({"percent": 0}).serving_side(h(), None, new_trace_id()) == PRIMARY
-               for _ in range(500))
-    assert all(router({"percent": 100}).serving_side(h(), None, new_trace_id()) == CANARY
-               for _ in range(500))
+    assert all(
+        router({"percent": 0}).serving_side(h(), None, new_trace_id()) == PRIMARY
+        for _ in range(500)
+    )
+    assert all(
+        router({"percent": 100}).serving_side(h(), None, new_trace_id()) == CANARY
+        for _ in range(500)
+    )
 
 
 def test_sticky_header_one_user_one_side() -> None:

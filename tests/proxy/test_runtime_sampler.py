@@ -17,12 +17,12 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.schema import GraygateConfig, RuntimeConfig, RuntimeSource, UpstreamsConfig
-from diff.model import Check
-from diff.runtime import PAUSE_RING, runtime_check
-from proxy.runtime_sampler import RUNTIME_SAMPLER, RuntimeSampler, runtime_sampler_ctx
+from diff.runtime_checks import PAUSE_RING, runtime_check
+from graygate.runtime_sampler import RUNTIME_SAMPLER, RuntimeSampler, runtime_sampler_ctx
+from graygate.values import Check
 from store.engine import create_engine
 from store.runs import ensure_run
-from store.runtime import StoredSample, fetch_samples
+from store.runtime_samples import StoredSample, fetch_samples
 from store.tables import runs
 from tests.proxy.harness import closed_port, serve_app
 from tests.services import go_canary, python_orders

@@ -33,14 +33,8 @@ PARENT = "00f067aa0ba902b7"
 # --- harness: real servers on random loopback ports ------------------------------------
 
 
-
-
-
-
 @asynccontextmanager
-async def traced_proxy(
-    cfg: GraygateConfig, sink: Sink
-) -> AsyncIterator[tuple[str, Exporter]]:
+async def traced_proxy(cfg: GraygateConfig, sink: Sink) -> AsyncIterator[tuple[str, Exporter]]:
     exporter = Exporter()
     app = make_proxy_app(cfg, recorder=sink, run_id=1, span_exporter=exporter)
     async with serve_app(app) as url:
@@ -176,4 +170,3 @@ def test_ids_are_only_preset_for_the_server_span() -> None:
         Tracing.finish(span, 200)
     tracing.shutdown()
     assert len(exporter.get_finished_spans()) == 3
-

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
-from config.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from graygate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from proxy.upstream import Pool, Response, UpstreamReset
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -129,9 +129,7 @@ async def test_streamed_body_is_chunked_unless_its_length_is_given() -> None:
         resp = await pool.send("POST", "/", [], body(), limit=2, idle=True)
         assert resp.headers["X-TE"] == "chunked"
         assert await read_all(resp) == b"abcdefg"
-        resp = await pool.send(
-            "POST", "/", [("Content-Length", "7")], body(), limit=2, idle=True
-        )
+        resp = await pool.send("POST", "/", [("Content-Length", "7")], body(), limit=2, idle=True)
         assert resp.headers["X-TE"] == "-"
         assert await read_all(resp) == b"abcdefg"
         assert pool.size == 1  # one connection, reused

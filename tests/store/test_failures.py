@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import StoreUnavailable
 from diff.evaluate import evaluate_run
+from graygate.errors import StoreUnavailable
 from store.engine import create_engine
 from store.failures import store_errors
 from store.runs import get_run_id

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import StoreUnavailable, UnknownRun
+from graygate.errors import StoreUnavailable, UnknownRun
 from store.engine import create_engine
 from store.runs import ensure_run, get_run_id
 from store.tables import runs

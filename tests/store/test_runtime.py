@@ -1,4 +1,4 @@
-"""store.runtime against a real PostgreSQL: samples, pause baselines, preflight findings."""
+"""store.runtime_samples against a real PostgreSQL: samples, pause baselines, preflight findings."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.schema import RuntimeConfig, RuntimeSource
-from diff.runtime import Baseline, RuntimeSample, runtime_check
+from diff.runtime_checks import Baseline, RuntimeSample, runtime_check
 from store.runs import ensure_run
-from store.runtime import (
+from store.runtime_samples import (
     Finding,
     fetch_findings,
     fetch_samples,

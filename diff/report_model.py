@@ -24,7 +24,7 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from diff.evaluate import evaluate_run
-from diff.model import Check, Verdict, VerdictResult
+from graygate.values import Check, Verdict, VerdictResult
 from store import reports
 from store.reports import (
     EndpointStats,
@@ -332,8 +332,9 @@ def _preflight_table(findings: Sequence[PreflightFinding]) -> Table:
     table.add_column("result")
     table.add_column("detail", overflow="fold")
     for f in findings:
-        table.add_row(f.check, Text("ok" if f.ok else "FAIL", style="green" if f.ok else "red"),
-                      f.detail)
+        table.add_row(
+            f.check, Text("ok" if f.ok else "FAIL", style="green" if f.ok else "red"), f.detail
+        )
     return table
 
 
@@ -463,9 +464,21 @@ def _html_endpoints(endpoints: Sequence[EndpointStats]) -> str:
         if e.strict_mismatches:
             cells[_STRICT_COLUMN] = f'<span class="bad">{cells[_STRICT_COLUMN]}</span>'
         rows.append(tuple(cells))
-    headers = ("endpoint", "pairs", "match", "differ", "noise only", "skipped", "error",
-               "pending", "strict mismatch", "tolerance violations", "noise differences",
-               "primary p50 / p99 ms", "canary p50 / p99 ms")
+    headers = (
+        "endpoint",
+        "pairs",
+        "match",
+        "differ",
+        "noise only",
+        "skipped",
+        "error",
+        "pending",
+        "strict mismatch",
+        "tolerance violations",
+        "noise differences",
+        "primary p50 / p99 ms",
+        "canary p50 / p99 ms",
+    )
     return _table(headers, rows, set(range(1, 13)))
 
 
@@ -487,8 +500,15 @@ def _html_fields(fields: Sequence[FieldStat], empty: str) -> str:
                 f'<code class="val">{_e(format_value(ex.other_value))}</code>',
             )
         )
-    headers = ("endpoint", "field", "judged", "exchanges", "example: trace id, path",
-               "primary", "canary")
+    headers = (
+        "endpoint",
+        "field",
+        "judged",
+        "exchanges",
+        "example: trace id, path",
+        "primary",
+        "canary",
+    )
     return _table(headers, rows, {3})
 
 

@@ -9,7 +9,7 @@ It listens on its own port (``admin.listen``), never on the proxied one.
 - ``GET /metrics``: Prometheus exposition of the default registry, or, when
   ``PROMETHEUS_MULTIPROC_DIR`` is set (several proxy processes), of every process's metrics
   through ``MultiProcessCollector``. OpenMetrics when the scraper asks for it.
-- The API and the report (``diff.api``).
+- The API and the report (``graygate.admin.api``).
 
 Authentication: when ``admin.token`` is set (from the variable ``admin.token_env`` names),
 every route but ``/healthz``, ``/readyz`` and ``/metrics`` needs it, compared in constant
@@ -49,9 +49,9 @@ from prometheus_client.exposition import choose_encoder
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import StoreUnavailable, UnknownRun
 from config.schema import GraygateConfig
-from diff.api import ENGINE_KEY, add_api_routes, json_response
+from graygate.admin.api import ENGINE_KEY, add_api_routes, json_response
+from graygate.errors import StoreUnavailable, UnknownRun
 from store.engine import ping, schema_revision
 from store.migrate import head_revision
 

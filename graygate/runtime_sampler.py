@@ -2,12 +2,12 @@
 
 Owned by the application: ``app.cleanup_ctx.append(runtime_sampler_ctx(cfg, engine,
 run_id))`` starts one polling task per configured source (``runtime.canary``,
-``runtime.primary``) through :class:`~proxy.tasks.TaskSet`, with its own HTTP session, and
+``runtime.primary``) through :class:`~graygate.tasks.TaskSet`, with its own HTTP session, and
 stops them on cleanup. The :class:`RuntimeSampler` is stored under :data:`RUNTIME_SAMPLER`.
 
 Every ``runtime.interval_s`` seconds a task reads expvar (``/debug/vars``) and/or the
 Prometheus page, turns the reading into a sample with the GC pauses that ended since the
-previous good reading (``diff.runtime.with_new_pauses``) and stores it. With both sources
+previous good reading (``diff.runtime_checks.with_new_pauses``) and stores it. With both sources
 configured, expvar gives the pauses and Prometheus fills what expvar lacks (e.g. the
 goroutine count when the service publishes none); when expvar fails Prometheus stands in.
 
@@ -16,7 +16,7 @@ A failed poll (refused, timeout, bad status, unparseable body) is stored as a sa
 would not take are kept (a bounded backlog) and stored with the next ones.
 
 When several processes serve the same run, one of them samples each role: the holder of a
-PostgreSQL advisory lock (``store.runtime.SamplerLock``); the others stand by and take over
+PostgreSQL advisory lock (``store.runtime_samples.SamplerLock``); the others stand by and take over
 when it goes. While the database is away nobody can tell who holds it: every process keeps
 sampling into its backlog, and only the one that gets the lock back stores it.
 """
@@ -34,7 +34,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.schema import GraygateConfig, RuntimeConfig, RuntimeSource
-from diff.runtime import (
+from diff.runtime_checks import (
     RuntimeParseError,
     RuntimeSample,
     merge,
@@ -42,8 +42,8 @@ from diff.runtime import (
     parse_prometheus,
     with_new_pauses,
 )
-from proxy.tasks import TaskSet
-from store.runtime import SamplerLock, insert_samples
+from graygate.tasks import TaskSet
+from store.runtime_samples import SamplerLock, insert_samples
 
 __all__ = [
     "MAX_BACKLOG",

@@ -5,14 +5,14 @@ what failed and where its log is, and the demo exits 4):
 
 1. builds the Go canary (``examples/canary``) into ``<data_dir>/bin`` when ``go`` is on
    PATH, cached by a hash of its sources; else (or with ``use_go=False``) it uses the
-   Python stand-in (``python -m examples.orders --role canary-standin``);
+   Python stand-in (``python -m graygate.examples.orders --role canary-standin``);
 2. opens the database: the given URL, or an embedded PostgreSQL in ``<data_dir>/pgdata``
    (stopped again at the end), and applies the migrations;
 3. starts the demo primary and canary on free loopback ports (``--fault`` planted in the
    canary), writes a configuration from ``config/demo.yaml`` with the real ports to
    ``<data_dir>/demo/<run>/graygate.yaml`` and runs ``graygate serve`` on it as a
    subprocess; waits for the admin API's ``/readyz``;
-4. sends the mixed load of :mod:`proxy.loadgen` through the proxy for ``duration`` seconds
+4. sends the mixed load of :mod:`graygate.loadgen` through the proxy for ``duration`` seconds
    at ``rate`` requests per second, with a progress bar;
 5. waits until the diff workers have judged every recorded exchange, prints the verdict
    with one line per check, and writes the HTML report to
@@ -40,12 +40,12 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -56,10 +56,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-import config as config_pkg
-import examples as examples_pkg
-from proxy.loadgen import LoadOptions, LoadStats, run_load
-from proxy.serve import parent_death_signal
+from graygate.loadgen import LoadOptions, LoadStats, run_load
+from graygate.processes import free_port, parent_death_signal
 
 __all__ = [
     "DEMO_CONFIG",
@@ -86,11 +84,8 @@ EXIT_INTERRUPTED_SIGINT = 128 + signal.SIGINT
 EXIT_INTERRUPTED_SIGTERM = 128 + signal.SIGTERM
 _VERDICT_EXIT = {"GO": EXIT_OK, "NO_GO": EXIT_NO_GO, "INCONCLUSIVE": EXIT_INCONCLUSIVE}
 
-DEMO_CONFIG = Path(config_pkg.__file__).resolve().parent / "demo.yaml"
-CANARY_SRC = Path(examples_pkg.__file__).resolve().parent / "canary"
-# The directory that holds the proxy, diff, store, config and examples packages: put first
-# on the children's PYTHONPATH so they run the same code as the demo.
-_CODE_ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = Path(str(resources.files("config").joinpath("demo.yaml")))
+CANARY_SRC = Path(str(resources.files("graygate.examples").joinpath("canary")))
 
 CONCURRENCY = 8
 START_TIMEOUT_S = 30.0  # a service prints "listening on"
@@ -252,17 +247,8 @@ async def _stop(child: _Child, grace: float = STOP_TIMEOUT_S) -> None:
 
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(_CODE_ROOT), env.get("PYTHONPATH", "")) if p
-    )
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- the canary
@@ -356,7 +342,7 @@ def _run_name(fault: str | None) -> str:
 def _check_fault(fault: str | None) -> None:
     if fault is None:
         return
-    from examples.orders import parse_faults
+    from graygate.examples.orders import parse_faults
 
     try:
         parse_faults([fault])
@@ -532,8 +518,8 @@ _VERDICT_STYLE = {"GO": "bold green", "NO_GO": "bold red", "INCONCLUSIVE": "bold
 
 
 def _check_lines(doc: dict[str, Any]) -> list[Text]:
-    from diff.commands import format_check
-    from diff.model import Check
+    from graygate.values import Check
+    from graygate.verdict_command import format_check
 
     lines = []
     for c in doc.get("checks") or []:
@@ -565,7 +551,7 @@ async def _final_verdict(
 
 
 async def _write_report(plan: _Plan, session: aiohttp.ClientSession, admin: str) -> Path | None:
-    from diff.report_command import write_atomically
+    from graygate.report_command import write_atomically
 
     path = plan.data_dir / "reports" / f"{plan.run}.html"
     try:
@@ -585,7 +571,9 @@ async def _demo(plan: _Plan, database_url: str) -> int:
     fault_args: list[str] = []
     # 1. primary and canary
     _, primary = await _start_service(
-        plan, "primary", [sys.executable, "-m", "examples.orders", "--listen", "127.0.0.1:0"]
+        plan,
+        "primary",
+        [sys.executable, "-m", "graygate.examples.orders", "--listen", "127.0.0.1:0"],
     )
     plan.step("primary", f"{primary}  (Python, pid {plan.children[-1].pid})")
     if plan.canary_bin is not None:
@@ -596,7 +584,7 @@ async def _demo(plan: _Plan, database_url: str) -> int:
     else:
         if plan.fault:
             fault_args = ["--fault", plan.fault]
-        argv = [sys.executable, "-m", "examples.orders", "--listen", "127.0.0.1:0",
+        argv = [sys.executable, "-m", "graygate.examples.orders", "--listen", "127.0.0.1:0",
                 "--role", "canary-standin", *fault_args]  # fmt: skip
         kind = "Python stand-in"
     _, canary = await _start_service(plan, "canary", argv)
@@ -604,14 +592,14 @@ async def _demo(plan: _Plan, database_url: str) -> int:
     plan.step("canary", f"{canary}  ({kind}{planted}, pid {plan.children[-1].pid})")
 
     # 2. graygate serve
-    listen = f"127.0.0.1:{_free_port()}"
-    admin_listen = f"127.0.0.1:{_free_port()}"
+    listen = f"127.0.0.1:{free_port()}"
+    admin_listen = f"127.0.0.1:{free_port()}"
     cfg = _write_config(plan, primary, canary, listen, admin_listen)
     proxy, admin = f"http://{listen}", f"http://{admin_listen}"
     serve = _spawn(
         "graygate serve",
         [
-            *(sys.executable, "-m", "proxy.cli", "serve", "-c", str(cfg)),
+            *(sys.executable, "-m", "graygate", "serve", "-c", str(cfg)),
             *("--database-url", database_url, "--data-dir", str(plan.data_dir)),
         ],
         plan.workdir / "serve.log",
@@ -763,7 +751,7 @@ def run_demo(
     try:
         with signals, _logging_quiet():
             _check_fault(fault)
-            from proxy.database import default_data_dir, open_database
+            from graygate.embedded_pg import default_data_dir, open_database
 
             root = (data_dir or default_data_dir()).expanduser().resolve()
             run = _run_name(fault)
@@ -820,7 +808,7 @@ def run_demo(
             return fail(f"interrupted (signal {signals.signum})", _interrupted_code(signals.signum))
         return fail(str(exc))
     except Exception as exc:  # the database layer and friends
-        from config.errors import GraygateError
+        from graygate.errors import GraygateError
 
         if isinstance(exc, GraygateError):
             return fail(str(exc))

@@ -23,6 +23,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnreachable",
+    "one_line",
 ]
 
 
@@ -67,3 +68,10 @@ class UpstreamUnreachable(UpstreamError):
 
 class UpstreamTimeout(UpstreamError):
     kind = "timeout"
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of what went wrong, for a log line or an error message: a driver's own
+    message (SQLAlchemy wraps it as ``orig``) in preference to the wrapper's, cut at ``limit``."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return (text.splitlines() or [repr(exc)])[0][:limit]

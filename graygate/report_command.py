@@ -17,8 +17,8 @@ from typing import TextIO
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import StoreUnavailable, UnknownRun
-from diff.report import build_report, render_html, render_terminal
+from diff.report_model import build_report, render_html, render_terminal
+from graygate.errors import StoreUnavailable, UnknownRun
 
 __all__ = ["EXIT_OK", "EXIT_UNAVAILABLE", "report_command", "write_atomically"]
 

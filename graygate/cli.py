@@ -6,7 +6,6 @@ unknown run). ``graygate verdict`` adds 1 for NO_GO and 2 for INCONCLUSIVE.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -18,7 +17,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from config.errors import ConfigError, GraygateError, StoreUnavailable, UnknownRun
+from graygate.errors import ConfigError, GraygateError, StoreUnavailable, UnknownRun
+from graygate.processes import run_async
 
 __all__ = ["main"]
 
@@ -59,18 +59,6 @@ def _errors() -> Iterator[None]:
         _fail(1, str(exc))
 
 
-def run_async(factory: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine on uvloop when it is installed."""
-    try:
-        import uvloop
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(factory())  # type: ignore[arg-type]
-
-
 def _load(config_path: str) -> Any:
     from config.load import load_config
 
@@ -83,7 +71,7 @@ def _database(
 ) -> Iterator[Any]:
     """The database handle: --database-url, else the config's, else the environment's,
     else the embedded server in the data directory."""
-    from proxy.database import open_database
+    from graygate.embedded_pg import open_database
 
     url = database_url
     if url is None and config_path is not None:
@@ -139,7 +127,10 @@ def cli(log_level: str) -> None:
     help="Comma list of proxy, worker, admin.",
 )
 @click.option(
-    "--processes", type=click.IntRange(1, 64), default=1, show_default=True,
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
     help="Proxy processes sharing the listen port (SO_REUSEPORT).",
 )
 @_db_option
@@ -164,7 +155,7 @@ def serve(
         _fail(EXIT_CONFIG, f"config error: --role: {role!r}: expected proxy, worker, admin")
     with _errors():
         from diff.rules import RuleBook
-        from proxy.serve import serve_forever
+        from graygate.supervise import serve_forever
 
         cfg = _load(config_path)
         RuleBook.from_config(cfg.compare)  # a bad rule path fails here, before anything runs
@@ -199,7 +190,7 @@ def upgrade(
     from store import migrate
 
     with _errors(), _database(config_path, database_url, data_dir) as handle:
-        migration(lambda: migrate.upgrade(handle.url, revision), handle.url)
+        migrate.guarded(lambda: migrate.upgrade(handle.url, revision), handle.url)
         click.echo(f"graygate: database at revision {revision}")
 
 
@@ -215,7 +206,7 @@ def downgrade(
     from store import migrate
 
     with _errors(), _database(config_path, database_url, data_dir) as handle:
-        migration(lambda: migrate.downgrade(handle.url, revision), handle.url)
+        migrate.guarded(lambda: migrate.downgrade(handle.url, revision), handle.url)
         click.echo(f"graygate: database at revision {revision}")
 
 
@@ -228,7 +219,7 @@ def check(config_path: str | None, database_url: str | None, data_dir: str | Non
     from store import migrate
 
     with _errors(), _database(config_path, database_url, data_dir) as handle:
-        diffs = migration(lambda: migrate.check(handle.url), handle.url)
+        diffs = migrate.guarded(lambda: migrate.check(handle.url), handle.url)
         if diffs:
             _fail(1, f"migrations and tables disagree: {diffs}")
         click.echo("graygate: migrations and tables agree")
@@ -251,25 +242,11 @@ def current(config_path: str | None, database_url: str | None, data_dir: str | N
             await engine.dispose()
 
     with _errors(), _database(config_path, database_url, data_dir) as handle:
-        rev = migration(lambda: run_async(lambda: revision(handle.url)), handle.url)
+        rev = migrate.guarded(lambda: run_async(lambda: revision(handle.url)), handle.url)
         head = migrate.head_revision()
         click.echo(f"revision {rev or 'none'} (head {head})")
         if rev != head:
             sys.exit(1)
-
-
-def migration(fn: Callable[[], T], url: str) -> T:
-    """Run a migration step; a database that cannot be reached is StoreUnavailable (exit 3)
-    with the URL censored, never a traceback."""
-    from sqlalchemy.exc import DBAPIError, OperationalError
-
-    from store.engine import censor_dsn
-
-    try:
-        return fn()
-    except (OSError, OperationalError, DBAPIError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
-        raise StoreUnavailable(f"database {censor_dsn(url)} is unavailable: {reason}") from None
 
 
 @cli.command()
@@ -292,7 +269,7 @@ def verdict(
     as_json: bool,
 ) -> None:
     """Exit 0 GO, 1 NO_GO, 2 INCONCLUSIVE, 3 cannot answer."""
-    from diff.commands import verdict_command
+    from graygate.verdict_command import verdict_command
 
     with _errors(), _database(config_path, database_url, data_dir) as handle:
         code = _with_engine(
@@ -309,8 +286,13 @@ def verdict(
 @_config_option
 @_db_option
 @_data_dir_option
-@click.option("--html", "html", type=click.Path(dir_okay=False), default=None,
-              help="Write the report as one HTML file.")
+@click.option(
+    "--html",
+    "html",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the report as one HTML file.",
+)
 def report(
     run: str,
     config_path: str | None,
@@ -319,7 +301,7 @@ def report(
     html: str | None,
 ) -> None:
     """Print the run's report, or write it as one HTML file."""
-    from diff.report_command import report_command
+    from graygate.report_command import report_command
 
     with _errors(), _database(config_path, database_url, data_dir) as handle:
         code = _with_engine(
@@ -369,27 +351,37 @@ def config_check(config_path: str | None) -> None:
 
 @cli.command()
 @click.option(
-    "--duration", type=click.FloatRange(min=0, min_open=True), default=30.0,
-    show_default=True, help="Seconds of traffic to send through the proxy.",
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds of traffic to send through the proxy.",
 )
 @click.option(
-    "--fault", default=None, metavar="NAME[=VALUE]",
+    "--fault",
+    default=None,
+    metavar="NAME[=VALUE]",
     help="Plant one fault in the canary: rounding, timestamp_format, item_order, "
     "stock_deduction[=0.2], latency[=20ms], goroutine_leak, pprof_on_serving_port.",
 )
 @click.option(
-    "--rate", type=click.FloatRange(min=0, min_open=True), default=50.0,
-    show_default=True, help="Requests per second.",
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=50.0,
+    show_default=True,
+    help="Requests per second.",
 )
 @_data_dir_option
 @_db_option
 @click.option(
-    "--keep-running", is_flag=True,
+    "--keep-running",
+    is_flag=True,
     help="Keep everything running after the verdict (the admin URL shows the report); "
     "Ctrl-C stops it.",
 )
 @click.option(
-    "--standin", is_flag=True,
+    "--standin",
+    is_flag=True,
     help="Use the Python stand-in for the canary even when `go` is on PATH.",
 )
 def demo(
@@ -413,7 +405,7 @@ def demo(
     3 the demo ran but no verdict could be read; 4 the demo failed;
     130/143 interrupted (SIGINT/SIGTERM). Everything it started is stopped.
     """
-    from proxy.demo import run_demo
+    from graygate.demo import run_demo
 
     sys.exit(
         run_demo(

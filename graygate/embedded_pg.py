@@ -17,7 +17,7 @@ from pathlib import Path
 
 import platformdirs
 
-from config.errors import StoreUnavailable
+from graygate.errors import StoreUnavailable
 
 __all__ = ["DatabaseHandle", "default_data_dir", "open_database"]
 
@@ -62,9 +62,7 @@ def open_database(url: str | None, data_dir: Path | None = None) -> Iterator[Dat
             f"cannot start the embedded PostgreSQL in {pgdata}: {str(exc).splitlines()[0]}"
         ) from None
     try:
-        exists = server.psql(
-            f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DB_NAME}';"
-        )
+        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DB_NAME}';")
         if "(1 row)" not in exists:
             server.psql(f"CREATE DATABASE {EMBEDDED_DB_NAME};")
         socket_dir = str(pgdata)

@@ -20,9 +20,9 @@ from typing import Any, TextIO
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import StoreUnavailable, UnknownRun
 from diff.evaluate import evaluate_run, record_result
-from diff.model import Check, Verdict, VerdictResult
+from graygate.errors import StoreUnavailable, UnknownRun
+from graygate.values import Check, Verdict, VerdictResult
 
 __all__ = [
     "EXIT_CODES",

@@ -23,17 +23,18 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.errors import ConfigError, StoreUnavailable
 from config.schema import GraygateConfig, parse_listen
-from proxy.database import DatabaseHandle, default_data_dir
+from graygate.embedded_pg import DatabaseHandle, default_data_dir
+from graygate.errors import ConfigError, StoreUnavailable
+from graygate.processes import parent_death_signal, run_async
 
-__all__ = ["parent_death_signal", "serve_forever"]
+__all__ = ["serve_forever"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,22 +53,23 @@ def serve_forever(
     run_preflight: bool = True,
 ) -> int:
     """Serve until SIGTERM/SIGINT; the exit code."""
-    from proxy.cli import migration, run_async
     from store import migrate
 
     if processes > 1 and "proxy" in roles and parse_listen(cfg.listen)[1] == 0:
         raise ConfigError(
-            "listen", f"{cfg.listen!r}: port 0 with --processes {processes}: each process would "
-            "listen on a port of its own; name the port"
+            "listen",
+            f"{cfg.listen!r}: port 0 with --processes {processes}: each process would "
+            "listen on a port of its own; name the port",
         )
     if handle.embedded:
-        migration(lambda: migrate.upgrade(handle.url), handle.url)
+        migrate.guarded(lambda: migrate.upgrade(handle.url), handle.url)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if cores and processes > cores:
         logger.warning(
             "--processes %d is more than the %d core(s) this process may use: extra proxy "
             "processes only contend for the same cores (each costs ~25%% more CPU per request)",
-            processes, cores,
+            processes,
+            cores,
         )
     metrics_dir: str | None = None
     if processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -76,14 +78,18 @@ def serve_forever(
             prefix="graygate-metrics-"
         )
     child_argv = [
-        sys.executable, "-m", "proxy.cli", "serve", "-c", config_path,
+        sys.executable, "-m", "graygate", "serve", "-c", config_path,
         "--role", "proxy", "--reuse-port", "--no-preflight",
         *(["--data-dir", str(data_dir)] if data_dir else []),
     ]  # fmt: skip
     try:
         return run_async(
             lambda: _serve(
-                cfg, handle, roles=roles, reuse_port=reuse_port, data_dir=data_dir,
+                cfg,
+                handle,
+                roles=roles,
+                reuse_port=reuse_port,
+                data_dir=data_dir,
                 run_preflight=run_preflight,
                 children=_Children(processes - 1, child_argv, handle.url),
             )
@@ -92,24 +98,6 @@ def serve_forever(
         if metrics_dir is not None:
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]
             shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-def parent_death_signal() -> Callable[[], None] | None:
-    """On Linux, a pre-exec hook that makes the child get SIGTERM when its parent dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def hook() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return hook
 
 
 _PDEATHSIG = parent_death_signal()
@@ -196,11 +184,11 @@ async def _serve(
 ) -> int:
     from diff.rules import RuleBook
     from diff.worker import run_workers
-    from proxy.admin import make_admin_app
+    from graygate.admin.app import make_admin_app
+    from graygate.preflight import preflight
+    from graygate.runtime_sampler import runtime_sampler_ctx
     from proxy.app import make_proxy_app
-    from proxy.preflight import preflight
     from proxy.recorder import Recorder
-    from proxy.runtime_sampler import runtime_sampler_ctx
     from store.engine import censor_dsn, create_engine
     from store.runs import ensure_run
 
@@ -250,12 +238,12 @@ async def _serve(
                     Recorder(engine, cfg.record, default_spill_dir=spill_dir)
                 )
                 app = make_proxy_app(cfg, recorder=recorder, run_id=run_id)
-                url = await stack.enter_async_context(
-                    _site(app, cfg.listen, reuse_port=reuse_port)
-                )
+                url = await stack.enter_async_context(_site(app, cfg.listen, reuse_port=reuse_port))
                 logger.info(
                     "proxy on %s: primary %s serves, canary %s mirrored",
-                    url, cfg.upstreams.primary, cfg.upstreams.canary,
+                    url,
+                    cfg.upstreams.primary,
+                    cfg.upstreams.canary,
                 )
             print(f"graygate: serving run {cfg.run!r}", file=sys.stderr, flush=True)
             code = 0

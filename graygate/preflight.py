@@ -27,8 +27,8 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.schema import GraygateConfig
-from diff.runtime import RuntimeParseError, RuntimeSample, parse_expvar, parse_prometheus
-from store.runtime import Finding, insert_findings
+from diff.runtime_checks import RuntimeParseError, RuntimeSample, parse_expvar, parse_prometheus
+from store.runtime_samples import Finding, insert_findings
 
 __all__ = ["PPROF_PATH", "Finding", "preflight"]
 

@@ -1,7 +1,7 @@
 """The admin API's views: JSON over the store, the verdict and the gate, the HTML report.
 
 ``add_api_routes(app)`` adds them to an application that holds the engine under
-``ENGINE_KEY`` (``proxy.admin.make_admin_app`` builds that application, with the one
+``ENGINE_KEY`` (``graygate.admin.app.make_admin_app`` builds that application, with the one
 middleware that renders errors as JSON). Handlers raise; they never build error bodies:
 ``UnknownRun`` becomes 404, ``StoreUnavailable`` 503, ``web.HTTPBadRequest`` 400.
 
@@ -42,8 +42,8 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from diff.evaluate import evaluate_run, record_result
-from diff.model import Verdict, VerdictResult
-from diff.report import build_report, render_html
+from diff.report_model import build_report, render_html
+from graygate.values import Verdict, VerdictResult
 from store import reports
 from store.aggregates import latest_verdicts
 from store.reports import MAX_PAGE, ExchangeDetail, RecordedResponse
@@ -196,9 +196,10 @@ def gate_body(result: VerdictResult) -> dict[str, Any]:
         reason = "every check passed"
     else:
         named = failed or undecided
-        reason = "; ".join(
-            f"{c.name}: {c.detail}" if c.detail else c.name for c in named
-        ) or result.verdict.value
+        reason = (
+            "; ".join(f"{c.name}: {c.detail}" if c.detail else c.name for c in named)
+            or result.verdict.value
+        )
     return {**result.as_dict(), "gate": _GATE_WORD[result.verdict], "reason": reason}
 
 

@@ -49,10 +49,10 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.schema import RuntimeConfig
-from diff.model import Check
+from graygate.values import Check
 
 if TYPE_CHECKING:  # store owns what a sample holds; imported for types only, so no database here
-    from store.runtime import SampleValues
+    from store.runtime_samples import SampleValues
 
 __all__ = [
     "MIN_BASELINE_PAUSES",

@@ -4,7 +4,7 @@
 (on several hosts) serve the same run: a PostgreSQL session advisory lock.
 
 Plain values in and out (:class:`StoredSample`, :class:`PauseStats`, :class:`Finding`);
-:class:`SampleValues` is what a sample holds; ``diff.runtime`` judges anything that has it
+:class:`SampleValues` is what a sample holds; ``diff.runtime_checks`` judges anything that has it
 (its ``RuntimeSample`` and a :class:`StoredSample`), naming it for types only.
 
 A pause baseline is computed where the pauses are, with SQL aggregates over
@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 
 
 class SampleValues(Protocol):
-    """One runtime sample as stored and judged: ``diff.runtime.RuntimeSample``, a stored one."""
+    """One runtime sample as stored and judged: ``diff.runtime_checks.RuntimeSample`` or a
+    stored one."""
 
     @property
     def taken_at(self) -> datetime: ...
