@@ -7,9 +7,12 @@ stops accepting and finishes in-flight requests and mirrors, the recorder flushe
 the workers finish their batch, and the engine closes.
 
 ``--processes N`` starts N-1 more processes that run only the proxy role on the same port
-(SO_REUSEPORT; a named port, not 0), once this process has checked the schema. This process
-runs every role, sends them SIGTERM when it stops, and stops (exit code of the child, else 1)
-when one of them exits; should it die, the kernel sends them SIGTERM (Linux).
+(SO_REUSEPORT; a named port, not 0), once this process has checked the schema. When this
+process is a proxy and the worker role is asked for too, the diff workers and the runtime
+sampler run in one more child process (``--role worker``): nothing CPU-heavy shares the
+proxy's event loop or GIL. This process runs the other roles, sends the children SIGTERM
+when it stops, and stops (exit code of the child, else 1) when one of them exits; should it
+die, the kernel sends them SIGTERM (Linux).
 """
 
 from __future__ import annotations
@@ -77,21 +80,27 @@ def serve_forever(
         metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
             prefix="graygate-metrics-"
         )
-    child_argv = [
-        sys.executable, "-m", "graygate", "serve", "-c", config_path,
-        "--role", "proxy", "--reuse-port", "--no-preflight",
+    base_argv = [
+        sys.executable, "-m", "graygate", "serve", "-c", config_path, "--no-preflight",
         *(["--data-dir", str(data_dir)] if data_dir else []),
     ]  # fmt: skip
+    argvs = [[*base_argv, "--role", "proxy", "--reuse-port"]] * (processes - 1)
+    local_roles = roles
+    if "proxy" in roles and "worker" in roles:
+        # Nothing CPU-heavy shares the proxy's event loop or GIL: the diff workers (and the
+        # runtime sampler that goes with them) run in a process of their own.
+        local_roles = roles - {"worker"}
+        argvs.append([*base_argv, "--role", "worker"])
     try:
         return run_async(
             lambda: _serve(
                 cfg,
                 handle,
-                roles=roles,
+                roles=local_roles,
                 reuse_port=reuse_port,
                 data_dir=data_dir,
                 run_preflight=run_preflight,
-                children=_Children(processes - 1, child_argv, handle.url),
+                children=_Children(argvs, handle.url),
             )
         )
     finally:
@@ -104,21 +113,21 @@ _PDEATHSIG = parent_death_signal()
 
 
 class _Children:
-    """The extra proxy processes of ``--processes N``: started once this process has checked
+    """The child processes: the extra proxy processes of ``--processes N`` and the diff
+    worker process when this one is also a proxy. Started once this process has checked
     the schema and holds its signal handlers, so a failure or a signal before then leaves
     none behind; stopped with SIGTERM, killed after the grace period; sent SIGTERM by the
     kernel should this process die without stopping them (Linux)."""
 
-    def __init__(self, count: int, argv: list[str], database_url: str) -> None:
-        self.count = count
-        self.argv = argv
+    def __init__(self, argvs: list[list[str]], database_url: str) -> None:
+        self.argvs = argvs
         # The URL goes by environment (config override), not argv: argv is world-readable.
         self.env = {**os.environ, "GRAYGATE_DATABASE_URL": database_url}
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
-        for _ in range(self.count):
-            self.procs.append(subprocess.Popen(self.argv, env=self.env, preexec_fn=_PDEATHSIG))
+        for argv in self.argvs:
+            self.procs.append(subprocess.Popen(argv, env=self.env, preexec_fn=_PDEATHSIG))
 
     def exited(self) -> subprocess.Popen[bytes] | None:
         """The first child that has exited, if any."""
@@ -253,7 +262,7 @@ async def _serve(
                 dead = None if stop.is_set() else children.exited()
                 if dead is not None:
                     # A child that could not bind or lost its database printed why.
-                    logger.error("proxy process %d exited with %s", dead.pid, dead.returncode)
+                    logger.error("child process %d exited with %s", dead.pid, dead.returncode)
                     code = dead.returncode if dead.returncode > 0 else 1
                     stop.set()
             logger.info("stopping: finishing in-flight requests and flushing records")

@@ -7,7 +7,9 @@ or its schema behind: exit 3.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -236,7 +238,7 @@ async def test_serve_processes_leaves_no_child_behind(
             assert line, "".join(seen)
             seen.append(line)
         children = _children(proc.pid)
-        assert len(children) == 1, children
+        assert len(children) == 2, children  # one more proxy, and the worker process
         proc.send_signal(getattr(signal, sig))
         code = await asyncio.wait_for(proc.wait(), timeout=60)
         if sig == "SIGTERM":
@@ -255,3 +257,49 @@ async def test_serve_processes_leaves_no_child_behind(
         for child in children:
             if _alive(child):
                 os.kill(child, signal.SIGKILL)
+
+
+def _child_cmdlines(pid: int) -> list[list[str]]:
+    """The command lines of ``pid``'s direct children (Linux /proc)."""
+    out: list[list[str]] = []
+    for child in _children(pid):
+        with contextlib.suppress(FileNotFoundError):
+            raw = Path(f"/proc/{child}/cmdline").read_bytes()
+            out.append([a.decode() for a in raw.split(b"\0") if a])
+    return out
+
+
+async def test_serve_runs_the_diff_workers_in_a_process_of_their_own(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Issue: nothing CPU-heavy shares the proxy's process; one `serve` still starts all."""
+    cfg = _config(tmp_path)
+    url = database_url.replace("+asyncpg", "")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "graygate", "serve", "-c", str(cfg), "--database-url", url,
+        "--no-preflight", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while not any("serving run" in line for line in seen):
+                line = (await proc.stderr.readline()).decode()
+                assert line, "".join(seen)
+                seen.append(line)
+            workers: list[list[str]] = []
+            while not workers:
+                workers = [c for c in _child_cmdlines(proc.pid) if "worker" in c]
+                await asyncio.sleep(0.1)
+        assert workers[0][workers[0].index("--role") + 1] == "worker"
+        # The worker child judges (it logs so); the parent proxy does not.
+        async with asyncio.timeout(60):
+            while not any("diff worker judging" in line for line in seen):
+                line = (await proc.stderr.readline()).decode()
+                assert line, "".join(seen)
+                seen.append(line)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+    assert proc.returncode == 0, "".join(seen)
