@@ -26,6 +26,7 @@ from config.schema import (
 from diff.runtime_checks import Baseline, choose_baseline, runtime_check
 from diff.verdict import decide, find_noise
 from graygate.values import Check, VerdictResult
+from graygate.vocabulary import FAILURE_JUDGEMENTS, Against, Judgement, Role
 from store import runtime_samples as store_runtime
 from store.aggregates import (
     RunAggregates,
@@ -43,7 +44,7 @@ __all__ = ["evaluate_run", "record_result", "run_config"]
 logger = logging.getLogger(__name__)
 
 # Stand-ins for the parts of a stored configuration the verdict does not read.
-_PLACEHOLDER_UPSTREAMS = {"primary": "http://127.0.0.1:1", "canary": "http://127.0.0.1:2"}
+_PLACEHOLDER_UPSTREAMS = {Role.PRIMARY: "http://127.0.0.1:1", Role.CANARY: "http://127.0.0.1:2"}
 
 
 def run_config(name: str, stored: Mapping[str, Any] | None) -> GraygateConfig:
@@ -101,10 +102,10 @@ async def _with_noise(
     workers stored already stand."""
     noise = {(n.endpoint, n.field) for n in find_noise(aggregates, cfg.compare.noise)}
     recount = any(
-        f.against == "canary"
+        f.against == Against.CANARY
         and (
-            f.judgement == "waived"
-            or (f.judgement in ("strict", "tolerance") and (f.endpoint, f.field) in noise)
+            f.judgement == Judgement.WAIVED
+            or (f.judgement in FAILURE_JUDGEMENTS and (f.endpoint, f.field) in noise)
         )
         for f in aggregates.fields
     )
@@ -119,13 +120,13 @@ async def _runtime(engine: AsyncEngine, run: RunInfo, cfg: GraygateConfig) -> Ch
     ``diff.runtime_checks.choose_baseline`` picks: the configured budget, else the primary's
     pauses in this run (when the primary is sampled), else an earlier GO run's canary."""
     rcfg = cfg.runtime
-    samples = await store_runtime.fetch_samples(engine, run.id, "canary")
+    samples = await store_runtime.fetch_samples(engine, run.id, Role.CANARY)
     primary: Baseline | None = None
     previous: Baseline | None = None
     if rcfg.gc_pause_budget_ms is None and samples:
         if rcfg.primary is not None:
-            ps = await store_runtime.pause_stats(engine, run.id, "primary")
-            primary = Baseline.from_ns("primary", ps.count, ps.mean_ns or 0.0, ps.sigma_ns)
+            ps = await store_runtime.pause_stats(engine, run.id, Role.PRIMARY)
+            primary = Baseline.from_ns(Role.PRIMARY, ps.count, ps.mean_ns or 0.0, ps.sigma_ns)
         if primary is None:
             prev = await store_runtime.previous_pause_stats(
                 engine, exclude_run_id=run.id, canary_url=run.canary_url

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from diff.evaluate import evaluate_run
 from graygate.values import Check, Verdict, VerdictResult
+from graygate.vocabulary import FAILURE_JUDGEMENTS, Judgement
 from store import reports
 from store.reports import (
     EndpointStats,
@@ -46,9 +47,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Judgements of differences that count against the canary; the rest (noise, waived) are
-# listed apart, as accepted.
-FAILURE_JUDGEMENTS = ("strict", "tolerance")
 _VERDICT_STYLE = {
     Verdict.GO: "bold white on green",
     Verdict.NO_GO: "bold white on red",
@@ -86,15 +84,15 @@ async def build_report(engine: AsyncEngine, run: str, *, top: int = 5) -> Report
     preflight = await reports.preflight(engine, run)
 
     def is_noise(f: FieldStat) -> bool:
-        return f.judgement == "noise" or (f.endpoint, f.field) in noise_keys
+        return f.judgement == Judgement.NOISE or (f.endpoint, f.field) in noise_keys
 
     return Report(
         run=overview,
         verdict=verdict,
         endpoints=endpoints,
         fields=[f for f in fields if f.judgement in FAILURE_JUDGEMENTS and not is_noise(f)],
-        noise=[f for f in fields if f.judgement != "waived" and is_noise(f)],
-        waived=[f for f in fields if f.judgement == "waived"],
+        noise=[f for f in fields if f.judgement != Judgement.WAIVED and is_noise(f)],
+        waived=[f for f in fields if f.judgement == Judgement.WAIVED],
         runtime=runtime,
         preflight=preflight,
     )

@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from config.schema import GraygateConfig
 from diff.endpoints import EndpointMatcher
+from graygate.vocabulary import ErrorKind, Role
 from proxy.codec import decode_body
 from proxy.forward import (
     HOP_BY_HOP,
@@ -123,7 +124,7 @@ class Proxy:
             self._recorder = app[RECORDER_KEY]
         ups = app[UPSTREAMS_KEY]
         self._upstreams = ups
-        secondary = (ups["secondary"],) if "secondary" in ups else ()
+        secondary = (ups[Role.SECONDARY],) if Role.SECONDARY in ups else ()
         self._targets = {
             PRIMARY: (ups[CANARY], *secondary),
             CANARY: (ups[PRIMARY], *secondary),
@@ -205,7 +206,7 @@ class Proxy:
             )
         finally:
             if cap.status is None and cap.error is None:
-                cap.error = "error"  # cancelled before an answer
+                cap.error = ErrorKind.ERROR  # cancelled before an answer
             ex.captures[served_by] = cap
             observe_upstream(
                 served_by,
@@ -217,7 +218,7 @@ class Proxy:
                 Tracing.finish(fspan, cap.status, cap.error)
                 client_status = cap.status
                 if client_status is None:
-                    client_status = 504 if cap.error == "timeout" else 502
+                    client_status = 504 if cap.error == ErrorKind.TIMEOUT else 502
                 Tracing.finish(span, client_status, cap.error)
             served = ex.served
             if served is not None:
@@ -303,7 +304,7 @@ class Proxy:
             mirror_skipped=ex.mirror_skipped,
             primary=self._response(caps.get(PRIMARY)),
             canary=self._response(caps.get(CANARY)),
-            secondary=self._response(caps.get("secondary")),
+            secondary=self._response(caps.get(Role.SECONDARY)),
             extra={"client_disconnected": "true"} if served and served.client_gone else {},
         )
 

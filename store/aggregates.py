@@ -27,6 +27,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from graygate.errors import UnknownRun
+from graygate.vocabulary import (
+    ATTEMPTED_OUTCOMES,
+    FAILURE_JUDGEMENTS,
+    PAIR_OUTCOMES,
+    Against,
+    Judgement,
+    Outcome,
+)
 from store.failures import store_errors
 from store.tables import differences, exchanges, run_losses, runs, verdicts
 
@@ -52,9 +60,6 @@ __all__ = [
     "record_verdict",
 ]
 
-PAIR_OUTCOMES = ("match", "differ", "noise_only")
-# Exchanges where both sides were asked (the population of the error-rate check).
-_ATTEMPTED_OUTCOMES = (*PAIR_OUTCOMES, "error")
 # The latency test reads at most this many of the run's most recent pairs.
 LATENCY_SAMPLE_SIZE = 20_000
 
@@ -246,7 +251,7 @@ async def fetch_endpoint_counts(conn: AsyncConnection, run_id: int) -> list[Endp
     )
     c = classes.c
     pair = c.outcome.in_(PAIR_OUTCOMES)
-    attempted = c.outcome.in_(_ATTEMPTED_OUTCOMES)
+    attempted = c.outcome.in_(ATTEMPTED_OUTCOMES)
 
     def n(cond: sa.ColumnElement[bool] | None = None) -> sa.ColumnElement[int]:
         total = sa.func.sum(c.n) if cond is None else sa.func.sum(c.n).filter(cond)
@@ -259,8 +264,8 @@ async def fetch_endpoint_counts(conn: AsyncConnection, run_id: int) -> list[Endp
             n(c.outcome.is_not(None)).label("judged"),  # workers set both at once
             n(pair).label("pairs"),
             n(pair & c.with_secondary).label("secondary_pairs"),
-            n(c.outcome == "skipped").label("skipped"),
-            n(c.outcome == "error").label("errors"),
+            n(c.outcome == Outcome.SKIPPED).label("skipped"),
+            n(c.outcome == Outcome.ERROR).label("errors"),
             n(attempted).label("attempted"),
             n(attempted & c.primary_failed).label("primary_failures"),
             n(attempted & c.canary_failed).label("canary_failures"),
@@ -317,17 +322,19 @@ async def fetch_mismatch_counts(
     """Per endpoint: pairs with a strict mismatch / tolerance violation against the canary
     in a field outside ``exclude`` ((endpoint, field) pairs, e.g. the noise fields)."""
     d = differences.c
-    cond = (d.run_id == run_id) & (d.against == "canary") & d.judgement.in_(("strict", "tolerance"))
+    cond = (
+        (d.run_id == run_id) & (d.against == Against.CANARY) & d.judgement.in_(FAILURE_JUDGEMENTS)
+    )
     if exclude:
         cond = cond & sa.tuple_(d.endpoint, d.field).not_in(sorted(exclude))
     stmt = (
         sa.select(
             d.endpoint,
             sa.func.count(sa.distinct(d.exchange_id))
-            .filter(d.judgement == "strict")
+            .filter(d.judgement == Judgement.STRICT)
             .label("strict_pairs"),
             sa.func.count(sa.distinct(d.exchange_id))
-            .filter(d.judgement == "tolerance")
+            .filter(d.judgement == Judgement.TOLERANCE)
             .label("tolerance_pairs"),
         )
         .where(cond)

@@ -23,6 +23,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from graygate.vocabulary import DiffKind, Role
 from store.tables import ROLES, exchanges
 
 __all__ = [
@@ -52,8 +53,8 @@ DIFFERENCE_COLUMNS: Final[tuple[str, ...]] = (
 )
 
 # An absent side of a missing/extra difference is stored as SQL NULL.
-_ABSENT_PRIMARY_KINDS = frozenset({"extra"})
-_ABSENT_OTHER_KINDS = frozenset({"missing"})
+_ABSENT_PRIMARY_KINDS = frozenset({DiffKind.EXTRA})
+_ABSENT_OTHER_KINDS = frozenset({DiffKind.MISSING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +160,9 @@ async def claim_batch(conn: AsyncConnection, run_id: int, limit: int) -> list[Cl
             endpoint=r.endpoint,
             served_by=r.served_by,
             mirror_skipped=r.mirror_skipped,
-            primary=_side(r, "primary"),
-            canary=_side(r, "canary"),
-            secondary=_side(r, "secondary"),
+            primary=_side(r, Role.PRIMARY),
+            canary=_side(r, Role.CANARY),
+            secondary=_side(r, Role.SECONDARY),
         )
         for r in rows
     ]

@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from graygate.errors import UnknownRun
+from graygate.vocabulary import Against, Judgement, Outcome, Role
 from store.aggregates import PAIR_OUTCOMES
 from store.failures import store_errors
 from store.tables import (
@@ -306,7 +307,7 @@ async def list_runs(engine: AsyncEngine, *, limit: int = 100) -> list[RunSummary
         sa.select(
             sa.func.count().label("exchanges"),
             sa.func.count(e.c.judged_at).label("judged"),
-            sa.func.count().filter(e.c.outcome == "differ").label("differing"),
+            sa.func.count().filter(e.c.outcome == Outcome.DIFFER).label("differing"),
         )
         .where(e.c.run_id == runs.c.id)
         .lateral("counts")
@@ -516,7 +517,7 @@ async def top_fields(
     run: str,
     *,
     per_endpoint: int = 5,
-    judgements: Sequence[str] = ("strict", "tolerance", "noise", "waived"),
+    judgements: Sequence[str] = tuple(Judgement),
 ) -> list[FieldStat]:
     """The fields that differ most (primary vs canary), per endpoint and judgement.
 
@@ -538,7 +539,7 @@ async def top_fields(
             )
             .where(
                 d.c.run_id == run_id,
-                d.c.against == "canary",
+                d.c.against == Against.CANARY,
                 d.c.judgement.in_(list(judgements)),
             )
             .group_by(d.c.endpoint, d.c.field, d.c.judgement)
@@ -668,7 +669,7 @@ async def exchange_by_trace(
             error=m[f"{role}_error"],
         )
         for role in ROLES
-        if role != "secondary"
+        if role != Role.SECONDARY
         or m["secondary_status"] is not None
         or m["secondary_error"] is not None
     ]
