@@ -1,7 +1,9 @@
 """The run report: one plain model, rendered for the terminal (rich) or as one HTML file.
 
-``build_report`` reads everything from the store (``store.reports``) and the verdict from
-``diff.evaluate.evaluate_run`` (not recorded: reading a report changes nothing).
+``build_report`` reads the verdict and the endpoint numbers from one evaluation
+(``diff.evaluate.assess_run``, not recorded: reading a report changes nothing), so the
+report's rows are the verdict's numbers; the listings (top fields, runtime, preflight) from
+``store.reports``.
 ``render_terminal`` prints it with rich; ``render_html`` returns ONE self-contained HTML
 document (inline CSS, no script, no external reference), fit to attach to a ticket.
 """
@@ -23,12 +25,11 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from diff.evaluate import evaluate_run
-from graygate.values import Check, Verdict, VerdictResult
+from diff.evaluate import assess_run
+from graygate.values import Check, EndpointStats, Verdict, VerdictResult
 from graygate.vocabulary import FAILURE_JUDGEMENTS, Judgement
 from store import reports
 from store.reports import (
-    EndpointStats,
     FieldStat,
     PreflightFinding,
     RunOverview,
@@ -76,9 +77,10 @@ async def build_report(engine: AsyncEngine, run: str, *, top: int = 5) -> Report
     Raises UnknownRun or StoreUnavailable.
     """
     overview = await reports.run_overview(engine, run)
-    verdict = await evaluate_run(engine, run, record=False)
-    noise_keys = noise_fields_of(verdict)
-    endpoints = await reports.endpoint_stats(engine, run, noise_fields=noise_keys)
+    assessment = await assess_run(engine, run, record=False, endpoint_latency=True)
+    verdict = assessment.verdict
+    noise_keys = assessment.aggregates.noise_fields
+    endpoints = assessment.aggregates.endpoint_stats()
     fields = await reports.top_fields(engine, run, per_endpoint=top)
     runtime = await reports.runtime_summary(engine, run)
     preflight = await reports.preflight(engine, run)

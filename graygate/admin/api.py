@@ -22,7 +22,8 @@ Routes (all JSON but the report):
   ``failureCondition: result == "NO_GO"``; INCONCLUSIVE is then an inconclusive
   measurement. Errors (unknown run 404, database away 503) keep their status;
 - ``GET /api/v1/runs/{run}/endpoints``: ``{"run", "endpoints": [EndpointStats, ...],
-  "fields": [FieldStat, ...]}``;
+  "fields": [FieldStat, ...], "noise_fields": [{"endpoint", "field"}, ...]}``: the numbers
+  the verdict judged (``diff.evaluate.assess_run``), so report, API and verdict agree;
 - ``GET /api/v1/runs/{run}/differences?endpoint=&field=&path=&judgement=&against=&limit=&after=``:
   ``{"run", "items": [DifferenceRow, ...], "next": id | null}``; pass ``next`` as ``after``;
 - ``GET /api/v1/exchanges/{trace_id}?run=``: the exchange, its responses (bodies as JSON when
@@ -41,7 +42,7 @@ import orjson
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from diff.evaluate import evaluate_run, record_result
+from diff.evaluate import assess_run, evaluate_run, record_result
 from diff.report_model import build_report, render_html
 from graygate.values import Verdict, VerdictResult
 from store import reports
@@ -221,9 +222,22 @@ async def endpoints(request: web.Request) -> web.Response:
     engine = _engine(request)
     run = request.match_info["run"]
     top = _int_param(request, "top", 1, 100) or 5
-    stats = await reports.endpoint_stats(engine, run)
+    # The verdict's own numbers (one evaluation, not recorded): noise and waived
+    # differences are not strict mismatches; errors are 5xx and transport errors.
+    assessment = await assess_run(engine, run, record=False, endpoint_latency=True)
+    aggregates = assessment.aggregates
     fields = await reports.top_fields(engine, run, per_endpoint=top)
-    return json_response({"run": run, "endpoints": stats, "fields": fields})
+    return json_response(
+        {
+            "run": run,
+            "endpoints": aggregates.endpoint_stats(),
+            "fields": fields,
+            "noise_fields": [
+                {"endpoint": endpoint, "field": field}
+                for endpoint, field in sorted(aggregates.noise_fields)
+            ],
+        }
+    )
 
 
 async def differences(request: web.Request) -> web.Response:
