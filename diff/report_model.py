@@ -26,12 +26,11 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from diff.evaluate import assess_run
-from graygate.values import Check, EndpointStats, Verdict, VerdictResult
+from graygate.values import Check, EndpointStats, PreflightFinding, Verdict, VerdictResult
 from graygate.vocabulary import FAILURE_JUDGEMENTS, Judgement
 from store import reports
 from store.reports import (
     FieldStat,
-    PreflightFinding,
     RunOverview,
     RuntimeSummary,
 )

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Protocol
 
 from config.schema import GraygateConfig, JudgingConfig, NoiseConfig, VerdictConfig
 from diff.noise import EndpointTotals, FieldCounts, FieldNoise, judge_noise
@@ -41,6 +40,7 @@ from graygate.values import (
     Check,
     EndpointCounts,
     FieldCount,
+    PreflightFinding,
     RunAggregates,
     Verdict,
     VerdictResult,
@@ -336,15 +336,6 @@ def _recording_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
     if a.losses:
         detail += ": " + ", ".join(f"{k} {v}" for k, v in sorted(a.losses.items()))
     return Check("recording", rate <= threshold, round(rate, 6), threshold, detail, blocking=False)
-
-
-class PreflightFinding(Protocol):
-    @property
-    def check(self) -> str: ...
-    @property
-    def ok(self) -> bool: ...
-    @property
-    def detail(self) -> str: ...
 
 
 # Preflight findings that make a canary unfit for production traffic whatever its answers

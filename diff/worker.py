@@ -36,13 +36,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from diff.compare import compare
 from diff.rules import RuleBook, RuleSet
-from graygate.values import Difference, Side
+from graygate.values import Difference
 from graygate.vocabulary import Against, Judgement, Outcome
 from store.failures import store_errors
 from store.judgement import (
     ClaimedExchange,
     ExchangeJudgement,
-    RecordedSide,
     StoredDifference,
     claim_batch,
     store_judgements,
@@ -78,16 +77,6 @@ class WorkerStats:
 # --------------------------------------------------------------------------- pure part
 
 
-def _side(s: RecordedSide) -> Side:
-    return Side(
-        status=s.status,
-        headers=s.headers,
-        body=s.body,
-        body_truncated=s.body_truncated,
-        error=s.error,
-    )
-
-
 def _stored(d: Difference, against: str, judgement: str | None = None) -> StoredDifference:
     return StoredDifference(
         against=against,
@@ -114,11 +103,11 @@ def judge_exchange(x: ClaimedExchange, rules: RuleSet) -> ExchangeJudgement:
     if x.primary.error is not None or x.canary.error is not None:
         return verdict(Outcome.ERROR)
     try:
-        primary = _side(x.primary)
-        against_canary = compare(primary, _side(x.canary), rules)
+        primary = x.primary
+        against_canary = compare(primary, x.canary, rules)
         against_secondary: list[Difference] | None = None
         if x.secondary.answered:
-            against_secondary = compare(primary, _side(x.secondary), rules)
+            against_secondary = compare(primary, x.secondary, rules)
     except Exception:  # a comparison bug must not stop the worker: the exchange is an error
         logger.exception("comparing exchange %s (%s) failed", x.id, x.endpoint)
         return verdict(Outcome.ERROR)

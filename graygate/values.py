@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from graygate.vocabulary import FAILURE_JUDGEMENTS, Against, Judgement
 
 __all__ = [
+    "Answer",
     "Check",
     "Difference",
     "EndpointCounts",
@@ -19,22 +21,69 @@ __all__ = [
     "FieldCount",
     "LatencySample",
     "MismatchCounts",
+    "PreflightFinding",
+    "RecordedExchange",
     "RunAggregates",
-    "Side",
     "Verdict",
     "VerdictResult",
 ]
 
 
 @dataclass(frozen=True, slots=True)
-class Side:
-    """One upstream's answer as recorded: what compare() looks at."""
+class Answer:
+    """One upstream's answer in one exchange, or the error in place of an answer: what the
+    proxy records, the store keeps, compare() looks at and the API shows."""
 
-    status: int | None
-    headers: dict[str, str]  # lower-case names
-    body: bytes | None
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names, redacted
+    body: bytes | None = None  # decoded (no gzip/br), redacted, at most the record bound
     body_truncated: bool = False
-    error: str | None = None  # timeout | refused | reset | error
+    latency_ms: float | None = None
+    error: str | None = None  # ErrorKind: timeout | refused | reset | error
+
+    @property
+    def answered(self) -> bool:
+        return self.status is not None and self.error is None
+
+    @property
+    def recorded(self) -> bool:
+        """Anything at all is known of this side: an answer or an error."""
+        return self.status is not None or self.error is not None
+
+
+@dataclass(slots=True)
+class RecordedExchange:
+    """One client request and what each upstream answered; keyed by its trace id. What the
+    proxy hands the recorder and the store writes (one row of ``exchanges``)."""
+
+    run_id: int
+    trace_id: str
+    span_id: str
+    received_at: datetime
+    endpoint: str
+    method: str
+    path: str
+    query: str
+    request_headers: dict[str, str]
+    request_body: bytes | None
+    request_body_truncated: bool
+    gray_label: str | None
+    served_by: str  # Role: primary | canary
+    mirror_skipped: str | None = None  # SkipReason
+    primary: Answer | None = None
+    canary: Answer | None = None
+    secondary: Answer | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PreflightFinding:
+    """One preflight check's outcome, e.g. ``canary.pprof_exposed``."""
+
+    check: str
+    ok: bool
+    detail: str
+    checked_at: datetime | None = None  # set when read back
 
 
 @dataclass(frozen=True, slots=True)

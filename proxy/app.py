@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from config.schema import GraygateConfig
 from diff.endpoints import EndpointMatcher
+from graygate.values import Answer, RecordedExchange
 from graygate.vocabulary import ErrorKind, Role
 from proxy.codec import decode_body
 from proxy.forward import (
@@ -54,7 +55,6 @@ from proxy.redact import Redactor
 from proxy.routing import CANARY, PRIMARY, SKIP_BODY_TOO_LARGE, SKIP_SATURATED, Router
 from proxy.tagging import tag_request
 from proxy.tracing import TRACING_KEY, Tracing, tracing_ctx
-from store.records import ExchangeRecord, Response
 
 __all__ = ["PROXY_KEY", "Proxy", "RecordSink", "make_proxy_app"]
 
@@ -72,7 +72,7 @@ _GC_THRESHOLD: Final = (50_000, 50, 100)
 class RecordSink(Protocol):
     """What the proxy hands exchanges to (``proxy.recorder.Recorder``)."""
 
-    def submit(self, record: ExchangeRecord) -> bool:
+    def submit(self, record: RecordedExchange) -> bool:
         """Queue ``record`` without blocking; False when it was dropped (and counted)."""
         ...
 
@@ -276,7 +276,7 @@ class Proxy:
         except Exception:
             logger.exception("the recorder refused exchange %s", ex.tags.trace_id)
 
-    def _record(self, ex: Exchange) -> ExchangeRecord:
+    def _record(self, ex: Exchange) -> RecordedExchange:
         tags = ex.tags
         redact = self._redactor
         req_body: bytes | None = None
@@ -287,7 +287,7 @@ class Proxy:
             req_truncated = ex.request.truncated or cut
         caps = ex.captures
         served = caps.get(ex.served_by)
-        return ExchangeRecord(
+        return RecordedExchange(
             run_id=self._run_id,
             trace_id=tags.trace_id,
             span_id=tags.span_id,
@@ -308,16 +308,16 @@ class Proxy:
             extra={"client_disconnected": "true"} if served and served.client_gone else {},
         )
 
-    def _response(self, cap: Capture | None) -> Response | None:
+    def _response(self, cap: Capture | None) -> Answer | None:
         if cap is None:
             return None
         latency_ms = None if cap.latency is None else cap.latency * 1000.0
         headers = cap.headers
         if headers is None:
-            return Response(latency_ms=latency_ms, error=cap.error)
+            return Answer(latency_ms=latency_ms, error=cap.error)
         decoded, cut = decode_body(cap.body, headers.get("Content-Encoding"), self._record_limit)
         redact = self._redactor
-        return Response(
+        return Answer(
             status=cap.status,
             headers=redact.headers(headers.items(), HOP_BY_HOP),
             body=redact.body(decoded, headers.get("Content-Type")),

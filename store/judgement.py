@@ -23,6 +23,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from graygate.values import Answer
 from graygate.vocabulary import DiffKind, Role
 from store.tables import ROLES, exchanges
 
@@ -30,7 +31,6 @@ __all__ = [
     "DIFFERENCE_COLUMNS",
     "ClaimedExchange",
     "ExchangeJudgement",
-    "RecordedSide",
     "StoredDifference",
     "claim_batch",
     "count_unjudged",
@@ -58,36 +58,15 @@ _ABSENT_OTHER_KINDS = frozenset({DiffKind.MISSING})
 
 
 @dataclass(frozen=True, slots=True)
-class RecordedSide:
-    """What one upstream answered, as recorded."""
-
-    status: int | None
-    headers: dict[str, str]
-    body: bytes | None
-    body_truncated: bool
-    latency_ms: float | None
-    error: str | None
-
-    @property
-    def answered(self) -> bool:
-        return self.status is not None and self.error is None
-
-    @property
-    def recorded(self) -> bool:
-        """Anything at all is known of this side: an answer or an error."""
-        return self.status is not None or self.error is not None
-
-
-@dataclass(frozen=True, slots=True)
 class ClaimedExchange:
     id: int
     run_id: int
     endpoint: str
     served_by: str
     mirror_skipped: str | None
-    primary: RecordedSide
-    canary: RecordedSide
-    secondary: RecordedSide
+    primary: Answer
+    canary: Answer
+    secondary: Answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +98,9 @@ class ExchangeJudgement:
 _SIDE_COLUMNS = ("status", "headers", "body", "body_truncated", "latency_ms", "error")
 
 
-def _side(row: Any, role: str) -> RecordedSide:
+def _side(row: Any, role: str) -> Answer:
     m = row._mapping
-    return RecordedSide(
+    return Answer(
         status=m[f"{role}_status"],
         headers=m[f"{role}_headers"] or {},
         body=m[f"{role}_body"],

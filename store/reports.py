@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from graygate.errors import UnknownRun
+from graygate.values import Answer, PreflightFinding
 from graygate.vocabulary import Against, Judgement, Outcome, Role
 from store.failures import store_errors
 from store.tables import (
@@ -45,8 +46,6 @@ __all__ = [
     "ExchangeDetail",
     "FieldExample",
     "FieldStat",
-    "PreflightFinding",
-    "RecordedResponse",
     "RunOverview",
     "RunSummary",
     "RuntimeSummary",
@@ -150,19 +149,6 @@ class DifferencePage:
 
 
 @dataclass(frozen=True, slots=True)
-class RecordedResponse:
-    """What one upstream answered in an exchange (bodies as recorded, bytes)."""
-
-    role: str
-    status: int | None
-    headers: dict[str, str] | None
-    body: bytes | None
-    body_truncated: bool
-    latency_ms: float | None
-    error: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class ExchangeDetail:
     id: int
     run: str
@@ -179,21 +165,13 @@ class ExchangeDetail:
     gray_label: str | None
     served_by: str
     mirror_skipped: str | None
-    responses: list[RecordedResponse]  # primary, canary, then secondary when recorded
+    responses: dict[Role, Answer]  # primary, canary, then secondary when recorded
     judged_at: datetime | None
     outcome: str | None
     strict_mismatches: int | None
     tolerance_violations: int | None
     noise_differences: int | None
     differences: list[DifferenceRow]
-
-
-@dataclass(frozen=True, slots=True)
-class PreflightFinding:
-    check: str
-    ok: bool
-    detail: str
-    checked_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -523,11 +501,10 @@ async def exchange_by_trace(
             )
         ).all()
     m = row._mapping
-    responses = [
-        RecordedResponse(
-            role=role,
+    responses = {
+        role: Answer(
             status=m[f"{role}_status"],
-            headers=m[f"{role}_headers"],
+            headers=m[f"{role}_headers"] or {},
             body=m[f"{role}_body"],
             body_truncated=m[f"{role}_body_truncated"],
             latency_ms=m[f"{role}_latency_ms"],
@@ -537,7 +514,7 @@ async def exchange_by_trace(
         if role != Role.SECONDARY
         or m["secondary_status"] is not None
         or m["secondary_error"] is not None
-    ]
+    }
     return ExchangeDetail(
         id=row.id,
         run=row.run_name,

@@ -44,10 +44,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from diff.evaluate import assess_run, evaluate_run, record_result
 from diff.report_model import build_report, render_html
-from graygate.values import Verdict, VerdictResult
+from graygate.values import Answer, Verdict, VerdictResult
 from store import reports
 from store.aggregates import latest_verdicts
-from store.reports import MAX_PAGE, ExchangeDetail, RecordedResponse
+from store.reports import MAX_PAGE, ExchangeDetail
 
 __all__ = [
     "ENGINE_KEY",
@@ -136,7 +136,7 @@ def render_body(body: bytes | None, *, truncated: bool = False) -> dict[str, Any
         return {"encoding": "base64", "value": base64.b64encode(body).decode("ascii"), **out}
 
 
-def _response_json(r: RecordedResponse) -> dict[str, Any]:
+def _response_json(r: Answer) -> dict[str, Any]:
     return {
         "status": r.status,
         "error": r.error,
@@ -164,7 +164,7 @@ def exchange_json(x: ExchangeDetail) -> dict[str, Any]:
         },
         "served_by": x.served_by,
         "mirror_skipped": x.mirror_skipped,
-        "responses": {r.role: _response_json(r) for r in x.responses},
+        "responses": {role: _response_json(a) for role, a in x.responses.items()},
         "judgement": {
             "judged_at": x.judged_at,
             "outcome": x.outcome,

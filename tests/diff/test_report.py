@@ -188,8 +188,8 @@ async def test_exchange_by_trace(engine: AsyncEngine, no_go: Seeded) -> None:
     found = await reports.exchange_by_trace(engine, trace)
     assert found is not None
     assert (found.trace_id, found.run, found.endpoint) == (trace, no_go.run, ORDERS)
-    assert [r.role for r in found.responses] == ["primary", "canary", "secondary"]
-    assert found.responses[0].status == 200 and found.responses[0].body
+    assert list(found.responses) == ["primary", "canary", "secondary"]
+    assert found.responses["primary"].status == 200 and found.responses["primary"].body
     assert found.outcome == "differ" and found.strict_mismatches == 1
     assert sorted((d.against, d.field) for d in found.differences) == [
         ("canary", "$.total"),
@@ -198,7 +198,7 @@ async def test_exchange_by_trace(engine: AsyncEngine, no_go: Seeded) -> None:
     ]
     # Without a secondary the response list has two sides.
     plain = await reports.exchange_by_trace(engine, no_go.traces["logo"][0], run=no_go.run)
-    assert plain is not None and [r.role for r in plain.responses] == ["primary", "canary"]
+    assert plain is not None and list(plain.responses) == ["primary", "canary"]
     assert await reports.exchange_by_trace(engine, "0" * 32) is None
 
 
