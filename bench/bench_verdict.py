@@ -34,11 +34,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diff.evaluate import evaluate_run
+from graygate.values import Answer, RecordedExchange
 from store.engine import create_engine
 from store.exchanges import COLUMNS, exchange_row
 from store.judgement import DIFFERENCE_COLUMNS
 from store.migrate import upgrade
-from store.records import ExchangeRecord, Response
 
 ADMIN_DSN = os.environ.get("GRAYGATE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -106,8 +106,8 @@ def generate(
             r = rng.random()
             mirror_skipped: str | None = None
             noise: int | None = 0
-            canary: Response | None = Response(200, headers, body, latency_ms=c_lat)
-            secondary: Response | None = Response(
+            canary: Answer | None = Answer(200, headers, body, latency_ms=c_lat)
+            secondary: Answer | None = Answer(
                 200, headers, body, latency_ms=rng.lognormvariate(3.0, 0.35)
             )
             outcome, strict, tol = "match", 0, 0
@@ -116,7 +116,7 @@ def generate(
                 canary = secondary = None
                 outcome, noise = "skipped", None
             elif r < 0.0203:
-                canary = Response(latency_ms=2000.0, error="timeout")
+                canary = Answer(latency_ms=2000.0, error="timeout")
                 outcome, noise = "error", None
             else:
                 if rng.random() < noise_rate:
@@ -154,7 +154,7 @@ def generate(
                             "tolerance abs 0.01",
                         )
                     )
-            record = ExchangeRecord(
+            record = RecordedExchange(
                 run_id=run_id,
                 trace_id=uuid.UUID(int=rng.getrandbits(128)).hex,
                 span_id=f"{i:016x}",
@@ -169,7 +169,7 @@ def generate(
                 gray_label=None,
                 served_by="primary",
                 mirror_skipped=mirror_skipped,
-                primary=Response(200, headers, body, latency_ms=p_lat),
+                primary=Answer(200, headers, body, latency_ms=p_lat),
                 canary=canary,
                 secondary=secondary,
             )

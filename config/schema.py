@@ -22,6 +22,7 @@ __all__ = [
     "GrayConfig",
     "GraygateConfig",
     "HeaderRules",
+    "JudgingConfig",
     "LatencyConfig",
     "MirrorConfig",
     "NoiseConfig",
@@ -365,3 +366,12 @@ class GraygateConfig(_Frozen):
     tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     _v_listen = field_validator("listen")(_check_listen)
+
+
+class JudgingConfig(_Frozen):
+    """The sections of a configuration that judge a run (what ``runs.config`` is read for):
+    the rules, the verdict's thresholds and the runtime checks."""
+
+    compare: CompareConfig = Field(default_factory=CompareConfig)
+    verdict: VerdictConfig = Field(default_factory=VerdictConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)

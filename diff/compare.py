@@ -62,7 +62,7 @@ from deepdiff.operator import BaseOperator
 
 from diff.paths import Location, MatchState, render_field, render_location
 from diff.rules import ArraySpec, Judge, RuleSet
-from graygate.values import Difference, Side
+from graygate.values import Answer, Difference
 
 __all__ = ["MAX_DIFFERENCES", "compare", "compare_json"]
 
@@ -577,7 +577,7 @@ def _header(headers: dict[str, str], name: str) -> str | None:
     return value
 
 
-def _side_status(side: Side) -> Any:
+def _side_status(side: Answer) -> Any:
     return {"error": side.error} if side.error is not None else side.status
 
 
@@ -686,7 +686,7 @@ def _walk_tree(a: Any, b: Any, rules: RuleSet, out: list[Difference]) -> None:
         )
 
 
-def _compare_body(primary: Side, other: Side, rules: RuleSet, out: list[Difference]) -> None:
+def _compare_body(primary: Answer, other: Answer, rules: RuleSet, out: list[Difference]) -> None:
     a_raw = primary.body or b""
     b_raw = other.body or b""
     if a_raw == b_raw:
@@ -757,8 +757,8 @@ def _json_summary(raw: bytes, parsed: Any) -> dict[str, Any]:
 
 
 def _compare_truncated(
-    primary: Side,
-    other: Side,
+    primary: Answer,
+    other: Answer,
     a_raw: bytes,
     b_raw: bytes,
     mode: str,
@@ -779,7 +779,7 @@ def _compare_truncated(
     while pos < n and a_raw[pos] == b_raw[pos]:
         pos += 1
 
-    def show(raw: bytes, side: Side) -> dict[str, Any]:
+    def show(raw: bytes, side: Answer) -> dict[str, Any]:
         return {
             "at": pos,
             "context": raw[max(0, pos - _CONTEXT // 2) : pos + _CONTEXT].decode("utf-8", "replace"),
@@ -798,7 +798,7 @@ def _compare_truncated(
     )
 
 
-def compare(primary: Side, other: Side, rules: RuleSet) -> list[Difference]:
+def compare(primary: Answer, other: Answer, rules: RuleSet) -> list[Difference]:
     """Every difference between the primary's answer and the other's, judged by ``rules``."""
     pe, oe = primary.error, other.error
     if pe is not None or oe is not None:

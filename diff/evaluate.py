@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from config.schema import (
-    CompareConfig,
-    GraygateConfig,
-    RuntimeConfig,
-    VerdictConfig,
-)
+from config.schema import CompareConfig, JudgingConfig, RuntimeConfig, VerdictConfig
+from diff.noise import FieldNoise
 from diff.runtime_checks import Baseline, choose_baseline, runtime_check
 from diff.verdict import decide, find_noise
 from graygate.values import Check, VerdictResult
+from graygate.vocabulary import FAILURE_JUDGEMENTS, Against, Judgement, Role
 from store import runtime_samples as store_runtime
 from store.aggregates import (
     RunAggregates,
@@ -38,34 +35,27 @@ from store.aggregates import (
 )
 from store.failures import store_errors
 
-__all__ = ["evaluate_run", "record_result", "run_config"]
+__all__ = ["Assessment", "assess_run", "evaluate_run", "record_result", "run_config"]
 
 logger = logging.getLogger(__name__)
 
-# Stand-ins for the parts of a stored configuration the verdict does not read.
-_PLACEHOLDER_UPSTREAMS = {"primary": "http://127.0.0.1:1", "canary": "http://127.0.0.1:2"}
+_SECTIONS: tuple[tuple[str, type[CompareConfig | VerdictConfig | RuntimeConfig]], ...] = (
+    ("compare", CompareConfig),
+    ("verdict", VerdictConfig),
+    ("runtime", RuntimeConfig),
+)
 
 
-def run_config(name: str, stored: Mapping[str, Any] | None) -> GraygateConfig:
-    """The configuration that judges run ``name``, from ``runs.config``.
+def run_config(name: str, stored: Mapping[str, Any] | None) -> JudgingConfig:
+    """The sections of run ``name``'s configuration that judge it, from ``runs.config``
+    (``GraygateConfig.model_dump(mode="json")``; nothing else of it is read).
 
-    The stored document is ``GraygateConfig.model_dump(mode="json")``; a document that is
-    missing, partial or no longer valid falls back to the defaults part by part (a section
-    that does not validate is replaced by its defaults, with a warning).
+    A section that is missing takes its defaults; one that no longer validates is replaced
+    by its defaults, with a warning naming the key.
     """
-    data = dict(stored or {})
-    data["run"] = name if _valid_name(name) else "run"
-    data.setdefault("upstreams", _PLACEHOLDER_UPSTREAMS)
-    try:
-        return GraygateConfig.model_validate(data)
-    except ValidationError as exc:
-        logger.debug("stored configuration of run %s does not validate whole: %s", name, exc)
-    parts: dict[str, Any] = {"run": data["run"], "upstreams": _PLACEHOLDER_UPSTREAMS}
-    for key, model in (
-        ("verdict", VerdictConfig),
-        ("compare", CompareConfig),
-        ("runtime", RuntimeConfig),
-    ):
+    data = stored or {}
+    parts: dict[str, Any] = {}
+    for key, model in _SECTIONS:
         if key not in data:
             continue
         try:
@@ -81,51 +71,54 @@ def run_config(name: str, stored: Mapping[str, Any] | None) -> GraygateConfig:
                 f"{where}: " if where else "",
                 msg,
             )
-    return GraygateConfig.model_validate(parts)
+    return JudgingConfig(**parts)
 
 
-def _valid_name(name: str) -> bool:
-    try:
-        GraygateConfig.model_validate({"run": name, "upstreams": _PLACEHOLDER_UPSTREAMS})
-    except ValidationError:
-        return False
-    return True
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """One evaluation of a run: the numbers (noise applied once) and the verdict on them."""
+
+    aggregates: RunAggregates
+    verdict: VerdictResult
 
 
 async def _with_noise(
-    conn: AsyncConnection, aggregates: RunAggregates, cfg: GraygateConfig
-) -> RunAggregates:
-    """The aggregates with mismatch counts that leave the noise fields (and waived
-    differences) out, counted from the differences themselves; only when a noise field
-    carries a canary mismatch or a difference was waived, else the per-exchange counts the
-    workers stored already stand."""
-    noise = {(n.endpoint, n.field) for n in find_noise(aggregates, cfg.compare.noise)}
+    conn: AsyncConnection, aggregates: RunAggregates, cfg: JudgingConfig
+) -> tuple[RunAggregates, list[FieldNoise]]:
+    """The noise fields of this evaluation (found once, here), and the aggregates with them
+    applied: ``noise_fields`` set, and mismatch counts that leave the noise fields (and
+    waived differences) out, counted from the differences themselves; recounted only when a
+    noise field carries a canary mismatch or a difference was waived, else the per-exchange
+    counts the workers stored already stand."""
+    noise = find_noise(aggregates, cfg.compare.noise)
+    keys = frozenset((n.endpoint, n.field) for n in noise)
+    aggregates = replace(aggregates, noise_fields=keys)
     recount = any(
-        f.against == "canary"
+        f.against == Against.CANARY
         and (
-            f.judgement == "waived"
-            or (f.judgement in ("strict", "tolerance") and (f.endpoint, f.field) in noise)
+            f.judgement == Judgement.WAIVED
+            or (f.judgement in FAILURE_JUDGEMENTS and (f.endpoint, f.field) in keys)
         )
         for f in aggregates.fields
     )
-    if not recount:
-        return aggregates
-    mismatches = await fetch_mismatch_counts(conn, aggregates.run_id, noise)
-    return replace(aggregates, mismatches=mismatches)
+    if recount:
+        mismatches = await fetch_mismatch_counts(conn, aggregates.run_id, keys)
+        aggregates = replace(aggregates, mismatches=mismatches)
+    return aggregates, noise
 
 
-async def _runtime(engine: AsyncEngine, run: RunInfo, cfg: GraygateConfig) -> Check:
+async def _runtime(engine: AsyncEngine, run: RunInfo, cfg: JudgingConfig) -> Check:
     """The runtime check over the canary's stored samples, against the baseline
     ``diff.runtime_checks.choose_baseline`` picks: the configured budget, else the primary's
     pauses in this run (when the primary is sampled), else an earlier GO run's canary."""
     rcfg = cfg.runtime
-    samples = await store_runtime.fetch_samples(engine, run.id, "canary")
+    samples = await store_runtime.fetch_samples(engine, run.id, Role.CANARY)
     primary: Baseline | None = None
     previous: Baseline | None = None
     if rcfg.gc_pause_budget_ms is None and samples:
         if rcfg.primary is not None:
-            ps = await store_runtime.pause_stats(engine, run.id, "primary")
-            primary = Baseline.from_ns("primary", ps.count, ps.mean_ns or 0.0, ps.sigma_ns)
+            ps = await store_runtime.pause_stats(engine, run.id, Role.PRIMARY)
+            primary = Baseline.from_ns(Role.PRIMARY, ps.count, ps.mean_ns or 0.0, ps.sigma_ns)
         if primary is None:
             prev = await store_runtime.previous_pause_stats(
                 engine, exclude_run_id=run.id, canary_url=run.canary_url
@@ -142,8 +135,15 @@ async def _runtime(engine: AsyncEngine, run: RunInfo, cfg: GraygateConfig) -> Ch
     return runtime_check(samples, rcfg, baseline=baseline)
 
 
-async def evaluate_run(engine: AsyncEngine, run: str, *, record: bool = True) -> VerdictResult:
-    """The verdict of ``run`` now; appended to the run's verdict history when ``record``.
+async def assess_run(
+    engine: AsyncEngine, run: str, *, record: bool = True, endpoint_latency: bool = False
+) -> Assessment:
+    """The numbers of ``run`` now and its verdict on them; the verdict is appended to the
+    run's history when ``record``. ``endpoint_latency`` also reads each endpoint's latency
+    percentiles (the report and the API show them; the verdict does not need them).
+
+    The one place a run is aggregated and its noise found: the verdict, the report
+    (``diff.report_model``) and the admin API read what this returns.
 
     Raises UnknownRun when there is no such run, StoreUnavailable when the database cannot
     be reached.
@@ -152,17 +152,27 @@ async def evaluate_run(engine: AsyncEngine, run: str, *, record: bool = True) ->
         async with read_snapshot(engine) as conn:
             info = await fetch_run(conn, run)
             cfg = run_config(run, info.config)
-            aggregates = await fetch_aggregates(conn, info)
-            aggregates = await _with_noise(conn, aggregates, cfg)
+            aggregates = await fetch_aggregates(conn, info, endpoint_latency=endpoint_latency)
+            aggregates, noise = await _with_noise(conn, aggregates, cfg)
         runtime = await _runtime(engine, info, cfg)
         findings = await store_runtime.fetch_findings(engine, info.id, latest=True)
     result = replace(
-        decide(aggregates, cfg, runtime=runtime, preflight=findings),
+        decide(aggregates, cfg, noise=noise, runtime=runtime, preflight=findings),
         computed_at=info.as_of.isoformat(),
     )
     if record:
         await record_result(engine, result)
-    return result
+    return Assessment(aggregates, result)
+
+
+async def evaluate_run(engine: AsyncEngine, run: str, *, record: bool = True) -> VerdictResult:
+    """The verdict of ``run`` now (:func:`assess_run`'s); appended to the run's verdict
+    history when ``record``.
+
+    Raises UnknownRun when there is no such run, StoreUnavailable when the database cannot
+    be reached.
+    """
+    return (await assess_run(engine, run, record=record)).verdict
 
 
 async def record_result(engine: AsyncEngine, result: VerdictResult) -> None:

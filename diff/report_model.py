@@ -1,7 +1,9 @@
 """The run report: one plain model, rendered for the terminal (rich) or as one HTML file.
 
-``build_report`` reads everything from the store (``store.reports``) and the verdict from
-``diff.evaluate.evaluate_run`` (not recorded: reading a report changes nothing).
+``build_report`` reads the verdict and the endpoint numbers from one evaluation
+(``diff.evaluate.assess_run``, not recorded: reading a report changes nothing), so the
+report's rows are the verdict's numbers; the listings (top fields, runtime, preflight) from
+``store.reports``.
 ``render_terminal`` prints it with rich; ``render_html`` returns ONE self-contained HTML
 document (inline CSS, no script, no external reference), fit to attach to a ticket.
 """
@@ -23,13 +25,12 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from diff.evaluate import evaluate_run
-from graygate.values import Check, Verdict, VerdictResult
+from diff.evaluate import assess_run
+from graygate.values import Check, EndpointStats, PreflightFinding, Verdict, VerdictResult
+from graygate.vocabulary import FAILURE_JUDGEMENTS, Judgement
 from store import reports
 from store.reports import (
-    EndpointStats,
     FieldStat,
-    PreflightFinding,
     RunOverview,
     RuntimeSummary,
 )
@@ -46,9 +47,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Judgements of differences that count against the canary; the rest (noise, waived) are
-# listed apart, as accepted.
-FAILURE_JUDGEMENTS = ("strict", "tolerance")
 _VERDICT_STYLE = {
     Verdict.GO: "bold white on green",
     Verdict.NO_GO: "bold white on red",
@@ -78,23 +76,24 @@ async def build_report(engine: AsyncEngine, run: str, *, top: int = 5) -> Report
     Raises UnknownRun or StoreUnavailable.
     """
     overview = await reports.run_overview(engine, run)
-    verdict = await evaluate_run(engine, run, record=False)
-    noise_keys = noise_fields_of(verdict)
-    endpoints = await reports.endpoint_stats(engine, run, noise_fields=noise_keys)
+    assessment = await assess_run(engine, run, record=False, endpoint_latency=True)
+    verdict = assessment.verdict
+    noise_keys = assessment.aggregates.noise_fields
+    endpoints = assessment.aggregates.endpoint_stats()
     fields = await reports.top_fields(engine, run, per_endpoint=top)
     runtime = await reports.runtime_summary(engine, run)
     preflight = await reports.preflight(engine, run)
 
     def is_noise(f: FieldStat) -> bool:
-        return f.judgement == "noise" or (f.endpoint, f.field) in noise_keys
+        return f.judgement == Judgement.NOISE or (f.endpoint, f.field) in noise_keys
 
     return Report(
         run=overview,
         verdict=verdict,
         endpoints=endpoints,
         fields=[f for f in fields if f.judgement in FAILURE_JUDGEMENTS and not is_noise(f)],
-        noise=[f for f in fields if f.judgement != "waived" and is_noise(f)],
-        waived=[f for f in fields if f.judgement == "waived"],
+        noise=[f for f in fields if f.judgement != Judgement.WAIVED and is_noise(f)],
+        waived=[f for f in fields if f.judgement == Judgement.WAIVED],
         runtime=runtime,
         preflight=preflight,
     )

@@ -32,15 +32,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Protocol
 
-from config.schema import GraygateConfig, NoiseConfig, VerdictConfig
+from config.schema import GraygateConfig, JudgingConfig, NoiseConfig, VerdictConfig
 from diff.noise import EndpointTotals, FieldCounts, FieldNoise, judge_noise
 from diff.stats import compare_latency
-from graygate.values import Check, Verdict, VerdictResult
-
-if TYPE_CHECKING:  # value types only: the verdict never touches the database
-    from store.aggregates import EndpointCounts, FieldCount, RunAggregates
+from graygate.values import (
+    Check,
+    EndpointCounts,
+    FieldCount,
+    PreflightFinding,
+    RunAggregates,
+    Verdict,
+    VerdictResult,
+)
 
 __all__ = [
     "READINESS_RULES",
@@ -116,10 +120,7 @@ def _pct(x: float) -> str:
 
 def _mismatches(a: RunAggregates, e: EndpointCounts) -> tuple[int, int]:
     """(strict, tolerance) pairs of an endpoint, noise fields left out when counted so."""
-    if a.mismatches is None:
-        return e.strict_pairs, e.tolerance_pairs
-    m = a.mismatches.get(e.endpoint)
-    return (0, 0) if m is None else (m.strict_pairs, m.tolerance_pairs)
+    return a.mismatch_pairs(e)
 
 
 def _top_fields(
@@ -337,15 +338,6 @@ def _recording_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
     return Check("recording", rate <= threshold, round(rate, 6), threshold, detail, blocking=False)
 
 
-class PreflightFinding(Protocol):
-    @property
-    def check(self) -> str: ...
-    @property
-    def ok(self) -> bool: ...
-    @property
-    def detail(self) -> str: ...
-
-
 # Preflight findings that make a canary unfit for production traffic whatever its answers
 # (a readiness rule). Health findings are reported only: they describe the moment serve
 # started, and the traffic since shows whether the canary answers.
@@ -373,25 +365,28 @@ def preflight_check(findings: Sequence[PreflightFinding]) -> Check:
 
 def decide(
     aggregates: RunAggregates,
-    cfg: GraygateConfig | VerdictConfig,
+    cfg: GraygateConfig | JudgingConfig | VerdictConfig,
     *,
+    noise: Sequence[FieldNoise] | None = None,
     runtime: Check | None = None,
     preflight: Sequence[PreflightFinding] | None = None,
 ) -> VerdictResult:
     """The run's verdict from its aggregates.
 
-    Noise fields are found here (:func:`find_noise`, with ``cfg.compare.noise`` when a full
-    configuration is given, else the defaults). ``aggregates.mismatches``, when set, must be
-    the mismatch counts that leave those fields out (``diff.evaluate`` fetches them for the
-    same :func:`find_noise` result); when it is None the endpoint counts stand, which
-    counts a noise field's mismatches too (never more lenient). ``runtime`` is the runtime
-    check, when there is one.
+    ``noise`` is the run's noise fields as this evaluation found them (``diff.evaluate``
+    finds them once, with :func:`find_noise`, and applies them to ``aggregates``); when None
+    they are found here (with ``cfg.compare.noise`` when a configuration is given, else the
+    defaults). ``aggregates.mismatches``, when set, must be the mismatch counts that leave
+    those fields out; when it is None the endpoint counts stand, which counts a noise
+    field's mismatches too (never more lenient). ``runtime`` is the runtime check, when
+    there is one.
     """
-    if isinstance(cfg, GraygateConfig):
-        vcfg, ncfg = cfg.verdict, cfg.compare.noise
-    else:
+    if isinstance(cfg, VerdictConfig):
         vcfg, ncfg = cfg, NoiseConfig()
-    noise = find_noise(aggregates, ncfg)
+    else:
+        vcfg, ncfg = cfg.verdict, cfg.compare.noise
+    if noise is None:
+        noise = find_noise(aggregates, ncfg)
     noise_keys = frozenset((n.endpoint, n.field) for n in noise)
     checks = [
         _evidence(aggregates, vcfg),

@@ -36,12 +36,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from diff.compare import compare
 from diff.rules import RuleBook, RuleSet
-from graygate.values import Difference, Side
+from graygate.values import Difference
+from graygate.vocabulary import Against, Judgement, Outcome
 from store.failures import store_errors
 from store.judgement import (
     ClaimedExchange,
     ExchangeJudgement,
-    RecordedSide,
     StoredDifference,
     claim_batch,
     store_judgements,
@@ -77,16 +77,6 @@ class WorkerStats:
 # --------------------------------------------------------------------------- pure part
 
 
-def _side(s: RecordedSide) -> Side:
-    return Side(
-        status=s.status,
-        headers=s.headers,
-        body=s.body,
-        body_truncated=s.body_truncated,
-        error=s.error,
-    )
-
-
 def _stored(d: Difference, against: str, judgement: str | None = None) -> StoredDifference:
     return StoredDifference(
         against=against,
@@ -109,18 +99,18 @@ def judge_exchange(x: ClaimedExchange, rules: RuleSet) -> ExchangeJudgement:
         )
 
     if x.mirror_skipped is not None or not x.primary.recorded or not x.canary.recorded:
-        return verdict("skipped")
+        return verdict(Outcome.SKIPPED)
     if x.primary.error is not None or x.canary.error is not None:
-        return verdict("error")
+        return verdict(Outcome.ERROR)
     try:
-        primary = _side(x.primary)
-        against_canary = compare(primary, _side(x.canary), rules)
+        primary = x.primary
+        against_canary = compare(primary, x.canary, rules)
         against_secondary: list[Difference] | None = None
         if x.secondary.answered:
-            against_secondary = compare(primary, _side(x.secondary), rules)
+            against_secondary = compare(primary, x.secondary, rules)
     except Exception:  # a comparison bug must not stop the worker: the exchange is an error
         logger.exception("comparing exchange %s (%s) failed", x.id, x.endpoint)
-        return verdict("error")
+        return verdict(Outcome.ERROR)
 
     noisy = {d.field for d in against_secondary} if against_secondary else set()
     stored: list[StoredDifference] = []
@@ -128,21 +118,21 @@ def judge_exchange(x: ClaimedExchange, rules: RuleSet) -> ExchangeJudgement:
     for d in against_canary:
         if d.field in noisy:
             noise += 1
-            stored.append(_stored(d, "canary", "noise"))
+            stored.append(_stored(d, Against.CANARY, Judgement.NOISE))
             continue
-        if d.judgement == "strict":
+        if d.judgement == Judgement.STRICT:
             strict += 1
-        elif d.judgement == "tolerance":
+        elif d.judgement == Judgement.TOLERANCE:
             tolerance += 1
-        stored.append(_stored(d, "canary"))
+        stored.append(_stored(d, Against.CANARY))
     if against_secondary:
-        stored.extend(_stored(d, "secondary") for d in against_secondary)
+        stored.extend(_stored(d, Against.SECONDARY) for d in against_secondary)
     if not against_canary:
-        outcome = "match"
+        outcome = Outcome.MATCH
     elif strict == tolerance == 0 and noise == len(against_canary):
-        outcome = "noise_only"
+        outcome = Outcome.NOISE_ONLY
     else:
-        outcome = "differ"
+        outcome = Outcome.DIFFER
     return ExchangeJudgement(
         exchange_id=x.id,
         run_id=x.run_id,

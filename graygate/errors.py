@@ -14,6 +14,8 @@ Messages are one line and never carry secrets: DSNs are censored before they get
 
 from __future__ import annotations
 
+from graygate.vocabulary import ErrorKind
+
 __all__ = [
     "ConfigError",
     "GraygateError",
@@ -59,15 +61,15 @@ class UnknownRun(StoreError):
 class UpstreamError(GraygateError):
     """An upstream failed to answer; ``kind`` is what is recorded on the exchange."""
 
-    kind = "error"
+    kind: ErrorKind = ErrorKind.ERROR
 
 
 class UpstreamUnreachable(UpstreamError):
-    kind = "refused"
+    kind = ErrorKind.REFUSED
 
 
 class UpstreamTimeout(UpstreamError):
-    kind = "timeout"
+    kind = ErrorKind.TIMEOUT
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:

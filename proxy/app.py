@@ -34,6 +34,8 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from config.schema import GraygateConfig
 from diff.endpoints import EndpointMatcher
+from graygate.values import Answer, RecordedExchange
+from graygate.vocabulary import ErrorKind, Role
 from proxy.codec import decode_body
 from proxy.forward import (
     HOP_BY_HOP,
@@ -53,7 +55,6 @@ from proxy.redact import Redactor
 from proxy.routing import CANARY, PRIMARY, SKIP_BODY_TOO_LARGE, SKIP_SATURATED, Router
 from proxy.tagging import tag_request
 from proxy.tracing import TRACING_KEY, Tracing, tracing_ctx
-from store.records import ExchangeRecord, Response
 
 __all__ = ["PROXY_KEY", "Proxy", "RecordSink", "make_proxy_app"]
 
@@ -71,7 +72,7 @@ _GC_THRESHOLD: Final = (50_000, 50, 100)
 class RecordSink(Protocol):
     """What the proxy hands exchanges to (``proxy.recorder.Recorder``)."""
 
-    def submit(self, record: ExchangeRecord) -> bool:
+    def submit(self, record: RecordedExchange) -> bool:
         """Queue ``record`` without blocking; False when it was dropped (and counted)."""
         ...
 
@@ -123,7 +124,7 @@ class Proxy:
             self._recorder = app[RECORDER_KEY]
         ups = app[UPSTREAMS_KEY]
         self._upstreams = ups
-        secondary = (ups["secondary"],) if "secondary" in ups else ()
+        secondary = (ups[Role.SECONDARY],) if Role.SECONDARY in ups else ()
         self._targets = {
             PRIMARY: (ups[CANARY], *secondary),
             CANARY: (ups[PRIMARY], *secondary),
@@ -205,7 +206,7 @@ class Proxy:
             )
         finally:
             if cap.status is None and cap.error is None:
-                cap.error = "error"  # cancelled before an answer
+                cap.error = ErrorKind.ERROR  # cancelled before an answer
             ex.captures[served_by] = cap
             observe_upstream(
                 served_by,
@@ -217,7 +218,7 @@ class Proxy:
                 Tracing.finish(fspan, cap.status, cap.error)
                 client_status = cap.status
                 if client_status is None:
-                    client_status = 504 if cap.error == "timeout" else 502
+                    client_status = 504 if cap.error == ErrorKind.TIMEOUT else 502
                 Tracing.finish(span, client_status, cap.error)
             served = ex.served
             if served is not None:
@@ -275,7 +276,7 @@ class Proxy:
         except Exception:
             logger.exception("the recorder refused exchange %s", ex.tags.trace_id)
 
-    def _record(self, ex: Exchange) -> ExchangeRecord:
+    def _record(self, ex: Exchange) -> RecordedExchange:
         tags = ex.tags
         redact = self._redactor
         req_body: bytes | None = None
@@ -286,7 +287,7 @@ class Proxy:
             req_truncated = ex.request.truncated or cut
         caps = ex.captures
         served = caps.get(ex.served_by)
-        return ExchangeRecord(
+        return RecordedExchange(
             run_id=self._run_id,
             trace_id=tags.trace_id,
             span_id=tags.span_id,
@@ -303,20 +304,20 @@ class Proxy:
             mirror_skipped=ex.mirror_skipped,
             primary=self._response(caps.get(PRIMARY)),
             canary=self._response(caps.get(CANARY)),
-            secondary=self._response(caps.get("secondary")),
+            secondary=self._response(caps.get(Role.SECONDARY)),
             extra={"client_disconnected": "true"} if served and served.client_gone else {},
         )
 
-    def _response(self, cap: Capture | None) -> Response | None:
+    def _response(self, cap: Capture | None) -> Answer | None:
         if cap is None:
             return None
         latency_ms = None if cap.latency is None else cap.latency * 1000.0
         headers = cap.headers
         if headers is None:
-            return Response(latency_ms=latency_ms, error=cap.error)
+            return Answer(latency_ms=latency_ms, error=cap.error)
         decoded, cut = decode_body(cap.body, headers.get("Content-Encoding"), self._record_limit)
         redact = self._redactor
-        return Response(
+        return Answer(
             status=cap.status,
             headers=redact.headers(headers.items(), HOP_BY_HOP),
             body=redact.body(decoded, headers.get("Content-Type")),

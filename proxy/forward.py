@@ -32,6 +32,7 @@ from yarl import URL
 
 from config.schema import MirrorConfig, UpstreamsConfig
 from graygate.errors import UpstreamError
+from graygate.vocabulary import ErrorKind, Role
 from proxy.tagging import TRACEPARENT, X_TRACE_ID, Tags
 from proxy.upstream import Pool
 
@@ -158,13 +159,13 @@ def error_kind(exc: BaseException) -> str:
     if isinstance(exc, UpstreamError):  # what proxy.upstream raises: its kind
         return exc.kind
     if isinstance(exc, TimeoutError):
-        return "timeout"
+        return ErrorKind.TIMEOUT
     if isinstance(exc, ConnectionError):  # e.g. the client's streamed body broke off
-        return "reset"
-    return "error"
+        return ErrorKind.RESET
+    return ErrorKind.ERROR
 
 
-_ERROR_STATUS: Final = {"timeout": 504}
+_ERROR_STATUS: Final[dict[str, int]] = {ErrorKind.TIMEOUT: 504}
 
 
 def error_response(kind: str, role: str, trace_id: str) -> web.Response:
@@ -276,9 +277,9 @@ def upstreams_ctx(
         serve_timeout = cfg.timeout_ms / 1000
         # Mirroring: the whole exchange, body included, within mirror.timeout_ms.
         mirror_timeout = mirror.timeout_ms / 1000
-        bases = {"primary": cfg.primary, "canary": cfg.canary}
+        bases = {Role.PRIMARY: cfg.primary, Role.CANARY: cfg.canary}
         if cfg.secondary is not None:
-            bases["secondary"] = cfg.secondary
+            bases[Role.SECONDARY] = cfg.secondary
         upstreams: dict[str, Upstream] = {}
         try:
             for role, base in bases.items():

@@ -58,6 +58,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from config.schema import RecordConfig
 from graygate.errors import ConfigError
 from graygate.tasks import TaskSet
+from graygate.values import RecordedExchange
 from proxy.spill import Segment, Spill
 from store.engine import censor_dsn, ping
 from store.exchanges import (
@@ -70,7 +71,6 @@ from store.exchanges import (
     is_unavailable,
     write_exchanges,
 )
-from store.records import ExchangeRecord
 
 __all__ = [
     "BATCH_SECONDS",
@@ -203,7 +203,7 @@ class Recorder:
         self._loss_interval = loss_flush_interval
         self._dsn = censor_dsn(str(engine.url))
 
-        self._items: deque[ExchangeRecord] = deque()
+        self._items: deque[RecordedExchange] = deque()
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._first_at = 0.0
@@ -285,7 +285,7 @@ class Recorder:
 
     # -- the request path -------------------------------------------------------------------
 
-    def submit(self, record: ExchangeRecord) -> bool:
+    def submit(self, record: RecordedExchange) -> bool:
         """Queue ``record`` for writing; never waits. False: dropped, and counted."""
         items = self._items
         if not self._accepting:
@@ -413,7 +413,7 @@ class Recorder:
         while True:
             if self._closing and not self._items:
                 break
-            batch: list[ExchangeRecord] = []
+            batch: list[RecordedExchange] = []
             try:
                 replay = self._replay_ready(loop.time())
                 batch = await self._collect(0.0 if replay else self._loss_interval)
@@ -435,7 +435,7 @@ class Recorder:
                 await asyncio.sleep(0.1)
         self._progress.set()
 
-    async def _collect(self, idle: float) -> list[ExchangeRecord]:
+    async def _collect(self, idle: float) -> list[RecordedExchange]:
         assert self._loop is not None
         loop, items, wake = self._loop, self._items, self._wake
         if not items:
@@ -460,7 +460,7 @@ class Recorder:
         take = min(len(items), self._batch_size)
         return [items.popleft() for _ in range(take)]
 
-    def _convert(self, records: Sequence[ExchangeRecord]) -> list[Row]:
+    def _convert(self, records: Sequence[RecordedExchange]) -> list[Row]:
         rows: list[Row] = []
         limit = self._max_body
         failed = 0

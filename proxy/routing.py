@@ -18,6 +18,7 @@ from hashlib import blake2b
 from typing import Final
 
 from config.schema import GrayConfig, MirrorConfig, ServeRule
+from graygate.vocabulary import Role, SkipReason
 
 __all__ = [
     "BUCKETS",
@@ -35,15 +36,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRIMARY: Final = "primary"
-CANARY: Final = "canary"
+PRIMARY: Final = Role.PRIMARY
+CANARY: Final = Role.CANARY
 
 # Why an exchange got no mirror (the values of exchanges.mirror_skipped).
-SKIP_DISABLED: Final = "disabled"
-SKIP_METHOD: Final = "method"
-SKIP_SAMPLED_OUT: Final = "sampled_out"
-SKIP_BODY_TOO_LARGE: Final = "body_too_large"
-SKIP_SATURATED: Final = "saturated"
+SKIP_DISABLED: Final = SkipReason.DISABLED
+SKIP_METHOD: Final = SkipReason.METHOD
+SKIP_SAMPLED_OUT: Final = SkipReason.SAMPLED_OUT
+SKIP_BODY_TOO_LARGE: Final = SkipReason.BODY_TOO_LARGE
+SKIP_SATURATED: Final = SkipReason.SATURATED
 
 BUCKETS: Final = 10_000
 _ROUTE_SALT = b"graygate.route"
@@ -140,9 +141,9 @@ class Router:
     def __init__(self, gray: GrayConfig, mirror: MirrorConfig) -> None:
         self._rules = tuple(_Rule(r) for r in gray.serve_canary)
         self._needs_cookies = any(r.needs_cookies for r in self._rules)
-        self._labels = {
-            PRIMARY: gray.labels.get(PRIMARY, PRIMARY),
-            CANARY: gray.labels.get(CANARY, CANARY),
+        self._labels: dict[str, str] = {
+            PRIMARY: gray.labels.get(PRIMARY.value, PRIMARY),
+            CANARY: gray.labels.get(CANARY.value, CANARY),
         }
         self._mirror_enabled = mirror.enabled
         self._methods = mirror.mirrored_methods

@@ -43,6 +43,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from graygate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from graygate.vocabulary import ErrorKind
 
 __all__ = ["Pool", "Response", "UpstreamReset"]
 
@@ -52,7 +53,7 @@ logger = logging.getLogger(__name__)
 class UpstreamReset(UpstreamUnreachable):
     """The connection broke (reset, closed) before the answer was whole."""
 
-    kind = "reset"
+    kind = ErrorKind.RESET
 
 
 class _Stale(UpstreamReset):

@@ -1,9 +1,11 @@
-"""What the verdict needs, computed by PostgreSQL; and the verdict history.
+"""The one aggregation: what the verdict, the report and the admin API read about a run,
+computed by PostgreSQL; and the verdict history.
 
 Every number here is an SQL aggregate over the run's rows (counts with ``FILTER``,
 differences grouped by endpoint, field, side and judgement, ``percentile_cont`` over a
 bounded latency sample); no Python loop ever walks the run's exchanges. The values returned
-are plain frozen dataclasses that the pure verdict code (``diff.verdict``) reads.
+are the plain frozen value types of ``graygate.values`` (``RunAggregates``) that the pure
+verdict code (``diff.verdict``) and the report rows (``RunAggregates.endpoint_stats``) read.
 
 Outcome vocabulary (set by the diff workers, ``store.judgement``):
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +29,22 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from graygate.errors import UnknownRun
+from graygate.values import (
+    EndpointCounts,
+    EndpointLatency,
+    FieldCount,
+    LatencySample,
+    MismatchCounts,
+    RunAggregates,
+)
+from graygate.vocabulary import (
+    ATTEMPTED_OUTCOMES,
+    FAILURE_JUDGEMENTS,
+    PAIR_OUTCOMES,
+    Against,
+    Judgement,
+    Outcome,
+)
 from store.failures import store_errors
 from store.tables import differences, exchanges, run_losses, runs, verdicts
 
@@ -34,6 +52,7 @@ __all__ = [
     "LATENCY_SAMPLE_SIZE",
     "PAIR_OUTCOMES",
     "EndpointCounts",
+    "EndpointLatency",
     "FieldCount",
     "LatencySample",
     "MismatchCounts",
@@ -42,6 +61,7 @@ __all__ = [
     "StoredVerdict",
     "fetch_aggregates",
     "fetch_endpoint_counts",
+    "fetch_endpoint_latency",
     "fetch_field_counts",
     "fetch_latency_sample",
     "fetch_losses",
@@ -52,9 +72,6 @@ __all__ = [
     "record_verdict",
 ]
 
-PAIR_OUTCOMES = ("match", "differ", "noise_only")
-# Exchanges where both sides were asked (the population of the error-rate check).
-_ATTEMPTED_OUTCOMES = (*PAIR_OUTCOMES, "error")
 # The latency test reads at most this many of the run's most recent pairs.
 LATENCY_SAMPLE_SIZE = 20_000
 
@@ -69,115 +86,11 @@ class RunInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class EndpointCounts:
-    """One endpoint's exchanges, by what the workers made of them."""
-
-    endpoint: str
-    recorded: int = 0  # exchanges recorded (judged or not)
-    judged: int = 0
-    pairs: int = 0  # outcome match | differ | noise_only
-    secondary_pairs: int = 0  # pairs also compared with a secondary
-    skipped: int = 0
-    errors: int = 0  # outcome error: a transport failure on one side
-    attempted: int = 0  # judged and not skipped: both sides were asked
-    primary_failures: int = 0  # attempted, and the primary answered 5xx or failed in transport
-    canary_failures: int = 0  # the same for the canary
-    strict_pairs: int = 0  # pairs with a strict mismatch against the canary (any field)
-    tolerance_pairs: int = 0  # pairs with a tolerance violation against the canary
-
-
-@dataclass(frozen=True, slots=True)
-class FieldCount:
-    """Differences at one rule-level field of one endpoint, against one side."""
-
-    endpoint: str
-    field: str
-    against: str  # canary | secondary
-    judgement: str  # strict | tolerance | noise | waived
-    exchanges: int  # distinct exchanges with such a difference
-    differences: int = 0  # rows (an array field may differ several times in one exchange)
-
-
-@dataclass(frozen=True, slots=True)
-class MismatchCounts:
-    """Pairs of one endpoint with a mismatch outside the noise fields."""
-
-    strict_pairs: int = 0
-    tolerance_pairs: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class LatencySample:
-    """Latencies (ms) of the most recent pairs, and their p50/p99 (``percentile_cont``)."""
-
-    primary_ms: tuple[float, ...] = ()
-    canary_ms: tuple[float, ...] = ()
-    primary_p50: float | None = None
-    primary_p99: float | None = None
-    canary_p50: float | None = None
-    canary_p99: float | None = None
-
-    @classmethod
-    def of(cls, primary_ms: Sequence[float], canary_ms: Sequence[float]) -> LatencySample:
-        """A sample with its percentiles computed here (as percentile_cont would)."""
-        return cls(
-            primary_ms=tuple(primary_ms),
-            canary_ms=tuple(canary_ms),
-            primary_p50=_percentile_cont(primary_ms, 0.5),
-            primary_p99=_percentile_cont(primary_ms, 0.99),
-            canary_p50=_percentile_cont(canary_ms, 0.5),
-            canary_p99=_percentile_cont(canary_ms, 0.99),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RunAggregates:
-    """Everything the verdict reads about one run."""
-
-    run: str
-    run_id: int = 0
-    endpoints: tuple[EndpointCounts, ...] = ()
-    fields: tuple[FieldCount, ...] = ()
-    losses: Mapping[str, int] = field(default_factory=dict)  # reason -> unrecorded exchanges
-    latency: LatencySample = field(default_factory=LatencySample)
-    # Mismatch counts per endpoint that leave the noise fields out (fetch_mismatch_counts);
-    # None: EndpointCounts' strict_pairs / tolerance_pairs stand (no field is noise).
-    mismatches: Mapping[str, MismatchCounts] | None = None
-    runtime: Sequence[Any] = ()  # runtime samples, as store.runtime_samples.fetch_samples returns
-
-    @property
-    def recorded(self) -> int:
-        return sum(e.recorded for e in self.endpoints)
-
-    @property
-    def judged(self) -> int:
-        return sum(e.judged for e in self.endpoints)
-
-    @property
-    def pairs(self) -> int:
-        return sum(e.pairs for e in self.endpoints)
-
-    @property
-    def unrecorded(self) -> int:
-        return sum(self.losses.values())
-
-
-@dataclass(frozen=True, slots=True)
 class StoredVerdict:
     run_id: int
     computed_at: datetime
     verdict: str  # GO | NO_GO | INCONCLUSIVE
     checks: list[dict[str, Any]]
-
-
-def _percentile_cont(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 @asynccontextmanager
@@ -246,7 +159,7 @@ async def fetch_endpoint_counts(conn: AsyncConnection, run_id: int) -> list[Endp
     )
     c = classes.c
     pair = c.outcome.in_(PAIR_OUTCOMES)
-    attempted = c.outcome.in_(_ATTEMPTED_OUTCOMES)
+    attempted = c.outcome.in_(ATTEMPTED_OUTCOMES)
 
     def n(cond: sa.ColumnElement[bool] | None = None) -> sa.ColumnElement[int]:
         total = sa.func.sum(c.n) if cond is None else sa.func.sum(c.n).filter(cond)
@@ -258,9 +171,12 @@ async def fetch_endpoint_counts(conn: AsyncConnection, run_id: int) -> list[Endp
             n().label("recorded"),
             n(c.outcome.is_not(None)).label("judged"),  # workers set both at once
             n(pair).label("pairs"),
+            n(c.outcome == Outcome.MATCH).label("match"),
+            n(c.outcome == Outcome.DIFFER).label("differ"),
+            n(c.outcome == Outcome.NOISE_ONLY).label("noise_only"),
             n(pair & c.with_secondary).label("secondary_pairs"),
-            n(c.outcome == "skipped").label("skipped"),
-            n(c.outcome == "error").label("errors"),
+            n(c.outcome == Outcome.SKIPPED).label("skipped"),
+            n(c.outcome == Outcome.ERROR).label("errors"),
             n(attempted).label("attempted"),
             n(attempted & c.primary_failed).label("primary_failures"),
             n(attempted & c.canary_failed).label("canary_failures"),
@@ -317,17 +233,19 @@ async def fetch_mismatch_counts(
     """Per endpoint: pairs with a strict mismatch / tolerance violation against the canary
     in a field outside ``exclude`` ((endpoint, field) pairs, e.g. the noise fields)."""
     d = differences.c
-    cond = (d.run_id == run_id) & (d.against == "canary") & d.judgement.in_(("strict", "tolerance"))
+    cond = (
+        (d.run_id == run_id) & (d.against == Against.CANARY) & d.judgement.in_(FAILURE_JUDGEMENTS)
+    )
     if exclude:
         cond = cond & sa.tuple_(d.endpoint, d.field).not_in(sorted(exclude))
     stmt = (
         sa.select(
             d.endpoint,
             sa.func.count(sa.distinct(d.exchange_id))
-            .filter(d.judgement == "strict")
+            .filter(d.judgement == Judgement.STRICT)
             .label("strict_pairs"),
             sa.func.count(sa.distinct(d.exchange_id))
-            .filter(d.judgement == "tolerance")
+            .filter(d.judgement == Judgement.TOLERANCE)
             .label("tolerance_pairs"),
         )
         .where(cond)
@@ -381,6 +299,29 @@ async def fetch_latency_sample(
     )
 
 
+async def fetch_endpoint_latency(conn: AsyncConnection, run_id: int) -> dict[str, EndpointLatency]:
+    """Per endpoint: p50 / p99 latency (ms) of each side over the endpoint's pairs (the
+    population the latency check samples)."""
+    e = exchanges.c
+
+    def pct(col: sa.ColumnElement[float], q: float) -> sa.ColumnElement[float]:
+        return sa.func.percentile_cont(q).within_group(col)
+
+    stmt = (
+        sa.select(
+            e.endpoint,
+            pct(e.primary_latency_ms, 0.5),
+            pct(e.primary_latency_ms, 0.99),
+            pct(e.canary_latency_ms, 0.5),
+            pct(e.canary_latency_ms, 0.99),
+        )
+        .where(e.run_id == run_id, e.outcome.in_(PAIR_OUTCOMES))
+        .group_by(e.endpoint)
+    )
+    rows = (await conn.execute(stmt)).all()
+    return {r[0]: EndpointLatency(r[1], r[2], r[3], r[4]) for r in rows}
+
+
 async def fetch_losses(conn: AsyncConnection, run_id: int) -> dict[str, int]:
     """Exchanges the recorders could not record, by reason."""
     rows = (
@@ -391,9 +332,13 @@ async def fetch_losses(conn: AsyncConnection, run_id: int) -> dict[str, int]:
     return {reason: int(count) for reason, count in rows if count}
 
 
-async def fetch_aggregates(conn: AsyncConnection, run: RunInfo) -> RunAggregates:
-    """The run's counts, field counts, losses and latency sample (no noise applied yet:
-    see ``fetch_mismatch_counts`` and ``dataclasses.replace``)."""
+async def fetch_aggregates(
+    conn: AsyncConnection, run: RunInfo, *, endpoint_latency: bool = False
+) -> RunAggregates:
+    """The run's counts, field counts, losses and latency sample, and with
+    ``endpoint_latency`` each endpoint's latency percentiles (what the report and the API
+    show). No noise applied yet: ``diff.evaluate`` finds the noise fields once and applies
+    them (``fetch_mismatch_counts`` and ``dataclasses.replace``)."""
     return RunAggregates(
         run=run.name,
         run_id=run.id,
@@ -401,6 +346,7 @@ async def fetch_aggregates(conn: AsyncConnection, run: RunInfo) -> RunAggregates
         fields=tuple(await fetch_field_counts(conn, run.id)),
         losses=await fetch_losses(conn, run.id),
         latency=await fetch_latency_sample(conn, run.id),
+        endpoint_latency=await fetch_endpoint_latency(conn, run.id) if endpoint_latency else {},
     )
 
 

@@ -6,7 +6,7 @@ outage, or after a crash in the middle of a replay) the same rows go through a t
 and ``INSERT ... ON CONFLICT DO NOTHING``, so a row is never stored twice.
 
 The writer (``proxy.recorder``) works on rows, not records: ``exchange_row`` turns an
-``ExchangeRecord`` into the tuple that ``COPY`` takes (bodies bounded again, headers as JSON
+``RecordedExchange`` into the tuple that ``COPY`` takes (bodies bounded again, headers as JSON
 text), and the spill stores those tuples.
 """
 
@@ -25,7 +25,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from store.records import ExchangeRecord, Response
+from graygate.values import Answer, RecordedExchange
 from store.tables import ROLES, exchanges, run_losses, spill_replays
 
 __all__ = [
@@ -117,7 +117,7 @@ def _body(body: bytes | None, truncated: bool, limit: int | None) -> tuple[bytes
     return body, bool(truncated)
 
 
-def _response(resp: Response | None, limit: int | None) -> Row:
+def _response(resp: Answer | None, limit: int | None) -> Row:
     if resp is None:
         return _EMPTY_RESPONSE
     status = resp.status
@@ -125,10 +125,12 @@ def _response(resp: Response | None, limit: int | None) -> Row:
         raise ValueError(f"status {status!r} out of range")
     body, truncated = _body(resp.body, resp.body_truncated, limit)
     latency = None if resp.latency_ms is None else float(resp.latency_ms)
-    return (status, _headers(resp.headers), body, truncated, latency, _opt_text(resp.error))
+    # An answer without a head (an error) has no headers: stored as NULL, not {}.
+    headers = _headers(resp.headers if resp.headers or status is not None else None)
+    return (status, headers, body, truncated, latency, _opt_text(resp.error))
 
 
-def exchange_row(record: ExchangeRecord, *, max_body_bytes: int | None = None) -> Row:
+def exchange_row(record: RecordedExchange, *, max_body_bytes: int | None = None) -> Row:
     """The ``COLUMNS``-ordered tuple for one record; bodies cut to ``max_body_bytes``.
 
     Raises ``ValueError``/``TypeError`` for a record that cannot be stored (the caller counts

@@ -23,13 +23,14 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from graygate.values import Answer
+from graygate.vocabulary import DiffKind, Role
 from store.tables import ROLES, exchanges
 
 __all__ = [
     "DIFFERENCE_COLUMNS",
     "ClaimedExchange",
     "ExchangeJudgement",
-    "RecordedSide",
     "StoredDifference",
     "claim_batch",
     "count_unjudged",
@@ -52,29 +53,8 @@ DIFFERENCE_COLUMNS: Final[tuple[str, ...]] = (
 )
 
 # An absent side of a missing/extra difference is stored as SQL NULL.
-_ABSENT_PRIMARY_KINDS = frozenset({"extra"})
-_ABSENT_OTHER_KINDS = frozenset({"missing"})
-
-
-@dataclass(frozen=True, slots=True)
-class RecordedSide:
-    """What one upstream answered, as recorded."""
-
-    status: int | None
-    headers: dict[str, str]
-    body: bytes | None
-    body_truncated: bool
-    latency_ms: float | None
-    error: str | None
-
-    @property
-    def answered(self) -> bool:
-        return self.status is not None and self.error is None
-
-    @property
-    def recorded(self) -> bool:
-        """Anything at all is known of this side: an answer or an error."""
-        return self.status is not None or self.error is not None
+_ABSENT_PRIMARY_KINDS = frozenset({DiffKind.EXTRA})
+_ABSENT_OTHER_KINDS = frozenset({DiffKind.MISSING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +64,9 @@ class ClaimedExchange:
     endpoint: str
     served_by: str
     mirror_skipped: str | None
-    primary: RecordedSide
-    canary: RecordedSide
-    secondary: RecordedSide
+    primary: Answer
+    canary: Answer
+    secondary: Answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +98,9 @@ class ExchangeJudgement:
 _SIDE_COLUMNS = ("status", "headers", "body", "body_truncated", "latency_ms", "error")
 
 
-def _side(row: Any, role: str) -> RecordedSide:
+def _side(row: Any, role: str) -> Answer:
     m = row._mapping
-    return RecordedSide(
+    return Answer(
         status=m[f"{role}_status"],
         headers=m[f"{role}_headers"] or {},
         body=m[f"{role}_body"],
@@ -159,9 +139,9 @@ async def claim_batch(conn: AsyncConnection, run_id: int, limit: int) -> list[Cl
             endpoint=r.endpoint,
             served_by=r.served_by,
             mirror_skipped=r.mirror_skipped,
-            primary=_side(r, "primary"),
-            canary=_side(r, "canary"),
-            secondary=_side(r, "secondary"),
+            primary=_side(r, Role.PRIMARY),
+            canary=_side(r, Role.CANARY),
+            secondary=_side(r, Role.SECONDARY),
         )
         for r in rows
     ]

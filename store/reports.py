@@ -3,7 +3,9 @@
 Every function takes the engine and a run name and returns plain frozen dataclasses
 (``orjson`` serialises them as they are). Counting is done by PostgreSQL (aggregates,
 window functions, ``percentile_cont``), never by looping over rows in Python; only the
-bounded listings (a page of differences, the top fields, one exchange) return rows.
+bounded listings (a page of differences, the top fields, one exchange) return rows. The
+per-endpoint numbers are not here: they are the verdict's (``store.aggregates``, read
+through ``diff.evaluate.assess_run``), so report, API and verdict never disagree.
 
 Errors: ``UnknownRun`` when no run has the name; ``StoreUnavailable`` when PostgreSQL
 cannot be reached or its schema is behind the code (a table or column is missing).
@@ -12,7 +14,7 @@ cannot be reached or its schema is behind the code (a table or column is missing
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +25,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from graygate.errors import UnknownRun
-from store.aggregates import PAIR_OUTCOMES
+from graygate.values import Answer, PreflightFinding
+from graygate.vocabulary import Against, Judgement, Outcome, Role
 from store.failures import store_errors
 from store.tables import (
     ROLES,
@@ -40,16 +43,12 @@ __all__ = [
     "MAX_PAGE",
     "DifferencePage",
     "DifferenceRow",
-    "EndpointStats",
     "ExchangeDetail",
     "FieldExample",
     "FieldStat",
-    "PreflightFinding",
-    "RecordedResponse",
     "RunOverview",
     "RunSummary",
     "RuntimeSummary",
-    "endpoint_stats",
     "exchange_by_trace",
     "list_differences",
     "list_runs",
@@ -103,32 +102,6 @@ class RunOverview:
 
 
 @dataclass(frozen=True, slots=True)
-class EndpointStats:
-    """One endpoint's counts: the rows of the report's endpoint table."""
-
-    endpoint: str
-    exchanges: int  # every recorded exchange
-    pairs: int  # both answers compared (outcome match, differ or noise_only)
-    match: int
-    differ: int
-    noise_only: int  # differed only in noise fields
-    skipped: int  # nothing to compare (not mirrored, or the other side left no trace)
-    error: int  # one side failed in transport (timeout, refused, reset): no pair
-    pending: int  # not judged yet
-    strict_mismatches: int  # exchanges with at least one strict mismatch
-    strict_mismatch_rate: float | None  # of pairs; None without pairs
-    tolerance_violations: int  # exchanges with at least one tolerance violation
-    tolerance_violation_rate: float | None
-    noise: int  # differences judged as noise
-    primary_errors: int
-    canary_errors: int
-    primary_p50_ms: float | None
-    primary_p99_ms: float | None
-    canary_p50_ms: float | None
-    canary_p99_ms: float | None
-
-
-@dataclass(frozen=True, slots=True)
 class FieldExample:
     """One occurrence of a differing field: where to look, and both values."""
 
@@ -176,19 +149,6 @@ class DifferencePage:
 
 
 @dataclass(frozen=True, slots=True)
-class RecordedResponse:
-    """What one upstream answered in an exchange (bodies as recorded, bytes)."""
-
-    role: str
-    status: int | None
-    headers: dict[str, str] | None
-    body: bytes | None
-    body_truncated: bool
-    latency_ms: float | None
-    error: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class ExchangeDetail:
     id: int
     run: str
@@ -205,21 +165,13 @@ class ExchangeDetail:
     gray_label: str | None
     served_by: str
     mirror_skipped: str | None
-    responses: list[RecordedResponse]  # primary, canary, then secondary when recorded
+    responses: dict[Role, Answer]  # primary, canary, then secondary when recorded
     judged_at: datetime | None
     outcome: str | None
     strict_mismatches: int | None
     tolerance_violations: int | None
     noise_differences: int | None
     differences: list[DifferenceRow]
-
-
-@dataclass(frozen=True, slots=True)
-class PreflightFinding:
-    check: str
-    ok: bool
-    detail: str
-    checked_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,10 +211,6 @@ async def _run_id(conn: AsyncConnection, run: str) -> int:
     if run_id is None:
         raise UnknownRun(run)
     return int(run_id)
-
-
-def _rate(part: int, whole: int) -> float | None:
-    return part / whole if whole else None
 
 
 def _difference_row(row: Any) -> DifferenceRow:
@@ -306,7 +254,7 @@ async def list_runs(engine: AsyncEngine, *, limit: int = 100) -> list[RunSummary
         sa.select(
             sa.func.count().label("exchanges"),
             sa.func.count(e.c.judged_at).label("judged"),
-            sa.func.count().filter(e.c.outcome == "differ").label("differing"),
+            sa.func.count().filter(e.c.outcome == Outcome.DIFFER).label("differing"),
         )
         .where(e.c.run_id == runs.c.id)
         .lateral("counts")
@@ -407,116 +355,12 @@ def _percentile(fraction: float, column: sa.ColumnElement[Any]) -> sa.ColumnElem
     return sa.func.percentile_cont(fraction).within_group(column)
 
 
-async def endpoint_stats(
-    engine: AsyncEngine, run: str, *, noise_fields: Collection[tuple[str, str]] = ()
-) -> list[EndpointStats]:
-    """Per endpoint: outcome counts, mismatch rates, noise and latency percentiles.
-
-    ``noise_fields`` are (endpoint, field) pairs the verdict found to be noise: their
-    differences count as noise, and the strict / tolerance counts leave them out (as the
-    verdict's checks do).
-    """
-    e = exchanges
-    d = differences
-    compared = e.c.outcome.in_(PAIR_OUTCOMES)
-
-    def count_where(cond: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
-        return sa.func.count().filter(cond)
-
-    in_noise: sa.ColumnElement[bool] = (
-        sa.tuple_(d.c.endpoint, d.c.field).in_(sorted(noise_fields)) if noise_fields else sa.false()
-    )
-
-    def exchanges_where(judgement: str) -> sa.ColumnElement[int]:
-        return sa.func.count(sa.distinct(d.c.exchange_id)).filter(
-            d.c.judgement == judgement, sa.not_(in_noise)
-        )
-
-    async with _connect(engine) as conn:
-        run_id = await _run_id(conn, run)
-        by_field = (
-            sa.select(
-                d.c.endpoint,
-                count_where((d.c.judgement == "noise") | in_noise).label("noise"),
-                exchanges_where("strict").label("strict"),
-                exchanges_where("tolerance").label("tolerance"),
-            )
-            .where(d.c.run_id == run_id, d.c.against == "canary")
-            .group_by(d.c.endpoint)
-            .subquery("by_field")
-        )
-        per_endpoint = (
-            sa.select(
-                e.c.endpoint,
-                sa.func.count().label("exchanges"),
-                count_where(compared).label("pairs"),
-                count_where(e.c.outcome == "match").label("match"),
-                count_where(e.c.outcome == "differ").label("differ"),
-                count_where(e.c.outcome == "noise_only").label("noise_only"),
-                count_where(e.c.outcome == "skipped").label("skipped"),
-                count_where(e.c.outcome == "error").label("error"),
-                count_where(e.c.judged_at.is_(None)).label("pending"),
-                count_where(compared & (e.c.strict_mismatches > 0)).label("strict"),
-                count_where(compared & (e.c.tolerance_violations > 0)).label("tolerance"),
-                count_where(e.c.primary_error.is_not(None)).label("primary_errors"),
-                count_where(e.c.canary_error.is_not(None)).label("canary_errors"),
-                _percentile(0.5, e.c.primary_latency_ms).label("p_p50"),
-                _percentile(0.99, e.c.primary_latency_ms).label("p_p99"),
-                _percentile(0.5, e.c.canary_latency_ms).label("c_p50"),
-                _percentile(0.99, e.c.canary_latency_ms).label("c_p99"),
-            )
-            .where(e.c.run_id == run_id)
-            .group_by(e.c.endpoint)
-            .subquery("per_endpoint")
-        )
-        pe, bf = per_endpoint.c, by_field.c
-        # Without noise fields the exchanges' own counters are exact (and cheaper to read).
-        strict = sa.func.coalesce(bf.strict, 0) if noise_fields else pe.strict
-        tolerance = sa.func.coalesce(bf.tolerance, 0) if noise_fields else pe.tolerance
-        query = (
-            sa.select(
-                per_endpoint,
-                sa.func.coalesce(bf.noise, 0).label("noise"),
-                strict.label("strict_n"),
-                tolerance.label("tolerance_n"),
-            )
-            .select_from(per_endpoint.outerjoin(by_field, bf.endpoint == pe.endpoint))
-            .order_by(pe.endpoint)
-        )
-        rows = (await conn.execute(query)).all()
-    return [
-        EndpointStats(
-            endpoint=r.endpoint,
-            exchanges=r.exchanges,
-            pairs=r.pairs,
-            match=r.match,
-            differ=r.differ,
-            noise_only=r.noise_only,
-            skipped=r.skipped,
-            error=r.error,
-            pending=r.pending,
-            strict_mismatches=r.strict_n,
-            strict_mismatch_rate=_rate(r.strict_n, r.pairs),
-            tolerance_violations=r.tolerance_n,
-            tolerance_violation_rate=_rate(r.tolerance_n, r.pairs),
-            noise=r.noise,
-            primary_errors=r.primary_errors,
-            canary_errors=r.canary_errors,
-            primary_p50_ms=r.p_p50,
-            primary_p99_ms=r.p_p99,
-            canary_p50_ms=r.c_p50,
-            canary_p99_ms=r.c_p99,
-        )
-        for r in rows
-    ]
-
-
 async def top_fields(
     engine: AsyncEngine,
     run: str,
     *,
     per_endpoint: int = 5,
-    judgements: Sequence[str] = ("strict", "tolerance", "noise", "waived"),
+    judgements: Sequence[str] = tuple(Judgement),
 ) -> list[FieldStat]:
     """The fields that differ most (primary vs canary), per endpoint and judgement.
 
@@ -538,7 +382,7 @@ async def top_fields(
             )
             .where(
                 d.c.run_id == run_id,
-                d.c.against == "canary",
+                d.c.against == Against.CANARY,
                 d.c.judgement.in_(list(judgements)),
             )
             .group_by(d.c.endpoint, d.c.field, d.c.judgement)
@@ -657,21 +501,20 @@ async def exchange_by_trace(
             )
         ).all()
     m = row._mapping
-    responses = [
-        RecordedResponse(
-            role=role,
+    responses = {
+        role: Answer(
             status=m[f"{role}_status"],
-            headers=m[f"{role}_headers"],
+            headers=m[f"{role}_headers"] or {},
             body=m[f"{role}_body"],
             body_truncated=m[f"{role}_body_truncated"],
             latency_ms=m[f"{role}_latency_ms"],
             error=m[f"{role}_error"],
         )
         for role in ROLES
-        if role != "secondary"
+        if role != Role.SECONDARY
         or m["secondary_status"] is not None
         or m["secondary_error"] is not None
-    ]
+    }
     return ExchangeDetail(
         id=row.id,
         run=row.run_name,

@@ -24,6 +24,7 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from graygate.values import PreflightFinding
 from store.tables import ROLES, preflight_findings, runs, runtime_samples, verdicts
 
 __all__ = [
@@ -94,14 +95,8 @@ class PauseStats:
     sigma_ns: float | None  # sample standard deviation; None with fewer than two
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One preflight check's outcome, e.g. ``canary.pprof_exposed``."""
-
-    check: str
-    ok: bool
-    detail: str
-    checked_at: datetime | None = None  # set when read back
+# The one preflight-finding type (graygate.values); the name this module has always used.
+Finding = PreflightFinding
 
 
 def _role(role: str) -> str:

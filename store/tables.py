@@ -9,6 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
+from graygate.vocabulary import Against, Role
+
 __all__ = [
     "ROLES",
     "differences",
@@ -22,7 +24,7 @@ __all__ = [
     "verdicts",
 ]
 
-ROLES = ("primary", "canary", "secondary")
+ROLES: tuple[Role, ...] = tuple(Role)
 
 metadata = sa.MetaData(
     naming_convention={
@@ -88,9 +90,7 @@ exchanges = sa.Table(
     # Why the other side got no mirror (sampled_out, method, body_too_large, saturated,
     # disabled); NULL when it was mirrored.
     sa.Column("mirror_skipped", sa.Text),
-    *_role_columns("primary"),
-    *_role_columns("canary"),
-    *_role_columns("secondary"),
+    *(c for role in ROLES for c in _role_columns(role)),
     # Judgement, filled by the diff workers.
     sa.Column("judged_at", sa.DateTime(timezone=True)),
     # match | differ | noise_only | skipped (nothing to compare) | error
@@ -145,7 +145,7 @@ differences = sa.Table(
     sa.Column("run_id", sa.BigInteger, nullable=False),
     sa.Column("endpoint", sa.Text, nullable=False),
     # canary: primary vs canary; secondary: primary vs secondary (the noise baseline)
-    sa.Column("against", sa.Text, nullable=False, server_default="canary"),
+    sa.Column("against", sa.Text, nullable=False, server_default=Against.CANARY.value),
     # A concrete path ($.items[2].price) and its rule-level form ($.items[*].price).
     sa.Column("path", sa.Text, nullable=False),
     sa.Column("field", sa.Text, nullable=False),

@@ -22,7 +22,8 @@ Routes (all JSON but the report):
   ``failureCondition: result == "NO_GO"``; INCONCLUSIVE is then an inconclusive
   measurement. Errors (unknown run 404, database away 503) keep their status;
 - ``GET /api/v1/runs/{run}/endpoints``: ``{"run", "endpoints": [EndpointStats, ...],
-  "fields": [FieldStat, ...]}``;
+  "fields": [FieldStat, ...], "noise_fields": [{"endpoint", "field"}, ...]}``: the numbers
+  the verdict judged (``diff.evaluate.assess_run``), so report, API and verdict agree;
 - ``GET /api/v1/runs/{run}/differences?endpoint=&field=&path=&judgement=&against=&limit=&after=``:
   ``{"run", "items": [DifferenceRow, ...], "next": id | null}``; pass ``next`` as ``after``;
 - ``GET /api/v1/exchanges/{trace_id}?run=``: the exchange, its responses (bodies as JSON when
@@ -41,12 +42,12 @@ import orjson
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from diff.evaluate import evaluate_run, record_result
+from diff.evaluate import assess_run, evaluate_run, record_result
 from diff.report_model import build_report, render_html
-from graygate.values import Verdict, VerdictResult
+from graygate.values import Answer, Verdict, VerdictResult
 from store import reports
 from store.aggregates import latest_verdicts
-from store.reports import MAX_PAGE, ExchangeDetail, RecordedResponse
+from store.reports import MAX_PAGE, ExchangeDetail
 
 __all__ = [
     "ENGINE_KEY",
@@ -135,7 +136,7 @@ def render_body(body: bytes | None, *, truncated: bool = False) -> dict[str, Any
         return {"encoding": "base64", "value": base64.b64encode(body).decode("ascii"), **out}
 
 
-def _response_json(r: RecordedResponse) -> dict[str, Any]:
+def _response_json(r: Answer) -> dict[str, Any]:
     return {
         "status": r.status,
         "error": r.error,
@@ -163,7 +164,7 @@ def exchange_json(x: ExchangeDetail) -> dict[str, Any]:
         },
         "served_by": x.served_by,
         "mirror_skipped": x.mirror_skipped,
-        "responses": {r.role: _response_json(r) for r in x.responses},
+        "responses": {role: _response_json(a) for role, a in x.responses.items()},
         "judgement": {
             "judged_at": x.judged_at,
             "outcome": x.outcome,
@@ -221,9 +222,22 @@ async def endpoints(request: web.Request) -> web.Response:
     engine = _engine(request)
     run = request.match_info["run"]
     top = _int_param(request, "top", 1, 100) or 5
-    stats = await reports.endpoint_stats(engine, run)
+    # The verdict's own numbers (one evaluation, not recorded): noise and waived
+    # differences are not strict mismatches; errors are 5xx and transport errors.
+    assessment = await assess_run(engine, run, record=False, endpoint_latency=True)
+    aggregates = assessment.aggregates
     fields = await reports.top_fields(engine, run, per_endpoint=top)
-    return json_response({"run": run, "endpoints": stats, "fields": fields})
+    return json_response(
+        {
+            "run": run,
+            "endpoints": aggregates.endpoint_stats(),
+            "fields": fields,
+            "noise_fields": [
+                {"endpoint": endpoint, "field": field}
+                for endpoint, field in sorted(aggregates.noise_fields)
+            ],
+        }
+    )
 
 
 async def differences(request: web.Request) -> web.Response:

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.schema import CompareConfig
 from diff.rules import RuleBook
+from graygate.values import Answer, RecordedExchange
 from store.exchanges import exchange_row, write_exchanges
-from store.records import ExchangeRecord, Response
 from store.runs import ensure_run
 
 __all__ = [
@@ -112,10 +112,10 @@ class Ex:
     served_by: str = "primary"
 
 
-def _resp(body: Any, status: int, ms: float, error: str | None = None) -> Response:
+def _resp(body: Any, status: int, ms: float, error: str | None = None) -> Answer:
     if error is not None:
-        return Response(error=error, latency_ms=ms)
-    return Response(
+        return Answer(error=error, latency_ms=ms)
+    return Answer(
         status=status,
         headers={"content-type": "application/json"},
         body=orjson.dumps(body),
@@ -123,11 +123,11 @@ def _resp(body: Any, status: int, ms: float, error: str | None = None) -> Respon
     )
 
 
-def to_record(run_id: int, i: int, ex: Ex) -> ExchangeRecord:
+def to_record(run_id: int, i: int, ex: Ex) -> RecordedExchange:
     method, _, template = ex.endpoint.partition(" ")
     canary_body = ex.primary if isinstance(ex.canary, str) and ex.canary == "same" else ex.canary
     skipped = ex.mirror_skipped is not None
-    return ExchangeRecord(
+    return RecordedExchange(
         run_id=run_id,
         trace_id=uuid.uuid4().hex,
         span_id=os.urandom(8).hex(),

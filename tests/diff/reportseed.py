@@ -25,8 +25,8 @@ from diff.rules import RuleBook
 from diff.runtime_checks import RuntimeSample
 from diff.worker import judge_batch
 from graygate.admin.app import make_admin_app
+from graygate.values import Answer, RecordedExchange
 from store.exchanges import exchange_row, write_exchanges
-from store.records import ExchangeRecord, Response
 from store.runs import ensure_run
 from store.runtime_samples import Finding, insert_findings, insert_samples
 
@@ -85,12 +85,12 @@ def _response(
     latency: float,
     status: int = 200,
     error: str | None = None,
-) -> Response:
+) -> Answer:
     if error is not None:
-        return Response(error=error, latency_ms=latency)
+        return Answer(error=error, latency_ms=latency)
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     ctype = "application/json" if not isinstance(body, bytes) else "application/octet-stream"
-    return Response(status=status, headers={"content-type": ctype}, body=raw, latency_ms=latency)
+    return Answer(status=status, headers={"content-type": ctype}, body=raw, latency_ms=latency)
 
 
 async def add_exchanges(
@@ -105,14 +105,14 @@ async def add_exchanges(
     """Record one exchange per (primary, canary, secondary) body triple (secondary None:
     not asked). Returns their trace ids, in order."""
     start = start or datetime.now(UTC) - timedelta(minutes=5)
-    records: list[ExchangeRecord] = []
+    records: list[RecordedExchange] = []
     traces: list[str] = []
     method, _, template = endpoint.partition(" ")
     for i, (primary, canary, secondary) in enumerate(bodies):
         trace = uuid.uuid4().hex
         traces.append(trace)
         records.append(
-            ExchangeRecord(
+            RecordedExchange(
                 run_id=run_id,
                 trace_id=trace,
                 span_id=uuid.uuid4().hex[:16],

@@ -11,7 +11,7 @@ import orjson
 from config.schema import CompareConfig
 from diff.compare import compare, compare_json
 from diff.rules import RuleBook, RuleSet
-from graygate.values import Difference, Side
+from graygate.values import Answer, Difference
 
 JSON = {"content-type": "application/json"}
 
@@ -49,9 +49,9 @@ def endpoint_rules(**spec: Any) -> RuleSet:
     return rules({"endpoints": [{"match": "GET /api/orders/{id}", **spec}]})
 
 
-def side(body: Any, status: int = 200, headers: dict[str, str] | None = None, **kw: Any) -> Side:
+def side(body: Any, status: int = 200, headers: dict[str, str] | None = None, **kw: Any) -> Answer:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    return Side(status=status, headers=JSON if headers is None else headers, body=raw, **kw)
+    return Answer(status=status, headers=JSON if headers is None else headers, body=raw, **kw)
 
 
 def diff(a: Any, b: Any, rs: RuleSet | None = None) -> list[Difference]:
@@ -357,7 +357,7 @@ def test_status() -> None:
 
 def test_error_sides() -> None:
     ok = side(order())
-    timeout = Side(status=None, headers={}, body=None, error="timeout")
+    timeout = Answer(status=None, headers={}, body=None, error="timeout")
     [d] = compare(ok, timeout, rules())
     assert (d.path, d.kind, d.primary_value, d.other_value, d.judgement) == (
         "status",
@@ -366,8 +366,8 @@ def test_error_sides() -> None:
         {"error": "timeout"},
         "strict",
     )
-    assert compare(timeout, Side(None, {}, None, error="timeout"), rules()) == []
-    [d] = compare(timeout, Side(None, {}, None, error="refused"), rules())
+    assert compare(timeout, Answer(None, {}, None, error="timeout"), rules()) == []
+    [d] = compare(timeout, Answer(None, {}, None, error="refused"), rules())
     assert (d.primary_value, d.other_value) == ({"error": "timeout"}, {"error": "refused"})
     # status: ignore does not hide an answer that never came
     assert len(compare(ok, timeout, endpoint_rules(status="ignore"))) == 1

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from config.schema import JudgingConfig
 from diff.evaluate import evaluate_run, run_config
 from diff.worker import judge_pending
 from graygate.errors import StoreUnavailable, UnknownRun
@@ -342,7 +343,7 @@ def test_run_config_falls_back_part_by_part() -> None:
     )
     assert cfg.verdict.min_pairs == 200
     assert cfg.compare.noise.relative == 0.5
-    assert run_config("weird name!", None).run == "run"
+    assert run_config("weird name!", None) == JudgingConfig()
 
 
 async def test_stored_config_is_read(engine: AsyncEngine, run_name: str) -> None:

@@ -6,14 +6,24 @@ import io
 import re
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from diff.evaluate import assess_run
 from diff.report_model import build_report, noise_fields_of, render_html, render_terminal
 from graygate.errors import StoreUnavailable, UnknownRun
-from graygate.values import Verdict, VerdictResult
+from graygate.values import (
+    EndpointCounts,
+    EndpointStats,
+    FieldCount,
+    MismatchCounts,
+    RunAggregates,
+    Verdict,
+    VerdictResult,
+)
 from store import reports
 from store.engine import create_engine
 from tests.diff.reportseed import (
@@ -70,8 +80,13 @@ async def test_run_overview(engine: AsyncEngine, no_go: Seeded) -> None:
     assert info.losses == {}
 
 
+async def _endpoint_stats(engine: AsyncEngine, run: str) -> list[EndpointStats]:
+    assessment = await assess_run(engine, run, record=False, endpoint_latency=True)
+    return assessment.aggregates.endpoint_stats()
+
+
 async def test_endpoint_stats(engine: AsyncEngine, no_go: Seeded) -> None:
-    stats = {e.endpoint: e for e in await reports.endpoint_stats(engine, no_go.run)}
+    stats = {e.endpoint: e for e in await _endpoint_stats(engine, no_go.run)}
     assert sorted(stats) == sorted([ORDERS, LOGO, "GET /ping"])
     orders = stats[ORDERS]
     assert orders.exchanges == 15
@@ -91,13 +106,26 @@ async def test_endpoint_stats(engine: AsyncEngine, no_go: Seeded) -> None:
     assert (logo.pairs, logo.match, logo.strict_mismatches, logo.noise) == (3, 3, 0, 0)
 
 
-async def test_endpoint_stats_leave_noise_fields_out(engine: AsyncEngine, no_go: Seeded) -> None:
-    """Fields the verdict calls noise do not count as strict mismatches."""
-    stats = await reports.endpoint_stats(engine, no_go.run, noise_fields={(ORDERS, "$.total")})
-    orders = next(e for e in stats if e.endpoint == ORDERS)
-    assert orders.strict_mismatches == 0
-    assert orders.strict_mismatch_rate == 0
-    assert orders.noise == 14 + 4
+def test_endpoint_stats_leave_noise_fields_out() -> None:
+    """Fields the verdict calls noise do not count as strict mismatches (the mismatch
+    counts that leave them out stand), and their differences count as noise."""
+    counts = EndpointCounts(ORDERS, recorded=15, judged=15, pairs=14, strict_pairs=4)
+    fields = (
+        FieldCount(ORDERS, "$.total", "canary", "strict", exchanges=4, differences=4),
+        FieldCount(ORDERS, "$.ts", "canary", "noise", exchanges=14, differences=14),
+        FieldCount(ORDERS, "$.ts", "secondary", "strict", exchanges=14, differences=14),
+        FieldCount(ORDERS, "$.status", "canary", "waived", exchanges=1, differences=1),
+    )
+    plain = RunAggregates("r", endpoints=(counts,), fields=fields)
+    (row,) = plain.endpoint_stats()
+    assert (row.strict_mismatches, row.noise, row.pending) == (4, 14, 0)
+    noisy = replace(
+        plain, noise_fields=frozenset({(ORDERS, "$.total")}), mismatches={ORDERS: MismatchCounts()}
+    )
+    (row,) = noisy.endpoint_stats()
+    assert row.strict_mismatches == 0
+    assert row.strict_mismatch_rate == 0
+    assert row.noise == 14 + 4
 
 
 async def test_top_fields_with_one_example_each(engine: AsyncEngine, no_go: Seeded) -> None:
@@ -160,8 +188,8 @@ async def test_exchange_by_trace(engine: AsyncEngine, no_go: Seeded) -> None:
     found = await reports.exchange_by_trace(engine, trace)
     assert found is not None
     assert (found.trace_id, found.run, found.endpoint) == (trace, no_go.run, ORDERS)
-    assert [r.role for r in found.responses] == ["primary", "canary", "secondary"]
-    assert found.responses[0].status == 200 and found.responses[0].body
+    assert list(found.responses) == ["primary", "canary", "secondary"]
+    assert found.responses["primary"].status == 200 and found.responses["primary"].body
     assert found.outcome == "differ" and found.strict_mismatches == 1
     assert sorted((d.against, d.field) for d in found.differences) == [
         ("canary", "$.total"),
@@ -170,7 +198,7 @@ async def test_exchange_by_trace(engine: AsyncEngine, no_go: Seeded) -> None:
     ]
     # Without a secondary the response list has two sides.
     plain = await reports.exchange_by_trace(engine, no_go.traces["logo"][0], run=no_go.run)
-    assert plain is not None and [r.role for r in plain.responses] == ["primary", "canary"]
+    assert plain is not None and list(plain.responses) == ["primary", "canary"]
     assert await reports.exchange_by_trace(engine, "0" * 32) is None
 
 
@@ -206,7 +234,7 @@ async def test_list_runs(engine: AsyncEngine, no_go: Seeded, go: Seeded) -> None
 async def test_unknown_run(engine: AsyncEngine) -> None:
     for call in (
         reports.run_overview(engine, "no-such-run"),
-        reports.endpoint_stats(engine, "no-such-run"),
+        _endpoint_stats(engine, "no-such-run"),
         reports.top_fields(engine, "no-such-run"),
         reports.list_differences(engine, "no-such-run"),
         reports.runtime_summary(engine, "no-such-run"),

@@ -26,18 +26,17 @@ from diff.worker import (
     worker_loop,
 )
 from graygate.errors import StoreUnavailable, UnknownRun
+from graygate.values import Answer
 from store.engine import create_engine
-from store.judgement import ClaimedExchange, RecordedSide
+from store.judgement import ClaimedExchange
 from store.tables import differences, exchanges
 from tests.diff.judgeseed import ITEMS, ORDERS, Ex, add, new_run, order, rulebook
 
 BOOK = rulebook()
 
 
-def side(
-    body: bytes | None = b"{}", status: int | None = 200, error: str | None = None
-) -> RecordedSide:
-    return RecordedSide(
+def side(body: bytes | None = b"{}", status: int | None = 200, error: str | None = None) -> Answer:
+    return Answer(
         status=status,
         headers={"content-type": "application/json"} if status is not None else {},
         body=body,
@@ -47,13 +46,13 @@ def side(
     )
 
 
-NONE = RecordedSide(None, {}, None, False, None, None)
+NONE = Answer(None, {}, None, False, None, None)
 
 
 def claimed(
-    primary: RecordedSide,
-    canary: RecordedSide,
-    secondary: RecordedSide = NONE,
+    primary: Answer,
+    canary: Answer,
+    secondary: Answer = NONE,
     *,
     mirror_skipped: str | None = None,
     served_by: str = "primary",

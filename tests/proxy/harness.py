@@ -13,8 +13,8 @@ from aiohttp import web
 
 from config.load import config_from_mapping
 from config.schema import GraygateConfig
+from graygate.values import RecordedExchange
 from proxy.app import make_proxy_app
-from store.records import ExchangeRecord
 
 __all__ = [
     "Handler",
@@ -34,15 +34,15 @@ class Sink:
     """The recorder's part the proxy uses: submit(record) -> bool. Keeps what it got."""
 
     def __init__(self) -> None:
-        self.records: list[ExchangeRecord] = []
+        self.records: list[RecordedExchange] = []
         self._added = asyncio.Event()
 
-    def submit(self, record: ExchangeRecord) -> bool:
+    def submit(self, record: RecordedExchange) -> bool:
         self.records.append(record)
         self._added.set()
         return True
 
-    async def wait(self, n: int = 1) -> list[ExchangeRecord]:
+    async def wait(self, n: int = 1) -> list[RecordedExchange]:
         """Until ``n`` records are in (an event per submit; 10 s before giving up)."""
         async with asyncio.timeout(10):
             while len(self.records) < n:

@@ -20,11 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.schema import RecordConfig
 from graygate.errors import ConfigError
+from graygate.values import Answer, RecordedExchange
 from proxy.recorder import RECORDER_KEY, Recorder, recorder_ctx
 from proxy.spill import SEGMENT_SUFFIX, Spill
 from store.engine import create_engine
 from store.exchanges import count_exchanges, exchange_row, fetch_losses, write_exchanges
-from store.records import ExchangeRecord, Response
 from store.runs import ensure_run
 from tests.faultproxy import FaultProxy
 
@@ -35,8 +35,8 @@ async def new_run(engine: AsyncEngine, name: str) -> int:
     return await ensure_run(engine, name, primary_url="http://p", canary_url="http://c")
 
 
-def record(run_id: int, i: int) -> ExchangeRecord:
-    return ExchangeRecord(
+def record(run_id: int, i: int) -> RecordedExchange:
+    return RecordedExchange(
         run_id=run_id,
         trace_id=uuid.uuid4().hex,
         span_id=os.urandom(8).hex(),
@@ -50,8 +50,8 @@ def record(run_id: int, i: int) -> ExchangeRecord:
         request_body_truncated=False,
         gray_label="stable",
         served_by="primary",
-        primary=Response(200, {"content-type": "application/json"}, BODY, False, 3.0),
-        canary=Response(200, {"content-type": "application/json"}, BODY, False, 4.0),
+        primary=Answer(200, {"content-type": "application/json"}, BODY, False, 3.0),
+        canary=Answer(200, {"content-type": "application/json"}, BODY, False, 4.0),
     )
 
 
@@ -166,7 +166,7 @@ async def test_bad_records_cost_only_themselves(engine: AsyncEngine, run_name: s
     run_id = await new_run(engine, run_name)
     before = dropped_metric("rejected")
     bad_status = record(run_id, 1)
-    bad_status.primary = Response(status=70_000)
+    bad_status.primary = Answer(status=70_000)
     unknown_run = record(2**62, 2)  # no such run: PostgreSQL refuses the row
     async with Recorder(engine, RecordConfig(batch_size=10, flush_interval_ms=10)) as recorder:
         for rec in (record(run_id, 0), bad_status, unknown_run, record(run_id, 3)):

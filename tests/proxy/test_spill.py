@@ -8,15 +8,15 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from graygate.values import Answer, RecordedExchange
 from proxy.spill import SEGMENT_SUFFIX, Spill
 from store.exchanges import COLUMNS, Row, exchange_row
-from store.records import ExchangeRecord, Response
 
 
 def rows(n: int, *, run_id: int = 7, body: bytes = b"\x00\xff{}") -> list[Row]:
     return [
         exchange_row(
-            ExchangeRecord(
+            RecordedExchange(
                 run_id=run_id,
                 trace_id=uuid.uuid4().hex,
                 span_id=os.urandom(8).hex(),
@@ -30,8 +30,8 @@ def rows(n: int, *, run_id: int = 7, body: bytes = b"\x00\xff{}") -> list[Row]:
                 request_body_truncated=False,
                 gray_label=None,
                 served_by="primary",
-                primary=Response(201, {"x": "1"}, body, True, 1.5),
-                canary=Response(None, None, None, False, 2000.0, "timeout"),
+                primary=Answer(201, {"x": "1"}, body, True, 1.5),
+                canary=Answer(None, {}, None, False, 2000.0, "timeout"),
             )
         )
         for i in range(n)

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from graygate.values import Answer, RecordedExchange
 from store.engine import create_engine
 from store.exchanges import (
     COLUMNS,
@@ -24,7 +25,6 @@ from store.exchanges import (
     is_unavailable,
     write_exchanges,
 )
-from store.records import ExchangeRecord, Response
 from store.runs import ensure_run
 from tests.faultproxy import FaultProxy
 
@@ -33,8 +33,8 @@ async def new_run(engine: AsyncEngine, name: str) -> int:
     return await ensure_run(engine, name, primary_url="http://p", canary_url="http://c")
 
 
-def record(run_id: int, i: int = 0, **changes: object) -> ExchangeRecord:
-    rec = ExchangeRecord(
+def record(run_id: int, i: int = 0, **changes: object) -> RecordedExchange:
+    rec = RecordedExchange(
         run_id=run_id,
         trace_id=uuid.uuid4().hex,
         span_id=os.urandom(8).hex(),
@@ -48,8 +48,8 @@ def record(run_id: int, i: int = 0, **changes: object) -> ExchangeRecord:
         request_body_truncated=False,
         gray_label="stable",
         served_by="primary",
-        primary=Response(200, {"content-type": "application/json"}, b'{"id": %d}' % i, False, 3.5),
-        canary=Response(200, {"content-type": "application/json"}, b'{"id": %d}' % i, False, 4.5),
+        primary=Answer(200, {"content-type": "application/json"}, b'{"id": %d}' % i, False, 3.5),
+        canary=Answer(200, {"content-type": "application/json"}, b'{"id": %d}' % i, False, 4.5),
     )
     for key, value in changes.items():
         setattr(rec, key, value)
@@ -80,18 +80,18 @@ async def test_batch_round_trips_every_column(engine: AsyncEngine, run_name: str
             gray_label=None,
             served_by="canary",
             mirror_skipped=None,
-            primary=Response(201, {"x-a": "1", "x-nul": "a\x00b"}, blob, True, 1.25, None),
-            canary=Response(None, None, None, False, 2000.0, "timeout"),
-            secondary=Response(503, {}, b"", False, 0.5, None),
+            primary=Answer(201, {"x-a": "1", "x-nul": "a\x00b"}, blob, True, 1.25, None),
+            canary=Answer(None, {}, None, False, 2000.0, "timeout"),
+            secondary=Answer(503, {}, b"", False, 0.5, None),
         ),
         record(
             run_id,
             1,
             mirror_skipped="sampled_out",
             canary=None,
-            primary=Response(None, None, None, False, 7.0, "refused"),
+            primary=Answer(None, {}, None, False, 7.0, "refused"),
         ),
-        record(run_id, 2, primary=Response(200, {"é": "ü"}, b"x" * 50, False, 1.0), canary=None),
+        record(run_id, 2, primary=Answer(200, {"é": "ü"}, b"x" * 50, False, 1.0), canary=None),
     ]
     rows = [exchange_row(r, max_body_bytes=10_000) for r in records]
     rows[2] = exchange_row(records[2], max_body_bytes=10)  # the bound, enforced again
@@ -161,7 +161,7 @@ async def test_rejected_rows_are_isolated(engine: AsyncEngine, run_name: str) ->
 
 def test_exchange_row_refuses_what_cannot_be_stored() -> None:
     with pytest.raises(ValueError):
-        exchange_row(record(1, primary=Response(status=70000)))
+        exchange_row(record(1, primary=Answer(status=70000)))
     with pytest.raises(ValueError):
         exchange_row(record(1, path="/bad/\udcff"))
     with pytest.raises((TypeError, ValueError)):
