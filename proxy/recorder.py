@@ -21,6 +21,10 @@ is away), and in Prometheus (``proxy.recording.metrics``).
 
 Shutdown (``close``): stop accepting, write what is queued (to the database, or to the spill
 once ``drain_timeout`` has passed or while it is away), then persist the loss counters.
+
+A process killed without warning (SIGKILL) cannot do that: with a spill directory, an intent
+log there (``proxy.recording.intents``) keeps what was accepted and not yet written, and the
+next recorder on that directory charges it to its runs as ``process_killed``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from graygate.errors import ConfigError, one_line
 from graygate.tasks import TaskSet
 from proxy.recording.batching import Batcher
 from proxy.recording.health import DatabaseHealth
+from proxy.recording.intents import IntentLog, KilledProcesses, runs_of
 from proxy.recording.ledger import (
     CLOSED,
     ENCODE_ERROR,
@@ -108,6 +113,7 @@ class RecorderStats:
     batches: int = 0  # write_exchanges calls for live batches
     copies: int = 0  # COPY commands sent (live and replay)
     dropped: dict[str, int] = field(default_factory=dict)
+    killed: int = 0  # accepted by killed processes, charged as process_killed on our start
 
 
 class Recorder:
@@ -143,7 +149,11 @@ class Recorder:
             batch_size=config.batch_size,
             flush_interval=config.flush_interval_ms / 1000.0,
         )
-        self._ledger = LossLedger()
+        self._intents: IntentLog | None = (
+            IntentLog(self._spill.directory) if self._spill is not None else None
+        )
+        self._killed: KilledProcesses | None = None  # set at start, with the intent log
+        self._ledger = LossLedger(on_durable=self._settle)
         self._health = DatabaseHealth(lambda: ping(engine))
         self._spill_writer = SpillWriter(self._spill, self._ledger)
         self._replayer: Replayer | None = (
@@ -197,6 +207,16 @@ class Recorder:
                     "record.spill_dir", f"cannot use {str(self._spill.directory)!r}: {exc}"
                 ) from None
             SPILL_BYTES.set(self._spill.size)
+        if self._intents is not None:
+            try:
+                await asyncio.to_thread(self._intents.open)
+            except OSError as exc:
+                raise ConfigError(
+                    "record.spill_dir",
+                    f"cannot use {str(self._intents.directory)!r}: {one_line(exc)}",
+                ) from None
+            self._killed = KilledProcesses(self._intents.directory, own=self._intents.path)
+            await self._killed.scan()
         DATABASE_UP.set(1)
         self._accepting = True
         self._writer = self._tasks.spawn(self._run(), name="writer")
@@ -231,7 +251,14 @@ class Recorder:
             self._ledger.lose(record.run_id, QUEUE_FULL)
             return False
         self.stats.accepted += 1
+        if self._intents is not None:
+            self._intents.accept(record.run_id)
         return True
+
+    def _settle(self, counts: Mapping[int, int]) -> None:
+        """These exchanges (by run) are durable now: stored, spilled, or counted lost."""
+        if self._intents is not None:
+            self._intents.settle(counts)
 
     # -- flush and close --------------------------------------------------------------------
 
@@ -272,8 +299,12 @@ class Recorder:
         self._inflight = None
         leftovers.extend(self._convert(self._batcher.drain()))
         if leftovers:
-            self.stats.spilled += await self._spill_writer.write(leftovers)
+            await self._to_spill(leftovers)
         await self._final_losses()
+        if self._intents is not None:
+            self._intents.close()
+        if self._killed is not None:
+            await self._killed.release()
         await self._release_spill()
         await self._tasks.drain(grace=1.0)
         QUEUE_DEPTH.set(0)
@@ -334,7 +365,7 @@ class Recorder:
                 # A bug must not stop the recording: log it, count what it cost, go on.
                 logger.exception("recorder writer failed; continuing")
                 if self._inflight is not None:
-                    self._ledger.lose_rows(self._inflight, SPILL_ERROR)
+                    self._ledger.lose_rows(self._inflight, SPILL_ERROR, accepted=True)
                     self._inflight = None
                 self._handled += len(batch)
                 self._progress.set()
@@ -350,7 +381,7 @@ class Recorder:
             try:
                 rows.append(exchange_row(record, max_body_bytes=limit))
             except Exception as exc:
-                self._ledger.lose(record.run_id, ENCODE_ERROR)
+                self._ledger.lose(record.run_id, ENCODE_ERROR, accepted=True)
                 if not failed:
                     first = f"{getattr(record, 'trace_id', '?')}: {one_line(exc)}"
                 failed += 1
@@ -377,9 +408,18 @@ class Recorder:
                 BATCH_SECONDS.observe(time.perf_counter() - started)
                 self.stats.batches += 1
                 self._count(result, replay=False)
+                stored = runs_of(rows)
+                for run_id, n in runs_of(result.rejected).items():  # settled with the losses
+                    stored[run_id] -= n
+                self._settle(stored)
                 return
         self._inflight = None
-        self.stats.spilled += await self._spill_writer.write(rows)
+        await self._to_spill(rows)
+
+    async def _to_spill(self, rows: list[Row]) -> None:
+        written = await self._spill_writer.write(rows)
+        self.stats.spilled += written
+        self._settle(runs_of(rows[:written]))
 
     def _count(self, result: WriteResult, *, replay: bool, run_idx: int = 0) -> None:
         stats = self.stats
@@ -394,7 +434,8 @@ class Recorder:
         if result.duplicates:
             DUPLICATES.inc(result.duplicates)
         if result.rejected:
-            self._ledger.lose_rows(result.rejected, REJECTED, run_idx)
+            # Replayed rows were settled when they were spilled (perhaps by another process).
+            self._ledger.lose_rows(result.rejected, REJECTED, run_idx, accepted=not replay)
             logger.warning(
                 "%d exchanges refused by the database (first: %s)",
                 len(result.rejected),
@@ -446,6 +487,15 @@ class Recorder:
         if self._ledger and now >= self._next_loss_flush:
             self._next_loss_flush = now + self._loss_interval
             await self._store_losses()
+        killed = self._killed
+        if killed is not None and self._health.up:
+            if killed.scan_due(now):
+                await killed.scan()
+            if killed.pending:
+                failure = await killed.charge(self._add_segment_losses)
+                self.stats.killed = killed.charged
+                if failure is not None:
+                    self._mark_down(failure)
         replayer = self._replayer
         if replayer is None:
             return

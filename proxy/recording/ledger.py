@@ -3,6 +3,11 @@ Prometheus at once and in ``run_losses`` by the next ``store`` (or in the spill 
 database is away). Counters that cannot be stored or spilled stay pending; none is dropped
 except those the database refuses for good (their run no longer exists), which are logged.
 
+Losses of exchanges the recorder had accepted (``accepted=True``) are reported to
+``on_durable`` once their counters are stored or spilled: until then the intent log
+(``proxy.recording.intents``) keeps them outstanding, so that a kill in between still counts
+them (as ``process_killed``) on the next start.
+
 Reasons:
 
 - ``queue_full``: the queue was full when the proxy submitted the exchange
@@ -71,6 +76,7 @@ REASONS: Final = (
 
 LossKey = tuple[int, str]  # (run_id, reason)
 WriteLosses = Callable[[Mapping[LossKey, int]], Awaitable[object]]
+OnDurable = Callable[[Mapping[int, int]], None]
 
 _children: dict[str, Counter] = {reason: DROPPED.labels(reason) for reason in REASONS}
 
@@ -78,8 +84,10 @@ _children: dict[str, Counter] = {reason: DROPPED.labels(reason) for reason in RE
 class LossLedger:
     """Loss counters waiting to be stored, and the totals since start (``dropped``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_durable: OnDurable | None = None) -> None:
         self._pending: dict[LossKey, int] = {}
+        self._accepted: dict[int, int] = {}  # run -> accepted exchanges among the pending
+        self._on_durable = on_durable
         self.dropped: dict[str, int] = {}  # reason -> count since start
 
     def __bool__(self) -> bool:
@@ -90,10 +98,13 @@ class LossLedger:
         """A copy of the counters not yet stored."""
         return dict(self._pending)
 
-    def lose(self, run_id: int, reason: str, n: int = 1) -> None:
-        """Count ``n`` exchanges of ``run_id`` lost for ``reason``."""
+    def lose(self, run_id: int, reason: str, n: int = 1, *, accepted: bool = False) -> None:
+        """Count ``n`` exchanges of ``run_id`` lost for ``reason``; ``accepted``: the recorder
+        had accepted them (they are outstanding in the intent log until stored here)."""
         if n <= 0:
             return
+        if accepted:
+            self._accepted[run_id] = self._accepted.get(run_id, 0) + n
         key = (run_id, reason)
         pending = self._pending
         pending[key] = pending.get(key, 0) + n
@@ -104,23 +115,33 @@ class LossLedger:
             child = _children[reason] = DROPPED.labels(reason)
         child.inc(n)
 
-    def lose_rows(self, rows: Sequence[Row], reason: str, run_idx: int = 0) -> None:
+    def lose_rows(
+        self, rows: Sequence[Row], reason: str, run_idx: int = 0, *, accepted: bool = False
+    ) -> None:
         """Count each of ``rows`` (its run is the column ``run_idx``) lost for ``reason``."""
         by_run: dict[int, int] = {}
         for row in rows:
             run_id = int(row[run_idx])
             by_run[run_id] = by_run.get(run_id, 0) + 1
         for run_id, n in by_run.items():
-            self.lose(run_id, reason, n)
+            self.lose(run_id, reason, n, accepted=accepted)
 
-    def _take(self) -> dict[LossKey, int]:
+    def _take(self) -> tuple[dict[LossKey, int], dict[int, int]]:
         losses, self._pending = self._pending, {}
-        return losses
+        accepted, self._accepted = self._accepted, {}
+        return losses, accepted
 
-    def _restore(self, losses: Mapping[LossKey, int]) -> None:
+    def _restore(self, losses: Mapping[LossKey, int], accepted: Mapping[int, int]) -> None:
         pending = self._pending
         for key, n in losses.items():
             pending[key] = pending.get(key, 0) + n
+        mine = self._accepted
+        for run_id, n in accepted.items():
+            mine[run_id] = mine.get(run_id, 0) + n
+
+    def _durable(self, accepted: Mapping[int, int]) -> None:
+        if accepted and self._on_durable is not None:
+            self._on_durable(accepted)
 
     async def store(self, write: WriteLosses, *, write_timeout: float) -> Exception | None:
         """Add the pending counters with ``write`` (each call bounded by ``write_timeout``).
@@ -131,29 +152,35 @@ class LossLedger:
         the refused runs' counters are logged and dropped."""
         if not self._pending:
             return None
-        losses = self._take()
+        losses, accepted = self._take()
         try:
             async with asyncio.timeout(write_timeout):
                 await write(losses)
         except BaseException as exc:
             if not isinstance(exc, Exception) or is_unavailable(exc) or not is_rejection(exc):
-                self._restore(losses)
+                self._restore(losses, accepted)
                 if not isinstance(exc, Exception):
                     raise
                 return exc
-            return await self._store_by_run(write, losses, write_timeout)
+            return await self._store_by_run(write, losses, accepted, write_timeout)
+        self._durable(accepted)
         return None
 
     async def _store_by_run(
-        self, write: WriteLosses, losses: Mapping[LossKey, int], write_timeout: float
+        self,
+        write: WriteLosses,
+        losses: Mapping[LossKey, int],
+        accepted: Mapping[int, int],
+        write_timeout: float,
     ) -> Exception | None:
         by_run: dict[int, dict[LossKey, int]] = {}
         for key, n in losses.items():
             by_run.setdefault(key[0], {})[key] = n
         failure: Exception | None = None
         for run_id, counters in by_run.items():
+            mine = {run_id: accepted[run_id]} if run_id in accepted else {}
             if failure is not None:  # the database is away: keep the rest for later
-                self._restore(counters)
+                self._restore(counters, mine)
                 continue
             try:
                 async with asyncio.timeout(write_timeout):
@@ -166,9 +193,12 @@ class LossLedger:
                         one_line(exc),
                         {reason: n for (_, reason), n in counters.items()},
                     )
+                    self._durable(mine)  # as final as it gets: logged
                     continue
-                self._restore(counters)
+                self._restore(counters, mine)
                 failure = exc
+                continue
+            self._durable(mine)
         return failure
 
     async def spill(self, spill: Spill | None) -> bool:
@@ -178,13 +208,14 @@ class LossLedger:
             return True
         if spill is None:
             return False
-        losses = self._take()
+        losses, accepted = self._take()
         try:
             await asyncio.to_thread(spill.append_losses, losses)
         except OSError as exc:
             logger.error("cannot spill loss counters: %s", one_line(exc))
-            self._restore(losses)
+            self._restore(losses, accepted)
             return False
+        self._durable(accepted)
         return True
 
     def describe(self) -> dict[str, int]:

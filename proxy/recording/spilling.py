@@ -41,7 +41,8 @@ CountResult = Callable[[WriteResult, int], None]
 
 
 class SpillWriter:
-    """Rows to the spill; what does not fit, or cannot be written, is counted lost."""
+    """Rows (accepted by this recorder) to the spill; what does not fit, or cannot be
+    written, is counted lost."""
 
     def __init__(self, spill: Spill | None, ledger: LossLedger) -> None:
         self.spill = spill
@@ -51,18 +52,18 @@ class SpillWriter:
         """Spill ``rows``; the count written (the rest are counted in the ledger)."""
         spill = self.spill
         if spill is None:
-            self._ledger.lose_rows(rows, DATABASE_UNAVAILABLE)
+            self._ledger.lose_rows(rows, DATABASE_UNAVAILABLE, accepted=True)
             return 0
         try:
             written = await asyncio.to_thread(spill.append, rows)
         except Exception as exc:
             logger.error("cannot write the spill in %s: %s", spill.directory, one_line(exc))
-            self._ledger.lose_rows(rows, SPILL_ERROR)
+            self._ledger.lose_rows(rows, SPILL_ERROR, accepted=True)
             return 0
         SPILLED.inc(written)
         SPILL_BYTES.set(spill.size)
         if written < len(rows):
-            self._ledger.lose_rows(rows[written:], SPILL_FULL)
+            self._ledger.lose_rows(rows[written:], SPILL_FULL, accepted=True)
         return written
 
 
