@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -419,3 +422,57 @@ async def test_two_processes_share_a_run_and_a_spill_directory(
             for eng in engines:
                 await eng.dispose()
     assert await distinct_and_total(engine, run_id) == (200, 200)
+
+
+KILLED_RECORDER = Path(__file__).parent / "recording" / "killed_recorder.py"
+
+
+def run_killed_recorder(
+    database_url: str, spill_dir: Path, run_id: int, written: int, unwritten: int
+) -> None:
+    """A real process that records ``written`` exchanges, accepts ``unwritten`` more and is
+    killed with SIGKILL before its writer gets to them."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(KILLED_RECORDER),
+            database_url,
+            str(spill_dir),
+            str(run_id),
+            str(written),
+            str(unwritten),
+        ],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.stdout == b"ready\n", done.stderr.decode()[-2000:]
+    assert done.returncode == -signal.SIGKILL
+
+
+async def test_what_a_killed_recorder_accepted_is_counted_by_the_next(
+    engine: AsyncEngine, database_url: str, run_name: str, tmp_path: Path
+) -> None:
+    run_id = await new_run(engine, run_name)
+    spill_dir = tmp_path / "spill"
+    await asyncio.to_thread(run_killed_recorder, database_url, spill_dir, run_id, 30, 20)
+    assert await count_exchanges(engine, run_id) == 30
+    assert await fetch_losses(engine, run_id) == {}  # nobody knows yet
+    before = dropped_metric("process_killed")
+
+    config = RecordConfig(spill_dir=str(spill_dir), flush_interval_ms=10)
+    async with Recorder(engine, config) as recorder:
+        await eventually(lambda: _has_losses(engine, run_id, {"process_killed": 20}))
+        assert recorder.stats.killed == 20
+        for i in range(5):  # and it records as usual
+            recorder.submit(record(run_id, 100 + i))
+    assert dropped_metric("process_killed") - before == 20
+    assert await count_exchanges(engine, run_id) == 35
+    # Counted once: the next start finds nothing more to charge.
+    async with Recorder(engine, config) as again:
+        await again.flush()
+        assert again.stats.killed == 0
+    assert await fetch_losses(engine, run_id) == {"process_killed": 20}
+    assert list(spill_dir.glob("*.intents")) == []
