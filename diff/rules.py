@@ -8,14 +8,21 @@ per level.
 
 How a location in a JSON body is judged:
 
-- Every path rule (``strict``, ``ignore``, ``tolerance``) names a location and everything
-  below it. A location is judged by the rules that name it exactly; if none does, by the
-  judge of its parent; at ``$`` by ``default`` (``strict`` unless configured ``ignore``).
+Precedence (the same text is in ``config/graygate.example.yaml``):
+
+- Every path rule (``strict``, ``ignore``, ``tolerance``) names a location and its whole
+  subtree; a trailing ``.**`` adds nothing (``$.meta.**`` is ``$.meta``).
+- A location is judged by the rule naming the NEAREST location on its way up from it:
+  rules naming the location itself first, else those naming its parent, and so on; at
+  ``$`` by ``default`` (``strict`` unless configured ``ignore``). A rule naming a deeper
+  location is the more specific one for that subtree, whatever its kind.
 - Where several rules name the same location, the most specific path wins (a literal step
   counts 2, ``*`` 1, ``**``/``..`` 0), then an endpoint's rule over a default one, then
   tolerance over strict over ignore (when in doubt, compare).
-- So ``ignore: [$.meta.**]`` with ``strict: [$.meta.version]`` compares only the version,
-  and ``default: ignore`` with ``strict: [$.status]`` compares only the status.
+- So ``ignore: [$.meta.**]`` with ``strict: [$.meta.version]`` compares the version and
+  everything under it (``$.meta.version.major`` too) and nothing else under ``meta``;
+  ``default: ignore`` with ``strict: [$.status]`` compares only the status; ``strict:
+  [$.items]`` with ``ignore: [$..request_id]`` ignores ``$.items[0].request_id``.
 - ``tolerance`` bounds are inclusive and a number passes when it is within ``abs`` OR within
   ``rel`` (``|a - b| <= rel * max(|a|, |b|)``), when both are given. Anything that is not a
   number-against-number difference under a tolerance rule (a type change, a missing key) is
@@ -40,12 +47,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Literal
 
 from config.schema import ArrayRule, CompareConfig, HeaderRules, RuleSpec, Tolerance
 from diff.endpoints import EndpointMatcher, normalise_pattern
-from diff.paths import Location, MatchState, Path, PathMatcher, compile_path
+from diff.paths import DEEP, Location, MatchState, Path, PathMatcher, compile_path
 from graygate.errors import ConfigError
 
 __all__ = [
@@ -101,6 +109,16 @@ class Judge:
             scale = max(a if a >= 0 else -a, b if b >= 0 else -b)
             if delta <= self.rel * scale * (1 + _ROUNDING):
                 return True
+        return False
+
+    def within_decimal(self, a: Decimal, b: Decimal) -> bool:
+        """:meth:`within` for numbers written as strings, compared exactly as decimals."""
+        delta = abs(a - b)
+        slack = Decimal(1 + _ROUNDING)
+        if self.abs is not None and delta <= Decimal(self.abs) * slack:
+            return True
+        if self.rel is not None and delta <= Decimal(self.rel) * max(abs(a), abs(b)) * slack:
+            return True
         return False
 
 
@@ -272,6 +290,16 @@ def _compile(key: str, text: str) -> Path:
         raise ConfigError(key, str(exc)) from None
 
 
+def _subtree_root(path: Path) -> Path:
+    """A judging rule names a location and its whole subtree, so a trailing ``.**`` adds
+    nothing: ``$.meta.**`` is the rule ``$.meta``. Dropping it makes the precedence a
+    matter of which rule names the nearer location (see the module docstring)."""
+    steps = path.steps
+    while steps and steps[-1][0] == DEEP:
+        steps = steps[:-1]
+    return path if steps == path.steps else Path(text=path.text, steps=steps)
+
+
 def _compile_spec(
     prefix: str, spec: RuleSpec, source: int
 ) -> tuple[list[_Rule], dict[str, _ArrayRuleC]]:
@@ -280,11 +308,11 @@ def _compile_spec(
     kind: JudgeKind
     for kind in ("strict", "ignore"):
         for text in getattr(spec, kind):
-            path = _compile(f"{prefix}.{kind}", text)
+            path = _subtree_root(_compile(f"{prefix}.{kind}", text))
             judge = Judge(kind=kind, text=f"{kind} {path.text}")
             rules.append(_Rule(path, judge, (path.specificity, source, _KIND_RANK[kind])))
     for text, tol in spec.tolerance.items():
-        path = _compile(f"{prefix}.tolerance", text)
+        path = _subtree_root(_compile(f"{prefix}.tolerance", text))
         judge = Judge("tolerance", _tolerance_text(path.text, tol), tol.abs, tol.rel)
         rules.append(_Rule(path, judge, (path.specificity, source, _KIND_RANK["tolerance"])))
     arrays: dict[str, _ArrayRuleC] = {}
