@@ -11,7 +11,8 @@ Order of judgement::
              JSON type's `charset=utf-8` do not count)
     body     by mode: `auto` picks JSON for application/json and +json, text for text/*,
              XML, JavaScript, forms; bytes (sha256 and length) for the rest; a body with no
-             content-type that looks like JSON is tried as JSON, then as text
+             content-type that looks like JSON is tried as JSON, then as text; a body
+             larger than ``compare.max_body_bytes`` (either side) is compared as bytes
 
 Bodies whose bytes are equal are equal: that check comes first and is all the equal case
 costs. A body recorded truncated cannot be judged under path rules: the common prefix is
@@ -850,6 +851,9 @@ def _compare_body(primary: Side, other: Side, rules: RuleSet, out: list[Differen
     ct_a = _header(primary.headers, "content-type")
     ct_b = _header(other.headers, "content-type")
     mode = rules.body if rules.body != "auto" else _body_mode(ct_a, ct_b)
+    limit = rules.max_body_bytes
+    if limit is not None and (len(a_raw) > limit or len(b_raw) > limit):
+        mode = "bytes"  # compare.max_body_bytes: too large to parse; compared as bytes
     if mode == "sniff":
         first = a_raw[:64].lstrip(_BOM + b" \t\r\n")[:1] or b_raw[:64].lstrip(_BOM + b" \t\r\n")[:1]
         mode = "sniff-json" if first in (b"{", b"[") else "text"

@@ -176,6 +176,7 @@ class RuleSet:
         ignored_headers: frozenset[str],
         all_headers: bool,
         body: str,
+        max_body_bytes: int | None = None,
     ) -> None:
         rules = tuple(rules)
         arrays = tuple(arrays)
@@ -189,6 +190,7 @@ class RuleSet:
             "ignored_headers": ignored_headers,
             "all_headers": all_headers,
             "body": body,
+            "max_body_bytes": max_body_bytes,
         }
         self.endpoint = endpoint
         self.default = default
@@ -197,6 +199,8 @@ class RuleSet:
         self.ignored_headers = ignored_headers
         self.all_headers = all_headers
         self.body = body
+        # compare.max_body_bytes: a body larger than this is compared as bytes (sha256).
+        self.max_body_bytes = max_body_bytes
         self._rules = tuple(rules)
         self._arrays = tuple(arrays)
         n_rules = len(self._rules)
@@ -374,7 +378,7 @@ class RuleBook:
         """Compile ``cfg``; a bad path or pattern raises ConfigError naming its key."""
         d = cfg.defaults
         d_rules, d_arrays = _compile_spec("compare.defaults", d, 0)
-        defaults = _build(None, d, None, d_rules, d_arrays)
+        defaults = _build(None, d, None, d_rules, d_arrays, cfg.max_body_bytes)
         endpoints: dict[str, RuleSet] = {}
         patterns: list[str] = []
         for i, ep in enumerate(cfg.endpoints):
@@ -388,7 +392,7 @@ class RuleBook:
                 log.warning("%s.match: %s is configured twice; the first wins", prefix, ep.match)
                 continue
             endpoints[normalised] = _build(
-                normalised, d, ep, d_rules + e_rules, {**d_arrays, **e_arrays}
+                normalised, d, ep, d_rules + e_rules, {**d_arrays, **e_arrays}, cfg.max_body_bytes
             )
             patterns.append(normalised)
         return cls(defaults, endpoints, tuple(patterns), cfg)
@@ -419,6 +423,7 @@ def _build(
     endpoint: RuleSpec | None,
     rules: list[_Rule],
     arrays: dict[str, _ArrayRuleC],
+    max_body_bytes: int | None = None,
 ) -> RuleSet:
     def pick(attr: str, fallback: str) -> str:
         if endpoint is not None and getattr(endpoint, attr) is not None:
@@ -448,4 +453,5 @@ def _build(
         ignored_headers=ignored_h,
         all_headers=all_h,
         body=pick("body", "auto"),
+        max_body_bytes=max_body_bytes,
     )
