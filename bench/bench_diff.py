@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from config.schema import CompareConfig
 from diff.compare import compare
 from diff.rules import RuleBook, RuleSet
-from graygate.values import Side
+from graygate.values import Answer
 
 __all__ = ["main"]
 
@@ -223,7 +223,7 @@ def engine_fn(rules: RuleSet) -> Callable[[bytes, bytes], object]:
     headers = {"content-type": "application/json"}
 
     def run(a: bytes, b: bytes) -> object:
-        return compare(Side(200, headers, a), Side(200, headers, b), rules)
+        return compare(Answer(200, headers, a), Answer(200, headers, b), rules)
 
     return run
 

@@ -273,6 +273,8 @@ class NoiseConfig(_Frozen):
     # the primary-vs-secondary rate by both margins.
     relative: float = Field(default=0.2, ge=0.0)
     absolute: float = Field(default=0.0003, ge=0.0)
+    # Pairs with a secondary an endpoint needs before any of its fields can be noise.
+    min_secondary_pairs: int = Field(default=20, ge=1)
 
 
 class CompareConfig(_Frozen):
@@ -303,6 +305,9 @@ class LatencyConfig(_Frozen):
     max_increase: float = Field(default=0.05, ge=0.0)
     alpha: float = Field(default=0.01, gt=0.0, lt=1.0)  # Mann-Whitney significance level
     min_samples: int = Field(default=50, ge=1)
+    # A shift smaller than this many milliseconds is never a regression (a 2 ms endpoint
+    # 0.3 ms slower passes whatever the ratio).
+    min_increase_ms: float = Field(default=0.5, ge=0.0)
 
 
 class VerdictConfig(_Frozen):
@@ -312,6 +317,8 @@ class VerdictConfig(_Frozen):
     max_tolerance_violation_rate: float = Field(default=0.001, ge=0.0, le=1.0)
     max_error_rate_increase: float = Field(default=0.0, ge=0.0, le=1.0)
     max_unrecorded_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    # Recorded exchanges not judged yet, over those recorded: above this, no GO.
+    max_backlog_rate: float = Field(default=0.01, ge=0.0, le=1.0)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
 
 

@@ -11,7 +11,8 @@ Order of judgement::
              JSON type's `charset=utf-8` do not count)
     body     by mode: `auto` picks JSON for application/json and +json, text for text/*,
              XML, JavaScript, forms; bytes (sha256 and length) for the rest; a body with no
-             content-type that looks like JSON is tried as JSON, then as text
+             content-type that looks like JSON is tried as JSON, then as text; a body
+             larger than ``compare.max_body_bytes`` (either side) is compared as bytes
 
 Bodies whose bytes are equal are equal: that check comes first and is all the equal case
 costs. A body recorded truncated cannot be judged under path rules: the common prefix is
@@ -20,31 +21,45 @@ only when that comparison is exact (a text or bytes body, or JSON with no path r
 ``tolerance`` (it never counts as a certain strict mismatch). Text and bytes bodies are
 judged by the judge of ``$`` (``ignore: ["$"]`` or ``default: ignore`` skips them).
 
-JSON: the design decision about DeepDiff
-----------------------------------------
-Both bodies are parsed with orjson and ONE walker (:class:`_Walker`) goes over both trees
-at once, stepping the rules automaton (:mod:`diff.rules`) as it descends, and produces the
-Difference list directly. It only descends where something differs. Scalars are compared
-with ``==`` and their types (``1 == 1.0`` is no difference; ``True`` against ``1`` is a type
-difference though Python finds them equal). Containers are compared by serialising them
-with orjson, all the members of an object in one call per side: equal bytes are equal JSON,
-types included, at C speed (``==`` alone would miss ``True`` against ``1``); bytes that
-differ only by key order are caught by a second, sorted serialisation; anything else (a
-real difference, or ``10.0`` printed against ``10``) is walked. Ignored members are pruned
-before any of that, unless a strict or tolerance rule names something inside. So a body
-that differs only in ignored fields costs its parse, one serialisation of the rest, and a
-Python step per member on the way to each ignored field.
+JSON: parsing
+-------------
+Both bodies are read as if by one parser: orjson, unless it refuses a body or the body may
+hold an integer beyond 64 bits (orjson rounds those to floats; a C-speed scan for a run of
+19 digits decides), then the standard library, which keeps integers exact and reads the
+non-standard constants ``NaN``, ``Infinity`` and ``-Infinity`` as named constants: equal to
+the same constant only (identical ``NaN`` s are equal; ``NaN`` against ``null``, or
+``Infinity`` against ``-Infinity``, differ). A leading UTF-8 byte order mark is dropped. Two
+blank bodies (empty, whitespace) are equal. A body neither parser reads (not JSON, or nested
+deeper than 1024 levels) is compared as text in ``sniff`` mode and is one strict ``body``
+difference in ``json`` mode.
 
-DeepDiff is used where it adds what the walker lacks: for an ``unordered`` array, after
-equal elements have been matched as a multiset, it decides which of the remaining elements
-correspond (its similarity-based pairing under ``ignore_order``), so that an edited element
-shows as a few field differences instead of one missing plus one extra. The walker then
-judges each pair, so every reported difference has the same semantics whichever way it was
-found. :func:`_deepdiff_pairs` is the one function that calls DeepDiff and the one place
-that turns rules into its arguments: ``ignore_order_func`` where the rules say an array is
-unordered or keyed, and :class:`_RulesOperator` (a ``BaseOperator``) that applies ignore
-and tolerance rules and ``1 == 1.0`` while DeepDiff measures distances. Keyed arrays need
-no DeepDiff: the key is the pairing.
+JSON: the walk
+--------------
+ONE walker (:class:`_Walker`) goes over both trees at once, iteratively (an explicit stack,
+so depth costs no recursion and every rule applies at any depth), stepping the rules
+automaton (:mod:`diff.rules`) as it descends, and produces the Difference list directly. It
+only descends where something differs. Scalars are compared with ``==`` and their types
+(``1 == 1.0`` is no difference; ``True`` against ``1`` is a type difference though Python
+finds them equal; no rounding anywhere). Containers are compared by serialising them with
+orjson, all the members of an object in one call per side: equal bytes are equal JSON, types
+included, at C speed; bytes that differ only by key order are caught by a second, sorted
+serialisation; anything else (a real difference, ``10.0`` printed against ``10``, a
+non-finite constant orjson does not write, more than 254 levels) is walked. Ignored members
+are pruned before any of that, unless a strict or tolerance rule names something inside.
+
+Under a tolerance rule, two strings that both spell decimal numbers (``"12.30"`` against
+``"12.3"``) are compared as those numbers, exactly (decimals); a string against a number is
+a type difference.
+
+Arrays: a plain array element by element plus one ``length`` difference. An ``unordered``
+array is matched as a multiset with the walker's own equality (:meth:`_Walker.match_rest`):
+equal elements first, then elements the rules find equal (ignored members, tolerances), then
+the remaining objects (or arrays) are paired by fewest differences when they have something
+in common, so an edited element shows as a few field differences; the rest are ``missing`` /
+``extra``. A ``key`` array pairs elements whose key occurs exactly once on each side; the
+elements without the key or with a duplicated key are matched as an unordered multiset
+(never by position). DeepDiff is not used by the engine (its ``ignore_order`` pairing
+rounded floats and took ``True`` for ``1``); the tests compare the engine with it.
 """
 
 from __future__ import annotations
@@ -53,12 +68,13 @@ import hashlib
 import itertools
 import json
 import logging
+import math
+import re
+from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
 import orjson
-from deepdiff import DeepDiff
-from deepdiff.operator import BaseOperator
 
 from diff.paths import Location, MatchState, render_field, render_location
 from diff.rules import ArraySpec, Judge, RuleSet
@@ -73,6 +89,7 @@ _CONTEXT = 40  # characters of text shown around the first difference
 _SNIPPET = 200  # characters of an unparsable body shown
 _MAX_VALUE_BYTES = 2048  # a value larger than this (as JSON) is shown clipped
 _MAX_PAIRING = 400  # leftover pairs above which unordered elements are not paired
+_PAIR_PROBE_CAP = 64  # differences counted when scoring one candidate pair
 _SORT = orjson.OPT_SORT_KEYS
 _dumps = orjson.dumps
 
@@ -80,7 +97,39 @@ _MISSING: Any = object()
 
 # Type classes: what counts as the same JSON type (int and float are both numbers).
 _NUM, _STR, _BOOL, _NULL, _OBJ, _ARR = range(6)
+
+
+class _NonFinite(float):
+    """``NaN``, ``Infinity`` or ``-Infinity`` as a non-standard body spelled it.
+
+    Equal to the same constant only (an identical ``NaN`` is equal, ``NaN`` against
+    ``null`` or ``Infinity`` against ``-Infinity`` differs). orjson does not serialise a
+    float subclass, so a container holding one is never taken for equal by its bytes and is
+    always walked."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> _NonFinite:
+        self = super().__new__(cls, text)
+        self.text = text
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _NonFinite and other.text == self.text
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(("nonfinite", self.text))
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 _TYPE_CLASS: dict[type, int] = {
+    _NonFinite: _NUM,
     int: _NUM,
     float: _NUM,
     str: _STR,
@@ -96,26 +145,46 @@ def _clip(value: Any) -> Any:
     t = type(value)
     if t is str:
         return value if len(value) <= 500 else value[:500] + "…"
+    if t is _NonFinite:
+        return value.text
+    if t is int and not -(2**63) <= value < 2**64:
+        return str(value)  # exact, where a JSON reader would round it
     if t is dict or t is list:
-        raw = orjson.dumps(value)
+        try:
+            raw = orjson.dumps(value, default=_default)
+        except orjson.JSONEncodeError:  # deeper than orjson writes
+            raw = json.dumps(value, default=_default).encode()
         if len(raw) > _MAX_VALUE_BYTES:
             return {"clipped": raw[:500].decode("utf-8", "replace") + "…", "bytes": len(raw)}
     return value
 
 
 class _Walker:
-    """One walk over two parsed JSON bodies; ``out`` collects the Differences."""
+    """One walk over two parsed JSON bodies; ``out`` collects the Differences.
 
-    __slots__ = ("more", "out")
+    The walk is iterative (an explicit stack of pairs still to judge), so a document nested
+    thousands of levels deep is judged with the same rules as a shallow one.
+    """
 
-    def __init__(self, out: list[Difference]) -> None:
+    __slots__ = ("cap", "more", "out", "todo")
+
+    def __init__(self, out: list[Difference], cap: int = MAX_DIFFERENCES) -> None:
         self.out = out
         self.more = 0
+        self.cap = cap
+        self.todo: list[tuple[Any, Any, Location, MatchState, Judge]] = []
+
+    def run(self, a: Any, b: Any, loc: Location, st: MatchState, j: Judge) -> None:
+        todo = self.todo
+        todo.append((a, b, loc, st, j))
+        node = self.node
+        while todo:
+            node(*todo.pop())
 
     # -- reporting -------------------------------------------------------------------------
 
     def emit(self, loc: Location, kind: str, pv: Any, ov: Any, judgement: str, rule: str) -> None:
-        if len(self.out) >= MAX_DIFFERENCES:
+        if len(self.out) >= self.cap:
             self.more += 1
             return
         self.out.append(
@@ -165,6 +234,11 @@ class _Walker:
         ca = _TYPE_CLASS.get(ta)
         cb = _TYPE_CLASS.get(tb)
         if ca != cb:
+            if ca == _STR and cb == _STR:  # pragma: no cover - str subclasses do not occur
+                pass
+            elif j.kind == "tolerance" and _numeric_pair(a, b):
+                self.numeric_text(a, b, loc, j)
+                return
             self.emit(loc, "type", a, b, "strict", _strict_text(j))
         elif ca == _NUM:
             if a == b:
@@ -175,7 +249,23 @@ class _Walker:
             else:
                 self.emit(loc, "value", a, b, "strict", j.text)
         elif a != b:
+            if ca == _STR and j.kind == "tolerance" and _numeric_pair(a, b):
+                self.numeric_text(a, b, loc, j)
+                return
             self.emit(loc, "value", a, b, "strict", _strict_text(j))
+
+    def numeric_text(self, a: Any, b: Any, loc: Location, j: Judge) -> None:
+        """Under a tolerance rule, numbers written as strings ("12.30" against "12.3") are
+        judged as the numbers they spell, when both sides are strings; a string against a
+        number is a type difference."""
+        if type(a) is not str or type(b) is not str:
+            self.emit(loc, "type", a, b, "strict", _strict_text(j))
+            return
+        x, y = _decimal(a), _decimal(b)
+        if x == y:
+            return
+        if not j.within_decimal(x, y):
+            self.emit(loc, "value", a, b, "tolerance", j.text)
 
     def obj(
         self, a: dict[str, Any], b: dict[str, Any], loc: Location, st: MatchState, j: Judge
@@ -184,6 +274,7 @@ class _Walker:
         get = b.get
         named, other = st.children()
         named_get = named.get
+        kids: list[tuple[Any, Any, Location, MatchState, Judge]] = []
         # Member containers are compared after the loop, in one serialisation per side.
         keys: list[str] = []
         conts_a: list[Any] = []
@@ -213,21 +304,33 @@ class _Walker:
             info = child.info
             if (info.judge or j).kind == "ignore" and not info.unignore:
                 continue
-            self.node(va, vb, (*loc, k), child, j)
-        if keys and (len(keys) == 1 or _dumps(conts_a) != _dumps(conts_b)):
-            for k, va, vb in zip(keys, conts_a, conts_b, strict=True):
-                if not _same_container(va, vb):
-                    self.node(va, vb, (*loc, k), named_get(k, other), j)
+            kids.append((va, vb, (*loc, k), child, j))
+        if keys:
+            if len(keys) == 1:
+                differ = True
+            else:
+                try:
+                    differ = _dumps(conts_a) != _dumps(conts_b)
+                except orjson.JSONEncodeError:
+                    differ = True
+            if differ:
+                for k, va, vb in zip(keys, conts_a, conts_b, strict=True):
+                    if not _same_container(va, vb):
+                        kids.append((va, vb, (*loc, k), named_get(k, other), j))
         if len(b) > len(a) - missing:
             for k, vb in b.items():
                 if k not in a:
                     self.gone(vb, (*loc, k), st.key(k), j, "extra", None)
+        if kids:
+            kids.reverse()
+            self.todo.extend(kids)
 
     def seq(self, a: list[Any], b: list[Any], loc: Location, st: MatchState, j: Judge) -> None:
         """A plain array: element by element, then one ``length`` difference."""
+        kids = []
         for i, (va, vb) in enumerate(zip(a, b)):  # noqa: B905 - lengths differ on purpose
             if not _same(va, vb):
-                self.node(va, vb, (*loc, i), st.index(i), j)
+                kids.append((va, vb, (*loc, i), st.index(i), j))
         la, lb = len(a), len(b)
         if la != lb:
             if j.kind != "ignore":
@@ -237,33 +340,66 @@ class _Walker:
                     self.gone(a[i], (*loc, i), st.index(i), j, "missing", None)
                 for i in range(la, lb):
                     self.gone(b[i], (*loc, i), st.index(i), j, "extra", None)
+        if kids:
+            kids.reverse()
+            self.todo.extend(kids)
 
     def keyed(
         self, a: list[Any], b: list[Any], loc: Location, st: MatchState, j: Judge, spec: ArraySpec
     ) -> None:
-        """Elements paired by ``spec.key``: an inserted element is one ``extra``."""
+        """Elements paired by ``spec.key``: an inserted element is one ``extra``.
+
+        Only a key that occurs exactly once on each side pairs two elements. Elements
+        without the key, or whose key occurs more than once on either side, are matched
+        as a multiset and paired by similarity, as in an ``unordered`` array (never by
+        position)."""
         key = spec.key
         assert key is not None
-        by_b: dict[Any, list[int]] = {}
-        for i, x in enumerate(b):
-            by_b.setdefault(_key_of(x, key), []).append(i)
-        for lst in by_b.values():
-            lst.reverse()  # pop() gives the first occurrence
+        keys_a = [_key_of(x, key) for x in a]
+        keys_b = [_key_of(x, key) for x in b]
+        count_a: dict[Any, int] = {}
+        for k in keys_a:
+            count_a[k] = count_a.get(k, 0) + 1
+        count_b: dict[Any, int] = {}
+        where_b: dict[Any, int] = {}
+        for i, k in enumerate(keys_b):
+            count_b[k] = count_b.get(k, 0) + 1
+            where_b[k] = i
+
+        def unique(k: Any) -> bool:
+            return k is not _MISSING and count_a.get(k, 0) <= 1 and count_b.get(k, 0) <= 1
+
         pairs: list[tuple[int, int]] = []
         lone_a: list[int] = []
-        for i, x in enumerate(a):
-            found = by_b.get(_key_of(x, key))
-            if found:
-                pairs.append((i, found.pop()))
+        rest_a: list[int] = []
+        paired_b: set[int] = set()
+        for i, k in enumerate(keys_a):
+            if not unique(k):
+                rest_a.append(i)
+            elif k in where_b:
+                pairs.append((i, where_b[k]))
+                paired_b.add(where_b[k])
             else:
                 lone_a.append(i)
-        lone_b = sorted(i for lst in by_b.values() for i in lst)
+        lone_b: list[int] = []
+        rest_b: list[int] = []
+        for i, k in enumerate(keys_b):
+            if i in paired_b:
+                continue
+            (lone_b if unique(k) else rest_b).append(i)
         rule = f"{_strict_text(j)}; {spec.text}"
+        kids = []
         for i, k in pairs:
             va = a[i]
             vb = b[k]
             if not _same(va, vb):
-                self.node(va, vb, (*loc, i), st.index(i), j)
+                kids.append((va, vb, (*loc, i), st.index(i), j))
+        if rest_a or rest_b:
+            more_pairs, extra_a, extra_b = self.match_rest(a, b, rest_a, rest_b, loc, st, j)
+            for i, k in more_pairs:
+                kids.append((a[i], b[k], (*loc, i), st.index(i), j))
+            lone_a = sorted(lone_a + extra_a)
+            lone_b = sorted(lone_b + extra_b)
         for i in lone_a:
             self.gone(a[i], (*loc, i), st.index(i), j, "missing", rule)
         for k in lone_b:
@@ -271,58 +407,163 @@ class _Walker:
         if not spec.unordered and j.kind != "ignore":
             order_b = [k for _, k in pairs]
             if any(x > y for x, y in itertools.pairwise(order_b)):
-                keys_a = [_key_value(a[i], key) for i, _ in pairs][:50]
-                keys_b = [_key_value(b[k], key) for k in sorted(order_b)][:50]
-                self.emit(loc, "order", keys_a, keys_b, "strict", rule)
+                shown_a = [_key_value(a[i], key) for i, _ in pairs][:50]
+                shown_b = [_key_value(b[k], key) for k in sorted(order_b)][:50]
+                self.emit(loc, "order", shown_a, shown_b, "strict", rule)
+        if kids:
+            kids.reverse()
+            self.todo.extend(kids)
 
     def unordered(
         self, a: list[Any], b: list[Any], loc: Location, st: MatchState, j: Judge, spec: ArraySpec
     ) -> None:
         """A multiset: equal elements match whatever their place; the rest are paired by
-        similarity (DeepDiff) and judged, or reported missing / extra."""
-        by_b: dict[Any, list[int]] = {}
-        for i, x in enumerate(b):
-            by_b.setdefault(_freeze(x), []).append(i)
-        for lst in by_b.values():
-            lst.reverse()
-        lone_a: list[int] = []
-        for i, x in enumerate(a):
-            found = by_b.get(_freeze(x))
-            if found:
-                found.pop()  # equal, bools and all: _freeze tells True from 1
-            else:
-                lone_a.append(i)
-        lone_b = sorted(i for lst in by_b.values() for i in lst)
-        if not lone_a and not lone_b:
-            return
-        pairs, lone_a, lone_b = _deepdiff_pairs(a, b, lone_a, lone_b, st, j)
-        for i, k in pairs:
-            self.node(a[i], b[k], (*loc, i), st.index(i), j)
+        similarity under the same rules and judged, or reported missing / extra."""
+        pairs, lone_a, lone_b = self.match_rest(
+            a, b, list(range(len(a))), list(range(len(b))), loc, st, j
+        )
+        kids = [(a[i], b[k], (*loc, i), st.index(i), j) for i, k in pairs]
         rule = f"{_strict_text(j)}; {spec.text}"
         for i in lone_a:
             self.gone(a[i], (*loc, i), st.index(i), j, "missing", rule)
         for k in lone_b:
             self.gone(b[k], (*loc, k), st.index(k), j, "extra", rule)
+        if kids:
+            kids.reverse()
+            self.todo.extend(kids)
+
+    def match_rest(
+        self,
+        a: list[Any],
+        b: list[Any],
+        idx_a: list[int],
+        idx_b: list[int],
+        loc: Location,
+        st: MatchState,
+        j: Judge,
+    ) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+        """Match elements ``idx_a`` of ``a`` with elements ``idx_b`` of ``b`` as multisets.
+
+        Returns (pairs to judge, primary indexes with no counterpart, other indexes with no
+        counterpart). Equal elements (JSON equality: ``True`` is not ``1``, no rounding)
+        match first; then, among the rest, elements that this engine finds equal under the
+        rules (ignored members, tolerances) match; then elements of the same container
+        type are paired by fewest differences when they have something in common. Pairs
+        are judged by the walker, so a difference means the same however it was found.
+        """
+        by_b: dict[Any, list[int]] = {}
+        frozen_ok = True
+        try:
+            for k in idx_b:
+                by_b.setdefault(_freeze(b[k]), []).append(k)
+        except RecursionError:
+            frozen_ok = False
+            by_b = {}
+        for lst in by_b.values():
+            lst.reverse()
+        lone_a: list[int] = []
+        if frozen_ok:
+            try:
+                for i in idx_a:
+                    found = by_b.get(_freeze(a[i]))
+                    if found:
+                        found.pop()
+                    else:
+                        lone_a.append(i)
+                lone_b = sorted(k for lst in by_b.values() for k in lst)
+            except RecursionError:
+                lone_a, lone_b = list(idx_a), list(idx_b)
+        else:
+            lone_a, lone_b = list(idx_a), list(idx_b)
+        if not lone_a or not lone_b or len(lone_a) * len(lone_b) > _MAX_PAIRING:
+            return [], lone_a, lone_b
+        # Score every leftover pair by how many differences the rules find in it.
+        scored: list[tuple[int, int, int]] = []
+        for i in lone_a:
+            ea = a[i]
+            for k in lone_b:
+                eb = b[k]
+                probe = _Walker([], cap=_PAIR_PROBE_CAP)
+                probe.run(ea, eb, (*loc, i), st.index(i), j)
+                n = len(probe.out) + probe.more
+                if n == 0 or _alike(ea, eb, n):
+                    scored.append((n, i, k))
+        scored.sort()
+        used_a: set[int] = set()
+        used_b: set[int] = set()
+        pairs: list[tuple[int, int]] = []
+        for n, i, k in scored:
+            if i in used_a or k in used_b:
+                continue
+            used_a.add(i)
+            used_b.add(k)
+            if n:
+                pairs.append((i, k))
+        pairs.sort()
+        return (
+            pairs,
+            [i for i in lone_a if i not in used_a],
+            [k for k in lone_b if k not in used_b],
+        )
 
     def gone(
         self, v: Any, loc: Location, st: MatchState, j: Judge, kind: str, rule: str | None
     ) -> None:
         """``v`` is on one side only (kind missing: only the primary has it)."""
-        info = st.info
-        if info.judge is not None:
-            j = info.judge
-        if j.kind != "ignore":
-            pv, ov = (v, None) if kind == "missing" else (None, v)
-            self.emit(loc, kind, pv, ov, "strict", rule or _strict_text(j))
-            return
-        if not info.unignore:
-            return
-        if type(v) is dict:
-            for k, x in v.items():
-                self.gone(x, (*loc, k), st.key(k), j, kind, rule)
-        elif type(v) is list:
-            for i, x in enumerate(v):
-                self.gone(x, (*loc, i), st.index(i), j, kind, rule)
+        stack = [(v, loc, st, j)]
+        while stack:
+            v, loc, st, j = stack.pop()
+            info = st.info
+            if info.judge is not None:
+                j = info.judge
+            if j.kind != "ignore":
+                pv, ov = (v, None) if kind == "missing" else (None, v)
+                self.emit(loc, kind, pv, ov, "strict", rule or _strict_text(j))
+                continue
+            if not info.unignore:
+                continue
+            if type(v) is dict:
+                stack.extend(reversed([(x, (*loc, k), st.key(k), j) for k, x in v.items()]))
+            elif type(v) is list:
+                stack.extend(reversed([(x, (*loc, i), st.index(i), j) for i, x in enumerate(v)]))
+
+
+def _alike(a: Any, b: Any, n: int) -> bool:
+    """Whether two unequal leftover elements are worth pairing (``n`` differences found):
+    two objects or two arrays with fewer differences than members."""
+    ta = type(a)
+    if ta is not type(b) or not (ta is dict or ta is list):
+        return False
+    return n < max(len(a), len(b))
+
+
+def _default(value: Any) -> Any:
+    if type(value) is _NonFinite:
+        return value.text
+    raise TypeError(type(value).__name__)
+
+
+_NUMBER_TEXT = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*\Z")
+
+
+def _numeric_pair(a: Any, b: Any) -> bool:
+    """Both are numbers or strings that spell finite decimal numbers, one at least a
+    string."""
+    for v in (a, b):
+        t = type(v)
+        if t is str:
+            if len(v) > 100 or not _NUMBER_TEXT.match(v):
+                return False
+        elif t is not int and t is not float:
+            return False
+    return True
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text.strip())
+    except InvalidOperation:  # pragma: no cover - _numeric_pair checked the syntax
+        return Decimal("NaN")
 
 
 def _strict_text(j: Judge) -> str:
@@ -334,9 +575,12 @@ def _same_container(a: Any, b: Any) -> bool:
     compare with JSON's types (``==`` would take True for 1); where the bytes differ only
     by key order it says equal too; a number printed ``10.0`` against ``10`` makes it say
     no, and the walker then looks (and finds no difference)."""
-    if _dumps(a) == _dumps(b):
-        return True
-    return bool(a == b) and _dumps(a, option=_SORT) == _dumps(b, option=_SORT)
+    try:
+        if _dumps(a) == _dumps(b):
+            return True
+        return bool(a == b) and _dumps(a, option=_SORT) == _dumps(b, option=_SORT)
+    except (orjson.JSONEncodeError, RecursionError):  # non-finite constants, or very deep
+        return False
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -378,119 +622,6 @@ def _key_of(element: Any, key: str) -> Any:
 
 def _key_value(element: Any, key: str) -> Any:
     return element.get(key) if type(element) is dict else None
-
-
-# -- DeepDiff: pairing the leftovers of unordered arrays -----------------------------------
-
-
-class _RulesOperator(BaseOperator):
-    """Makes DeepDiff see values as the rules do while it measures how alike elements are:
-    ignored subtrees, numbers within tolerance and ``1 == 1.0`` are no difference."""
-
-    def __init__(self, root_items: list[Any], elem_state: MatchState, judge: Judge) -> None:
-        super().__init__()
-        self.root_items = root_items
-        self.elem_state = elem_state
-        self.judge = judge
-
-    def resolve(self, level: Any, diff_instance: Any) -> tuple[MatchState, Judge] | None:
-        rel = level.path(output_format="list")
-        if diff_instance.t1 is self.root_items:
-            if not rel:
-                return None  # the list of leftovers itself
-            rel = rel[1:]
-        st = self.elem_state
-        j = st.info.judge or self.judge
-        for part in rel:
-            st = st.step(part)
-            if st.info.judge is not None:
-                j = st.info.judge
-        return st, j
-
-    def match(self, level: Any) -> bool:
-        return True
-
-    def normalize_value_for_hashing(self, parent: Any, obj: Any) -> Any:
-        return obj
-
-    def give_up_diffing(self, level: Any, diff_instance: Any) -> bool:
-        found = self.resolve(level, diff_instance)
-        if found is None:
-            return False
-        st, j = found
-        a, b = level.t1, level.t2
-        if j.kind == "ignore" and not st.info.unignore:
-            return True
-        ta, tb = type(a), type(b)
-        if ta in (int, float) and tb in (int, float):
-            return a == b or (j.kind == "tolerance" and j.within(a, b))
-        return False
-
-    def unordered_here(self, level: Any) -> bool:
-        """DeepDiff's ``ignore_order_func``: the leftovers list, and arrays the rules pair."""
-        root = level
-        while root.up is not None:
-            root = root.up
-        rel = level.path(output_format="list")
-        if root.t1 is self.root_items:
-            if not rel:
-                return True
-            rel = rel[1:]
-        st = self.elem_state
-        for part in rel:
-            st = st.step(part)
-        return st.info.array is not None
-
-
-def _deepdiff_pairs(
-    a: list[Any], b: list[Any], lone_a: list[int], lone_b: list[int], st: MatchState, j: Judge
-) -> tuple[list[tuple[int, int]], list[int], list[int]]:
-    """Which of the unmatched elements of an unordered array correspond.
-
-    Returns (pairs of primary/other indexes to judge, primary indexes with no counterpart,
-    other indexes with no counterpart). Elements DeepDiff finds equal under the rules are
-    in none of them. The one place DeepDiff is called.
-    """
-    if not lone_a or not lone_b or len(lone_a) * len(lone_b) > _MAX_PAIRING:
-        return [], lone_a, lone_b
-    items_a = [a[i] for i in lone_a]
-    items_b = [b[k] for k in lone_b]
-    op = _RulesOperator(items_a, st.index(-1), st.info.judge or j)
-    try:
-        result = DeepDiff(
-            items_a,
-            items_b,
-            view="tree",
-            ignore_order=False,
-            ignore_order_func=op.unordered_here,
-            custom_operators=[op],
-            ignore_numeric_type_changes=True,
-            report_repetition=False,
-            cutoff_intersection_for_pairs=1.0,
-            verbose_level=2,
-            log_frequency_in_sec=0,
-        )
-    except Exception:  # DeepDiff is a helper here; a failure must not lose the exchange
-        log.exception("DeepDiff failed pairing unordered array elements")
-        return [], lone_a, lone_b
-    paired: dict[int, int] = {}
-    gone_a: set[int] = set()
-    gone_b: set[int] = set()
-    for report_type, levels in result.tree.items():
-        for level in levels:
-            top = level
-            while top.up is not None and top.up.up is not None:
-                top = top.up
-            i = top.path(output_format="list")[:1]
-            k = top.path(output_format="list", use_t2=True)[:1]
-            if top is level and report_type == "iterable_item_removed":
-                gone_a.add(i[0])
-            elif top is level and report_type == "iterable_item_added":
-                gone_b.add(k[0])
-            elif i and k:
-                paired[i[0]] = k[0]
-    pairs = sorted((lone_a[i], lone_b[k]) for i, k in paired.items())
-    return pairs, [lone_a[i] for i in sorted(gone_a)], [lone_b[k] for k in sorted(gone_b)]
 
 
 # -- bodies ------------------------------------------------------------------------------------
@@ -620,18 +751,64 @@ def _bytes_value(raw: bytes) -> dict[str, Any]:
 
 
 def _blank(raw: bytes) -> bool:
+    """No content: empty, whitespace only, or a byte order mark and whitespace."""
+    if raw[:3] == _BOM:
+        raw = raw[3:]
     return not raw or raw.isspace()
 
 
+_BOM = b"\xef\xbb\xbf"
+# Bytes to find a run of 19 digits with: digits map to "0", everything else to " ".
+_DIGITS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_LONG_RUN = b"0" * 19
+
+
+def _long_integer(raw: bytes) -> bool:
+    """Whether ``raw`` may hold an integer orjson rounds (beyond 64 bits: 19 digits or
+    more). One C-speed translation and search; false positives only cost a slower parse."""
+    return _LONG_RUN in raw.translate(_DIGITS)
+
+
+def _nonfinite_constant(text: str) -> _NonFinite:
+    return _NonFinite(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isfinite(value):
+        return value
+    return _NonFinite("Infinity" if value > 0 else "-Infinity")
+
+
+def _loads_exact(raw: bytes) -> Any:
+    """The standard library's reader: integers of any size kept exact; ``NaN``,
+    ``Infinity`` and ``-Infinity`` read as named constants (:class:`_NonFinite`)."""
+    try:
+        return json.loads(
+            raw.decode("utf-8"),
+            parse_constant=_nonfinite_constant,
+            parse_float=_parse_float,
+        )
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to parse") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"JSON body is not UTF-8: {exc}") from None
+
+
 def _loads(raw: bytes) -> Any:
+    """One body parsed exactly: orjson, unless it refuses the body (``NaN``, ``Infinity``)
+    or may hold an integer beyond 64 bits (which orjson rounds to a float); then the
+    standard library. Both readers give the same values for the same standard text, so
+    two bodies are always compared as if read by one parser. A leading UTF-8 byte order
+    mark is dropped. ValueError when neither reads it."""
+    if raw[:3] == _BOM:
+        raw = raw[3:]
+    if _long_integer(raw):
+        return _loads_exact(raw)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        # orjson refuses a few things the standard library reads (a BOM, NaN).
-        try:
-            return json.loads(raw.decode("utf-8-sig"))
-        except RecursionError:
-            raise ValueError("JSON nested too deeply") from None
+        return _loads_exact(raw)
 
 
 def compare_json(a_raw: bytes, b_raw: bytes, rules: RuleSet) -> list[Difference]:
@@ -641,37 +818,13 @@ def compare_json(a_raw: bytes, b_raw: bytes, rules: RuleSet) -> list[Difference]
     a = _loads(a_raw)
     b = _loads(b_raw)
     out: list[Difference] = []
-    _walk(a, b, a_raw, b_raw, rules, out)
+    _walk(a, b, rules, out)
     return out
 
 
-def _walk(
-    a: Any, b: Any, a_raw: bytes, b_raw: bytes, rules: RuleSet, out: list[Difference]
-) -> None:
-    try:
-        _walk_tree(a, b, rules, out)
-    except (RecursionError, orjson.JSONEncodeError):
-        # Deeper than Python's stack or orjson's limit (254 levels): judge the whole body as
-        # one strict value.
-        del out[:]
-        try:
-            same = bool(a == b)
-        except RecursionError:
-            same = False
-        if not same:
-            out.append(
-                _body_diff(
-                    {"json": _snippet(a_raw)},
-                    {"json": _snippet(b_raw)},
-                    "strict",
-                    "strict body (nested too deeply for path rules)",
-                )
-            )
-
-
-def _walk_tree(a: Any, b: Any, rules: RuleSet, out: list[Difference]) -> None:
+def _walk(a: Any, b: Any, rules: RuleSet, out: list[Difference]) -> None:
     walker = _Walker(out)
-    walker.node(a, b, (), rules.root, rules.default)
+    walker.run(a, b, (), rules.root, rules.default)
     if walker.more:
         out.append(
             Difference(
@@ -698,8 +851,11 @@ def _compare_body(primary: Answer, other: Answer, rules: RuleSet, out: list[Diff
     ct_a = _header(primary.headers, "content-type")
     ct_b = _header(other.headers, "content-type")
     mode = rules.body if rules.body != "auto" else _body_mode(ct_a, ct_b)
+    limit = rules.max_body_bytes
+    if limit is not None and (len(a_raw) > limit or len(b_raw) > limit):
+        mode = "bytes"  # compare.max_body_bytes: too large to parse; compared as bytes
     if mode == "sniff":
-        first = a_raw[:64].lstrip()[:1] or b_raw[:64].lstrip()[:1]
+        first = a_raw[:64].lstrip(_BOM + b" \t\r\n")[:1] or b_raw[:64].lstrip(_BOM + b" \t\r\n")[:1]
         mode = "sniff-json" if first in (b"{", b"[") else "text"
 
     if primary.body_truncated or other.body_truncated:
@@ -716,8 +872,10 @@ def _compare_body(primary: Answer, other: Answer, rules: RuleSet, out: list[Diff
         except ValueError:
             b = _MISSING
         if a is not _MISSING and b is not _MISSING:
-            _walk(a, b, a_raw, b_raw, rules, out)
+            _walk(a, b, rules, out)
             return
+        if _blank(a_raw) and _blank(b_raw):
+            return  # no JSON on either side (empty against "\n"): nothing differs
         if mode == "json":
             out.append(
                 _body_diff(

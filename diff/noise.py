@@ -9,15 +9,21 @@ canary disagreeing too says nothing about the canary. Per (endpoint, field):
     noise_rate  = exchanges where primary and secondary differ in the field
                   / exchanges compared primary-vs-secondary (only those with a secondary)
 
-A field is a real difference (not noise) only when BOTH margins are exceeded::
+A field is noise only when the secondary shows it differing (``noise_rate > 0``) and the
+canary does not exceed that rate by BOTH margins; it is a real difference when::
 
-    canary_rate - noise_rate > absolute
-    and (noise_rate == 0 or canary_rate / noise_rate - 1 > relative)
+    noise_rate is None or noise_rate == 0
+    or (canary_rate - noise_rate > absolute and canary_rate / noise_rate - 1 > relative)
 
-and noise otherwise. A field with no secondary data (no exchange of that endpoint had a
-secondary recorded) is never noise: there is nothing to cancel it against. Note that with
-secondary data the absolute margin applies even at ``noise_rate == 0``: a canary rate at or
-below ``absolute`` (0.03 % by default) is treated as noise, as in Diffy.
+A field with no secondary data (no exchange of that endpoint had a secondary recorded), or
+that never differed between primary and secondary, is never noise: there is nothing to
+cancel it against, and a strict field must match 100% however rare its difference. (Unlike
+Diffy, no absolute margin is granted at ``noise_rate == 0``.) The verdict
+(``diff.verdict.find_noise``) also requires ``compare.noise.min_secondary_pairs`` pairs
+with a secondary on an endpoint before any of its fields can be noise; below that the
+endpoint's noise is "not measurable". The diff worker marks one exchange's canary
+difference as noise only when the secondary differs at the same field with the same kind
+of difference (value, type, missing, extra, order, length).
 
 Counts should be counts of exchanges (``COUNT(DISTINCT exchange_id)``), not of Difference
 rows: one exchange may differ in ``$.items[*].price`` at three indexes.

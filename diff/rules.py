@@ -8,14 +8,21 @@ per level.
 
 How a location in a JSON body is judged:
 
-- Every path rule (``strict``, ``ignore``, ``tolerance``) names a location and everything
-  below it. A location is judged by the rules that name it exactly; if none does, by the
-  judge of its parent; at ``$`` by ``default`` (``strict`` unless configured ``ignore``).
+Precedence (the same text is in ``config/graygate.example.yaml``):
+
+- Every path rule (``strict``, ``ignore``, ``tolerance``) names a location and its whole
+  subtree; a trailing ``.**`` adds nothing (``$.meta.**`` is ``$.meta``).
+- A location is judged by the rule naming the NEAREST location on its way up from it:
+  rules naming the location itself first, else those naming its parent, and so on; at
+  ``$`` by ``default`` (``strict`` unless configured ``ignore``). A rule naming a deeper
+  location is the more specific one for that subtree, whatever its kind.
 - Where several rules name the same location, the most specific path wins (a literal step
   counts 2, ``*`` 1, ``**``/``..`` 0), then an endpoint's rule over a default one, then
   tolerance over strict over ignore (when in doubt, compare).
-- So ``ignore: [$.meta.**]`` with ``strict: [$.meta.version]`` compares only the version,
-  and ``default: ignore`` with ``strict: [$.status]`` compares only the status.
+- So ``ignore: [$.meta.**]`` with ``strict: [$.meta.version]`` compares the version and
+  everything under it (``$.meta.version.major`` too) and nothing else under ``meta``;
+  ``default: ignore`` with ``strict: [$.status]`` compares only the status; ``strict:
+  [$.items]`` with ``ignore: [$..request_id]`` ignores ``$.items[0].request_id``.
 - ``tolerance`` bounds are inclusive and a number passes when it is within ``abs`` OR within
   ``rel`` (``|a - b| <= rel * max(|a|, |b|)``), when both are given. Anything that is not a
   number-against-number difference under a tolerance rule (a type change, a missing key) is
@@ -40,12 +47,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Literal
 
 from config.schema import ArrayRule, CompareConfig, HeaderRules, RuleSpec, Tolerance
 from diff.endpoints import EndpointMatcher, normalise_pattern
-from diff.paths import Location, MatchState, Path, PathMatcher, compile_path
+from diff.paths import DEEP, Location, MatchState, Path, PathMatcher, compile_path
 from graygate.errors import ConfigError
 
 __all__ = [
@@ -103,6 +111,16 @@ class Judge:
                 return True
         return False
 
+    def within_decimal(self, a: Decimal, b: Decimal) -> bool:
+        """:meth:`within` for numbers written as strings, compared exactly as decimals."""
+        delta = abs(a - b)
+        slack = Decimal(1 + _ROUNDING)
+        if self.abs is not None and delta <= Decimal(self.abs) * slack:
+            return True
+        if self.rel is not None and delta <= Decimal(self.rel) * max(abs(a), abs(b)) * slack:
+            return True
+        return False
+
 
 @dataclass(frozen=True, slots=True)
 class ArraySpec:
@@ -158,6 +176,7 @@ class RuleSet:
         ignored_headers: frozenset[str],
         all_headers: bool,
         body: str,
+        max_body_bytes: int | None = None,
     ) -> None:
         rules = tuple(rules)
         arrays = tuple(arrays)
@@ -171,6 +190,7 @@ class RuleSet:
             "ignored_headers": ignored_headers,
             "all_headers": all_headers,
             "body": body,
+            "max_body_bytes": max_body_bytes,
         }
         self.endpoint = endpoint
         self.default = default
@@ -179,6 +199,8 @@ class RuleSet:
         self.ignored_headers = ignored_headers
         self.all_headers = all_headers
         self.body = body
+        # compare.max_body_bytes: a body larger than this is compared as bytes (sha256).
+        self.max_body_bytes = max_body_bytes
         self._rules = tuple(rules)
         self._arrays = tuple(arrays)
         n_rules = len(self._rules)
@@ -272,6 +294,16 @@ def _compile(key: str, text: str) -> Path:
         raise ConfigError(key, str(exc)) from None
 
 
+def _subtree_root(path: Path) -> Path:
+    """A judging rule names a location and its whole subtree, so a trailing ``.**`` adds
+    nothing: ``$.meta.**`` is the rule ``$.meta``. Dropping it makes the precedence a
+    matter of which rule names the nearer location (see the module docstring)."""
+    steps = path.steps
+    while steps and steps[-1][0] == DEEP:
+        steps = steps[:-1]
+    return path if steps == path.steps else Path(text=path.text, steps=steps)
+
+
 def _compile_spec(
     prefix: str, spec: RuleSpec, source: int
 ) -> tuple[list[_Rule], dict[str, _ArrayRuleC]]:
@@ -280,11 +312,11 @@ def _compile_spec(
     kind: JudgeKind
     for kind in ("strict", "ignore"):
         for text in getattr(spec, kind):
-            path = _compile(f"{prefix}.{kind}", text)
+            path = _subtree_root(_compile(f"{prefix}.{kind}", text))
             judge = Judge(kind=kind, text=f"{kind} {path.text}")
             rules.append(_Rule(path, judge, (path.specificity, source, _KIND_RANK[kind])))
     for text, tol in spec.tolerance.items():
-        path = _compile(f"{prefix}.tolerance", text)
+        path = _subtree_root(_compile(f"{prefix}.tolerance", text))
         judge = Judge("tolerance", _tolerance_text(path.text, tol), tol.abs, tol.rel)
         rules.append(_Rule(path, judge, (path.specificity, source, _KIND_RANK["tolerance"])))
     arrays: dict[str, _ArrayRuleC] = {}
@@ -346,7 +378,7 @@ class RuleBook:
         """Compile ``cfg``; a bad path or pattern raises ConfigError naming its key."""
         d = cfg.defaults
         d_rules, d_arrays = _compile_spec("compare.defaults", d, 0)
-        defaults = _build(None, d, None, d_rules, d_arrays)
+        defaults = _build(None, d, None, d_rules, d_arrays, cfg.max_body_bytes)
         endpoints: dict[str, RuleSet] = {}
         patterns: list[str] = []
         for i, ep in enumerate(cfg.endpoints):
@@ -360,7 +392,7 @@ class RuleBook:
                 log.warning("%s.match: %s is configured twice; the first wins", prefix, ep.match)
                 continue
             endpoints[normalised] = _build(
-                normalised, d, ep, d_rules + e_rules, {**d_arrays, **e_arrays}
+                normalised, d, ep, d_rules + e_rules, {**d_arrays, **e_arrays}, cfg.max_body_bytes
             )
             patterns.append(normalised)
         return cls(defaults, endpoints, tuple(patterns), cfg)
@@ -391,6 +423,7 @@ def _build(
     endpoint: RuleSpec | None,
     rules: list[_Rule],
     arrays: dict[str, _ArrayRuleC],
+    max_body_bytes: int | None = None,
 ) -> RuleSet:
     def pick(attr: str, fallback: str) -> str:
         if endpoint is not None and getattr(endpoint, attr) is not None:
@@ -420,4 +453,5 @@ def _build(
         ignored_headers=ignored_h,
         all_headers=all_h,
         body=pick("body", "auto"),
+        max_body_bytes=max_body_bytes,
     )

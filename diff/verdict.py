@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 
 from config.schema import GraygateConfig, JudgingConfig, NoiseConfig, VerdictConfig
 from diff.noise import EndpointTotals, FieldCounts, FieldNoise, judge_noise
-from diff.stats import compare_latency
+from diff.stats import compare_latency, ratio
 from graygate.values import (
     Check,
     EndpointCounts,
@@ -94,15 +94,18 @@ def find_noise(aggregates: RunAggregates, cfg: NoiseConfig) -> list[FieldNoise]:
             canary[key] = canary.get(key, 0) + f.exchanges
     if not secondary:
         return []
+    # An endpoint with fewer pairs with a secondary than cfg.min_secondary_pairs has no
+    # noise fields: its noise is not measurable (two pairs say nothing about a rate).
     totals = [
         EndpointTotals(e.endpoint, canary_compared=e.pairs, secondary_compared=e.secondary_pairs)
         for e in aggregates.endpoints
-        if e.secondary_pairs > 0
+        if e.secondary_pairs >= cfg.min_secondary_pairs
     ]
+    measurable = {t.endpoint for t in totals}
     candidates = [
         FieldCounts(endpoint, field, canary=canary.get((endpoint, field), 0), secondary=n)
         for (endpoint, field), n in sorted(secondary.items())
-        if n > 0
+        if n > 0 and endpoint in measurable
     ]
     return [f for f in judge_noise(candidates, totals, cfg) if f.is_noise]
 
@@ -250,32 +253,43 @@ def _noise_check(a: RunAggregates, noise: Sequence[FieldNoise]) -> Check:
 
 
 def _errors_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
-    attempted = sum(e.attempted for e in a.endpoints)
+    """Per endpoint: the canary's 5xx + transport-error rate over the primary's, on the
+    same endpoint's attempted exchanges; the run fails when any endpoint exceeds
+    ``max_error_rate_increase`` (errors on one endpoint never cancel another's)."""
     threshold = cfg.max_error_rate_increase
-    if attempted == 0:
+    rows = [
+        (_rate(e.canary_failures, e.attempted) - _rate(e.primary_failures, e.attempted), e)
+        for e in a.endpoints
+        if e.attempted > 0
+    ]
+    if not rows:
         return Check("errors", None, None, threshold, "no mirrored exchanges judged yet")
-    p_fail = sum(e.primary_failures for e in a.endpoints)
-    c_fail = sum(e.canary_failures for e in a.endpoints)
-    increase = _rate(c_fail, attempted) - _rate(p_fail, attempted)
-    detail = (
-        f"canary {_pct(_rate(c_fail, attempted))} ({c_fail}/{attempted}) vs primary "
-        f"{_pct(_rate(p_fail, attempted))} ({p_fail}/{attempted}) 5xx or transport errors"
-    )
-    worse = sorted(
-        (
-            (_rate(e.canary_failures - e.primary_failures, e.attempted), e)
-            for e in a.endpoints
-            if e.attempted and e.canary_failures > e.primary_failures
-        ),
-        key=lambda t: (-t[0], t[1].endpoint),
-    )
-    if worse:
-        detail += "; worst " + ", ".join(
-            f"{e.endpoint} +{_pct(r)} ({e.canary_failures} vs {e.primary_failures})"
-            for r, e in worse[:3]
+    rows.sort(key=lambda t: (-t[0], t[1].endpoint))
+    worst = rows[0][0]
+    failing = [(r, e) for r, e in rows if r > threshold + 1e-12]
+    attempted = sum(e.attempted for _, e in rows)
+    p_fail = sum(e.primary_failures for _, e in rows)
+    c_fail = sum(e.canary_failures for _, e in rows)
+
+    def line(r: float, e: EndpointCounts) -> str:
+        return (
+            f"{e.endpoint} canary {e.canary_failures}/{e.attempted} vs primary "
+            f"{e.primary_failures}/{e.attempted} ({r * 100:+.4g}%)"
         )
-    passed = increase <= threshold + 1e-12
-    return Check("errors", passed, round(increase, 6), threshold, detail)
+
+    if failing:
+        detail = (
+            f"canary 5xx or transport errors above the primary's by more than {_pct(threshold)}"
+            " in " + "; ".join(line(r, e) for r, e in failing[:5])
+        )
+        if len(failing) > 5:
+            detail += f"; and {len(failing) - 5} more endpoint(s)"
+    else:
+        detail = (
+            f"canary {c_fail}/{attempted} vs primary {p_fail}/{attempted} 5xx or transport "
+            f"errors; worst endpoint {line(*rows[0])}"
+        )
+    return Check("errors", not failing, round(worst, 6), threshold, detail)
 
 
 def _latency_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
@@ -302,7 +316,12 @@ def _latency_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
         )
     c = compare_latency(s.primary_ms, s.canary_ms, percentiles=pcts)
     significant = c.test.p_value < lat.alpha
-    too_slow = c.increase > lat.max_increase
+    too_slow = beyond_margin(
+        (c.primary_p50, c.canary_p50),
+        (c.primary_p99, c.canary_p99),
+        lat.max_increase,
+        lat.min_increase_ms,
+    )
     detail = (
         f"p50 {c.primary_p50:.3g} -> {c.canary_p50:.3g} ms (x{_fmt_ratio(c.p50_ratio)}), "
         f"p99 {c.primary_p99:.3g} -> {c.canary_p99:.3g} ms (x{_fmt_ratio(c.p99_ratio)}); "
@@ -318,6 +337,26 @@ def _latency_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
         detail = f"slower, but within {_pct(lat.max_increase)}: " + detail
     observed = round(c.increase, 6) if math.isfinite(c.increase) else None
     return Check("latency", not (significant and too_slow), observed, threshold, detail)
+
+
+# Relative slack at the latency bound: exactly +5.0% passes a 5% margin whatever the
+# float arithmetic makes of 105 / 100.
+_LATENCY_ROUNDING = 1e-9
+
+
+def beyond_margin(
+    p50: tuple[float, float], p99: tuple[float, float], max_increase: float, floor_ms: float
+) -> bool:
+    """Whether the canary's p50 or p99 (``(primary, canary)`` in ms) exceeds the primary's
+    by more than ``max_increase`` (relative, with a rounding allowance) AND by more than
+    ``floor_ms`` (absolute): a sub-millisecond shift on a fast endpoint is no regression."""
+    for primary, canary in (p50, p99):
+        delta = canary - primary
+        if delta <= floor_ms:
+            continue
+        if ratio(canary, primary) - 1.0 > max_increase * (1 + _LATENCY_ROUNDING) + 1e-12:
+            return True
+    return False
 
 
 def _fmt_ratio(r: float) -> str:
@@ -336,6 +375,22 @@ def _recording_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
     if a.losses:
         detail += ": " + ", ".join(f"{k} {v}" for k, v in sorted(a.losses.items()))
     return Check("recording", rate <= threshold, round(rate, 6), threshold, detail, blocking=False)
+
+
+def _backlog_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
+    """Recorded exchanges the workers have not judged yet: above ``max_backlog_rate`` of
+    the recorded ones the judged ones may not represent the run, so no GO."""
+    recorded = a.recorded
+    threshold = cfg.max_backlog_rate
+    if recorded == 0:
+        return Check("backlog", None, 0, threshold, "nothing recorded yet", blocking=False)
+    pending = max(recorded - a.judged, 0)
+    rate = pending / recorded
+    detail = f"{pending} of {recorded} recorded exchanges not judged yet ({_pct(rate)})"
+    passed = rate <= threshold + 1e-12
+    if not passed:
+        detail += f": above {_pct(threshold)}, the verdict waits for the diff workers"
+    return Check("backlog", passed, round(rate, 6), threshold, detail, blocking=False)
 
 
 # Preflight findings that make a canary unfit for production traffic whatever its answers
@@ -408,6 +463,7 @@ def decide(
         _errors_check(aggregates, vcfg),
         _latency_check(aggregates, vcfg),
         _recording_check(aggregates, vcfg),
+        _backlog_check(aggregates, vcfg),
     ]
     if runtime is not None:
         checks.append(runtime)

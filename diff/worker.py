@@ -112,11 +112,14 @@ def judge_exchange(x: ClaimedExchange, rules: RuleSet) -> ExchangeJudgement:
         logger.exception("comparing exchange %s (%s) failed", x.id, x.endpoint)
         return verdict(Outcome.ERROR)
 
-    noisy = {d.field for d in against_secondary} if against_secondary else set()
+    # Noise is a field AND a kind of difference (Diffy keys its counters by path and
+    # difference type): a timestamp whose value differs by nature does not excuse a canary
+    # that drops it or changes its type.
+    noisy = {(d.field, d.kind) for d in against_secondary} if against_secondary else set()
     stored: list[StoredDifference] = []
     strict = tolerance = noise = 0
     for d in against_canary:
-        if d.field in noisy:
+        if (d.field, d.kind) in noisy:
             noise += 1
             stored.append(_stored(d, Against.CANARY, Judgement.NOISE))
             continue

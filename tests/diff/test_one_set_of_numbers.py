@@ -99,9 +99,13 @@ async def test_verdict_report_and_api_agree(engine: AsyncEngine, run_name: str) 
     assert (int(m[1]), int(m[2])) == (orders.strict_mismatches, orders.pairs)
     assert "$.ts" not in strict.detail
     errors = _check(verdict, "errors")
-    m = re.search(r"canary [^(]*\((\d+)/(\d+)\) vs primary [^(]*\((\d+)/(\d+)\)", errors.detail)
-    assert m is not None, errors.detail
-    canary_failed, primary_failed = int(m[1]), int(m[3])
-    assert canary_failed == sum(r.canary_errors for r in rows.values()) == 5
-    assert primary_failed == sum(r.primary_errors for r in rows.values()) == 1
+    # Errors are judged per endpoint: each failing endpoint is named with its counts.
+    found = re.findall(r"in (\S+ \S+) canary (\d+)/(\d+) vs primary (\d+)/(\d+)", errors.detail)
+    assert found, errors.detail
+    for endpoint, canary_failed, pairs, primary_failed, _ in found:
+        assert int(canary_failed) == rows[endpoint].canary_errors
+        assert int(primary_failed) == rows[endpoint].primary_errors
+        assert int(pairs) == rows[endpoint].exchanges - rows[endpoint].skipped  # attempted
+    assert sum(r.canary_errors for r in rows.values()) == 5
+    assert sum(r.primary_errors for r in rows.values()) == 1
     assert verdict.extra["summary"]["pairs"] == sum(r.pairs for r in rows.values())

@@ -62,6 +62,7 @@ async def test_go_exits_0_with_one_line_per_check(
         "errors",
         "latency",
         "recording",
+        "backlog",
         "runtime",
         "preflight",
     ]
