@@ -7,6 +7,7 @@ silently turns into a default.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -363,5 +364,23 @@ class GraygateConfig(_Frozen):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     preflight: PreflightConfig = Field(default_factory=PreflightConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    # Peers (CIDRs) whose Forwarded / X-Forwarded-* / X-Real-IP / X-Original-URL ... headers
+    # are believed; from any other peer they are dropped. Default: nobody.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = Field(default=(), max_length=1024)
 
     _v_listen = field_validator("listen")(_check_listen)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _trusted(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("must be a list of CIDRs, e.g. [10.0.0.0/8, 127.0.0.1/32]")
+        out: list[IPv4Network | IPv6Network] = []
+        for item in value:
+            try:
+                out.append(ip_network(str(item).strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP network (CIDR)") from None
+        return out
