@@ -74,6 +74,12 @@ def _check_http_url(value: str) -> str:
         raise ValueError(f"not a URL: {exc}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError("must be an absolute http:// or https:// URL with a host")
+    if url.raw_user is not None or url.raw_password is not None:
+        # It would be sent as part of the Host header and stored with the run: refuse it.
+        raise ValueError(
+            "must not carry credentials (user:password@): graygate does not send them "
+            "upstream; let the client's own Authorization header through instead"
+        )
     if url.query_string or url.fragment:
         raise ValueError("must not carry a query string or fragment")
     return str(url).rstrip("/")

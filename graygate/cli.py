@@ -341,11 +341,9 @@ def config_check(config_path: str | None) -> None:
         RuleBook.from_config(cfg.compare)
         import yaml
 
-        from store.engine import censor_dsn
+        from config.censor import censor_config
 
-        data = cfg.model_dump(mode="json")
-        if data["database"]["url"]:
-            data["database"]["url"] = censor_dsn(data["database"]["url"])
+        data = censor_config(cfg.model_dump(mode="json"))
         click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
 
 
