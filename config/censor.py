@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["CENSORED", "censor_config", "censor_url", "is_secret_key"]
+__all__ = ["CENSORED", "censor_config", "censor_url", "is_secret_key", "named_like_a_secret"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,9 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _DB_SCHEMES = ("postgres", "postgresql", "mysql", "mariadb", "redis", "mongodb", "amqp")
 
 
-def _named_like_a_secret(name: str) -> bool:
+def named_like_a_secret(name: str) -> bool:
+    """Whether a name (a key, a header, a form field, a query parameter) is named like a
+    secret: a word of it is password, secret, token, api key...; ``bypass`` is not."""
     words = [w.lower() for w in _WORDS.findall(name)]
     if any(w in _SECRET_WORDS or any(p in w for p in _SECRET_PARTS) for w in words):
         return True
@@ -58,7 +60,7 @@ def is_secret_key(key: str) -> bool:
     """Whether a mapping key is named like a secret (see the module docstring)."""
     if not _IDENTIFIER.match(key) or key.lower().endswith("_env"):
         return False
-    return _named_like_a_secret(key)
+    return named_like_a_secret(key)
 
 
 def _userinfo(match: re.Match[str]) -> str:
@@ -80,7 +82,7 @@ def censor_url(value: str) -> str:
     if "=" in value:
         value = _SECRET_PARAM.sub(
             lambda m: (
-                m.group("name") + CENSORED if _named_like_a_secret(m.group("key")) else m.group(0)
+                m.group("name") + CENSORED if named_like_a_secret(m.group("key")) else m.group(0)
             ),
             value,
         )

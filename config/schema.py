@@ -291,7 +291,10 @@ class CompareConfig(_Frozen):
 class RedactConfig(_Frozen):
     headers: tuple[str, ...] = ()  # in addition to authorization, cookie, set-cookie, ...
     json_fields: tuple[str, ...] = ()  # JSON paths whose values are replaced
-    placeholder: str = "[REDACTED]"
+    placeholder: str = Field(default="[REDACTED]", max_length=256)
+    # Stored headers of one request or answer, in all (names and values); beyond: left out
+    # and counted.
+    max_header_bytes: int = Field(default=65_536, ge=1_024, le=1_048_576)
 
     _v_lower = field_validator("headers")(lambda v: tuple(h.lower() for h in v))
 
