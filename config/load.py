@@ -147,6 +147,13 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Grayg
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            "",
+            f"{p}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); save the file as UTF-8",
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

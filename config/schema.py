@@ -7,8 +7,9 @@ silently turns into a default.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Annotated, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from yarl import URL
@@ -37,6 +38,8 @@ __all__ = [
     "TracingConfig",
     "UpstreamsConfig",
     "VerdictConfig",
+    "check_database_url",
+    "is_loopback_listen",
     "parse_listen",
 ]
 
@@ -60,6 +63,19 @@ def parse_listen(value: str) -> tuple[str, int]:
         raise ValueError(f"port {port} out of range 0-65535")
     host = host.strip("[]") or "0.0.0.0"
     return host, port
+
+
+def is_loopback_listen(value: str) -> bool:
+    """Whether a ``host:port`` listens on loopback only (``127.0.0.0/8``, ``::1``,
+    ``localhost``); any other host, ``0.0.0.0`` and ``::`` included, is reachable from
+    outside."""
+    host, _ = parse_listen(value)
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_listen(value: str) -> str:
@@ -92,10 +108,32 @@ HttpUrl = Annotated[str, Field(description="absolute http(s) URL")]
 class AdminConfig(_Frozen):
     listen: Listen = "127.0.0.1:9090"
     token_env: str = "GRAYGATE_ADMIN_TOKEN"
+    # Serve the admin API on a non-loopback address without a token: refused unless true.
+    allow_open: bool = False
     # Filled from the environment variable named by token_env at load; never from the file.
     token: str | None = Field(default=None, exclude=True, repr=False)
 
     _v_listen = field_validator("listen")(_check_listen)
+
+
+def check_database_url(value: str) -> str:
+    """A PostgreSQL URL, checked whole (host, port in range, a database name), as
+    ``postgresql+asyncpg://...``; ValueError names the fault (never the password)."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+        raise ValueError("must be a postgresql:// or postgresql+asyncpg:// URL")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+        _ = parts.hostname
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    query = parse_qs(parts.query)
+    if not parts.path.strip("/") and not (query.get("dbname") or query.get("database")):
+        raise ValueError(
+            "names no database: add /DBNAME (e.g. postgresql://postgres@127.0.0.1:5432/graygate)"
+        )
+    return "postgresql+asyncpg://" + rest
 
 
 class DatabaseConfig(_Frozen):
@@ -107,23 +145,16 @@ class DatabaseConfig(_Frozen):
     def _url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        scheme = value.split("://", 1)[0]
-        if "://" not in value or scheme not in (
-            "postgresql",
-            "postgres",
-            "postgresql+asyncpg",
-        ):
-            raise ValueError("must be a postgresql:// or postgresql+asyncpg:// URL")
-        return "postgresql+asyncpg://" + value.split("://", 1)[1]
+        return check_database_url(value)
 
 
 class UpstreamsConfig(_Frozen):
     primary: HttpUrl
     canary: HttpUrl
     secondary: HttpUrl | None = None
-    timeout_ms: int = Field(default=30_000, gt=0)
-    connect_timeout_ms: int = Field(default=2_000, gt=0)
-    max_connections: int = Field(default=512, ge=1)
+    timeout_ms: int = Field(default=30_000, gt=0, le=3_600_000)
+    connect_timeout_ms: int = Field(default=2_000, gt=0, le=600_000)
+    max_connections: int = Field(default=512, ge=1, le=65_536)
 
     _v_urls = field_validator("primary", "canary", "secondary")(
         lambda v: None if v is None else _check_http_url(v)
@@ -135,9 +166,9 @@ class MirrorConfig(_Frozen):
     sample: float = Field(default=1.0, ge=0.0, le=1.0)
     methods: tuple[str, ...] | None = None
     allow_side_effects: bool = False
-    max_body_bytes: int = Field(default=1_048_576, ge=0)
-    timeout_ms: int = Field(default=2_000, gt=0)
-    max_in_flight: int = Field(default=256, ge=1)
+    max_body_bytes: int = Field(default=1_048_576, ge=0, le=67_108_864)
+    timeout_ms: int = Field(default=2_000, gt=0, le=600_000)
+    max_in_flight: int = Field(default=256, ge=1, le=65_536)
 
     @field_validator("methods")
     @classmethod
@@ -213,8 +244,8 @@ class GrayConfig(_Frozen):
 
 
 class Tolerance(_Frozen):
-    abs: float | None = Field(default=None, ge=0.0)
-    rel: float | None = Field(default=None, ge=0.0)
+    abs: float | None = Field(default=None, ge=0.0, le=1e15)
+    rel: float | None = Field(default=None, ge=0.0, le=1e6)
 
     @model_validator(mode="after")
     def _one(self) -> Tolerance:
@@ -277,15 +308,15 @@ class EndpointRules(RuleSpec):
 class NoiseConfig(_Frozen):
     # Diffy's rule: a field is reported only where the canary's difference rate exceeds
     # the primary-vs-secondary rate by both margins.
-    relative: float = Field(default=0.2, ge=0.0)
-    absolute: float = Field(default=0.0003, ge=0.0)
+    relative: float = Field(default=0.2, ge=0.0, le=100.0)
+    absolute: float = Field(default=0.0003, ge=0.0, le=1.0)
 
 
 class CompareConfig(_Frozen):
     defaults: RuleSpec = Field(default_factory=RuleSpec)
     endpoints: tuple[EndpointRules, ...] = ()
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
-    max_body_bytes: int = Field(default=1_048_576, ge=0)
+    max_body_bytes: int = Field(default=1_048_576, ge=0, le=268_435_456)
 
 
 class RedactConfig(_Frozen):
@@ -300,23 +331,23 @@ class RedactConfig(_Frozen):
 
 
 class RecordConfig(_Frozen):
-    queue_size: int = Field(default=20_000, ge=1)
-    batch_size: int = Field(default=500, ge=1)
-    flush_interval_ms: int = Field(default=200, gt=0)
-    max_body_bytes: int = Field(default=262_144, ge=0)
+    queue_size: int = Field(default=20_000, ge=1, le=10_000_000)
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    flush_interval_ms: int = Field(default=200, gt=0, le=60_000)
+    max_body_bytes: int = Field(default=262_144, ge=0, le=67_108_864)
     spill_dir: str | None = None  # default: under the data directory
-    spill_max_bytes: int = Field(default=1_073_741_824, ge=0)
+    spill_max_bytes: int = Field(default=1_073_741_824, ge=0, le=1_099_511_627_776)
 
 
 class LatencyConfig(_Frozen):
-    max_increase: float = Field(default=0.05, ge=0.0)
+    max_increase: float = Field(default=0.05, ge=0.0, le=100.0)
     alpha: float = Field(default=0.01, gt=0.0, lt=1.0)  # Mann-Whitney significance level
-    min_samples: int = Field(default=50, ge=1)
+    min_samples: int = Field(default=50, ge=1, le=1_000_000)
 
 
 class VerdictConfig(_Frozen):
-    min_pairs: int = Field(default=200, ge=0)
-    min_pairs_per_endpoint: int = Field(default=20, ge=0)
+    min_pairs: int = Field(default=200, ge=0, le=100_000_000)
+    min_pairs_per_endpoint: int = Field(default=20, ge=0, le=100_000_000)
     max_strict_mismatch_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     max_tolerance_violation_rate: float = Field(default=0.001, ge=0.0, le=1.0)
     max_error_rate_increase: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -336,20 +367,22 @@ class RuntimeSource(_Frozen):
 class RuntimeConfig(_Frozen):
     canary: RuntimeSource | None = None
     primary: RuntimeSource | None = None
-    interval_s: float = Field(default=10.0, gt=0.0)
-    window_s: float = Field(default=60.0, gt=0.0)
+    interval_s: float = Field(default=10.0, gt=0.0, le=3_600.0)
+    window_s: float = Field(default=60.0, gt=0.0, le=86_400.0)
     required: bool = False
-    gc_pause_budget_ms: float | None = Field(default=None, gt=0.0)
-    failing_windows: int = Field(default=3, ge=1)
-    max_goroutine_growth: float = Field(default=0.5, ge=0.0)  # relative, under steady load
-    max_heap_growth: float | None = Field(default=None, ge=0.0)
+    gc_pause_budget_ms: float | None = Field(default=None, gt=0.0, le=60_000.0)
+    failing_windows: int = Field(default=3, ge=1, le=10_000)
+    max_goroutine_growth: float = Field(
+        default=0.5, ge=0.0, le=1_000.0
+    )  # relative, under steady load
+    max_heap_growth: float | None = Field(default=None, ge=0.0, le=1_000.0)
     max_gc_cpu_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class PreflightConfig(_Frozen):
     enabled: bool = True
     health_path: str = "/healthz"
-    timeout_ms: int = Field(default=2_000, gt=0)
+    timeout_ms: int = Field(default=2_000, gt=0, le=600_000)
 
 
 class TracingConfig(_Frozen):
