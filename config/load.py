@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from config.censor import CENSORED, censor_config, is_secret_key
 from config.schema import GraygateConfig
 from graygate.errors import ConfigError
 
@@ -95,12 +96,9 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 
 
 def _censor(key: str, value: Any) -> str:
-    text = repr(value)
-    if key.endswith("url") and isinstance(value, str) and "@" in value and "://" in value:
-        scheme, rest = value.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        text = repr(f"{scheme}://{user}:***@{host}" if ":" in creds else value)
+    """A bad value, fit for an error message: secrets censored, at most 120 characters."""
+    last = key.rpartition(".")[2]
+    text = repr(CENSORED if is_secret_key(last) and value is not None else censor_config(value))
     return text if len(text) <= 120 else text[:117] + "..."
 
 
@@ -149,6 +147,13 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Grayg
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            "",
+            f"{p}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); save the file as UTF-8",
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

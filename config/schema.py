@@ -7,7 +7,9 @@ silently turns into a default.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Annotated, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from yarl import URL
@@ -37,6 +39,8 @@ __all__ = [
     "TracingConfig",
     "UpstreamsConfig",
     "VerdictConfig",
+    "check_database_url",
+    "is_loopback_listen",
     "parse_listen",
 ]
 
@@ -62,6 +66,19 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, port
 
 
+def is_loopback_listen(value: str) -> bool:
+    """Whether a ``host:port`` listens on loopback only (``127.0.0.0/8``, ``::1``,
+    ``localhost``); any other host, ``0.0.0.0`` and ``::`` included, is reachable from
+    outside."""
+    host, _ = parse_listen(value)
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_listen(value: str) -> str:
     parse_listen(value)
     return value
@@ -74,6 +91,12 @@ def _check_http_url(value: str) -> str:
         raise ValueError(f"not a URL: {exc}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError("must be an absolute http:// or https:// URL with a host")
+    if url.raw_user is not None or url.raw_password is not None:
+        # It would be sent as part of the Host header and stored with the run: refuse it.
+        raise ValueError(
+            "must not carry credentials (user:password@): graygate does not send them "
+            "upstream; let the client's own Authorization header through instead"
+        )
     if url.query_string or url.fragment:
         raise ValueError("must not carry a query string or fragment")
     return str(url).rstrip("/")
@@ -86,10 +109,32 @@ HttpUrl = Annotated[str, Field(description="absolute http(s) URL")]
 class AdminConfig(_Frozen):
     listen: Listen = "127.0.0.1:9090"
     token_env: str = "GRAYGATE_ADMIN_TOKEN"
+    # Serve the admin API on a non-loopback address without a token: refused unless true.
+    allow_open: bool = False
     # Filled from the environment variable named by token_env at load; never from the file.
     token: str | None = Field(default=None, exclude=True, repr=False)
 
     _v_listen = field_validator("listen")(_check_listen)
+
+
+def check_database_url(value: str) -> str:
+    """A PostgreSQL URL, checked whole (host, port in range, a database name), as
+    ``postgresql+asyncpg://...``; ValueError names the fault (never the password)."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+        raise ValueError("must be a postgresql:// or postgresql+asyncpg:// URL")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+        _ = parts.hostname
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    query = parse_qs(parts.query)
+    if not parts.path.strip("/") and not (query.get("dbname") or query.get("database")):
+        raise ValueError(
+            "names no database: add /DBNAME (e.g. postgresql://postgres@127.0.0.1:5432/graygate)"
+        )
+    return "postgresql+asyncpg://" + rest
 
 
 class DatabaseConfig(_Frozen):
@@ -101,23 +146,16 @@ class DatabaseConfig(_Frozen):
     def _url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        scheme = value.split("://", 1)[0]
-        if "://" not in value or scheme not in (
-            "postgresql",
-            "postgres",
-            "postgresql+asyncpg",
-        ):
-            raise ValueError("must be a postgresql:// or postgresql+asyncpg:// URL")
-        return "postgresql+asyncpg://" + value.split("://", 1)[1]
+        return check_database_url(value)
 
 
 class UpstreamsConfig(_Frozen):
     primary: HttpUrl
     canary: HttpUrl
     secondary: HttpUrl | None = None
-    timeout_ms: int = Field(default=30_000, gt=0)
-    connect_timeout_ms: int = Field(default=2_000, gt=0)
-    max_connections: int = Field(default=512, ge=1)
+    timeout_ms: int = Field(default=30_000, gt=0, le=3_600_000)
+    connect_timeout_ms: int = Field(default=2_000, gt=0, le=600_000)
+    max_connections: int = Field(default=512, ge=1, le=65_536)
 
     _v_urls = field_validator("primary", "canary", "secondary")(
         lambda v: None if v is None else _check_http_url(v)
@@ -129,9 +167,9 @@ class MirrorConfig(_Frozen):
     sample: float = Field(default=1.0, ge=0.0, le=1.0)
     methods: tuple[str, ...] | None = None
     allow_side_effects: bool = False
-    max_body_bytes: int = Field(default=1_048_576, ge=0)
-    timeout_ms: int = Field(default=2_000, gt=0)
-    max_in_flight: int = Field(default=256, ge=1)
+    max_body_bytes: int = Field(default=1_048_576, ge=0, le=67_108_864)
+    timeout_ms: int = Field(default=2_000, gt=0, le=600_000)
+    max_in_flight: int = Field(default=256, ge=1, le=65_536)
 
     @field_validator("methods")
     @classmethod
@@ -207,8 +245,8 @@ class GrayConfig(_Frozen):
 
 
 class Tolerance(_Frozen):
-    abs: float | None = Field(default=None, ge=0.0)
-    rel: float | None = Field(default=None, ge=0.0)
+    abs: float | None = Field(default=None, ge=0.0, le=1e15)
+    rel: float | None = Field(default=None, ge=0.0, le=1e6)
 
     @model_validator(mode="after")
     def _one(self) -> Tolerance:
@@ -271,48 +309,51 @@ class EndpointRules(RuleSpec):
 class NoiseConfig(_Frozen):
     # Diffy's rule: a field is reported only where the canary's difference rate exceeds
     # the primary-vs-secondary rate by both margins.
-    relative: float = Field(default=0.2, ge=0.0)
-    absolute: float = Field(default=0.0003, ge=0.0)
+    relative: float = Field(default=0.2, ge=0.0, le=100.0)
+    absolute: float = Field(default=0.0003, ge=0.0, le=1.0)
     # Pairs with a secondary an endpoint needs before any of its fields can be noise.
-    min_secondary_pairs: int = Field(default=20, ge=1)
+    min_secondary_pairs: int = Field(default=20, ge=1, le=1_000_000)
 
 
 class CompareConfig(_Frozen):
     defaults: RuleSpec = Field(default_factory=RuleSpec)
     endpoints: tuple[EndpointRules, ...] = ()
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
-    max_body_bytes: int = Field(default=1_048_576, ge=0)
+    max_body_bytes: int = Field(default=1_048_576, ge=0, le=268_435_456)
 
 
 class RedactConfig(_Frozen):
     headers: tuple[str, ...] = ()  # in addition to authorization, cookie, set-cookie, ...
     json_fields: tuple[str, ...] = ()  # JSON paths whose values are replaced
-    placeholder: str = "[REDACTED]"
+    placeholder: str = Field(default="[REDACTED]", max_length=256)
+    # Stored headers of one request or answer, in all (names and values); beyond: left out
+    # and counted.
+    max_header_bytes: int = Field(default=65_536, ge=1_024, le=1_048_576)
 
     _v_lower = field_validator("headers")(lambda v: tuple(h.lower() for h in v))
 
 
 class RecordConfig(_Frozen):
-    queue_size: int = Field(default=20_000, ge=1)
-    batch_size: int = Field(default=500, ge=1)
-    flush_interval_ms: int = Field(default=200, gt=0)
-    max_body_bytes: int = Field(default=262_144, ge=0)
+    queue_size: int = Field(default=20_000, ge=1, le=10_000_000)
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    flush_interval_ms: int = Field(default=200, gt=0, le=60_000)
+    max_body_bytes: int = Field(default=262_144, ge=0, le=67_108_864)
     spill_dir: str | None = None  # default: under the data directory
-    spill_max_bytes: int = Field(default=1_073_741_824, ge=0)
+    spill_max_bytes: int = Field(default=1_073_741_824, ge=0, le=1_099_511_627_776)
 
 
 class LatencyConfig(_Frozen):
-    max_increase: float = Field(default=0.05, ge=0.0)
+    max_increase: float = Field(default=0.05, ge=0.0, le=100.0)
     alpha: float = Field(default=0.01, gt=0.0, lt=1.0)  # Mann-Whitney significance level
-    min_samples: int = Field(default=50, ge=1)
+    min_samples: int = Field(default=50, ge=1, le=1_000_000)
     # A shift smaller than this many milliseconds is never a regression (a 2 ms endpoint
     # 0.3 ms slower passes whatever the ratio).
-    min_increase_ms: float = Field(default=0.5, ge=0.0)
+    min_increase_ms: float = Field(default=0.5, ge=0.0, le=60_000.0)
 
 
 class VerdictConfig(_Frozen):
-    min_pairs: int = Field(default=200, ge=0)
-    min_pairs_per_endpoint: int = Field(default=20, ge=0)
+    min_pairs: int = Field(default=200, ge=0, le=100_000_000)
+    min_pairs_per_endpoint: int = Field(default=20, ge=0, le=100_000_000)
     max_strict_mismatch_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     max_tolerance_violation_rate: float = Field(default=0.001, ge=0.0, le=1.0)
     max_error_rate_increase: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -334,20 +375,22 @@ class RuntimeSource(_Frozen):
 class RuntimeConfig(_Frozen):
     canary: RuntimeSource | None = None
     primary: RuntimeSource | None = None
-    interval_s: float = Field(default=10.0, gt=0.0)
-    window_s: float = Field(default=60.0, gt=0.0)
+    interval_s: float = Field(default=10.0, gt=0.0, le=3_600.0)
+    window_s: float = Field(default=60.0, gt=0.0, le=86_400.0)
     required: bool = False
-    gc_pause_budget_ms: float | None = Field(default=None, gt=0.0)
-    failing_windows: int = Field(default=3, ge=1)
-    max_goroutine_growth: float = Field(default=0.5, ge=0.0)  # relative, under steady load
-    max_heap_growth: float | None = Field(default=None, ge=0.0)
+    gc_pause_budget_ms: float | None = Field(default=None, gt=0.0, le=60_000.0)
+    failing_windows: int = Field(default=3, ge=1, le=10_000)
+    max_goroutine_growth: float = Field(
+        default=0.5, ge=0.0, le=1_000.0
+    )  # relative, under steady load
+    max_heap_growth: float | None = Field(default=None, ge=0.0, le=1_000.0)
     max_gc_cpu_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class PreflightConfig(_Frozen):
     enabled: bool = True
     health_path: str = "/healthz"
-    timeout_ms: int = Field(default=2_000, gt=0)
+    timeout_ms: int = Field(default=2_000, gt=0, le=600_000)
 
 
 class TracingConfig(_Frozen):
@@ -371,8 +414,26 @@ class GraygateConfig(_Frozen):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     preflight: PreflightConfig = Field(default_factory=PreflightConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    # Peers (CIDRs) whose Forwarded / X-Forwarded-* / X-Real-IP / X-Original-URL ... headers
+    # are believed; from any other peer they are dropped. Default: nobody.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = Field(default=(), max_length=1024)
 
     _v_listen = field_validator("listen")(_check_listen)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _trusted(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("must be a list of CIDRs, e.g. [10.0.0.0/8, 127.0.0.1/32]")
+        out: list[IPv4Network | IPv6Network] = []
+        for item in value:
+            try:
+                out.append(ip_network(str(item).strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP network (CIDR)") from None
+        return out
 
 
 class JudgingConfig(_Frozen):

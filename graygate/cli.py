@@ -79,12 +79,14 @@ def _database(
     if url is None:
         url = os.environ.get("GRAYGATE_DATABASE_URL") or None
     if url is not None:
-        from config.schema import DatabaseConfig
+        from config.censor import censor_url
+        from config.schema import check_database_url
 
         try:
-            url = DatabaseConfig(url=url).url
-        except ValueError:
-            raise ConfigError("database.url", "must be a postgresql:// URL") from None
+            url = check_database_url(url)
+        except ValueError as exc:
+            key = "--database-url" if url == database_url else "database.url"
+            raise ConfigError(key, f"{censor_url(url)!r}: {exc}") from None
     with open_database(url, Path(data_dir) if data_dir else None) as handle:
         if handle.embedded:
             click.echo(f"graygate: using the embedded PostgreSQL in {handle.data_dir}", err=True)
@@ -159,6 +161,10 @@ def serve(
 
         cfg = _load(config_path)
         RuleBook.from_config(cfg.compare)  # a bad rule path fails here, before anything runs
+        if "admin" in roles:
+            from graygate.admin.app import check_admin_exposure
+
+            check_admin_exposure(cfg)
         with _database(None, database_url or cfg.database.url, data_dir) as handle:
             code = serve_forever(
                 cfg,
@@ -341,11 +347,9 @@ def config_check(config_path: str | None) -> None:
         RuleBook.from_config(cfg.compare)
         import yaml
 
-        from store.engine import censor_dsn
+        from config.censor import censor_config
 
-        data = cfg.model_dump(mode="json")
-        if data["database"]["url"]:
-            data["database"]["url"] = censor_dsn(data["database"]["url"])
+        data = censor_config(cfg.model_dump(mode="json"))
         click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
 
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from ipaddress import IPv4Network, IPv6Network
 from typing import Final
 
 import orjson
@@ -34,6 +35,7 @@ from config.schema import MirrorConfig, UpstreamsConfig
 from graygate.errors import UpstreamError
 from graygate.vocabulary import ErrorKind, Role
 from proxy.tagging import TRACEPARENT, X_TRACE_ID, Tags
+from proxy.trust import is_proxy_header, peer_is_trusted
 from proxy.upstream import Pool
 
 __all__ = [
@@ -123,21 +125,40 @@ def upstream_headers(
     gray_header: str,
     label: str,
     drop: frozenset[str] = _REQUEST_DROP,
+    *,
+    trusted: Sequence[IPv4Network | IPv6Network] = (),
 ) -> list[tuple[str, str]]:
     """The headers sent upstream: the client's minus hop-by-hop (and ``drop``), plus the
     proxy's own: the gray label, ``X-Forwarded-*``, ``X-Trace-ID``, ``traceparent``.
 
     ``Host`` is left out: the pool sets it to its upstream's.
+
+    Client-address and original-URL headers (``Forwarded``, every ``X-Forwarded-*``,
+    ``X-Real-IP``, ``X-Client-IP``, ``True-Client-IP``, ``X-Original-URL``,
+    ``X-Rewrite-URL``, ...: ``proxy.trust``) are believed only from a peer in ``trusted``
+    (the ``trusted_proxies`` config): from it they pass, ``X-Forwarded-For`` is appended to
+    and its ``X-Forwarded-Proto``/``-Host`` are kept. From any other peer they are dropped,
+    ``X-Forwarded-For`` restarts at the peer's address, and ``X-Forwarded-Proto`` and
+    ``X-Forwarded-Host`` are the proxy's own.
     """
     headers = request.headers
-    drop = _connection_named(headers.get("Connection"), drop)
-    out = [(k, v) for k, v in headers.items() if k.lower() not in drop]
-    out.append((gray_header, label))
-    xff = headers.getall("X-Forwarded-For", None)
     remote = request.remote or "unknown"
+    believed = peer_is_trusted(request.remote, trusted)
+    drop = _connection_named(headers.get("Connection"), drop)
+    if believed:
+        out = [(k, v) for k, v in headers.items() if k.lower() not in drop]
+    else:
+        out = [
+            (k, v)
+            for k, v in headers.items()
+            if (low := k.lower()) not in drop and not is_proxy_header(low)
+        ]
+    out.append((gray_header, label))
+    xff = headers.getall("X-Forwarded-For", None) if believed else None
     out.append(("X-Forwarded-For", f"{', '.join(xff)}, {remote}" if xff else remote))
-    out.append(("X-Forwarded-Proto", request.scheme))
-    host = headers.get("Host")
+    proto = headers.get("X-Forwarded-Proto") if believed else None
+    out.append(("X-Forwarded-Proto", proto or request.scheme))
+    host = (headers.get("X-Forwarded-Host") if believed else None) or headers.get("Host")
     if host is not None:
         out.append(("X-Forwarded-Host", host))
     out.append((X_TRACE_ID, tags.trace_id))

@@ -4,15 +4,22 @@ Pure: plain values in, a decision out. By default the primary serves and the can
 mirror. A ``gray.serve_canary`` rule that matches (every condition it names holds) makes the
 canary serve and the primary get the mirror.
 
-Percentages and sampling use a stable hash (BLAKE2b, with a different personalisation per
-use so the decisions are independent), never Python's salted ``hash()``: every process, on
-every host, across restarts, puts the same value in the same bucket. With ``sticky`` (a
-header) or ``sticky_cookie`` the value hashed is the user's; without, the trace id.
+Who chooses: never the client. A percentage without ``sticky`` and the mirror's ``sample``
+are decided per request from graygate's own randomness (``random.SystemRandom``, the
+operating system's source), not from the trace id: a client chooses its ``X-Trace-ID`` and
+``traceparent``, and a hash of them, keyed or not, would let it pick its side (or dodge the
+mirror) by reusing an id it found by trial. The two draws are independent.
+
+With ``sticky`` (a header) or ``sticky_cookie`` the user's value is hashed, which is the
+point of stickiness (one user, one side): a stable hash (BLAKE2b), never Python's salted
+``hash()``, so every process, on every host, across restarts, puts the same user in the
+same bucket.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping
 from hashlib import blake2b
 from typing import Final
@@ -31,6 +38,7 @@ __all__ = [
     "SKIP_SATURATED",
     "Router",
     "parse_cookies",
+    "random_bucket",
     "stable_bucket",
 ]
 
@@ -48,7 +56,14 @@ SKIP_SATURATED: Final = SkipReason.SATURATED
 
 BUCKETS: Final = 10_000
 _ROUTE_SALT = b"graygate.route"
-_SAMPLE_SALT = b"graygate.sample"
+
+# The operating system's randomness: not seedable, not predictable from earlier draws.
+_draw = random.SystemRandom().randrange
+
+
+def random_bucket() -> int:
+    """A fresh bucket in ``0..9999`` from graygate's own randomness (per request)."""
+    return _draw(BUCKETS)
 
 
 def stable_bucket(value: str, salt: bytes = _ROUTE_SALT) -> int:
@@ -107,7 +122,6 @@ class _Rule:
         headers: Mapping[str, str],
         cookies: Mapping[str, str],
         label: str | None,
-        trace_id: str,
     ) -> bool:
         if self.label is not None and label != self.label:
             return False
@@ -120,15 +134,18 @@ class _Rule:
             if value is None or (self.cookie_equals is not None and value != self.cookie_equals):
                 return False
         if self.threshold is not None:
-            if self.sticky is not None:
-                key = headers.get(self.sticky)
-            elif self.sticky_cookie is not None:
-                key = cookies.get(self.sticky_cookie)
+            if self.sticky is not None or self.sticky_cookie is not None:
+                key = (
+                    headers.get(self.sticky)
+                    if self.sticky is not None
+                    else cookies.get(self.sticky_cookie or "")
+                )
+                if not key:
+                    return False  # no user to be sticky for: the rule does not apply
+                bucket = stable_bucket(key)
             else:
-                key = trace_id
-            if not key:
-                return False  # no user to be sticky for: the rule does not apply
-            if stable_bucket(key) >= self.threshold:
+                bucket = random_bucket()  # never the client's trace id
+            if bucket >= self.threshold:
                 return False
         return True
 
@@ -149,15 +166,20 @@ class Router:
         self._methods = mirror.mirrored_methods
         self._sample = mirror.sample * BUCKETS
 
-    def serving_side(self, headers: Mapping[str, str], label: str | None, trace_id: str) -> str:
-        """``"canary"`` when a ``serve_canary`` rule matches, else ``"primary"``."""
+    def serving_side(
+        self, headers: Mapping[str, str], label: str | None, trace_id: str | None = None
+    ) -> str:
+        """``"canary"`` when a ``serve_canary`` rule matches, else ``"primary"``.
+
+        ``trace_id`` is accepted for compatibility and not used: a percentage without
+        ``sticky`` is drawn per request (see the module docstring)."""
         if not self._rules:
             return PRIMARY
         cookies: Mapping[str, str] = (
             parse_cookies(headers.get("Cookie")) if self._needs_cookies else {}
         )
         for rule in self._rules:
-            if rule.matches(headers, cookies, label, trace_id):
+            if rule.matches(headers, cookies, label):
                 return CANARY
         return PRIMARY
 
@@ -165,12 +187,15 @@ class Router:
         """The request's gray label: the one it came with, else the serving side's."""
         return label if label is not None else self._labels[served_by]
 
-    def mirror_skip(self, method: str, trace_id: str) -> str | None:
-        """Why the request is not mirrored (before its body is read), or ``None``."""
+    def mirror_skip(self, method: str, trace_id: str | None = None) -> str | None:
+        """Why the request is not mirrored (before its body is read), or ``None``.
+
+        Sampling is drawn per request; ``trace_id`` is accepted for compatibility and not
+        used (a client must not choose whether it is mirrored)."""
         if not self._mirror_enabled:
             return SKIP_DISABLED
         if method not in self._methods:
             return SKIP_METHOD
-        if self._sample < BUCKETS and stable_bucket(trace_id, _SAMPLE_SALT) >= self._sample:
+        if self._sample < BUCKETS and random_bucket() >= self._sample:
             return SKIP_SAMPLED_OUT
         return None

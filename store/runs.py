@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from config.censor import censor_config, censor_url
 from graygate.errors import UnknownRun
 from store.failures import store_errors
 from store.tables import runs
@@ -28,7 +29,8 @@ async def ensure_run(
     canary_version: str | None = None,
 ) -> int:
     """The id of run ``name``, created if new; its URLs and configuration are updated to the
-    caller's (the latest process to start judges the run).
+    caller's (the latest process to start judges the run). What is stored is censored
+    (``config.censor``): no password, token or URL userinfo reaches ``runs``.
 
     One statement (``INSERT ... ON CONFLICT (name) DO UPDATE ... RETURNING id``): safe when
     many processes on many hosts start the same run at once. Versions are kept when the
@@ -38,10 +40,11 @@ async def ensure_run(
         config: Any = orjson.loads(config_json)
     else:
         config = dict(config_json) if config_json is not None else {}
+    config = censor_config(config)
     stmt = pg_insert(runs).values(
         name=name,
-        primary_url=primary_url,
-        canary_url=canary_url,
+        primary_url=None if primary_url is None else censor_url(primary_url),
+        canary_url=None if canary_url is None else censor_url(canary_url),
         primary_version=primary_version,
         canary_version=canary_version,
         config=config,

@@ -23,9 +23,14 @@ commonly carry none; they reveal nothing of the traffic. The token is accepted a
 - on ``POST .../gate`` only, ``{"metadata": {"token": "<token>"}}`` in the JSON body: Flagger
   webhooks send their ``metadata`` and cannot set headers.
 
+Open to other hosts: an admin API listening on a non-loopback address (``0.0.0.0``, a
+public address) without a token is refused at start (ConfigError naming ``admin.listen``)
+unless ``admin.allow_open: true``.
+
 Errors: ONE middleware renders every HTTP error, ``UnknownRun`` (404),
 ``StoreUnavailable`` (503) and anything unexpected (500, logged) as
-``{"error": "<one line>", "status": <code>}``.
+``{"error": "<one line>", "status": <code>}``. A path or query holding NUL or bytes that are
+not UTF-8 is a 400 before any handler runs (PostgreSQL text cannot hold NUL).
 
 The engine belongs to the caller (the composition root shares it between roles and disposes
 of it); the application only holds it, under ``ENGINE_KEY``.
@@ -49,9 +54,9 @@ from prometheus_client.exposition import choose_encoder
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.schema import GraygateConfig
+from config.schema import GraygateConfig, is_loopback_listen
 from graygate.admin.api import ENGINE_KEY, add_api_routes, json_response
-from graygate.errors import StoreUnavailable, UnknownRun
+from graygate.errors import ConfigError, StoreUnavailable, UnknownRun
 from store.engine import ping, schema_revision
 from store.migrate import head_revision
 
@@ -61,6 +66,7 @@ __all__ = [
     "METRICS_REGISTRY_KEY",
     "OPEN_PATHS",
     "READY_TIMEOUT_S",
+    "check_admin_exposure",
     "error_middleware",
     "make_admin_app",
     "metrics_registry",
@@ -102,9 +108,24 @@ def _http_message(exc: web.HTTPException) -> str:
     return text.strip()
 
 
+def _unusable_text(value: str) -> bool:
+    """NUL (which PostgreSQL text cannot hold) or a byte that is not UTF-8."""
+    if "\x00" in value:
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render every error the admin app meets as ``{"error": ..., "status": ...}``."""
+    if _unusable_text(request.path) or any(
+        _unusable_text(k) or _unusable_text(v) for k, v in request.query.items()
+    ):
+        return _error(400, "the path or query holds NUL or a byte that is not UTF-8")
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -240,8 +261,22 @@ async def metrics(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- factory
 
 
+def check_admin_exposure(cfg: GraygateConfig) -> None:
+    """ConfigError when the admin API would listen beyond loopback without a token (and
+    ``admin.allow_open`` is not set): called at start, before anything is opened."""
+    admin = cfg.admin
+    if admin.token or admin.allow_open or is_loopback_listen(admin.listen):
+        return
+    raise ConfigError(
+        "admin.listen",
+        f"{admin.listen!r} is reachable from other hosts and no admin token is set: "
+        f"set {admin.token_env}, listen on 127.0.0.1, or set admin.allow_open: true",
+    )
+
+
 def make_admin_app(cfg: GraygateConfig, engine: AsyncEngine) -> web.Application:
     """The admin port's application over ``engine`` (owned by the caller)."""
+    check_admin_exposure(cfg)
     middlewares: list[Middleware] = [error_middleware]
     if cfg.admin.token:
         middlewares.append(_auth_middleware(cfg.admin.token))

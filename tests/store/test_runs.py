@@ -96,3 +96,40 @@ async def test_database_away_is_store_unavailable_with_censored_dsn(run_name: st
             await eng.dispose()
     assert "s3cret" not in str(info.value)
     assert f"127.0.0.1:{proxy.port}" in str(info.value)
+
+
+async def test_ensure_run_stores_no_secret(engine: AsyncEngine, run_name: str) -> None:
+    # Issue 10 item 10: runs.config held database.url with its password.
+    from config.load import config_from_mapping
+
+    cfg = config_from_mapping(
+        {
+            "run": run_name,
+            "upstreams": {"primary": "http://127.0.0.1:1", "canary": "http://127.0.0.1:2"},
+            "database": {"url": "postgresql://graygate:hunter2@db:5432/gg?sslpassword=pw9"},
+        },
+        env={},
+    )
+    run_id = await ensure_run(
+        engine,
+        run_name,
+        primary_url="http://u:pw7@p:1",  # a caller that did not validate: censored anyway
+        canary_url=cfg.upstreams.canary,
+        config_json=cfg.model_dump(mode="json") | {"extra": {"api_token": "tok8"}},
+    )
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.select(runs.c.primary_url, runs.c.config, sa.cast(runs.c.config, sa.Text)).where(
+                    runs.c.id == run_id
+                )
+            )
+        ).one()
+    for secret in ("hunter2", "pw9", "pw7", "tok8"):
+        assert secret not in row[2] and secret not in row[0]
+    assert row[0] == "http://u:***@p:1"
+    assert (
+        row[1]["database"]["url"] == "postgresql+asyncpg://graygate:***@db:5432/gg?sslpassword=***"
+    )
+    assert row[1]["extra"] == {"api_token": "***"}
+    assert row[1]["verdict"] == cfg.model_dump(mode="json")["verdict"]
