@@ -17,7 +17,7 @@ from pathlib import Path
 
 import platformdirs
 
-from graygate.errors import StoreUnavailable
+from graygate.errors import StoreUnavailable, one_line
 
 __all__ = ["DatabaseHandle", "default_data_dir", "open_database"]
 
@@ -59,7 +59,7 @@ def open_database(url: str | None, data_dir: Path | None = None) -> Iterator[Dat
         server = pgserver.get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:
         raise StoreUnavailable(
-            f"cannot start the embedded PostgreSQL in {pgdata}: {str(exc).splitlines()[0]}"
+            f"cannot start the embedded PostgreSQL in {pgdata}: {one_line(exc)}"
         ) from None
     try:
         exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DB_NAME}';")

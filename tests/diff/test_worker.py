@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 import threading
 import uuid
@@ -26,6 +25,7 @@ from diff.worker import (
     worker_loop,
 )
 from graygate.errors import StoreUnavailable, UnknownRun
+from graygate.processes import free_port
 from store.engine import create_engine
 from store.judgement import ClaimedExchange, RecordedSide
 from store.tables import differences, exchanges
@@ -404,9 +404,7 @@ async def test_judge_pending_unknown_run(engine: AsyncEngine) -> None:
 
 
 async def test_judge_pending_database_away() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     eng = create_engine(f"postgresql+asyncpg://postgres:s3cret@127.0.0.1:{port}/x", pool_size=1)
     try:
         with pytest.raises(StoreUnavailable, match="is unavailable") as info:

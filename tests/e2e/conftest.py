@@ -32,6 +32,8 @@ from typing import Any
 import pytest
 import yaml
 
+from graygate.processes import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO_YAML = REPO / "config" / "demo.yaml"
 _LISTENING = re.compile(r"^listening on (http://\S+)\s*$", re.MULTILINE)
@@ -45,12 +47,6 @@ def child_env(**extra: str) -> dict[str, str]:
     env.pop("GRAYGATE_CONFIG", None)
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
