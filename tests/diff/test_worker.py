@@ -371,7 +371,7 @@ async def test_worker_loop_stops_on_cancel_while_idle(engine: AsyncEngine, run_n
 async def test_worker_loop_survives_a_database_outage(database_url: str, run_name: str) -> None:
     from tests.faultproxy import FaultProxy
 
-    async with FaultProxy("127.0.0.1", 5432) as proxy:
+    async with FaultProxy.before(database_url) as proxy:
         eng = create_engine(proxy.rewrite(database_url), pool_size=1)
         try:
             run_id = await new_run(eng, run_name)
