@@ -49,14 +49,14 @@ def open_database(url: str | None, data_dir: Path | None = None) -> Iterator[Dat
     root = (data_dir or default_data_dir()).expanduser().resolve()
     pgdata = root / "pgdata"
     try:
-        import pgserver
+        from pgserver.postgres_server import get_server
     except ImportError as exc:  # pragma: no cover - pgserver is a dependency
         raise StoreUnavailable(
             f"no database URL configured and the embedded PostgreSQL is missing ({exc})"
         ) from None
     try:
         pgdata.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        server = get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:
         raise StoreUnavailable(
             f"cannot start the embedded PostgreSQL in {pgdata}: {one_line(exc)}"
