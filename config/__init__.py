@@ -1,4 +1,4 @@
-"""Configuration: the schema (frozen models), the loader, and graygate's error tree."""
+"""Configuration: the schema (frozen models) and the loader; ConfigError is re-exported."""
 
 from config.load import config_from_mapping, load_config
 from config.schema import GraygateConfig

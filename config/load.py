@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from config.censor import CENSORED, censor_config, is_secret_key
 from config.schema import GraygateConfig
-from graygate.errors import ConfigError
+from graygate.errors import ConfigError, one_line
 
 __all__ = ["ENV_PREFIX", "config_from_mapping", "load_config"]
 
@@ -159,6 +159,6 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Grayg
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or one_line(exc)
         raise ConfigError("", f"{p}:{where}: not valid YAML: {problem}") from None
     return config_from_mapping(data or {}, env)

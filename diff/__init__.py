@@ -1,1 +1,2 @@
-"""The judgement: rules, compare and verdict (pure), workers, report and admin API views."""
+"""The judgement: a pure core (paths, rules, compare, noise, stats, verdict, runtime checks),
+its I/O edge (worker, evaluate) and the report model (docs/ARCHITECTURE.md)."""

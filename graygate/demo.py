@@ -56,6 +56,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from graygate.errors import one_line
 from graygate.loadgen import LoadOptions, LoadStats, run_load
 from graygate.processes import free_port, parent_death_signal
 
@@ -94,8 +95,6 @@ JUDGE_TIMEOUT_S = 90.0  # the workers judge what was recorded
 STOP_TIMEOUT_S = 20.0  # a child exits after SIGTERM
 POLL_S = 0.25
 _LISTENING = re.compile(r"^listening on (http://\S+)\s*$", re.MULTILINE)
-# What graygate serve logs about a failed preflight check (proxy/serve.py).
-_PREFLIGHT_WARNING = re.compile(r"(?:WARNING|ERROR) \S+: preflight (\S+): (.*)$", re.MULTILINE)
 
 
 class DemoError(Exception):
@@ -611,7 +610,7 @@ async def _demo(plan: _Plan, database_url: str) -> int:
         await _wait_ready(plan, session, admin)
         plan.step("graygate", f"proxy {proxy}, admin {admin}  (run {plan.run}, pid {serve.pid})")
         plan.step("config", str(cfg))
-        for check, detail in _PREFLIGHT_WARNING.findall(serve.log.read_text(errors="replace")):
+        for check, detail in await _preflight_failures(database_url, plan.run):
             plan.say(Text(f"{'preflight':<10}{check}: {detail}", style="yellow"))
 
         # 3. load
@@ -662,6 +661,24 @@ async def _demo(plan: _Plan, database_url: str) -> int:
     return code
 
 
+async def _preflight_failures(database_url: str, run: str) -> list[tuple[str, str]]:
+    """The preflight checks that ``serve`` stored as failed for ``run`` (check, detail); none
+    when they cannot be read (the report shows them too)."""
+    from graygate.errors import GraygateError
+    from store.engine import create_engine
+    from store.reports import preflight
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        findings = await preflight(engine, run)
+    except GraygateError as exc:
+        logger.debug("cannot read the preflight findings: %s", exc)
+        return []
+    finally:
+        await engine.dispose()
+    return [(f.check, f.detail) for f in findings if not f.ok]
+
+
 async def _main(plan: _Plan, database_url: str) -> int:
     task = asyncio.current_task()
     assert task is not None
@@ -689,10 +706,7 @@ def _migrate(url: str) -> None:
     try:
         migrate.upgrade(url)
     except Exception as exc:  # alembic and the drivers raise anything
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise DemoError(
-            f"database {censor_dsn(url)} is unavailable: {reason[0][:200] if reason else exc}"
-        ) from None
+        raise DemoError(f"database {censor_dsn(url)} is unavailable: {one_line(exc)}") from None
 
 
 @contextlib.contextmanager

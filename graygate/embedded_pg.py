@@ -17,7 +17,7 @@ from pathlib import Path
 
 import platformdirs
 
-from graygate.errors import StoreUnavailable
+from graygate.errors import StoreUnavailable, one_line
 
 __all__ = ["DatabaseHandle", "default_data_dir", "open_database"]
 
@@ -49,17 +49,17 @@ def open_database(url: str | None, data_dir: Path | None = None) -> Iterator[Dat
     root = (data_dir or default_data_dir()).expanduser().resolve()
     pgdata = root / "pgdata"
     try:
-        import pgserver
+        from pgserver.postgres_server import get_server
     except ImportError as exc:  # pragma: no cover - pgserver is a dependency
         raise StoreUnavailable(
             f"no database URL configured and the embedded PostgreSQL is missing ({exc})"
         ) from None
     try:
         pgdata.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        server = get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:
         raise StoreUnavailable(
-            f"cannot start the embedded PostgreSQL in {pgdata}: {str(exc).splitlines()[0]}"
+            f"cannot start the embedded PostgreSQL in {pgdata}: {one_line(exc)}"
         ) from None
     try:
         exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DB_NAME}';")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 
@@ -28,6 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.schema import GraygateConfig
 from diff.runtime_checks import RuntimeParseError, RuntimeSample, parse_expvar, parse_prometheus
+from graygate.errors import one_line
+from graygate.http_get import NoAnswer, http_get
 from store.runtime_samples import Finding, insert_findings
 
 __all__ = ["PPROF_PATH", "Finding", "preflight"]
@@ -40,56 +41,27 @@ _RUNTIME_BYTES = 8 << 20
 _PPROF_MARKERS = ("/debug/pprof", "types of profiles", "goroutine?debug")
 
 
-class _Unreachable(Exception):
-    pass
-
-
-def _reason(exc: BaseException) -> str:
-    lines = str(getattr(exc, "orig", None) or exc).splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
-
-
-async def _get(
-    session: aiohttp.ClientSession,
-    url: str,
-    client_timeout: aiohttp.ClientTimeout,
-    limit: int = _PEEK_BYTES,
-) -> tuple[int, bytes, float]:
-    """(status, the body's first ``limit`` bytes, milliseconds); _Unreachable with a short
-    reason when there is no answer."""
-    started = time.perf_counter()
-    try:
-        async with session.get(url, timeout=client_timeout, allow_redirects=False) as resp:
-            body = await resp.content.read(limit)
-            return resp.status, body, (time.perf_counter() - started) * 1000
-    except TimeoutError:
-        raise _Unreachable(f"no answer within {client_timeout.total:g}s") from None
-    except aiohttp.ClientConnectorError as exc:
-        raise _Unreachable(f"refused ({exc.os_error or exc})") from None
-    except aiohttp.ClientError as exc:
-        raise _Unreachable(f"{type(exc).__name__}: {exc}") from None
-
-
 async def _health(
     session: aiohttp.ClientSession, role: str, base: str, path: str, tmo: aiohttp.ClientTimeout
 ) -> Finding:
     url = base + path
     check = f"{role}.health"
     try:
-        status, _, ms = await _get(session, url, tmo)
-    except _Unreachable as exc:
+        got = await http_get(session, url, tmo, limit=_PEEK_BYTES)
+    except NoAnswer as exc:
         return Finding(check, False, f"GET {url}: {exc}")
-    ok = 200 <= status < 300
-    return Finding(check, ok, f"GET {url} -> {status} in {ms:.0f} ms")
+    ok = 200 <= got.status < 300
+    return Finding(check, ok, f"GET {url} -> {got.status} in {got.elapsed_ms:.0f} ms")
 
 
 async def _pprof(session: aiohttp.ClientSession, base: str, tmo: aiohttp.ClientTimeout) -> Finding:
     url = base + PPROF_PATH
     check = "canary.pprof_exposed"
     try:
-        status, body, _ = await _get(session, url, tmo)
-    except _Unreachable as exc:
+        got = await http_get(session, url, tmo, limit=_PEEK_BYTES)
+    except NoAnswer as exc:
         return Finding(check, False, f"not checked: GET {url}: {exc}")
+    status, body = got.status, got.body
     text = body.decode("utf-8", errors="replace").lower()
     if 200 <= status < 300 and any(m in text for m in _PPROF_MARKERS):
         return Finding(
@@ -113,9 +85,10 @@ async def _runtime(
 ) -> Finding:
     check = f"{role}.runtime.{kind}"
     try:
-        status, body, _ = await _get(session, url, tmo, _RUNTIME_BYTES)
-    except _Unreachable as exc:
+        got = await http_get(session, url, tmo, limit=_RUNTIME_BYTES)
+    except NoAnswer as exc:
         return Finding(check, False, f"GET {url}: {exc}")
+    status, body = got.status, got.body
     if status != 200:
         return Finding(check, False, f"GET {url} -> {status}")
     now = datetime.now(UTC)
@@ -185,5 +158,5 @@ async def preflight(
         try:
             await insert_findings(engine, run_id, findings)
         except Exception as exc:  # the findings still reach the caller, who prints them
-            logger.warning("could not store the preflight findings: %s", _reason(exc))
+            logger.warning("could not store the preflight findings: %s", one_line(exc))
     return findings

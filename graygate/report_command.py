@@ -17,8 +17,10 @@ from typing import TextIO
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from diff.report_model import build_report, render_html, render_terminal
+from diff.report_model import build_report
 from graygate.errors import StoreUnavailable, UnknownRun
+from graygate.report_html import render_html
+from graygate.report_terminal import render_terminal
 
 __all__ = ["EXIT_OK", "EXIT_UNAVAILABLE", "report_command", "write_atomically"]
 

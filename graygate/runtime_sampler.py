@@ -42,6 +42,8 @@ from diff.runtime_checks import (
     parse_prometheus,
     with_new_pauses,
 )
+from graygate.errors import one_line
+from graygate.http_get import NoAnswer, http_get
 from graygate.tasks import TaskSet
 from store.runtime_samples import SamplerLock, insert_samples
 
@@ -77,12 +79,6 @@ class RoleStats:
     leader: bool | None = None
 
 
-def _reason(exc: BaseException) -> str:
-    """One short line about a failure (a driver error's first line: never a DSN)."""
-    lines = str(getattr(exc, "orig", None) or exc).splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
-
-
 def _timeout(interval_s: float) -> aiohttp.ClientTimeout:
     total = min(10.0, max(1.0, interval_s))
     return aiohttp.ClientTimeout(total=total, connect=min(total, 2.0))
@@ -92,19 +88,14 @@ async def _get(
     session: aiohttp.ClientSession, url: str, client_timeout: aiohttp.ClientTimeout
 ) -> bytes:
     try:
-        async with session.get(url, timeout=client_timeout, allow_redirects=False) as resp:
-            if resp.status != 200:
-                raise _PollError(f"HTTP {resp.status} from {url}")
-            body = await resp.content.read(MAX_BODY_BYTES + 1)
-            if len(body) > MAX_BODY_BYTES:
-                raise _PollError(f"{url}: body larger than {MAX_BODY_BYTES} bytes")
-            return body
-    except TimeoutError:
-        raise _PollError(f"timeout after {client_timeout.total:g}s: {url}") from None
-    except aiohttp.ClientConnectorError as exc:
-        raise _PollError(f"refused: {url}: {exc.os_error or exc}") from None
-    except aiohttp.ClientError as exc:
-        raise _PollError(f"{type(exc).__name__}: {url}: {exc}") from None
+        got = await http_get(session, url, client_timeout, limit=MAX_BODY_BYTES)
+    except NoAnswer as exc:
+        raise _PollError(f"{exc}: {url}") from None
+    if got.status != 200:
+        raise _PollError(f"HTTP {got.status} from {url}")
+    if got.truncated:
+        raise _PollError(f"{url}: body larger than {MAX_BODY_BYTES} bytes")
+    return got.body
 
 
 async def fetch_reading(
@@ -219,7 +210,7 @@ class RuntimeSampler:
                 "could not store %d runtime sample(s) of the %s: %s",
                 len(backlog),
                 role,
-                _reason(exc),
+                one_line(exc),
             )
 
     async def _tick(self, role: str, source: RuntimeSource, lock: SamplerLock) -> None:

@@ -1,1 +1,1 @@
-"""The request path and the composition root (the CLI)."""
+"""The request path: tagging, routing, forwarding, mirroring, recording (docs/ARCHITECTURE.md)."""

@@ -17,7 +17,7 @@ skipped (unique ``(trace_id, run_id, span_id)``), and a segment's loss counters 
 
 Losses are counted per run in ``run_losses`` (``proxy.recording.ledger``, which lists the
 reasons; flushed every ``loss_flush_interval`` seconds and at close; spilled when the database
-is away), and in Prometheus (``proxy.recording.metrics``).
+is away), and in Prometheus (``proxy.recording.series``).
 
 Shutdown (``close``): stop accepting, write what is queued (to the database, or to the spill
 once ``drain_timeout`` has passed or while it is away), then persist the loss counters.
@@ -58,7 +58,7 @@ from proxy.recording.ledger import (
     LossKey,
     LossLedger,
 )
-from proxy.recording.metrics import (
+from proxy.recording.series import (
     BATCH_SECONDS,
     DATABASE_UP,
     DROPPED,

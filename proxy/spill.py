@@ -189,7 +189,7 @@ class Segment:
 
 def _locked(method: Callable[Concatenate[Spill, P], T]) -> Callable[Concatenate[Spill, P], T]:
     @functools.wraps(method)
-    def wrapper(self: Spill, *args: P.args, **kwargs: P.kwargs) -> T:
+    def wrapper(self: Spill, /, *args: P.args, **kwargs: P.kwargs) -> T:
         with self._lock:
             return method(self, *args, **kwargs)
 

@@ -11,7 +11,7 @@ server's, then
 
 ::
 
-    async with FaultProxy("127.0.0.1", 5432) as proxy:
+    async with FaultProxy.before(database_url) as proxy:
         url = proxy.rewrite(database_url)
         ...
         await proxy.block()
@@ -37,9 +37,20 @@ _CHUNK = 65536
 
 
 class FaultProxy:
-    def __init__(self, target_host: str, target_port: int, *, host: str = "127.0.0.1") -> None:
+    """Forwards loopback TCP connections to ``target_host:target_port``, or to the unix
+    socket ``target_socket`` when given (the embedded PostgreSQL listens on one)."""
+
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        *,
+        host: str = "127.0.0.1",
+        target_socket: str | None = None,
+    ) -> None:
         self.target_host = target_host
         self.target_port = target_port
+        self.target_socket = target_socket
         self.host = host
         self._port = 0
         self._server: asyncio.Server | None = None
@@ -49,6 +60,17 @@ class FaultProxy:
         self._tasks = TaskSet("faultproxy")
         self.accepted = 0  # connections accepted so far
 
+    @classmethod
+    def before(cls, database_url: str) -> FaultProxy:
+        """A proxy in front of the PostgreSQL server of ``database_url`` (a SQLAlchemy URL):
+        its host and port, or its unix socket when ``?host=`` names a directory."""
+        url = make_url(database_url)
+        port = url.port or 5432
+        socket_dir = url.query.get("host")
+        if isinstance(socket_dir, str) and socket_dir.startswith("/"):
+            return cls("", port, target_socket=f"{socket_dir}/.s.PGSQL.{port}")
+        return cls(url.host or "127.0.0.1", port)
+
     @property
     def port(self) -> int:
         if not self._port:
@@ -57,7 +79,12 @@ class FaultProxy:
 
     def rewrite(self, url: str) -> str:
         """``url`` (a SQLAlchemy database URL) pointing at this proxy instead."""
-        return make_url(url).set(host=self.host, port=self.port).render_as_string(False)
+        parsed = make_url(url)
+        return (
+            parsed.difference_update_query(["host"])
+            .set(host=self.host, port=self.port)
+            .render_as_string(False)
+        )
 
     async def start(self) -> None:
         await self._listen()
@@ -119,9 +146,12 @@ class FaultProxy:
         try:
             await self._flowing.wait()
             try:
-                up_reader, up_writer = await asyncio.open_connection(
-                    self.target_host, self.target_port
-                )
+                if self.target_socket is not None:
+                    up_reader, up_writer = await asyncio.open_unix_connection(self.target_socket)
+                else:
+                    up_reader, up_writer = await asyncio.open_connection(
+                        self.target_host, self.target_port
+                    )
             except OSError:
                 writer.transport.abort()
                 return

@@ -43,7 +43,8 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from diff.evaluate import assess_run, evaluate_run, record_result
-from diff.report_model import build_report, render_html
+from diff.report_model import build_report
+from graygate.report_html import render_html
 from graygate.values import Answer, Verdict, VerdictResult
 from store import reports
 from store.aggregates import latest_verdicts

@@ -56,7 +56,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.schema import GraygateConfig, is_loopback_listen
 from graygate.admin.api import ENGINE_KEY, add_api_routes, json_response
-from graygate.errors import ConfigError, StoreUnavailable, UnknownRun
+from graygate.errors import ConfigError, StoreUnavailable, UnknownRun, one_line
 from store.engine import ping, schema_revision
 from store.migrate import head_revision
 
@@ -219,8 +219,7 @@ async def readyz(request: web.Request) -> web.Response:
             f"the database did not answer within {READY_TIMEOUT_S:g} s", revision, head
         )
     except (SQLAlchemyError, OSError) as exc:
-        reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [repr(exc)])[0]
-        return _not_ready(f"the database cannot be read: {reason[:200]}", revision, head)
+        return _not_ready(f"the database cannot be read: {one_line(exc)}", revision, head)
     if revision != head:
         return _not_ready(
             f"the database schema is at revision {revision or 'none (empty database)'}, "
@@ -246,7 +245,7 @@ def metrics_registry() -> CollectorRegistry:
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return registry
 
 

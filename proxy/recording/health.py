@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from proxy.recording.metrics import DATABASE_UP
+from proxy.recording.series import DATABASE_UP
 
 __all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "PROBE_TIMEOUT", "DatabaseHealth"]
 

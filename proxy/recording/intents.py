@@ -41,7 +41,7 @@ from typing import IO, Final
 
 from graygate.errors import one_line
 from proxy.recording.ledger import PROCESS_KILLED, LossKey
-from proxy.recording.metrics import DROPPED
+from proxy.recording.series import DROPPED
 from store.exchanges import Row, is_rejection
 
 __all__ = [

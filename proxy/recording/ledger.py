@@ -33,7 +33,7 @@ from typing import Final
 from prometheus_client import Counter
 
 from graygate.errors import one_line
-from proxy.recording.metrics import DROPPED
+from proxy.recording.series import DROPPED
 from proxy.spill import Spill
 from store.exchanges import Row, is_rejection, is_unavailable
 

@@ -25,7 +25,7 @@ from proxy.recording.ledger import (
     LossKey,
     LossLedger,
 )
-from proxy.recording.metrics import DROPPED, SPILL_BYTES, SPILLED
+from proxy.recording.series import DROPPED, SPILL_BYTES, SPILLED
 from proxy.spill import Segment, Spill
 from store.exchanges import Row, WriteResult
 

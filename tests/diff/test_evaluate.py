@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import numpy as np
@@ -15,6 +14,7 @@ from config.schema import JudgingConfig
 from diff.evaluate import evaluate_run, run_config
 from diff.worker import judge_pending
 from graygate.errors import StoreUnavailable, UnknownRun
+from graygate.processes import free_port
 from graygate.values import Verdict, VerdictResult
 from store.aggregates import (
     fetch_endpoint_counts,
@@ -39,10 +39,7 @@ def check(result: VerdictResult, name: str) -> dict[str, object]:
 
 
 def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/nothing"
+    return f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing"
 
 
 # --------------------------------------------------------------------------- aggregates

@@ -13,8 +13,10 @@ from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from diff.evaluate import assess_run
-from diff.report_model import build_report, noise_fields_of, render_html, render_terminal
+from diff.report_model import build_report, noise_fields_of
 from graygate.errors import StoreUnavailable, UnknownRun
+from graygate.report_html import render_html
+from graygate.report_terminal import render_terminal
 from graygate.values import (
     EndpointCounts,
     EndpointStats,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 import threading
 import uuid
@@ -26,6 +25,7 @@ from diff.worker import (
     worker_loop,
 )
 from graygate.errors import StoreUnavailable, UnknownRun
+from graygate.processes import free_port
 from graygate.values import Answer
 from store.engine import create_engine
 from store.judgement import ClaimedExchange
@@ -370,7 +370,7 @@ async def test_worker_loop_stops_on_cancel_while_idle(engine: AsyncEngine, run_n
 async def test_worker_loop_survives_a_database_outage(database_url: str, run_name: str) -> None:
     from tests.faultproxy import FaultProxy
 
-    async with FaultProxy("127.0.0.1", 5432) as proxy:
+    async with FaultProxy.before(database_url) as proxy:
         eng = create_engine(proxy.rewrite(database_url), pool_size=1)
         try:
             run_id = await new_run(eng, run_name)
@@ -403,9 +403,7 @@ async def test_judge_pending_unknown_run(engine: AsyncEngine) -> None:
 
 
 async def test_judge_pending_database_away() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     eng = create_engine(f"postgresql+asyncpg://postgres:s3cret@127.0.0.1:{port}/x", pool_size=1)
     try:
         with pytest.raises(StoreUnavailable, match="is unavailable") as info:

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -24,13 +23,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
+from graygate.processes import free_port
+
+if TYPE_CHECKING:
+    from tests.conftest import DatabaseMaker
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_YAML = REPO / "config" / "demo.yaml"
@@ -45,12 +49,6 @@ def child_env(**extra: str) -> dict[str, str]:
     env.pop("GRAYGATE_CONFIG", None)
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -229,25 +227,9 @@ def go_canary(canary_bin: Path) -> Path:
 
 
 @pytest.fixture
-def fresh_database(make_database: Callable[[], Awaitable[str]]) -> Callable[[], str]:
+def fresh_database(make_database: DatabaseMaker) -> Callable[[], str]:
     """``fresh_database()``: the URL of a new, empty database (dropped at session end)."""
-
-    def make() -> str:
-        # make_database's coroutine needs the session's loop; run it on a private one
-        # would bind asyncpg elsewhere, so hop through a thread with its own loop.
-        return _run_coro_in_thread(make_database)
-
-    return make
-
-
-def _run_coro_in_thread(factory: Callable[[], Awaitable[str]]) -> str:
-    import concurrent.futures
-
-    async def go() -> str:
-        return await factory()
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, go()).result(60)
+    return make_database.sync
 
 
 @pytest.fixture

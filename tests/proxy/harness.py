@@ -4,7 +4,6 @@ front of them, and a sink in place of the recorder (the proxy calls only its sub
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,6 +12,7 @@ from aiohttp import web
 
 from config.load import config_from_mapping
 from config.schema import GraygateConfig
+from graygate.processes import free_port
 from graygate.values import RecordedExchange
 from proxy.app import make_proxy_app
 
@@ -83,11 +83,8 @@ async def echo(request: web.Request) -> web.Response:
 
 
 def closed_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
+    """A loopback port nothing listens on."""
+    return free_port()
 
 
 def make_cfg(primary: str, canary: str, **extra: Any) -> GraygateConfig:

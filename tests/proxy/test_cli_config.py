@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from graygate.processes import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 GOOD = """run: r1
 listen: 127.0.0.1:0
@@ -219,9 +221,7 @@ async def test_serve_processes_leaves_no_child_behind(
     """SIGTERM: the children stop and serve exits 0. SIGKILL: the kernel stops them."""
     import signal
 
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = free_port()
     cfg = _config(tmp_path, f"127.0.0.1:{port}")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "graygate", "serve", "-c", str(cfg),

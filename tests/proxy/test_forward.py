@@ -561,6 +561,9 @@ async def test_expect_100_continue() -> None:
     assert "expect" not in header_map(seen["headers"])
 
 
+GRAYGATE_LOGGERS = frozenset({"proxy", "graygate", "diff", "store", "config"})
+
+
 async def test_client_abandoning_its_body_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
     hits: list[str] = []
 
@@ -597,7 +600,13 @@ async def test_client_abandoning_its_body_is_quiet(caplog: pytest.LogCaptureFixt
         assert raw.startswith(b"HTTP/1.1 200")
         await sink.wait(2)  # /after, and /cut-big (streamed: the primary saw part of it)
     assert "/cut" not in hits
-    assert [r.levelname for r in caplog.records if r.levelno >= logging.WARNING] == []
+    # graygate's own loggers only: the test upstreams (aiohttp) may complain about the cut body
+    ours = [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.split(".")[0] in GRAYGATE_LOGGERS
+    ]
+    assert ours == []
 
 
 async def test_gc_is_tuned_while_serving_and_restored_after() -> None:

@@ -97,7 +97,7 @@ async def database_behind_a_fault_proxy(
     database_url: str,
 ) -> AsyncIterator[tuple[FaultProxy, AsyncEngine]]:
     """An engine whose PostgreSQL can be blocked, hung and brought back."""
-    async with FaultProxy("127.0.0.1", 5432) as proxy:
+    async with FaultProxy.before(database_url) as proxy:
         proxied = create_engine(proxy.rewrite(database_url), pool_size=2)
         try:
             yield proxy, proxied
@@ -402,7 +402,7 @@ async def test_two_processes_share_a_run_and_a_spill_directory(
 ) -> None:
     run_id = await new_run(engine, run_name)
     config = RecordConfig(batch_size=25, flush_interval_ms=10, spill_dir=str(tmp_path))
-    async with FaultProxy("127.0.0.1", 5432) as proxy:
+    async with FaultProxy.before(database_url) as proxy:
         engines = [create_engine(proxy.rewrite(database_url), pool_size=2) for _ in range(2)]
         try:
             async with Recorder(engines[0], config) as one, Recorder(engines[1], config) as two:

@@ -196,7 +196,7 @@ async def test_spilled_losses_are_added_once(engine: AsyncEngine, run_name: str)
 async def test_database_away_is_recognised(database_url: str, engine: AsyncEngine) -> None:
     run_id = await new_run(engine, f"run-{uuid.uuid4().hex[:10]}")
     rows = [exchange_row(record(run_id, i)) for i in range(5)]
-    async with FaultProxy("127.0.0.1", 5432) as proxy:
+    async with FaultProxy.before(database_url) as proxy:
         eng = create_engine(proxy.rewrite(database_url), pool_size=1)
         try:
             assert (await write_exchanges(eng, rows[:2])).inserted == 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import pytest
@@ -12,16 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from diff.evaluate import evaluate_run
 from graygate.errors import StoreUnavailable
+from graygate.processes import free_port
 from store.engine import create_engine
 from store.failures import store_errors
 from store.runs import get_run_id
 
 
 def _closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"postgresql+asyncpg://postgres:s3cret@127.0.0.1:{port}/nothing"
+    return f"postgresql+asyncpg://postgres:s3cret@127.0.0.1:{free_port()}/nothing"
 
 
 async def test_refused_connection_names_the_censored_url() -> None:

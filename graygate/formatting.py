@@ -1,0 +1,183 @@
+"""Formatting shared by the terminal and the HTML report: numbers, rates, durations, sizes,
+times and JSON values as short text, and the cells of the endpoint and runtime rows.
+
+Every function returns plain text (no markup); the HTML renderer escapes it.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from diff.report_model import Report
+from graygate.values import Check, EndpointStats
+from store.reports import RunOverview, RuntimeSummary
+
+__all__ = [
+    "RUNTIME_HEADERS",
+    "STRICT_COLUMN",
+    "VALUE_WIDTH",
+    "byte_size",
+    "check_mark",
+    "endpoint_cells",
+    "format_value",
+    "ms",
+    "num",
+    "pct",
+    "runtime_cells",
+    "summary_line",
+    "versions",
+    "when",
+]
+
+VALUE_WIDTH = 80
+
+
+def format_value(value: Any, width: int = VALUE_WIDTH) -> str:
+    """A JSON value as compact JSON text, cut to ``width`` characters."""
+    if value is None:
+        return "null"
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def num(value: Any) -> str:
+    """A number (or a dict or list of them, or a bool) as short text; ``—`` for None."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        if value == int(value) and abs(value) < 1e15:
+            return str(int(value))
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={num(v)}" for k, v in value.items() if v is not None)
+    if isinstance(value, list | tuple):
+        return ", ".join(num(v) for v in value)
+    return str(value)
+
+
+def pct(value: float | None) -> str:
+    """A fraction as a percentage with 3 significant digits: 0.0123 -> ``1.23%``."""
+    if value is None:
+        return "—"
+    if value == 0:
+        return "0%"
+    return f"{value * 100:.3g}%"
+
+
+def ms(value: float | None) -> str:
+    """Milliseconds: two decimals under 10, one above."""
+    if value is None:
+        return "—"
+    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def byte_size(value: int | None) -> str:
+    """A size in B, KiB, MiB or GiB."""
+    if value is None:
+        return "—"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(value)  # pragma: no cover
+
+
+def when(value: datetime | str | None) -> str:
+    """A time (or its ISO text) in UTC to the second; naive times are taken as UTC."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    else:
+        when = value
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def check_mark(check: Check) -> str:
+    """``pass``, ``FAIL`` or ``n/a`` for a verdict check."""
+    return {True: "pass", False: "FAIL", None: "n/a"}[check.passed]
+
+
+def versions(run: RunOverview) -> str:
+    """``primary → canary`` by version, else by URL."""
+    primary = run.primary_version or run.primary_url or "primary"
+    canary = run.canary_version or run.canary_url or "canary"
+    return f"{primary} → {canary}"
+
+
+def summary_line(report: Report) -> str:
+    """How many exchanges, judged, pairs and (when any) not recorded."""
+    run = report.run
+    lost = sum(run.losses.values())
+    parts = [
+        f"{run.exchanges} exchanges",
+        f"{run.judged} judged",
+        f"{sum(e.pairs for e in report.endpoints)} pairs",
+    ]
+    if lost:
+        parts.append(f"{lost} not recorded")
+    return ", ".join(parts)
+
+
+STRICT_COLUMN = 8  # in endpoint_cells: shown in red when there is a strict mismatch
+
+
+def endpoint_cells(e: EndpointStats) -> tuple[str, ...]:
+    """One endpoint row as plain text, for the terminal and (escaped) for HTML."""
+    return (
+        e.endpoint,
+        str(e.pairs),
+        str(e.match),
+        str(e.differ),
+        str(e.noise_only),
+        str(e.skipped),
+        str(e.error),
+        str(e.pending),
+        f"{e.strict_mismatches} ({pct(e.strict_mismatch_rate)})",
+        f"{e.tolerance_violations} ({pct(e.tolerance_violation_rate)})",
+        str(e.noise),
+        f"{ms(e.primary_p50_ms)} / {ms(e.primary_p99_ms)}",
+        f"{ms(e.canary_p50_ms)} / {ms(e.canary_p99_ms)}",
+    )
+
+
+RUNTIME_HEADERS = (
+    "side",
+    "samples",
+    "goroutines first → last (max)",
+    "heap first → last (max)",
+    "GC cycles",
+    "GC pause p99 / max ms",
+    "GC CPU max",
+)
+
+
+def runtime_cells(r: RuntimeSummary) -> tuple[str, ...]:
+    """One runtime row as plain text, for the terminal and (escaped) for HTML."""
+    return (
+        r.role,
+        f"{r.samples}" + (f" ({r.failed_samples} failed)" if r.failed_samples else ""),
+        f"{num(r.goroutines_first)} → {num(r.goroutines_last)} ({num(r.goroutines_max)})",
+        f"{byte_size(r.heap_alloc_first)} → {byte_size(r.heap_alloc_last)} "
+        f"({byte_size(r.heap_alloc_max)})",
+        num(r.gc_cycles),
+        f"{ms(r.gc_pause_p99_ms)} / {ms(r.gc_pause_max_ms)}",
+        pct(r.gc_cpu_fraction_max),
+    )

@@ -1,0 +1,155 @@
+"""The run report printed in the terminal with rich: verdict and checks, endpoints, the top
+differing fields, noise and waived fields, runtime, preflight, what was not recorded."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from diff.report_model import Report
+from graygate.formatting import (
+    RUNTIME_HEADERS,
+    STRICT_COLUMN,
+    check_mark,
+    endpoint_cells,
+    format_value,
+    num,
+    runtime_cells,
+    summary_line,
+    versions,
+    when,
+)
+from graygate.values import Check, EndpointStats, PreflightFinding, Verdict
+from store.reports import FieldStat, RuntimeSummary
+
+__all__ = ["render_terminal"]
+
+_VERDICT_STYLE = {
+    Verdict.GO: "bold white on green",
+    Verdict.NO_GO: "bold white on red",
+    Verdict.INCONCLUSIVE: "bold black on yellow",
+}
+
+
+def _checks_table(checks: Sequence[Check]) -> Table:
+    table = Table(title="Checks", title_justify="left", expand=False)
+    table.add_column("check", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    table.add_column("observed", overflow="fold", max_width=36)
+    table.add_column("threshold", overflow="fold", max_width=36)
+    table.add_column("detail", overflow="fold", ratio=1)
+    for check in checks:
+        style = {True: "green", False: "red" if check.blocking else "yellow", None: "yellow"}[
+            check.passed
+        ]
+        table.add_row(
+            check.name,
+            Text(check_mark(check), style=style),
+            num(check.observed),
+            num(check.threshold),
+            check.detail,
+        )
+    return table
+
+
+def _endpoints_table(endpoints: Sequence[EndpointStats]) -> Table:
+    table = Table(title="Endpoints", title_justify="left")
+    table.add_column("endpoint", no_wrap=True)
+    for name in ("pairs", "match", "differ", "noise only", "skipped", "error", "pending"):
+        table.add_column(name, justify="right")
+    table.add_column("strict mismatch", justify="right")
+    table.add_column("tolerance viol.", justify="right")
+    table.add_column("noise", justify="right")
+    table.add_column("primary p50/p99 ms", justify="right")
+    table.add_column("canary p50/p99 ms", justify="right")
+    for e in endpoints:
+        cells: list[str | Text] = list(endpoint_cells(e))
+        if e.strict_mismatches:
+            cells[STRICT_COLUMN] = Text(str(cells[STRICT_COLUMN]), style="red")
+        table.add_row(*cells)
+    return table
+
+
+def _fields_table(title: str, fields: Sequence[FieldStat]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("endpoint", overflow="fold")
+    table.add_column("field", overflow="fold")
+    table.add_column("judged", no_wrap=True)
+    table.add_column("exchanges", justify="right")
+    table.add_column("example (trace id: primary → canary)", overflow="fold")
+    for f in fields:
+        example = f.example
+        table.add_row(
+            f.endpoint,
+            f.field,
+            f.judgement,
+            str(f.exchanges),
+            f"{example.trace_id} at {example.path} ({example.kind}): "
+            f"{format_value(example.primary_value, 40)} → "
+            f"{format_value(example.other_value, 40)}",
+        )
+    return table
+
+
+def _runtime_table(runtime: Sequence[RuntimeSummary]) -> Table:
+    table = Table(title="Runtime", title_justify="left")
+    for name in RUNTIME_HEADERS:
+        table.add_column(name, justify="right" if name != "side" else "left")
+    for r in runtime:
+        table.add_row(*runtime_cells(r))
+    return table
+
+
+def _preflight_table(findings: Sequence[PreflightFinding]) -> Table:
+    table = Table(title="Preflight", title_justify="left")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail", overflow="fold")
+    for f in findings:
+        table.add_row(
+            f.check, Text("ok" if f.ok else "FAIL", style="green" if f.ok else "red"), f.detail
+        )
+    return table
+
+
+def render_terminal(report: Report, console: Console) -> None:
+    """Print the report: verdict and checks, endpoints, top fields, noise, runtime, preflight."""
+    run = report.run
+    verdict = report.verdict
+    head = Text.assemble(
+        (f" {verdict.verdict.value} ", _VERDICT_STYLE[verdict.verdict]),
+        "  run ",
+        (run.name, "bold"),
+        f"  {versions(run)}\n",
+        f"{summary_line(report)}; verdict computed {when(verdict.computed_at)}",
+    )
+    console.print(Panel(head, title="graygate report", title_align="left", expand=False))
+    console.print(_checks_table(verdict.checks))
+    if report.endpoints:
+        console.print(_endpoints_table(report.endpoints))
+    else:
+        console.print("No exchanges recorded yet.")
+    if report.fields:
+        console.print(_fields_table("Top differing fields", report.fields))
+    else:
+        console.print(Text("No strict or tolerance differences.", style="green"))
+    accepted: list[Any] = []
+    if report.noise:
+        accepted.append(_fields_table("Noise (differs by nature; not counted)", report.noise))
+    if report.waived:
+        accepted.append(_fields_table("Waived (accepted differences)", report.waived))
+    if accepted:
+        console.print(Group(*accepted))
+    if report.runtime:
+        console.print(_runtime_table(report.runtime))
+    if report.preflight:
+        console.print(_preflight_table(report.preflight))
+    if run.losses:
+        console.print(
+            "Not recorded: " + ", ".join(f"{k} {v}" for k, v in sorted(run.losses.items()))
+        )
