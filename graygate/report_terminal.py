@@ -24,10 +24,18 @@ from graygate.formatting import (
     versions,
     when,
 )
+from graygate.terminal_safety import escape_control, escape_terminal, safe_text
 from graygate.values import Check, EndpointStats, PreflightFinding, Verdict
 from store.reports import FieldStat, RuntimeSummary
 
 __all__ = ["render_terminal"]
+
+
+def _add_row(table: Table, *cells: str | Text) -> None:
+    """A row whose text came (in part) from traffic: plain strings are escaped (markup and
+    control characters) so that rich prints them as the characters they are."""
+    table.add_row(*(c if isinstance(c, Text) else escape_terminal(c) for c in cells))
+
 
 _VERDICT_STYLE = {
     Verdict.GO: "bold white on green",
@@ -47,7 +55,8 @@ def _checks_table(checks: Sequence[Check]) -> Table:
         style = {True: "green", False: "red" if check.blocking else "yellow", None: "yellow"}[
             check.passed
         ]
-        table.add_row(
+        _add_row(
+            table,
             check.name,
             Text(check_mark(check), style=style),
             num(check.observed),
@@ -70,8 +79,8 @@ def _endpoints_table(endpoints: Sequence[EndpointStats]) -> Table:
     for e in endpoints:
         cells: list[str | Text] = list(endpoint_cells(e))
         if e.strict_mismatches:
-            cells[STRICT_COLUMN] = Text(str(cells[STRICT_COLUMN]), style="red")
-        table.add_row(*cells)
+            cells[STRICT_COLUMN] = safe_text(str(cells[STRICT_COLUMN]), "red")
+        _add_row(table, *cells)
     return table
 
 
@@ -84,7 +93,8 @@ def _fields_table(title: str, fields: Sequence[FieldStat]) -> Table:
     table.add_column("example (trace id: primary → canary)", overflow="fold")
     for f in fields:
         example = f.example
-        table.add_row(
+        _add_row(
+            table,
             f.endpoint,
             f.field,
             f.judgement,
@@ -101,7 +111,7 @@ def _runtime_table(runtime: Sequence[RuntimeSummary]) -> Table:
     for name in RUNTIME_HEADERS:
         table.add_column(name, justify="right" if name != "side" else "left")
     for r in runtime:
-        table.add_row(*runtime_cells(r))
+        _add_row(table, *runtime_cells(r))
     return table
 
 
@@ -111,8 +121,11 @@ def _preflight_table(findings: Sequence[PreflightFinding]) -> Table:
     table.add_column("result")
     table.add_column("detail", overflow="fold")
     for f in findings:
-        table.add_row(
-            f.check, Text("ok" if f.ok else "FAIL", style="green" if f.ok else "red"), f.detail
+        _add_row(
+            table,
+            f.check,
+            Text("ok" if f.ok else "FAIL", style="green" if f.ok else "red"),
+            f.detail,
         )
     return table
 
@@ -124,9 +137,9 @@ def render_terminal(report: Report, console: Console) -> None:
     head = Text.assemble(
         (f" {verdict.verdict.value} ", _VERDICT_STYLE[verdict.verdict]),
         "  run ",
-        (run.name, "bold"),
-        f"  {versions(run)}\n",
-        f"{summary_line(report)}; verdict computed {when(verdict.computed_at)}",
+        safe_text(run.name, "bold"),
+        safe_text(f"  {versions(run)}\n"),
+        escape_control(f"{summary_line(report)}; verdict computed {when(verdict.computed_at)}"),
     )
     console.print(Panel(head, title="graygate report", title_align="left", expand=False))
     console.print(_checks_table(verdict.checks))
@@ -151,5 +164,7 @@ def render_terminal(report: Report, console: Console) -> None:
         console.print(_preflight_table(report.preflight))
     if run.losses:
         console.print(
-            "Not recorded: " + ", ".join(f"{k} {v}" for k, v in sorted(run.losses.items()))
+            escape_terminal(
+                "Not recorded: " + ", ".join(f"{k} {v}" for k, v in sorted(run.losses.items()))
+            )
         )

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from diff.evaluate import evaluate_run, record_result
 from graygate.errors import StoreUnavailable, UnknownRun
+from graygate.terminal_safety import escape_control
 from graygate.values import Check, Verdict, VerdictResult
 
 __all__ = [
@@ -68,7 +69,9 @@ def format_check(check: Check) -> str:
     line = f"{status:<5} {check.name:<10} " + "; ".join(facts)
     if check.detail:
         line += (": " if facts else "") + check.detail
-    return " ".join(line.split())
+    # Details name endpoints and fields that came from traffic: no escape sequence reaches
+    # the operator's terminal.
+    return escape_control(" ".join(line.split()))
 
 
 def format_verdict(result: VerdictResult) -> str:
@@ -101,7 +104,7 @@ def _progress(result: VerdictResult) -> str:
         for c in result.checks
         if (c.passed is False) or (c.passed is None and c.blocking)
     ]
-    return f"{result.verdict.value}" + (f": {why[0]}" if why else "")
+    return f"{result.verdict.value}" + (f": {escape_control(why[0])}" if why else "")
 
 
 async def verdict_command(

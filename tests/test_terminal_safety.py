@@ -82,3 +82,25 @@ def test_escape_control_forms() -> None:
     assert escape_control("ünïcødé → ok 日本") == "ünïcødé → ok 日本"  # printable is kept
     assert escape_terminal(42) == "42"
     assert escape_terminal("[b]") == "\\[b]"
+
+
+def test_the_terminal_report_prints_traffic_as_text() -> None:
+    """The report's renderer escapes what came from traffic: a path that is rich markup, a
+    link tag and an escape sequence print as characters, and nothing crashes."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from graygate.report_terminal import _add_row
+
+    table = Table()
+    for name in ("endpoint", "field"):
+        table.add_column(name)
+    _add_row(table, "GET /zz/[/oops]", "[link=http://evil.example]x[/link] \x1b]0;pwn\x07")
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(table)
+    text = out.getvalue()
+    assert "GET /zz/[/oops]" in text
+    assert "[link=http://evil.example]" in text
+    assert "\x1b" not in text and "\\x1b" in text
