@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from aiohttp import ClientError, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -55,7 +55,7 @@ from proxy.tagging import tag_request
 from proxy.tracing import TRACING_KEY, Tracing, tracing_ctx
 from store.records import ExchangeRecord, Response
 
-__all__ = ["PROXY_KEY", "Proxy", "RecordSink", "make_proxy_app"]
+__all__ = ["PROXY_KEY", "Proxy", "RecordSink", "make_proxy_app", "server_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -335,6 +335,18 @@ async def _stream(head: list[bytes], content: StreamReader, copy: Capture) -> As
 
 
 PROXY_KEY: web.AppKey[Proxy] = web.AppKey("graygate.proxy.proxy", Proxy)
+
+
+def server_settings(cfg: GraygateConfig) -> dict[str, Any]:
+    """The keyword arguments of the proxied port's ``web.AppRunner`` (its request parser).
+
+    ``auto_decompress=False``: the upstreams get the body's bytes as the client sent them
+    (aiohttp would otherwise inflate a ``Content-Encoding: gzip`` body and hand on the
+    inflated bytes under the same label: bodies past ``mirror.max_body_bytes``, bombs, and
+    a second request smuggled in the inflated bytes). Serving the proxy app without these
+    settings is a bug.
+    """
+    return {"auto_decompress": False}
 
 
 def make_proxy_app(

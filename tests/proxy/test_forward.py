@@ -704,3 +704,84 @@ async def test_client_is_served_whatever_the_recorder_does(
                     assert resp.status == 200
                     assert (await resp.json())["raw_path"] == "/orders/1"
             await sink.wait(3)
+
+
+# --- issue 9: the upstreams get the client's bytes -------------------------------------
+
+
+def _smuggling_gzip() -> tuple[bytes, bytes]:
+    """A gzip body whose inflated bytes start with as many bytes as it is long, followed
+    by a second request: a proxy that forwards the inflated bytes under the compressed
+    length has the upstream execute that second request."""
+    smuggled = b"DELETE /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    for n in range(1, 400):
+        body = gzip.compress(b"a" * n + smuggled, mtime=0)
+        if len(body) == n:
+            return body, b"a" * n + smuggled
+    raise AssertionError("no self-sized gzip body found")
+
+
+async def test_compressed_request_body_is_forwarded_as_sent_and_smuggles_nothing() -> None:
+    body, inflated = _smuggling_gzip()
+    seen: list[tuple[str, str, bytes]] = []
+
+    async def primary(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path, await request.read()))
+        return web.Response(text="ok")
+
+    sink = Sink()
+    async with (
+        serve_app(handler_app(primary), auto_decompress=False) as p,
+        serve_app(handler_app(echo), auto_decompress=False) as c,
+        proxy_for(
+            make_cfg(p, c, mirror={"methods": ["POST"], "allow_side_effects": True}), sink
+        ) as proxy,
+    ):
+        raw = await raw_request(
+            proxy,
+            b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Encoding: gzip\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body),
+        )
+        (rec,) = await sink.wait()
+        assert raw.startswith(b"HTTP/1.1 200 OK")
+        assert raw.count(b"HTTP/1.1 ") == 1
+        # One request reached the primary, with the compressed bytes; none was smuggled.
+        await asyncio.sleep(0.05)
+        assert seen == [("POST", "/upload", body)]
+    # The canary got the same bytes (echo decodes them as latin-1).
+    assert rec.canary is not None and rec.canary.body is not None
+    assert orjson.loads(rec.canary.body)["body"].encode("latin-1") == body
+    assert rec.request_body == inflated  # the record stores the decoded copy
+
+
+async def test_gzip_bomb_is_forwarded_compressed_and_mirror_bound_applies_to_sent_bytes() -> None:
+    bomb = gzip.compress(b"\0" * 20_000_000, mtime=0)  # ~20 KB that inflate to 20 MB
+    sizes: list[int] = []
+
+    async def upstream(request: web.Request) -> web.Response:
+        sizes.append(len(await request.read()))
+        return web.Response(text="ok")
+
+    sink = Sink()
+    limit = len(bomb) + 10  # the compressed body fits the mirror bound, the inflated not
+    async with (
+        serve_app(handler_app(upstream), auto_decompress=False) as p,
+        serve_app(handler_app(upstream), auto_decompress=False) as c,
+    ):
+        cfg = make_cfg(
+            p,
+            c,
+            mirror={"methods": ["POST"], "allow_side_effects": True, "max_body_bytes": limit},
+            record={"max_body_bytes": 1024},
+        )
+        async with proxy_for(cfg, sink) as proxy:
+            raw = await raw_request(
+                proxy,
+                b"POST /bomb HTTP/1.1\r\nHost: h\r\nContent-Encoding: gzip\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(bomb), bomb),
+            )
+            (rec,) = await sink.wait()
+    assert raw.startswith(b"HTTP/1.1 200 OK")
+    assert sizes == [len(bomb), len(bomb)]  # primary and canary: the compressed bytes
+    assert rec.mirror_skipped is None
+    assert rec.request_body == b"\0" * 1024 and rec.request_body_truncated
