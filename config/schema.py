@@ -117,10 +117,21 @@ class UpstreamsConfig(_Frozen):
     timeout_ms: int = Field(default=30_000, gt=0)
     connect_timeout_ms: int = Field(default=2_000, gt=0)
     max_connections: int = Field(default=512, ge=1)
+    # The Host header each upstream gets: absent, the client's (as Envoy and Caddy do);
+    # "upstream", the upstream's own host:port; else the value given.
+    host_header: dict[Literal["primary", "canary", "secondary"], str] = Field(default_factory=dict)
 
     _v_urls = field_validator("primary", "canary", "secondary")(
         lambda v: None if v is None else _check_http_url(v)
     )
+
+    @field_validator("host_header")
+    @classmethod
+    def _host_values(cls, value: dict[str, str]) -> dict[str, str]:
+        for role, host in value.items():
+            if not host or any(c in host for c in " \t\r\n/"):
+                raise ValueError(f"{role}: {host!r} is not a host[:port] (or 'upstream')")
+        return value
 
 
 class MirrorConfig(_Frozen):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
@@ -169,6 +169,7 @@ class Proxy:
             query=query,
             headers=out_headers,
             served_by=served_by,
+            host=headers.get("Host"),
         )
         body: bytes | None = None
         data: RequestBody = None
@@ -295,7 +296,7 @@ class Proxy:
             method=ex.method,
             path=ex.path,
             query=ex.query,
-            request_headers=redact.headers(ex.headers),
+            request_headers=redact.headers(_storable(ex.headers)),
             request_body=req_body,
             request_body_truncated=req_truncated,
             gray_label=ex.label,
@@ -318,12 +319,29 @@ class Proxy:
         redact = self._redactor
         return Response(
             status=cap.status,
-            headers=redact.headers(headers.items(), HOP_BY_HOP),
+            headers=redact.headers(_storable(headers.items()), HOP_BY_HOP),
             body=redact.body(decoded, headers.get("Content-Type")),
             body_truncated=cap.truncated or cut,
             latency_ms=latency_ms,
             error=cap.error,
         )
+
+
+def _storable(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Header fields as they can be stored (UTF-8 text): bytes outside UTF-8, which travel
+    as surrogate escapes, are written ``\\xNN`` (``caf\\xe9``), so that every exchange is
+    recordable whatever bytes a client or an upstream sends."""
+    return [(_text(k), _text(v)) for k, v in pairs]
+
+
+def _text(value: str) -> str:
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
 
 
 async def _stream(head: list[bytes], content: StreamReader, copy: Capture) -> AsyncIterator[bytes]:

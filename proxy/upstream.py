@@ -36,7 +36,7 @@ import asyncio
 import logging
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, Iterable, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from typing import Final, cast
 
 import httptools
@@ -116,6 +116,7 @@ class _Connection(asyncio.Protocol):
         "head_only",
         "headers",
         "idle_since",
+        "interim",
         "keep_alive",
         "loop",
         "parser",
@@ -154,6 +155,7 @@ class _Connection(asyncio.Protocol):
         self.error: UpstreamError | None = None
         self.keep_alive = True
         self.head_only = False
+        self.interim: Callable[[bytes], None] | None = None
         self.received = False
         self.idle_since = 0.0
 
@@ -215,7 +217,11 @@ class _Connection(asyncio.Protocol):
                 elif rest:
                     self.parser.feed_data(rest)  # on_message_begin refuses extra bytes
                 return
-            if not rest:  # an interim (1xx) head: the next head follows
+            # An interim (1xx) head: handed on as it came; the next head follows.
+            interim = self.interim
+            if interim is not None and self.state == _HEAD:
+                interim(head)
+            if not rest:
                 return
             data = rest
 
@@ -404,9 +410,16 @@ class _Connection(asyncio.Protocol):
             raise
 
     def start(
-        self, data: bytes, head_only: bool, timeout: float, deadline: float, idle: bool
+        self,
+        data: bytes,
+        head_only: bool,
+        timeout: float,
+        deadline: float,
+        idle: bool,
+        interim: Callable[[bytes], None] | None = None,
     ) -> None:
-        """Send ``data`` (the request's head and in-memory body) and arm the timer."""
+        """Send ``data`` (the request's head and in-memory body) and arm the timer;
+        ``interim`` gets each interim (1xx) head's bytes."""
         self.state = _HEAD
         self.status = 0
         self.reason = b""
@@ -417,6 +430,7 @@ class _Connection(asyncio.Protocol):
         self._head_total = 0
         self._overhead = 0
         self.head_only = head_only
+        self.interim = interim
         self.received = False
         self._timeout = timeout
         self._deadline_idle = idle
@@ -608,16 +622,19 @@ class Pool:
         *,
         limit: float,
         idle: bool,
+        host: str | None = None,
+        interim: Callable[[bytes], None] | None = None,
     ) -> Response:
         """Send a request and wait for the head of its answer.
 
         ``limit`` (seconds) bounds each wait for the upstream's bytes (``idle=True``) or the
         whole exchange up to the body's end (``idle=False``); the pool wait and the connect
-        count.
+        count. ``host``: the ``Host`` header (default: the upstream's authority).
+        ``interim``: called with the bytes of each interim (1xx) head, as they come.
         """
         loop = self.loop
         deadline = loop.time() + limit
-        text = _encode_head(method, target, self.authority, headers)
+        text = _encode_head(method, target, host or self.authority, headers)
         stream: AsyncIterable[bytes] | None = None
         chunked = False
         if body is None or isinstance(body, bytes | bytearray | memoryview):
@@ -641,9 +658,9 @@ class Pool:
             conn = await self._acquire(deadline, fresh)
             try:
                 if stream is None:
-                    conn.start(data, head_only, limit, deadline, idle)
+                    conn.start(data, head_only, limit, deadline, idle, interim)
                 else:
-                    conn.start(b"", head_only, limit, deadline, idle)
+                    conn.start(b"", head_only, limit, deadline, idle, interim)
                     await conn.write_body(data, stream, chunked)
                 await conn.head()
             except _Stale:
@@ -737,6 +754,7 @@ class Pool:
         ):
             conn.state = _IDLE
             conn.error = None
+            conn.interim = None
             waiters = self._waiters
             while waiters:
                 waiter = waiters.popleft()

@@ -8,6 +8,7 @@ import gzip
 import logging
 import zlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import brotli
@@ -210,7 +211,7 @@ async def test_forwarded_headers_and_host(client: ClientSession) -> None:
     assert seen["x-forwarded-for"] == ["10.0.0.1, 127.0.0.1"]
     assert seen["x-forwarded-proto"] == ["http"]
     assert seen["x-forwarded-host"] == ["shop.example"]
-    assert seen["host"] == [URL(p).raw_authority]
+    assert seen["host"] == ["shop.example"]  # the client's, as Envoy and Caddy do
     # no header the client did not send
     assert "user-agent" in seen  # the test client sends one
     assert "x-gray-shadow" not in seen
@@ -785,3 +786,174 @@ async def test_gzip_bomb_is_forwarded_compressed_and_mirror_bound_applies_to_sen
     assert sizes == [len(bomb), len(bomb)]  # primary and canary: the compressed bytes
     assert rec.mirror_skipped is None
     assert rec.request_body == b"\0" * 1024 and rec.request_body_truncated
+
+
+# --- issue 9: answers as the upstream sent them, nothing leaked or invented --------------
+
+
+@asynccontextmanager
+async def scripted_upstream(
+    answers: list[bytes], seen: list[bytes] | None = None
+) -> AsyncIterator[str]:
+    """A raw HTTP/1.1 server that answers the n-th request it reads (on any connection)
+    with ``answers[n]``, byte for byte; the request heads it read go to ``seen``."""
+    count = 0
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal count
+        try:
+            while count < len(answers):
+                head = await reader.readuntil(b"\r\n\r\n")
+                if seen is not None:
+                    seen.append(head)
+                answer = answers[count]
+                count += 1
+                writer.write(answer)
+                await writer.drain()
+            await reader.read()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(run, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+def head_fields(raw: bytes) -> list[tuple[bytes, bytes]]:
+    head = raw.partition(b"\r\n\r\n")[0]
+    return [
+        (k.strip().lower(), v.strip())
+        for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+    ]
+
+
+_TRAILED = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+    b"5\r\nalice\r\n0\r\nX-Checksum: secret-of-alice\r\n\r\n"
+)
+_PLAIN = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbob"
+
+
+async def test_trailers_go_to_who_asked_and_never_to_the_next_answer() -> None:
+    sink = Sink()
+    async with (
+        scripted_upstream([_TRAILED, _PLAIN, _TRAILED, _PLAIN]) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c, mirror={"enabled": False}), sink) as proxy,
+    ):
+        got = []
+        for te in (b"TE: trailers\r\n", b"TE: trailers\r\n", b"", b""):
+            got.append(
+                await raw_request(
+                    proxy, b"GET /t HTTP/1.1\r\nHost: h\r\n%bConnection: close\r\n\r\n" % te
+                )
+            )
+        records = await sink.wait(4)
+    alice, bob, alice_no_te, bob2 = got
+    assert alice.endswith(b"\r\n5\r\nalice\r\n0\r\nX-Checksum: secret-of-alice\r\n\r\n")
+    assert alice_no_te.endswith(b"\r\n5\r\nalice\r\n0\r\n\r\n")  # dropped: not asked for
+    for raw in (bob, bob2):
+        assert b"secret" not in raw and raw.endswith(b"\r\n\r\nbob")
+    for rec in records:
+        assert rec.primary is not None and rec.primary.headers is not None
+        assert "x-checksum" not in rec.primary.headers
+
+
+async def test_extra_bytes_after_an_answer_are_not_served() -> None:
+    injected = b"HTTP/1.1 200 OK\r\nX-Injected: 1\r\nContent-Length: 4\r\n\r\nEVIL"
+    sink = Sink()
+    async with (
+        scripted_upstream([_PLAIN + injected, _PLAIN]) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c, mirror={"enabled": False}), sink) as proxy,
+    ):
+        first = await raw_request(proxy, b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        second = await raw_request(
+            proxy, b"GET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+    for raw in (first, second):
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and raw.endswith(b"\r\n\r\nbob")
+        assert b"EVIL" not in raw and b"X-Injected" not in raw
+
+
+async def test_non_utf8_header_bytes_travel_exactly_and_are_recorded() -> None:
+    seen: list[bytes] = []
+    answer = b"HTTP/1.1 200 OK\r\nX-Latin: caf\xe9\r\nContent-Length: 2\r\n\r\nok"
+    sink = Sink()
+    async with (
+        scripted_upstream([answer], seen) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c, mirror={"enabled": False}), sink) as proxy,
+    ):
+        raw = await raw_request(
+            proxy,
+            b"GET /l HTTP/1.1\r\nHost: h\r\nX-Latin: na\xefve\r\nConnection: close\r\n\r\n",
+        )
+        (rec,) = await sink.wait()
+    assert (b"x-latin", b"caf\xe9") in head_fields(raw)
+    assert b"\r\nX-Latin: na\xefve\r\n" in seen[0]
+    assert rec.request_headers is not None and rec.request_headers["x-latin"] == "na\\xefve"
+    assert rec.primary is not None and rec.primary.headers is not None
+    assert rec.primary.headers["x-latin"] == "caf\\xe9"
+
+
+async def test_nothing_is_added_to_an_answer_but_the_trace_id() -> None:
+    answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\nContent-Length: 10\r\n\r\n',
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ]
+    sink = Sink()
+    async with (
+        scripted_upstream(answers) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c, mirror={"enabled": False}), sink) as proxy,
+    ):
+        got = [
+            await raw_request(
+                proxy, b"GET /%d HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n" % i
+            )
+            for i in range(3)
+        ]
+    plain, not_modified, hinted = got
+    assert [k for k, _ in head_fields(plain)] == [b"content-length", b"x-trace-id", b"connection"]
+    assert plain.endswith(b"\r\n\r\nok")
+    assert head_fields(not_modified)[:2] == [(b"etag", b'"x"'), (b"content-length", b"10")]
+    assert not_modified.endswith(b"\r\n\r\n")  # no body
+    assert hinted.startswith(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"
+    )
+
+
+async def test_host_is_the_clients_and_location_comes_back_through_the_proxy() -> None:
+    async def primary(request: web.Request) -> web.Response:
+        base = f"http://{request.transport.get_extra_info('sockname')[0]}"  # type: ignore[union-attr]
+        port = request.transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+        resp = await echo(request)
+        resp.headers["Location"] = f"{base}:{port}/next?a=1"
+        resp.headers["Content-Location"] = "http://elsewhere.example/x"
+        return resp
+
+    sink = Sink()
+    async with serve_app(handler_app(primary)) as p, serve_app(handler_app(echo)) as c:
+        for host_header, expected in (
+            ({}, "shop.example:8443"),
+            ({"primary": "upstream"}, URL(p).raw_authority),
+            ({"primary": "api.internal"}, "api.internal"),
+        ):
+            cfg = make_cfg(p, c, upstreams={"primary": p, "canary": c, "host_header": host_header})
+            async with proxy_for(cfg, sink) as proxy:
+                raw = await raw_request(
+                    proxy,
+                    b"GET /r HTTP/1.1\r\nHost: shop.example:8443\r\nConnection: close\r\n\r\n",
+                )
+            fields = dict(head_fields(raw))
+            assert fields[b"location"] == b"http://shop.example:8443/next?a=1"
+            assert fields[b"content-location"] == b"http://elsewhere.example/x"
+            seen = header_map(orjson.loads(raw.partition(b"\r\n\r\n")[2])["headers"])
+            assert seen["host"] == [expected]
