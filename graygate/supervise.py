@@ -161,11 +161,12 @@ async def _site(
     *,
     reuse_port: bool,
     settings: dict[str, Any] | None = None,
+    runner_cls: type[web.AppRunner] = web.AppRunner,
 ) -> AsyncIterator[str]:
     """Serve ``app`` on ``listen``; ``settings``: more ``web.AppRunner`` arguments (the
     proxied port's request parser: ``proxy.app.server_settings``)."""
     host, port = parse_listen(listen)
-    runner = web.AppRunner(
+    runner = runner_cls(
         app,
         handle_signals=False,
         access_log=None,
@@ -200,7 +201,7 @@ async def _serve(
     from graygate.admin.app import make_admin_app
     from graygate.preflight import preflight
     from graygate.runtime_sampler import runtime_sampler_ctx
-    from proxy.app import make_proxy_app, server_settings
+    from proxy.app import ProxyRunner, make_proxy_app, server_settings
     from proxy.recorder import Recorder
     from store.engine import censor_dsn, create_engine
     from store.runs import ensure_run
@@ -252,7 +253,13 @@ async def _serve(
                 )
                 app = make_proxy_app(cfg, recorder=recorder, run_id=run_id)
                 url = await stack.enter_async_context(
-                    _site(app, cfg.listen, reuse_port=reuse_port, settings=server_settings(cfg))
+                    _site(
+                        app,
+                        cfg.listen,
+                        reuse_port=reuse_port,
+                        settings=server_settings(cfg),
+                        runner_cls=ProxyRunner,
+                    )
                 )
                 logger.info(
                     "proxy on %s: primary %s serves, canary %s mirrored",

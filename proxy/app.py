@@ -28,8 +28,9 @@ from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 from aiohttp import ClientError, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from config.schema import GraygateConfig
@@ -55,7 +56,7 @@ from proxy.tagging import tag_request
 from proxy.tracing import TRACING_KEY, Tracing, tracing_ctx
 from store.records import ExchangeRecord, Response
 
-__all__ = ["PROXY_KEY", "Proxy", "RecordSink", "make_proxy_app", "server_settings"]
+__all__ = ["PROXY_KEY", "Proxy", "ProxyRunner", "RecordSink", "make_proxy_app", "server_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class Proxy:
         self._mirror_max_body = cfg.mirror.max_body_bytes
         self._max_in_flight = cfg.mirror.max_in_flight
         self._record_limit = cfg.record.max_body_bytes
+        self._max_header_bytes = cfg.listen_limits.max_header_bytes
         self._recorder = recorder
         self._run_id = run_id
         # Bound on startup (ctx).
@@ -151,6 +153,14 @@ class Proxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         received = time.time()
         headers = request.headers
+        size = 0
+        for name, value in request.raw_headers:
+            size += len(name) + len(value)
+        if size > self._max_header_bytes:
+            return web.Response(
+                status=431,
+                text=f"request header fields total more than {self._max_header_bytes} bytes\n",
+            )
         tags = tag_request(headers, self._gray_header)
         trace_id = tags.trace_id
         router = self._router
@@ -364,7 +374,60 @@ def server_settings(cfg: GraygateConfig) -> dict[str, Any]:
     a second request smuggled in the inflated bytes). Serving the proxy app without these
     settings is a bug.
     """
-    return {"auto_decompress": False}
+    limits = cfg.listen_limits
+    return {
+        "auto_decompress": False,
+        "max_line_size": limits.max_line_bytes,
+        "max_field_size": limits.max_field_bytes,
+        "max_headers": limits.max_headers,
+    }
+
+
+class _RequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering a head over the limits with 414 (target)
+    or 431 (header fields), as RFC 9110 and RFC 6585 say, rather than 400."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status == 400 and exc is not None:
+            status = _limit_status(exc, self.max_line_size, self.max_field_size) or status
+        return super().handle_error(request, status, exc, message)
+
+
+def _limit_status(exc: BaseException, max_line: int, max_field: int) -> int | None:
+    if isinstance(exc, LineTooLong):
+        limit = exc.args[1] if len(exc.args) > 1 else None
+        if limit == max_line and limit != max_field:
+            return 414
+        if limit == max_field and limit != max_line:
+            return 431
+        line = exc.args[0] if exc.args else b""
+        # Equal limits: a request target starts with "/", "*" or a scheme.
+        if isinstance(line, bytes) and (line[:1] in (b"/", b"*") or line[:4] == b"http"):
+            return 414
+        return 431
+    if isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
+        return 431
+    return None
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ProxyRunner(web.AppRunner):
+    """The ``web.AppRunner`` of the proxied port: over-limit heads get 414 / 431."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server
+        return server
 
 
 def make_proxy_app(
@@ -386,7 +449,8 @@ def make_proxy_app(
     often (process-wide; restored on cleanup).
     """
     proxy = Proxy(cfg, recorder=recorder, run_id=run_id, tune_gc=tune_gc)
-    app = web.Application()
+    # The request parser's settings travel with the app, whatever runner serves it.
+    app = web.Application(handler_args=server_settings(cfg))
     app[PROXY_KEY] = proxy
     app.cleanup_ctx.append(upstreams_ctx(cfg.upstreams, cfg.mirror))
     app.cleanup_ctx.append(tracing_ctx(cfg.tracing, span_exporter))

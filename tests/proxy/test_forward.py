@@ -17,6 +17,7 @@ import pytest
 from aiohttp import ClientSession, web
 from yarl import URL
 
+from graygate.errors import ConfigError
 from proxy.app import make_proxy_app
 from proxy.codec import decode_body
 from tests.proxy.harness import (
@@ -957,3 +958,66 @@ async def test_host_is_the_clients_and_location_comes_back_through_the_proxy() -
             assert fields[b"content-location"] == b"http://elsewhere.example/x"
             seen = header_map(orjson.loads(raw.partition(b"\r\n\r\n")[2])["headers"])
             assert seen["host"] == [expected]
+
+
+# --- issue 9: listen limits no stricter than Envoy's, answered 414 / 431 -----------------
+
+
+def _status(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1])
+
+
+async def test_listen_limits_at_the_bound_and_one_past() -> None:
+    limits = {
+        "max_line_bytes": 1000,
+        "max_field_bytes": 600,
+        "max_header_bytes": 1500,
+        "max_headers": 10,
+    }
+    sink = Sink()
+
+    def request(target: bytes, fields: list[bytes]) -> bytes:
+        # "Host: h" is one field of 5 name+value bytes.
+        return b"GET %b HTTP/1.1\r\nHost: h\r\n%bConnection: close\r\n\r\n" % (
+            target,
+            b"".join(f + b"\r\n" for f in fields),
+        )
+
+    def field(name: bytes, size: int) -> bytes:  # a value of ``size`` bytes
+        return name + b": " + b"v" * size
+
+    async with (
+        serve_app(handler_app(echo)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c, listen_limits=limits, mirror={"enabled": False}), sink) as proxy,
+    ):
+        cases = [
+            (b"/" + b"a" * 999, [], 200),  # the target at its bound
+            (b"/" + b"a" * 1000, [], 414),  # one past
+            (b"/", [field(b"X-A", 600)], 200),  # a field's value at its bound
+            (b"/", [field(b"X-A", 601)], 431),
+            # 8 fields + Host + Connection = 10 fields: at the bound; 11 one past.
+            (b"/", [field(b"X-%d" % i, 10) for i in range(8)], 200),
+            (b"/", [field(b"X-%d" % i, 10) for i in range(9)], 431),
+            # names + values: Host (5) + Connection (15) + 3 fields = 1500 at the bound
+            (b"/", [field(b"X-A", 500), field(b"X-B", 500), field(b"X-C", 471)], 200),
+            (b"/", [field(b"X-A", 500), field(b"X-B", 500), field(b"X-C", 472)], 431),
+        ]
+        for target, fields, expected in cases:
+            raw = await raw_request(proxy, request(target, fields))
+            assert _status(raw) == expected, (len(target), [len(f) for f in fields])
+
+
+def test_listen_limit_defaults_are_no_stricter_than_envoys() -> None:
+    cfg = make_cfg("http://127.0.0.1:1", "http://127.0.0.1:2")
+    limits = cfg.listen_limits
+    assert limits.max_header_bytes >= 60 * 1024
+    assert limits.max_field_bytes == limits.max_header_bytes  # a field up to the total
+    assert limits.max_headers >= 100
+    assert limits.max_line_bytes >= 60 * 1024
+    with pytest.raises(ConfigError, match="max_field_bytes"):
+        make_cfg(
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:2",
+            listen_limits={"max_field_bytes": 2000, "max_header_bytes": 1000},
+        )
