@@ -23,15 +23,17 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from aiohttp import ClientError, web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_urldispatcher import AbstractResource, ResourceRoute, UrlMappingMatchInfo
 from opentelemetry.sdk.trace.export import SpanExporter
+from yarl import URL
 
 from config.schema import GraygateConfig
 from diff.endpoints import EndpointMatcher
@@ -43,6 +45,7 @@ from proxy.forward import (
     RequestBody,
     Upstream,
     forward,
+    leaves_root,
     request_drop,
     split_target,
     upstream_headers,
@@ -55,6 +58,9 @@ from proxy.routing import CANARY, PRIMARY, SKIP_BODY_TOO_LARGE, SKIP_SATURATED, 
 from proxy.tagging import tag_request
 from proxy.tracing import TRACING_KEY, Tracing, tracing_ctx
 from store.records import ExchangeRecord, Response
+
+if TYPE_CHECKING:
+    from aiohttp.web_urldispatcher import _InfoDict
 
 __all__ = ["PROXY_KEY", "Proxy", "ProxyRunner", "RecordSink", "make_proxy_app", "server_settings"]
 
@@ -102,6 +108,7 @@ class Proxy:
         self._run_id = run_id
         # Bound on startup (ctx).
         self._upstreams: dict[str, Upstream] = {}
+        self._prefixed = False
         self._targets: dict[str, tuple[Upstream, ...]] = {}
         self._tracing: Tracing | None = None
         self._mirror: Mirror | None = None
@@ -125,6 +132,7 @@ class Proxy:
             self._recorder = app[RECORDER_KEY]
         ups = app[UPSTREAMS_KEY]
         self._upstreams = ups
+        self._prefixed = any(up.prefixed for up in ups.values())
         secondary = (ups["secondary"],) if "secondary" in ups else ()
         self._targets = {
             PRIMARY: (ups[CANARY], *secondary),
@@ -168,6 +176,9 @@ class Proxy:
         label = router.label_for(tags.label, served_by)
         method = request.method
         path, query = split_target(request)
+        if self._prefixed and leaves_root(path):
+            # With a base path (primary: http://host/api), "/../internal" would leave it.
+            return web.Response(status=400, text="the path leaves the root\n")
         skip = router.mirror_skip(method, trace_id)
         out_headers = upstream_headers(request, tags, self._gray_header, label, self._drop)
         ex = Exchange(
@@ -456,5 +467,39 @@ def make_proxy_app(
     app.cleanup_ctx.append(tracing_ctx(cfg.tracing, span_exporter))
     app.cleanup_ctx.append(mirror_tasks_ctx(cfg.mirror.timeout_ms / 1000 + 1.0))
     app.cleanup_ctx.append(proxy.ctx)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.router.register_resource(_EveryTarget(proxy.handle))
     return app
+
+
+class _EveryTarget(AbstractResource):
+    """The proxy's one resource: every request target, in any form (origin, absolute, and
+    the asterisk form of ``OPTIONS *``, which a path pattern cannot match)."""
+
+    def __init__(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
+        super().__init__()
+        self._route = ResourceRoute("*", handler, self)
+
+    @property
+    def canonical(self) -> str:
+        return "/"  # indexed at the root: every lookup ends there
+
+    def url_for(self, **kwargs: str) -> URL:
+        return URL("/")
+
+    async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo, set[str]]:
+        return UrlMappingMatchInfo({}, self._route), set()
+
+    def add_prefix(self, prefix: str) -> None:
+        raise NotImplementedError("the proxy's resource takes no prefix")
+
+    def get_info(self) -> _InfoDict:
+        return {}
+
+    def raw_match(self, path: str) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[ResourceRoute]:
+        return iter((self._route,))

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import Final
+from urllib.parse import unquote
 
 import orjson
 from aiohttp import web
@@ -49,6 +50,7 @@ __all__ = [
     "error_response",
     "fetch",
     "forward",
+    "leaves_root",
     "request_drop",
     "split_target",
     "upstream_headers",
@@ -104,6 +106,8 @@ def split_target(request: web.BaseRequest) -> tuple[str, str]:
     authority never picks the upstream.
     """
     raw = request.raw_path
+    if raw == "*" and request.method == "OPTIONS":
+        return "*", ""  # the asterisk form: the server as a whole
     if raw.startswith("/"):
         if "#" in raw:
             raw = raw.partition("#")[0]
@@ -111,6 +115,29 @@ def split_target(request: web.BaseRequest) -> tuple[str, str]:
         return path, query
     url = request.rel_url
     return url.raw_path or "/", url.raw_query_string
+
+
+def leaves_root(path: str) -> bool:
+    """Whether ``path``'s dot-segments would take it above the root, as any server along
+    the way might read it: percent-decoded (twice: ``%252e``), ``\\`` as ``/``, and
+    ``;params`` cut from a segment (``..;/``)."""
+    view = path
+    for _ in range(3):
+        if "%" not in view:
+            break
+        view = unquote(view, errors="surrogateescape")
+    if "." not in view:
+        return False
+    depth = 0
+    for segment in view.replace("\\", "/").split("/"):
+        segment = segment.partition(";")[0]
+        if segment == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif segment not in ("", "."):
+            depth += 1
+    return False
 
 
 def request_drop(gray_header: str) -> frozenset[str]:
@@ -364,6 +391,11 @@ class Upstream:
         # What a Location naming this upstream starts with (lowercased).
         self.origin = f"{url.scheme}://{url.raw_authority}{self._prefix}".lower()
 
+    @property
+    def prefixed(self) -> bool:
+        """The upstream's base URL has a path that requests are joined under."""
+        return bool(self._prefix)
+
     def host(self, client_host: str | None) -> str | None:
         """The ``Host`` header for this upstream (None: the upstream's authority)."""
         header = self.host_header
@@ -374,7 +406,7 @@ class Upstream:
     def target(self, path: str, query: str) -> str:
         """The request target upstream: this upstream's base path, the request's path and
         query."""
-        if self._prefix:
+        if self._prefix and path != "*":
             path = self._prefix + path
         return f"{path}?{query}" if query else path
 

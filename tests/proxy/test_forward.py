@@ -1021,3 +1021,50 @@ def test_listen_limit_defaults_are_no_stricter_than_envoys() -> None:
             "http://127.0.0.1:2",
             listen_limits={"max_field_bytes": 2000, "max_header_bytes": 1000},
         )
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/../internal/secret",
+        b"/%2e%2e/internal/secret",
+        b"/%2E%2E/internal/secret",
+        b"/..%2finternal/secret",
+        b"/a/../../internal/secret",
+        b"/a/%252e%252e/../internal",
+        b"/..;/internal",
+        b"/..\\internal",
+    ],
+)
+async def test_a_path_never_leaves_the_upstreams_base_path(target: bytes) -> None:
+    seen: list[bytes] = []
+    sink = Sink()
+    async with (
+        scripted_upstream([_PLAIN], seen) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p + "/api", c, mirror={"enabled": False}), sink) as proxy,
+    ):
+        raw = await raw_request(
+            proxy, b"GET %b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n" % target
+        )
+    assert _status(raw) == 400
+    assert seen == []
+
+
+async def test_dot_segments_inside_the_base_path_and_options_asterisk_are_forwarded() -> None:
+    seen: list[bytes] = []
+    sink = Sink()
+    async with (
+        scripted_upstream([_PLAIN, _PLAIN], seen) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p + "/api", c, mirror={"enabled": False}), sink) as proxy,
+    ):
+        for target, method in ((b"/a/../b", b"GET"), (b"*", b"OPTIONS")):
+            raw = await raw_request(
+                proxy, b"%b %b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n" % (method, target)
+            )
+            assert _status(raw) == 200 and raw.endswith(b"bob")
+    assert [head.partition(b"\r\n")[0] for head in seen] == [
+        b"GET /api/a/../b HTTP/1.1",
+        b"OPTIONS * HTTP/1.1",
+    ]
