@@ -26,6 +26,7 @@ __all__ = [
     "HeaderRules",
     "JudgingConfig",
     "LatencyConfig",
+    "ListenLimits",
     "MirrorConfig",
     "NoiseConfig",
     "PreflightConfig",
@@ -156,10 +157,41 @@ class UpstreamsConfig(_Frozen):
     timeout_ms: int = Field(default=30_000, gt=0, le=3_600_000)
     connect_timeout_ms: int = Field(default=2_000, gt=0, le=600_000)
     max_connections: int = Field(default=512, ge=1, le=65_536)
+    # The Host header each upstream gets: absent, the client's (as Envoy and Caddy do);
+    # "upstream", the upstream's own host:port; else the value given.
+    host_header: dict[Literal["primary", "canary", "secondary"], str] = Field(default_factory=dict)
 
     _v_urls = field_validator("primary", "canary", "secondary")(
         lambda v: None if v is None else _check_http_url(v)
     )
+
+    @field_validator("host_header")
+    @classmethod
+    def _host_values(cls, value: dict[str, str]) -> dict[str, str]:
+        for role, host in value.items():
+            if not host or any(c in host for c in " \t\r\n/"):
+                raise ValueError(f"{role}: {host!r} is not a host[:port] (or 'upstream')")
+        return value
+
+
+class ListenLimits(_Frozen):
+    """What the proxied port accepts of a request's head; beyond, 414 (target) or 431
+    (header fields). The defaults are no stricter than Envoy's (60 KiB of request headers,
+    100 fields, a field up to the total)."""
+
+    max_line_bytes: int = Field(default=65_536, ge=256, le=16_777_216)  # the request target
+    max_field_bytes: int = Field(default=61_440, ge=256, le=16_777_216)  # a name, a value
+    max_header_bytes: int = Field(default=61_440, ge=256, le=16_777_216)  # all names + values
+    max_headers: int = Field(default=100, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _field_within_total(self) -> ListenLimits:
+        if self.max_field_bytes > self.max_header_bytes:
+            raise ValueError(
+                f"max_field_bytes ({self.max_field_bytes}) is more than max_header_bytes "
+                f"({self.max_header_bytes})"
+            )
+        return self
 
 
 class MirrorConfig(_Frozen):
@@ -402,6 +434,7 @@ class TracingConfig(_Frozen):
 class GraygateConfig(_Frozen):
     run: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
     listen: Listen = "0.0.0.0:8080"
+    listen_limits: ListenLimits = Field(default_factory=ListenLimits)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     upstreams: UpstreamsConfig

@@ -28,6 +28,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -163,10 +164,23 @@ async def _check_schema(engine: AsyncEngine) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _site(app: web.Application, listen: str, *, reuse_port: bool) -> AsyncIterator[str]:
+async def _site(
+    app: web.Application,
+    listen: str,
+    *,
+    reuse_port: bool,
+    settings: dict[str, Any] | None = None,
+    runner_cls: type[web.AppRunner] = web.AppRunner,
+) -> AsyncIterator[str]:
+    """Serve ``app`` on ``listen``; ``settings``: more ``web.AppRunner`` arguments (the
+    proxied port's request parser: ``proxy.app.server_settings``)."""
     host, port = parse_listen(listen)
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S
+    runner = runner_cls(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_GRACE_S,
+        **(settings or {}),
     )
     await runner.setup()
     try:
@@ -196,7 +210,7 @@ async def _serve(
     from graygate.admin.app import make_admin_app
     from graygate.preflight import preflight
     from graygate.runtime_sampler import runtime_sampler_ctx
-    from proxy.app import make_proxy_app
+    from proxy.app import ProxyRunner, make_proxy_app, server_settings
     from proxy.recorder import Recorder
     from store.engine import censor_dsn, create_engine
     from store.runs import ensure_run
@@ -247,7 +261,15 @@ async def _serve(
                     Recorder(engine, cfg.record, default_spill_dir=spill_dir)
                 )
                 app = make_proxy_app(cfg, recorder=recorder, run_id=run_id)
-                url = await stack.enter_async_context(_site(app, cfg.listen, reuse_port=reuse_port))
+                url = await stack.enter_async_context(
+                    _site(
+                        app,
+                        cfg.listen,
+                        reuse_port=reuse_port,
+                        settings=server_settings(cfg),
+                        runner_cls=ProxyRunner,
+                    )
+                )
                 logger.info(
                     "proxy on %s: primary %s serves, canary %s mirrored",
                     url,

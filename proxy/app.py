@@ -23,14 +23,17 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from aiohttp import ClientError, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_urldispatcher import AbstractResource, ResourceRoute, UrlMappingMatchInfo
 from opentelemetry.sdk.trace.export import SpanExporter
+from yarl import URL
 
 from config.schema import GraygateConfig
 from diff.endpoints import EndpointMatcher
@@ -44,6 +47,7 @@ from proxy.forward import (
     RequestBody,
     Upstream,
     forward,
+    leaves_root,
     request_drop,
     split_target,
     upstream_headers,
@@ -56,7 +60,10 @@ from proxy.routing import CANARY, PRIMARY, SKIP_BODY_TOO_LARGE, SKIP_SATURATED, 
 from proxy.tagging import tag_request
 from proxy.tracing import TRACING_KEY, Tracing, tracing_ctx
 
-__all__ = ["PROXY_KEY", "Proxy", "RecordSink", "make_proxy_app"]
+if TYPE_CHECKING:
+    from aiohttp.web_urldispatcher import _InfoDict
+
+__all__ = ["PROXY_KEY", "Proxy", "ProxyRunner", "RecordSink", "make_proxy_app", "server_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +101,16 @@ class Proxy:
         self._matcher = EndpointMatcher([e.match for e in cfg.compare.endpoints])
         self._gray_header = cfg.gray.header
         self._drop = request_drop(cfg.gray.header)
+        self._trusted = cfg.trusted_proxies
         self._mirror_max_body = cfg.mirror.max_body_bytes
         self._max_in_flight = cfg.mirror.max_in_flight
         self._record_limit = cfg.record.max_body_bytes
+        self._max_header_bytes = cfg.listen_limits.max_header_bytes
         self._recorder = recorder
         self._run_id = run_id
         # Bound on startup (ctx).
         self._upstreams: dict[str, Upstream] = {}
+        self._prefixed = False
         self._targets: dict[str, tuple[Upstream, ...]] = {}
         self._tracing: Tracing | None = None
         self._mirror: Mirror | None = None
@@ -124,6 +134,7 @@ class Proxy:
             self._recorder = app[RECORDER_KEY]
         ups = app[UPSTREAMS_KEY]
         self._upstreams = ups
+        self._prefixed = any(up.prefixed for up in ups.values())
         secondary = (ups[Role.SECONDARY],) if Role.SECONDARY in ups else ()
         self._targets = {
             PRIMARY: (ups[CANARY], *secondary),
@@ -152,6 +163,14 @@ class Proxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         received = time.time()
         headers = request.headers
+        size = 0
+        for name, value in request.raw_headers:
+            size += len(name) + len(value)
+        if size > self._max_header_bytes:
+            return web.Response(
+                status=431,
+                text=f"request header fields total more than {self._max_header_bytes} bytes\n",
+            )
         tags = tag_request(headers, self._gray_header)
         trace_id = tags.trace_id
         router = self._router
@@ -159,8 +178,13 @@ class Proxy:
         label = router.label_for(tags.label, served_by)
         method = request.method
         path, query = split_target(request)
+        if self._prefixed and leaves_root(path):
+            # With a base path (primary: http://host/api), "/../internal" would leave it.
+            return web.Response(status=400, text="the path leaves the root\n")
         skip = router.mirror_skip(method, trace_id)
-        out_headers = upstream_headers(request, tags, self._gray_header, label, self._drop)
+        out_headers = upstream_headers(
+            request, tags, self._gray_header, label, self._drop, trusted=self._trusted
+        )
         ex = Exchange(
             received_at=received,
             tags=tags,
@@ -170,6 +194,7 @@ class Proxy:
             query=query,
             headers=out_headers,
             served_by=served_by,
+            host=headers.get("Host"),
         )
         body: bytes | None = None
         data: RequestBody = None
@@ -295,8 +320,8 @@ class Proxy:
             endpoint=self._matcher.endpoint(ex.method, ex.path),
             method=ex.method,
             path=ex.path,
-            query=ex.query,
-            request_headers=redact.headers(ex.headers),
+            query=redact.query(ex.query),
+            request_headers=redact.headers(_storable(ex.headers)),
             request_body=req_body,
             request_body_truncated=req_truncated,
             gray_label=ex.label,
@@ -319,12 +344,29 @@ class Proxy:
         redact = self._redactor
         return Answer(
             status=cap.status,
-            headers=redact.headers(headers.items(), HOP_BY_HOP),
+            headers=redact.headers(_storable(headers.items()), HOP_BY_HOP),
             body=redact.body(decoded, headers.get("Content-Type")),
             body_truncated=cap.truncated or cut,
             latency_ms=latency_ms,
             error=cap.error,
         )
+
+
+def _storable(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Header fields as they can be stored (UTF-8 text): bytes outside UTF-8, which travel
+    as surrogate escapes, are written ``\\xNN`` (``caf\\xe9``), so that every exchange is
+    recordable whatever bytes a client or an upstream sends."""
+    return [(_text(k), _text(v)) for k, v in pairs]
+
+
+def _text(value: str) -> str:
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
 
 
 async def _stream(head: list[bytes], content: StreamReader, copy: Capture) -> AsyncIterator[bytes]:
@@ -336,6 +378,71 @@ async def _stream(head: list[bytes], content: StreamReader, copy: Capture) -> As
 
 
 PROXY_KEY: web.AppKey[Proxy] = web.AppKey("graygate.proxy.proxy", Proxy)
+
+
+def server_settings(cfg: GraygateConfig) -> dict[str, Any]:
+    """The keyword arguments of the proxied port's ``web.AppRunner`` (its request parser).
+
+    ``auto_decompress=False``: the upstreams get the body's bytes as the client sent them
+    (aiohttp would otherwise inflate a ``Content-Encoding: gzip`` body and hand on the
+    inflated bytes under the same label: bodies past ``mirror.max_body_bytes``, bombs, and
+    a second request smuggled in the inflated bytes). Serving the proxy app without these
+    settings is a bug.
+    """
+    limits = cfg.listen_limits
+    return {
+        "auto_decompress": False,
+        "max_line_size": limits.max_line_bytes,
+        "max_field_size": limits.max_field_bytes,
+        "max_headers": limits.max_headers,
+    }
+
+
+class _RequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering a head over the limits with 414 (target)
+    or 431 (header fields), as RFC 9110 and RFC 6585 say, rather than 400."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status == 400 and exc is not None:
+            status = _limit_status(exc, self.max_line_size, self.max_field_size) or status
+        return super().handle_error(request, status, exc, message)
+
+
+def _limit_status(exc: BaseException, max_line: int, max_field: int) -> int | None:
+    if isinstance(exc, LineTooLong):
+        limit = exc.args[1] if len(exc.args) > 1 else None
+        if limit == max_line and limit != max_field:
+            return 414
+        if limit == max_field and limit != max_line:
+            return 431
+        line = exc.args[0] if exc.args else b""
+        # Equal limits: a request target starts with "/", "*" or a scheme.
+        if isinstance(line, bytes) and (line[:1] in (b"/", b"*") or line[:4] == b"http"):
+            return 414
+        return 431
+    if isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
+        return 431
+    return None
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ProxyRunner(web.AppRunner):
+    """The ``web.AppRunner`` of the proxied port: over-limit heads get 414 / 431."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server
+        return server
 
 
 def make_proxy_app(
@@ -357,11 +464,46 @@ def make_proxy_app(
     often (process-wide; restored on cleanup).
     """
     proxy = Proxy(cfg, recorder=recorder, run_id=run_id, tune_gc=tune_gc)
-    app = web.Application()
+    # The request parser's settings travel with the app, whatever runner serves it.
+    app = web.Application(handler_args=server_settings(cfg))
     app[PROXY_KEY] = proxy
     app.cleanup_ctx.append(upstreams_ctx(cfg.upstreams, cfg.mirror))
     app.cleanup_ctx.append(tracing_ctx(cfg.tracing, span_exporter))
     app.cleanup_ctx.append(mirror_tasks_ctx(cfg.mirror.timeout_ms / 1000 + 1.0))
     app.cleanup_ctx.append(proxy.ctx)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.router.register_resource(_EveryTarget(proxy.handle))
     return app
+
+
+class _EveryTarget(AbstractResource):
+    """The proxy's one resource: every request target, in any form (origin, absolute, and
+    the asterisk form of ``OPTIONS *``, which a path pattern cannot match)."""
+
+    def __init__(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
+        super().__init__()
+        self._route = ResourceRoute("*", handler, self)
+
+    @property
+    def canonical(self) -> str:
+        return "/"  # indexed at the root: every lookup ends there
+
+    def url_for(self, **kwargs: str) -> URL:
+        return URL("/")
+
+    async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo, set[str]]:
+        return UrlMappingMatchInfo({}, self._route), set()
+
+    def add_prefix(self, prefix: str) -> None:
+        raise NotImplementedError("the proxy's resource takes no prefix")
+
+    def get_info(self) -> _InfoDict:
+        return {}
+
+    def raw_match(self, path: str) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[ResourceRoute]:
+        return iter((self._route,))

@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from ipaddress import IPv4Network, IPv6Network
 from typing import Final
+from urllib.parse import unquote
 
 import orjson
 from aiohttp import web
@@ -42,14 +43,17 @@ __all__ = [
     "HOP_BY_HOP",
     "UPSTREAMS_KEY",
     "X_GRAY_SHADOW",
+    "Answer",
     "Capture",
     "RequestBody",
     "Upstream",
+    "accepts_trailers",
     "client_headers",
     "error_kind",
     "error_response",
     "fetch",
     "forward",
+    "leaves_root",
     "request_drop",
     "split_target",
     "upstream_headers",
@@ -105,6 +109,8 @@ def split_target(request: web.BaseRequest) -> tuple[str, str]:
     authority never picks the upstream.
     """
     raw = request.raw_path
+    if raw == "*" and request.method == "OPTIONS":
+        return "*", ""  # the asterisk form: the server as a whole
     if raw.startswith("/"):
         if "#" in raw:
             raw = raw.partition("#")[0]
@@ -112,6 +118,29 @@ def split_target(request: web.BaseRequest) -> tuple[str, str]:
         return path, query
     url = request.rel_url
     return url.raw_path or "/", url.raw_query_string
+
+
+def leaves_root(path: str) -> bool:
+    """Whether ``path``'s dot-segments would take it above the root, as any server along
+    the way might read it: percent-decoded (twice: ``%252e``), ``\\`` as ``/``, and
+    ``;params`` cut from a segment (``..;/``)."""
+    view = path
+    for _ in range(3):
+        if "%" not in view:
+            break
+        view = unquote(view, errors="surrogateescape")
+    if "." not in view:
+        return False
+    depth = 0
+    for segment in view.replace("\\", "/").split("/"):
+        segment = segment.partition(";")[0]
+        if segment == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif segment not in ("", "."):
+            depth += 1
+    return False
 
 
 def request_drop(gray_header: str) -> frozenset[str]:
@@ -166,13 +195,117 @@ def upstream_headers(
     return out
 
 
-def client_headers(upstream: Mapping[str, str], trace_id: str) -> list[tuple[str, str]]:
+def client_headers(
+    upstream: Mapping[str, str],
+    trace_id: str,
+    redirect: tuple[str, str] | None = None,
+) -> list[tuple[str, str]]:
     """The upstream's response headers for the client, in order: hop-by-hop dropped,
-    X-Trace-ID set."""
+    X-Trace-ID set. ``redirect``: (upstream origin, proxied origin): a ``Location`` that
+    names the upstream's own address is rewritten to the proxied address (as nginx's
+    ``proxy_redirect default``), so that the client comes back through graygate."""
     drop = _connection_named(upstream.get("Connection"), _RESPONSE_DROP)
     out = [(k, v) for k, v in upstream.items() if k.lower() not in drop]
+    if redirect is not None:
+        origin, proxied = redirect
+        for i, (k, v) in enumerate(out):
+            if k.lower() in ("location", "content-location") and _names_origin(v, origin):
+                out[i] = (k, proxied + v[len(origin) :])
     out.append((X_TRACE_ID, trace_id))
     return out
+
+
+def _names_origin(value: str, origin: str) -> bool:
+    """``value`` is a URL at ``origin`` (scheme and authority, compared case-insensitively)."""
+    n = len(origin)
+    return (
+        len(value) >= n and value[:n].lower() == origin and (len(value) == n or value[n] in "/?#")
+    )
+
+
+def accepts_trailers(request: web.BaseRequest) -> bool:
+    """The client said it accepts trailer fields (``TE: trailers``)."""
+    te = request.headers.get("TE")
+    return te is not None and any(
+        t.split(";", 1)[0].strip().lower() == "trailers" for t in te.split(",")
+    )
+
+
+class Answer(web.StreamResponse):
+    """The upstream's answer as the client gets it: its status line and header fields as
+    they came (bytes outside UTF-8 included: they travel as surrogate escapes), plus only
+    what the hop needs: ``Transfer-Encoding: chunked`` toward an HTTP/1.1 client when the
+    upstream gave no length, ``Connection: close`` when the connection ends. No
+    ``Content-Type``, ``Date`` or ``Server`` is invented, and a ``Content-Length`` on a
+    304 or a HEAD answer stays. The head waits for the first body write unless
+    ``immediate``."""
+
+    def __init__(
+        self, status: int, reason: str, headers: list[tuple[str, str]], *, immediate: bool
+    ) -> None:
+        super().__init__(status=status, reason=reason)
+        self._pairs = headers
+        self._immediate = immediate
+        self._framing: list[tuple[str, str]] = []
+        length = None
+        for k, v in headers:
+            if k.lower() == "content-length":
+                try:
+                    length = int(v)
+                except ValueError:
+                    length = None
+        self._declared = length
+
+    @property
+    def chunked_out(self) -> bool:
+        """The answer goes to the client in chunks (so trailers can follow)."""
+        return any(k == "Transfer-Encoding" for k, _ in self._framing)
+
+    async def _prepare_headers(self) -> None:
+        request = self._req
+        writer = self._payload_writer
+        assert request is not None and writer is not None
+        keep_alive = self._keep_alive
+        if keep_alive is None:
+            keep_alive = request.keep_alive
+        framing = self._framing
+        if self._must_be_empty_body:
+            pass
+        elif self._declared is not None:
+            writer.length = self._declared
+        elif request.version >= (1, 1):
+            writer.enable_chunking()
+            framing.append(("Transfer-Encoding", "chunked"))
+        else:
+            keep_alive = False  # the end of the body is the end of the connection
+        if not keep_alive:
+            if request.version >= (1, 1):
+                framing.append(("Connection", "close"))
+        elif request.version < (1, 1):
+            framing.append(("Connection", "keep-alive"))
+        self._keep_alive = keep_alive
+
+    async def _write_headers(self) -> None:
+        request = self._req
+        writer = self._payload_writer
+        assert request is not None and writer is not None
+        version = request.version
+        status = f"HTTP/{version[0]}.{version[1]} {self.status} {self.reason}\r\n"
+        fields = "".join([f"{k}: {v}\r\n" for k, v in (*self._pairs, *self._framing)])
+        head = status.encode("latin-1") + fields.encode("utf-8", "surrogateescape") + b"\r\n"
+        # aiohttp's serializer drops what is not UTF-8: hand the writer the exact bytes.
+        writer._headers_buf = head  # type: ignore[attr-defined]
+        writer._headers_written = False  # type: ignore[attr-defined]
+        if self._immediate:
+            writer.send_headers()
+
+    async def write_trailers(self, trailers: list[tuple[str, str]]) -> None:
+        """End a chunked answer with ``trailers`` (the last chunk and the fields)."""
+        writer = self._payload_writer
+        assert writer is not None and self.chunked_out
+        block = "".join([f"{k}: {v}\r\n" for k, v in trailers])
+        writer.chunked = False  # type: ignore[attr-defined]  # the last chunk is written here
+        await self.write_eof(b"0\r\n" + block.encode("utf-8", "surrogateescape") + b"\r\n")
 
 
 def error_kind(exc: BaseException) -> str:
@@ -247,22 +380,55 @@ class Capture:
 class Upstream:
     """One configured upstream: its role, where it is, its pool and timeouts (seconds)."""
 
-    __slots__ = ("_prefix", "base", "mirror_timeout", "pool", "role", "serve_timeout")
+    __slots__ = (
+        "_prefix",
+        "base",
+        "host_header",
+        "mirror_timeout",
+        "origin",
+        "pool",
+        "role",
+        "serve_timeout",
+    )
 
     def __init__(
-        self, role: str, base: str, pool: Pool, serve_timeout: float, mirror_timeout: float
+        self,
+        role: str,
+        base: str,
+        pool: Pool,
+        serve_timeout: float,
+        mirror_timeout: float,
+        host_header: str | None = None,
     ) -> None:
         self.role = role
         self.base = base
         self.pool = pool
         self.serve_timeout = serve_timeout
         self.mirror_timeout = mirror_timeout
-        self._prefix = URL(base).raw_path.rstrip("/")
+        # The Host sent upstream: None keeps the client's; "upstream" sends the upstream's
+        # own authority; anything else is sent as given.
+        self.host_header = host_header
+        url = URL(base)
+        self._prefix = url.raw_path.rstrip("/")
+        # What a Location naming this upstream starts with (lowercased).
+        self.origin = f"{url.scheme}://{url.raw_authority}{self._prefix}".lower()
+
+    @property
+    def prefixed(self) -> bool:
+        """The upstream's base URL has a path that requests are joined under."""
+        return bool(self._prefix)
+
+    def host(self, client_host: str | None) -> str | None:
+        """The ``Host`` header for this upstream (None: the upstream's authority)."""
+        header = self.host_header
+        if header is None:
+            return client_host
+        return None if header == "upstream" else header
 
     def target(self, path: str, query: str) -> str:
         """The request target upstream: this upstream's base path, the request's path and
         query."""
-        if self._prefix:
+        if self._prefix and path != "*":
             path = self._prefix + path
         return f"{path}?{query}" if query else path
 
@@ -301,11 +467,17 @@ def upstreams_ctx(
         bases = {Role.PRIMARY: cfg.primary, Role.CANARY: cfg.canary}
         if cfg.secondary is not None:
             bases[Role.SECONDARY] = cfg.secondary
+        hosts: dict[str, str] = {str(k): v for k, v in cfg.host_header.items()}
         upstreams: dict[str, Upstream] = {}
         try:
             for role, base in bases.items():
                 upstreams[role] = Upstream(
-                    role, base, _pool(base, cfg), serve_timeout, mirror_timeout
+                    role,
+                    base,
+                    _pool(base, cfg),
+                    serve_timeout,
+                    mirror_timeout,
+                    hosts.get(role),
                 )
             app[UPSTREAMS_KEY] = upstreams
             yield
@@ -317,12 +489,6 @@ def upstreams_ctx(
 
 
 RequestBody = bytes | AsyncIterable[bytes] | None
-
-
-class _CoalescedResponse(web.StreamResponse):
-    """A StreamResponse whose head waits for the first body write (one write, not two)."""
-
-    _send_headers_immediately = False
 
 
 async def forward(
@@ -341,9 +507,27 @@ async def forward(
     response, the second a response that aiohttp discards quietly.
     """
     start = _perf()
+    interim = None
+    if request.version >= (1, 1):
+        transport = request.transport
+
+        def interim(head: bytes) -> None:
+            # 1xx answers (103 Early Hints...) go to the client as they came (RFC 9110
+            # 15.2: a proxy forwards them); 100 Continue is aiohttp's to send.
+            if not head.startswith((b"HTTP/1.1 100 ", b"HTTP/1.0 100 ")):
+                if transport is not None and not transport.is_closing():
+                    transport.write(head)
+
     try:
         resp = await upstream.pool.send(
-            request.method, target, headers, body, limit=upstream.serve_timeout, idle=True
+            request.method,
+            target,
+            headers,
+            body,
+            limit=upstream.serve_timeout,
+            idle=True,
+            host=upstream.host(request.headers.get("Host")),
+            interim=interim,
         )
     except asyncio.CancelledError:
         raise
@@ -364,9 +548,12 @@ async def forward(
             capture.error = kind = exc.kind
             capture.truncated = True
             return error_response(kind, upstream.role, trace_id)
-        cls = _CoalescedResponse if first or resp.at_eof else web.StreamResponse
-        out = cls(
-            status=resp.status, reason=resp.reason, headers=client_headers(up_headers, trace_id)
+        redirect = (upstream.origin, f"{request.scheme}://{request.host}")
+        out = Answer(
+            resp.status,
+            resp.reason,
+            client_headers(up_headers, trace_id, redirect),
+            immediate=not (first or resp.at_eof),
         )
         try:
             await out.prepare(request)
@@ -402,7 +589,11 @@ async def forward(
                 return out
         capture.latency = _perf() - start
         try:
-            await out.write_eof()
+            trailers = resp.trailers
+            if trailers and out.chunked_out and accepts_trailers(request):
+                await out.write_trailers(trailers)
+            else:
+                await out.write_eof()  # trailers are dropped for a client that did not ask
         except ConnectionError:
             capture.client_gone = True
         return out
@@ -417,13 +608,20 @@ async def fetch(
     headers: list[tuple[str, str]],
     body: bytes | None,
     capture: Capture,
+    client_host: str | None = None,
 ) -> Capture:
     """Send a mirror to ``upstream`` and read its whole answer (a bounded copy kept) within
     the mirror timeout. Never raises for an upstream failure: ``capture.error`` says it."""
     start = _perf()
     try:
         resp = await upstream.pool.send(
-            method, target, headers, body, limit=upstream.mirror_timeout, idle=False
+            method,
+            target,
+            headers,
+            body,
+            limit=upstream.mirror_timeout,
+            idle=False,
+            host=upstream.host(client_host),
         )
         try:
             capture.status = resp.status

@@ -40,6 +40,7 @@ class Exchange:
     __slots__ = (
         "captures",
         "headers",
+        "host",
         "label",
         "method",
         "mirror_skipped",
@@ -66,6 +67,7 @@ class Exchange:
         query: str,
         headers: list[tuple[str, str]],
         served_by: str,
+        host: str | None = None,
     ) -> None:
         self.received_at = received_at  # time.time()
         self.tags = tags
@@ -74,6 +76,7 @@ class Exchange:
         self.path = path
         self.query = query
         self.headers = headers  # as sent upstream (before the shadow mark)
+        self.host = host  # the client's Host header
         self.served_by = served_by
         self.request: Capture | None = None  # the request body: bounded copy, still encoded
         self.request_encoding: str | None = None  # the request's Content-Encoding
@@ -148,7 +151,9 @@ class Mirror:
         if self._tracing.enabled and exchange.span is not None:
             span = self._tracing.child_span(exchange.span, "mirror", upstream.role)
         target = upstream.target(exchange.path, exchange.query)
-        cap = await fetch(upstream, exchange.method, target, headers, body, Capture(self._limit))
+        cap = await fetch(
+            upstream, exchange.method, target, headers, body, Capture(self._limit), exchange.host
+        )
         exchange.captures[upstream.role] = cap
         outcome = cap.error or "ok"
         count_mirror_outcome(outcome)

@@ -36,7 +36,7 @@ import asyncio
 import logging
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, Iterable, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from typing import Final, cast
 
 import httptools
@@ -45,7 +45,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from graygate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from graygate.vocabulary import ErrorKind
 
-__all__ = ["Pool", "Response", "UpstreamReset"]
+__all__ = ["MAX_HEAD_BYTES", "MAX_HEAD_FIELDS", "Pool", "Response", "UpstreamReset"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,32 @@ class _Stale(UpstreamReset):
     """A reused connection closed before any byte of the answer: may be retried."""
 
 
+class _Extra(Exception):
+    """Raised in a parser callback to stop parsing (the parser turns it into an
+    ``HttpParserCallbackError``)."""
+
+
+def _head_end(buf: bytearray, start: int) -> int:
+    """The end of the head in ``buf`` (after its empty line), or -1; searched from
+    ``start``, so that collecting a head is linear in its size."""
+    crlf = buf.find(b"\n\r\n", start)
+    lf = buf.find(b"\n\n", start)
+    if crlf < 0:
+        return -1 if lf < 0 else lf + 2
+    if lf < 0 or crlf < lf:
+        return crlf + 3
+    return lf + 2
+
+
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Methods that get ``Content-Length: 0`` when they carry no body (as aiohttp's client did).
 _BODYLESS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 _HIGH_WATER: Final = 256 * 1024  # buffered answer bytes before reading pauses
+# Bounds of an answer's head (status line and header fields, interim 1xx heads included)
+# and, separately, of its trailer section: beyond either the answer fails ("error").
+# Go's net/http accepts 1 MiB of header by default; nginx's proxy buffers 4-8 KiB.
+MAX_HEAD_BYTES: Final = 1024 * 1024
+MAX_HEAD_FIELDS: Final = 1000
 _LOW_WATER: Final = 64 * 1024
 
 # Connection states.
@@ -81,7 +103,10 @@ class _Connection(asyncio.Protocol):
         "_buffered",
         "_deadline_idle",
         "_drain",
+        "_head_buf",
+        "_head_total",
         "_header_parts",
+        "_overhead",
         "_paused",
         "_timeout",
         "_timer",
@@ -92,6 +117,7 @@ class _Connection(asyncio.Protocol):
         "head_only",
         "headers",
         "idle_since",
+        "interim",
         "keep_alive",
         "loop",
         "parser",
@@ -100,6 +126,7 @@ class _Connection(asyncio.Protocol):
         "received",
         "state",
         "status",
+        "trailers",
         "transport",
     )
 
@@ -112,7 +139,11 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.headers: CIMultiDictProxy[str] | None = None
+        self.trailers: list[tuple[str, str]] = []
         self._header_parts: list[bytes] = []
+        self._head_buf = bytearray()  # the head as it comes, fed to the parser when whole
+        self._head_total = 0  # head bytes of this answer (interim heads included)
+        self._overhead = 0  # bytes of a chunked body that are not body (trailers...)
         self.chunks: list[bytes] = []
         self._buffered = 0
         self._paused = False
@@ -125,6 +156,7 @@ class _Connection(asyncio.Protocol):
         self.error: UpstreamError | None = None
         self.keep_alive = True
         self.head_only = False
+        self.interim: Callable[[bytes], None] | None = None
         self.received = False
         self.idle_since = 0.0
 
@@ -143,9 +175,66 @@ class _Connection(asyncio.Protocol):
             return
         self.received = True
         try:
-            self.parser.feed_data(data)
+            if state == _HEAD:
+                self._feed_head(data)
+            else:
+                self._feed_body(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"malformed answer: {exc}"))
+            if self.state == _DONE:
+                # Bytes after a complete answer (on_message_begin refused them): the
+                # answer stands, the connection is not reused.
+                self.keep_alive = False
+            else:
+                self._fail(UpstreamError(f"malformed answer: {exc}"))
+
+    def _feed_head(self, data: bytes) -> None:
+        """Collect the head until its end (in linear time, bounded by ``MAX_HEAD_BYTES``),
+        then parse it in one piece, and what follows it."""
+        buf = self._head_buf
+        limit = self.pool.max_head_bytes
+        while True:
+            scan = max(0, len(buf) - 2)
+            buf += data
+            data = b""
+            if len(buf) >= 5 and not buf.startswith(b"HTTP/"):
+                self._fail(UpstreamError(f"malformed answer: {bytes(buf[:20])!r}"))
+                return
+            end = _head_end(buf, scan)
+            if end < 0:
+                if self._head_total + len(buf) > limit:
+                    self._fail(UpstreamError(f"answer head over {limit} bytes"))
+                return
+            self._head_total += end
+            if self._head_total > limit:
+                self._fail(UpstreamError(f"answer head over {limit} bytes"))
+                return
+            head = bytes(buf[:end])
+            rest = bytes(buf[end:])
+            buf.clear()
+            self.parser.feed_data(head)
+            if self.state != _HEAD:  # the final head: what follows is its body
+                if rest and self.state == _BODY:
+                    self._feed_body(rest)
+                elif rest:
+                    self.parser.feed_data(rest)  # on_message_begin refuses extra bytes
+                return
+            # An interim (1xx) head: handed on as it came; the next head follows.
+            interim = self.interim
+            if interim is not None and self.state == _HEAD:
+                interim(head)
+            if not rest:
+                return
+            data = rest
+
+    def _feed_body(self, data: bytes) -> None:
+        before = self._buffered
+        self.parser.feed_data(data)
+        # Bytes of a chunked body that were not body: chunk lines, extensions, trailers.
+        self._overhead += len(data) - max(0, self._buffered - before)
+        if self._overhead > self.pool.max_head_bytes and self.state == _BODY:
+            self._fail(
+                UpstreamError(f"chunk framing or trailers over {self.pool.max_head_bytes} bytes")
+            )
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: connection_lost follows
@@ -180,13 +269,33 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self.state != _HEAD:
+            # A second answer in the bytes of one: never merged into the first.
+            self.keep_alive = False
+            raise _Extra("bytes after a complete answer")
+
     def on_status(self, status: bytes) -> None:
-        self.reason += status
+        self.reason = self.reason + status if self.reason else status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.state == _BODY:  # a trailer field
+            if len(self.trailers) >= self.pool.max_head_fields:
+                self._fail(UpstreamError(f"more than {self.pool.max_head_fields} trailers"))
+                raise _Extra("too many trailers")
+            self.trailers.append(
+                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            )
+            return
         parts = self._header_parts
+        if len(parts) >= 2 * self.pool.max_head_fields:
+            self._fail(UpstreamError(f"more than {self.pool.max_head_fields} header fields"))
+            raise _Extra("too many header fields")
         parts.append(name)
         parts.append(value)
+
+    def on_chunk_header(self) -> None:
+        self._overhead = 0
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -302,14 +411,27 @@ class _Connection(asyncio.Protocol):
             raise
 
     def start(
-        self, data: bytes, head_only: bool, timeout: float, deadline: float, idle: bool
+        self,
+        data: bytes,
+        head_only: bool,
+        timeout: float,
+        deadline: float,
+        idle: bool,
+        interim: Callable[[bytes], None] | None = None,
     ) -> None:
-        """Send ``data`` (the request's head and in-memory body) and arm the timer."""
+        """Send ``data`` (the request's head and in-memory body) and arm the timer;
+        ``interim`` gets each interim (1xx) head's bytes."""
         self.state = _HEAD
         self.status = 0
         self.reason = b""
         self.headers = None
+        self.trailers = []
+        self._header_parts = []
+        self._head_buf.clear()
+        self._head_total = 0
+        self._overhead = 0
         self.head_only = head_only
+        self.interim = interim
         self.received = False
         self._timeout = timeout
         self._deadline_idle = idle
@@ -390,7 +512,7 @@ class Response:
     when the body was read to the end, else it is closed.
     """
 
-    __slots__ = ("_conn", "headers", "reason", "status")
+    __slots__ = ("_conn", "headers", "reason", "status", "trailers")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn: _Connection | None = conn
@@ -399,6 +521,8 @@ class Response:
         headers = conn.headers
         assert headers is not None
         self.headers = headers
+        # The trailer fields (name, value), once the body was read to its end.
+        self.trailers: list[tuple[str, str]] = conn.trailers
 
     @property
     def at_eof(self) -> bool:
@@ -462,6 +586,8 @@ class Pool:
         max_connections: int,
         connect_timeout: float,
         idle_timeout: float = 30.0,
+        max_head_bytes: int = MAX_HEAD_BYTES,
+        max_head_fields: int = MAX_HEAD_FIELDS,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.host = host
@@ -470,6 +596,8 @@ class Pool:
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
+        self.max_head_bytes = max_head_bytes
+        self.max_head_fields = max_head_fields
         self._ssl: ssl.SSLContext | None = (
             ssl.create_default_context() if scheme == "https" else None
         )
@@ -495,16 +623,19 @@ class Pool:
         *,
         limit: float,
         idle: bool,
+        host: str | None = None,
+        interim: Callable[[bytes], None] | None = None,
     ) -> Response:
         """Send a request and wait for the head of its answer.
 
         ``limit`` (seconds) bounds each wait for the upstream's bytes (``idle=True``) or the
         whole exchange up to the body's end (``idle=False``); the pool wait and the connect
-        count.
+        count. ``host``: the ``Host`` header (default: the upstream's authority).
+        ``interim``: called with the bytes of each interim (1xx) head, as they come.
         """
         loop = self.loop
         deadline = loop.time() + limit
-        text = _encode_head(method, target, self.authority, headers)
+        text = _encode_head(method, target, host or self.authority, headers)
         stream: AsyncIterable[bytes] | None = None
         chunked = False
         if body is None or isinstance(body, bytes | bytearray | memoryview):
@@ -528,9 +659,9 @@ class Pool:
             conn = await self._acquire(deadline, fresh)
             try:
                 if stream is None:
-                    conn.start(data, head_only, limit, deadline, idle)
+                    conn.start(data, head_only, limit, deadline, idle, interim)
                 else:
-                    conn.start(b"", head_only, limit, deadline, idle)
+                    conn.start(b"", head_only, limit, deadline, idle, interim)
                     await conn.write_body(data, stream, chunked)
                 await conn.head()
             except _Stale:
@@ -624,6 +755,7 @@ class Pool:
         ):
             conn.state = _IDLE
             conn.error = None
+            conn.interim = None
             waiters = self._waiters
             while waiters:
                 waiter = waiters.popleft()

@@ -14,7 +14,7 @@ from config.load import config_from_mapping
 from config.schema import GraygateConfig
 from graygate.processes import free_port
 from graygate.values import RecordedExchange
-from proxy.app import make_proxy_app
+from proxy.app import ProxyRunner, make_proxy_app, server_settings
 
 __all__ = [
     "Handler",
@@ -52,8 +52,10 @@ class Sink:
 
 
 @asynccontextmanager
-async def serve_app(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+async def serve_app(
+    app: web.Application, runner_cls: type[web.AppRunner] = web.AppRunner, **settings: Any
+) -> AsyncIterator[str]:
+    runner = runner_cls(app, access_log=None, shutdown_timeout=1.0, **settings)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -99,5 +101,6 @@ def make_cfg(primary: str, canary: str, **extra: Any) -> GraygateConfig:
 
 @asynccontextmanager
 async def proxy_for(cfg: GraygateConfig, sink: Sink) -> AsyncIterator[str]:
-    async with serve_app(make_proxy_app(cfg, recorder=sink, run_id=7)) as url:
+    app = make_proxy_app(cfg, recorder=sink, run_id=7)
+    async with serve_app(app, ProxyRunner, **server_settings(cfg)) as url:
         yield url

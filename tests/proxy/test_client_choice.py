@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from ipaddress import ip_network
 
-import pytest
 from aiohttp import ClientSession, web
 
 from proxy.forward import request_drop, upstream_headers
@@ -157,11 +156,6 @@ def test_peer_is_trusted() -> None:
     assert not peer_is_trusted("10.1.2.3", [])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/app.py must pass trusted=cfg.trusted_proxies to upstream_headers "
-    "(owned by the proxy work); remove this marker when it does",
-)
 async def test_trusted_proxies_through_the_proxy(client: ClientSession) -> None:
     sink = Sink()
     async with (

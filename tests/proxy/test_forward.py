@@ -8,6 +8,7 @@ import gzip
 import logging
 import zlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import brotli
@@ -16,6 +17,7 @@ import pytest
 from aiohttp import ClientSession, web
 from yarl import URL
 
+from graygate.errors import ConfigError
 from proxy.app import make_proxy_app
 from proxy.codec import decode_body
 from tests.proxy.harness import (
@@ -211,7 +213,7 @@ async def test_forwarded_headers_and_host(client: ClientSession) -> None:
     assert seen["x-forwarded-for"] == ["127.0.0.1"]
     assert seen["x-forwarded-proto"] == ["http"]
     assert seen["x-forwarded-host"] == ["shop.example"]
-    assert seen["host"] == [URL(p).raw_authority]
+    assert seen["host"] == ["shop.example"]  # the client's, as Envoy and Caddy do
     # no header the client did not send
     assert "user-agent" in seen  # the test client sends one
     assert "x-gray-shadow" not in seen
@@ -714,3 +716,365 @@ async def test_client_is_served_whatever_the_recorder_does(
                     assert resp.status == 200
                     assert (await resp.json())["raw_path"] == "/orders/1"
             await sink.wait(3)
+
+
+# --- issue 9: the upstreams get the client's bytes -------------------------------------
+
+
+def _smuggling_gzip() -> tuple[bytes, bytes]:
+    """A gzip body whose inflated bytes start with as many bytes as it is long, followed
+    by a second request: a proxy that forwards the inflated bytes under the compressed
+    length has the upstream execute that second request."""
+    smuggled = b"DELETE /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    for n in range(1, 400):
+        body = gzip.compress(b"a" * n + smuggled, mtime=0)
+        if len(body) == n:
+            return body, b"a" * n + smuggled
+    raise AssertionError("no self-sized gzip body found")
+
+
+async def test_compressed_request_body_is_forwarded_as_sent_and_smuggles_nothing() -> None:
+    body, inflated = _smuggling_gzip()
+    seen: list[tuple[str, str, bytes]] = []
+
+    async def primary(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path, await request.read()))
+        return web.Response(text="ok")
+
+    sink = Sink()
+    async with (
+        serve_app(handler_app(primary), auto_decompress=False) as p,
+        serve_app(handler_app(echo), auto_decompress=False) as c,
+        proxy_for(
+            make_cfg(p, c, mirror={"methods": ["POST"], "allow_side_effects": True}), sink
+        ) as proxy,
+    ):
+        raw = await raw_request(
+            proxy,
+            b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Encoding: gzip\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body),
+        )
+        (rec,) = await sink.wait()
+        assert raw.startswith(b"HTTP/1.1 200 OK")
+        assert raw.count(b"HTTP/1.1 ") == 1
+        # One request reached the primary, with the compressed bytes; none was smuggled.
+        await asyncio.sleep(0.05)
+        assert seen == [("POST", "/upload", body)]
+    # The canary got the same bytes (echo decodes them as latin-1).
+    assert rec.canary is not None and rec.canary.body is not None
+    assert orjson.loads(rec.canary.body)["body"].encode("latin-1") == body
+    assert rec.request_body == inflated  # the record stores the decoded copy
+
+
+async def test_gzip_bomb_is_forwarded_compressed_and_mirror_bound_applies_to_sent_bytes() -> None:
+    bomb = gzip.compress(b"\0" * 20_000_000, mtime=0)  # ~20 KB that inflate to 20 MB
+    sizes: list[int] = []
+
+    async def upstream(request: web.Request) -> web.Response:
+        sizes.append(len(await request.read()))
+        return web.Response(text="ok")
+
+    sink = Sink()
+    limit = len(bomb) + 10  # the compressed body fits the mirror bound, the inflated not
+    async with (
+        serve_app(handler_app(upstream), auto_decompress=False) as p,
+        serve_app(handler_app(upstream), auto_decompress=False) as c,
+    ):
+        cfg = make_cfg(
+            p,
+            c,
+            mirror={"methods": ["POST"], "allow_side_effects": True, "max_body_bytes": limit},
+            record={"max_body_bytes": 1024},
+        )
+        async with proxy_for(cfg, sink) as proxy:
+            raw = await raw_request(
+                proxy,
+                b"POST /bomb HTTP/1.1\r\nHost: h\r\nContent-Encoding: gzip\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(bomb), bomb),
+            )
+            (rec,) = await sink.wait()
+    assert raw.startswith(b"HTTP/1.1 200 OK")
+    assert sizes == [len(bomb), len(bomb)]  # primary and canary: the compressed bytes
+    assert rec.mirror_skipped is None
+    assert rec.request_body == b"\0" * 1024 and rec.request_body_truncated
+
+
+# --- issue 9: answers as the upstream sent them, nothing leaked or invented --------------
+
+
+@asynccontextmanager
+async def scripted_upstream(
+    answers: list[bytes], seen: list[bytes] | None = None
+) -> AsyncIterator[str]:
+    """A raw HTTP/1.1 server that answers the n-th request it reads (on any connection)
+    with ``answers[n]``, byte for byte; the request heads it read go to ``seen``."""
+    count = 0
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal count
+        try:
+            while count < len(answers):
+                head = await reader.readuntil(b"\r\n\r\n")
+                if seen is not None:
+                    seen.append(head)
+                answer = answers[count]
+                count += 1
+                writer.write(answer)
+                await writer.drain()
+            await reader.read()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(run, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+def head_fields(raw: bytes) -> list[tuple[bytes, bytes]]:
+    head = raw.partition(b"\r\n\r\n")[0]
+    return [
+        (k.strip().lower(), v.strip())
+        for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+    ]
+
+
+_TRAILED = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+    b"5\r\nalice\r\n0\r\nX-Checksum: secret-of-alice\r\n\r\n"
+)
+_PLAIN = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbob"
+
+
+async def test_trailers_go_to_who_asked_and_never_to_the_next_answer() -> None:
+    sink = Sink()
+    async with (
+        scripted_upstream([_TRAILED, _PLAIN, _TRAILED, _PLAIN]) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c, mirror={"enabled": False}), sink) as proxy,
+    ):
+        got = []
+        for te in (b"TE: trailers\r\n", b"TE: trailers\r\n", b"", b""):
+            got.append(
+                await raw_request(
+                    proxy, b"GET /t HTTP/1.1\r\nHost: h\r\n%bConnection: close\r\n\r\n" % te
+                )
+            )
+        records = await sink.wait(4)
+    alice, bob, alice_no_te, bob2 = got
+    assert alice.endswith(b"\r\n5\r\nalice\r\n0\r\nX-Checksum: secret-of-alice\r\n\r\n")
+    assert alice_no_te.endswith(b"\r\n5\r\nalice\r\n0\r\n\r\n")  # dropped: not asked for
+    for raw in (bob, bob2):
+        assert b"secret" not in raw and raw.endswith(b"\r\n\r\nbob")
+    for rec in records:
+        assert rec.primary is not None and rec.primary.headers is not None
+        assert "x-checksum" not in rec.primary.headers
+
+
+async def test_extra_bytes_after_an_answer_are_not_served() -> None:
+    injected = b"HTTP/1.1 200 OK\r\nX-Injected: 1\r\nContent-Length: 4\r\n\r\nEVIL"
+    sink = Sink()
+    async with (
+        scripted_upstream([_PLAIN + injected, _PLAIN]) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c, mirror={"enabled": False}), sink) as proxy,
+    ):
+        first = await raw_request(proxy, b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        second = await raw_request(
+            proxy, b"GET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+    for raw in (first, second):
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and raw.endswith(b"\r\n\r\nbob")
+        assert b"EVIL" not in raw and b"X-Injected" not in raw
+
+
+async def test_non_utf8_header_bytes_travel_exactly_and_are_recorded() -> None:
+    seen: list[bytes] = []
+    answer = b"HTTP/1.1 200 OK\r\nX-Latin: caf\xe9\r\nContent-Length: 2\r\n\r\nok"
+    sink = Sink()
+    async with (
+        scripted_upstream([answer], seen) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c, mirror={"enabled": False}), sink) as proxy,
+    ):
+        raw = await raw_request(
+            proxy,
+            b"GET /l HTTP/1.1\r\nHost: h\r\nX-Latin: na\xefve\r\nConnection: close\r\n\r\n",
+        )
+        (rec,) = await sink.wait()
+    assert (b"x-latin", b"caf\xe9") in head_fields(raw)
+    assert b"\r\nX-Latin: na\xefve\r\n" in seen[0]
+    assert rec.request_headers is not None and rec.request_headers["x-latin"] == "na\\xefve"
+    assert rec.primary is not None and rec.primary.headers is not None
+    assert rec.primary.headers["x-latin"] == "caf\\xe9"
+
+
+async def test_nothing_is_added_to_an_answer_but_the_trace_id() -> None:
+    answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\nContent-Length: 10\r\n\r\n',
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ]
+    sink = Sink()
+    async with (
+        scripted_upstream(answers) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c, mirror={"enabled": False}), sink) as proxy,
+    ):
+        got = [
+            await raw_request(
+                proxy, b"GET /%d HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n" % i
+            )
+            for i in range(3)
+        ]
+    plain, not_modified, hinted = got
+    assert [k for k, _ in head_fields(plain)] == [b"content-length", b"x-trace-id", b"connection"]
+    assert plain.endswith(b"\r\n\r\nok")
+    assert head_fields(not_modified)[:2] == [(b"etag", b'"x"'), (b"content-length", b"10")]
+    assert not_modified.endswith(b"\r\n\r\n")  # no body
+    assert hinted.startswith(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"
+    )
+
+
+async def test_host_is_the_clients_and_location_comes_back_through_the_proxy() -> None:
+    async def primary(request: web.Request) -> web.Response:
+        base = f"http://{request.transport.get_extra_info('sockname')[0]}"  # type: ignore[union-attr]
+        port = request.transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+        resp = await echo(request)
+        resp.headers["Location"] = f"{base}:{port}/next?a=1"
+        resp.headers["Content-Location"] = "http://elsewhere.example/x"
+        return resp
+
+    sink = Sink()
+    async with serve_app(handler_app(primary)) as p, serve_app(handler_app(echo)) as c:
+        for host_header, expected in (
+            ({}, "shop.example:8443"),
+            ({"primary": "upstream"}, URL(p).raw_authority),
+            ({"primary": "api.internal"}, "api.internal"),
+        ):
+            cfg = make_cfg(p, c, upstreams={"primary": p, "canary": c, "host_header": host_header})
+            async with proxy_for(cfg, sink) as proxy:
+                raw = await raw_request(
+                    proxy,
+                    b"GET /r HTTP/1.1\r\nHost: shop.example:8443\r\nConnection: close\r\n\r\n",
+                )
+            fields = dict(head_fields(raw))
+            assert fields[b"location"] == b"http://shop.example:8443/next?a=1"
+            assert fields[b"content-location"] == b"http://elsewhere.example/x"
+            seen = header_map(orjson.loads(raw.partition(b"\r\n\r\n")[2])["headers"])
+            assert seen["host"] == [expected]
+
+
+# --- issue 9: listen limits no stricter than Envoy's, answered 414 / 431 -----------------
+
+
+def _status(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1])
+
+
+async def test_listen_limits_at_the_bound_and_one_past() -> None:
+    limits = {
+        "max_line_bytes": 1000,
+        "max_field_bytes": 600,
+        "max_header_bytes": 1500,
+        "max_headers": 10,
+    }
+    sink = Sink()
+
+    def request(target: bytes, fields: list[bytes]) -> bytes:
+        # "Host: h" is one field of 5 name+value bytes.
+        return b"GET %b HTTP/1.1\r\nHost: h\r\n%bConnection: close\r\n\r\n" % (
+            target,
+            b"".join(f + b"\r\n" for f in fields),
+        )
+
+    def field(name: bytes, size: int) -> bytes:  # a value of ``size`` bytes
+        return name + b": " + b"v" * size
+
+    async with (
+        serve_app(handler_app(echo)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c, listen_limits=limits, mirror={"enabled": False}), sink) as proxy,
+    ):
+        cases = [
+            (b"/" + b"a" * 999, [], 200),  # the target at its bound
+            (b"/" + b"a" * 1000, [], 414),  # one past
+            (b"/", [field(b"X-A", 600)], 200),  # a field's value at its bound
+            (b"/", [field(b"X-A", 601)], 431),
+            # 8 fields + Host + Connection = 10 fields: at the bound; 11 one past.
+            (b"/", [field(b"X-%d" % i, 10) for i in range(8)], 200),
+            (b"/", [field(b"X-%d" % i, 10) for i in range(9)], 431),
+            # names + values: Host (5) + Connection (15) + 3 fields = 1500 at the bound
+            (b"/", [field(b"X-A", 500), field(b"X-B", 500), field(b"X-C", 471)], 200),
+            (b"/", [field(b"X-A", 500), field(b"X-B", 500), field(b"X-C", 472)], 431),
+        ]
+        for target, fields, expected in cases:
+            raw = await raw_request(proxy, request(target, fields))
+            assert _status(raw) == expected, (len(target), [len(f) for f in fields])
+
+
+def test_listen_limit_defaults_are_no_stricter_than_envoys() -> None:
+    cfg = make_cfg("http://127.0.0.1:1", "http://127.0.0.1:2")
+    limits = cfg.listen_limits
+    assert limits.max_header_bytes >= 60 * 1024
+    assert limits.max_field_bytes == limits.max_header_bytes  # a field up to the total
+    assert limits.max_headers >= 100
+    assert limits.max_line_bytes >= 60 * 1024
+    with pytest.raises(ConfigError, match="max_field_bytes"):
+        make_cfg(
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:2",
+            listen_limits={"max_field_bytes": 2000, "max_header_bytes": 1000},
+        )
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/../internal/secret",
+        b"/%2e%2e/internal/secret",
+        b"/%2E%2E/internal/secret",
+        b"/..%2finternal/secret",
+        b"/a/../../internal/secret",
+        b"/a/%252e%252e/../internal",
+        b"/..;/internal",
+        b"/..\\internal",
+    ],
+)
+async def test_a_path_never_leaves_the_upstreams_base_path(target: bytes) -> None:
+    seen: list[bytes] = []
+    sink = Sink()
+    async with (
+        scripted_upstream([_PLAIN], seen) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p + "/api", c, mirror={"enabled": False}), sink) as proxy,
+    ):
+        raw = await raw_request(
+            proxy, b"GET %b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n" % target
+        )
+    assert _status(raw) == 400
+    assert seen == []
+
+
+async def test_dot_segments_inside_the_base_path_and_options_asterisk_are_forwarded() -> None:
+    seen: list[bytes] = []
+    sink = Sink()
+    async with (
+        scripted_upstream([_PLAIN, _PLAIN], seen) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p + "/api", c, mirror={"enabled": False}), sink) as proxy,
+    ):
+        for target, method in ((b"/a/../b", b"GET"), (b"*", b"OPTIONS")):
+            raw = await raw_request(
+                proxy, b"%b %b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n" % (method, target)
+            )
+            assert _status(raw) == 200 and raw.endswith(b"bob")
+    assert [head.partition(b"\r\n")[0] for head in seen] == [
+        b"GET /api/a/../b HTTP/1.1",
+        b"OPTIONS * HTTP/1.1",
+    ]

@@ -499,3 +499,175 @@ def test_on_uvloop() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(main()) == [b"/a" * 1000, b"/b" * 1000]
+
+
+# --- issue 9: no parser state carried from one answer to the next ------------------------
+
+
+TRAILED = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+    b"5\r\nalice\r\n0\r\nX-Checksum: secret-of-alice\r\n\r\n"
+)
+
+
+async def test_trailers_stay_with_their_answer_on_a_pooled_connection() -> None:
+    answers = [TRAILED, OK, TRAILED, OK]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:
+            await read_head(reader)
+            writer.write(answer)
+            await writer.drain()
+
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        got = []
+        for _ in answers:
+            resp = await pool.send("GET", "/", [], None, limit=2, idle=True)
+            body = await read_all(resp)
+            got.append((body, list(resp.headers.items()), resp.trailers))
+            assert pool.size == 1  # one connection throughout
+    alice = (
+        b"alice",
+        [("Transfer-Encoding", "chunked"), ("Trailer", "X-Checksum")],
+        [("X-Checksum", "secret-of-alice")],
+    )
+    bob = (b"ok", [("Content-Length", "2")], [])
+    assert got == [alice, bob, alice, bob]
+
+
+async def test_bytes_after_a_complete_answer_are_not_merged_into_it() -> None:
+    extra = b"HTTP/1.1 200 OK\r\nX-Injected: 1\r\nContent-Length: 2\r\n\r\nOK"
+    for tail in (extra, b"garbage", extra[:10]):
+
+        async def handler(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tail: bytes = tail
+        ) -> None:
+            await read_head(reader)
+            writer.write(OK + tail)  # one segment
+            await writer.drain()
+            await reader.read()
+
+        async with raw_server(handler) as port, pool_for(port) as pool:
+            resp = await pool.send("GET", "/", [], None, limit=2, idle=True)
+            assert (resp.status, resp.reason) == (200, "OK")
+            assert list(resp.headers.items()) == [("Content-Length", "2")]
+            assert await read_all(resp) == b"ok"
+            assert (pool.size, pool.idle) == (0, 0)  # the connection was dropped
+
+
+async def test_non_utf8_header_bytes_are_kept_exactly() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Latin: caf\xe9\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        resp = await pool.send("GET", "/", [], None, limit=2, idle=True)
+        value = resp.headers["X-Latin"]
+        assert value.encode("utf-8", "surrogateescape") == b"caf\xe9"
+
+
+# --- issue 10 item 4: the answer's head is bounded, and read in linear time --------------
+
+
+def _head_of(size: int, fields: int = 1) -> bytes:
+    """An answer head of exactly ``size`` bytes with ``fields`` header fields."""
+    start = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+    lines = [b"X-%d: v" % i for i in range(fields - 2)]
+    head = start + b"".join(line + b"\r\n" for line in lines)
+    pad = size - len(head) - len(b"X-Pad: \r\n\r\n")
+    assert pad >= 0
+    return head + b"X-Pad: " + b"p" * pad + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("size", "fields", "ok"),
+    [
+        (4096, 2, True),
+        (4097, 2, False),  # one byte past the bound
+        (1000, 20, True),
+        (1000, 21, False),  # one field past the bound
+    ],
+)
+async def test_answer_head_bounds(size: int, fields: int, ok: bool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        head = _head_of(size, fields)
+        assert len(head) == size and head.count(b"\r\n") - 2 == fields
+        for i in range(0, len(head), 100):  # in small pieces
+            writer.write(head[i : i + 100])
+            await writer.drain()
+        writer.write(b"ok")
+        await reader.read()
+
+    async with raw_server(handler) as port:
+        pool = Pool(
+            "http",
+            "127.0.0.1",
+            port,
+            "x",
+            max_connections=1,
+            connect_timeout=2,
+            max_head_bytes=4096,
+            max_head_fields=20,
+        )
+        try:
+            if ok:
+                resp = await pool.send("GET", "/", [], None, limit=5, idle=True)
+                assert await read_all(resp) == b"ok"
+            else:
+                with pytest.raises(UpstreamError) as info:
+                    await pool.send("GET", "/", [], None, limit=5, idle=True)
+                assert info.value.kind == "error"
+                assert "over 4096 bytes" in str(info.value) or "more than 20" in str(info.value)
+        finally:
+            await pool.close()
+
+
+async def test_endless_header_line_fails_at_the_bound() -> None:
+    """An upstream that sends a header line that never ends, 1 KiB at a time: the answer
+    fails once the default bound is passed (the bytes are collected, not re-copied)."""
+    sent = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        for _ in range(8 * 1024):  # 8 MiB at most
+            writer.write(b"e" * 1024)
+            sent += 1024
+            await writer.drain()
+
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        with pytest.raises(UpstreamError) as info:
+            await pool.send("GET", "/", [], None, limit=30, idle=True)
+        assert "over 1048576 bytes" in str(info.value)
+    assert sent < 8 * 1024 * 1024
+
+
+async def test_endless_trailers_fail_at_the_bound() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: ")
+        for _ in range(64):
+            writer.write(b"t" * 1024)
+            await writer.drain()
+        await reader.read()
+
+    async with raw_server(handler) as port:
+        pool = Pool(
+            "http",
+            "127.0.0.1",
+            port,
+            "x",
+            max_connections=1,
+            connect_timeout=2,
+            max_head_bytes=4096,
+        )
+        try:
+            with pytest.raises(UpstreamError) as info:
+                # The head may find the answer failed already.
+                await read_all(await pool.send("GET", "/", [], None, limit=5, idle=True))
+            assert "trailers over 4096" in str(info.value)
+        finally:
+            await pool.close()
