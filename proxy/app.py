@@ -44,6 +44,7 @@ from proxy.forward import (
     Capture,
     RequestBody,
     Upstream,
+    asks_upgrade,
     forward,
     leaves_root,
     request_drop,
@@ -73,6 +74,8 @@ logger = logging.getLogger(__name__)
 # proxy's CPU time in the benchmark. While the proxy serves, what exists at startup is
 # frozen out of collection and the young generation is collected every 50 000 allocations.
 _GC_THRESHOLD: Final = (50_000, 50, 100)
+
+SKIP_UPGRADE: Final = "upgrade_not_mirrored"
 
 
 class RecordSink(Protocol):
@@ -180,6 +183,8 @@ class Proxy:
             # With a base path (primary: http://host/api), "/../internal" would leave it.
             return web.Response(status=400, text="the path leaves the root\n")
         skip = router.mirror_skip(method, trace_id)
+        if skip is None and asks_upgrade(request) is not None:
+            skip = SKIP_UPGRADE  # a tunnel is not mirrored; its handshake is recorded
         out_headers = upstream_headers(request, tags, self._gray_header, label, self._drop)
         ex = Exchange(
             received_at=received,

@@ -34,7 +34,7 @@ from yarl import URL
 from config.schema import MirrorConfig, UpstreamsConfig
 from graygate.errors import UpstreamError
 from proxy.tagging import TRACEPARENT, X_TRACE_ID, Tags
-from proxy.upstream import Pool
+from proxy.upstream import Pool, Response
 
 __all__ = [
     "HOP_BY_HOP",
@@ -45,6 +45,7 @@ __all__ = [
     "RequestBody",
     "Upstream",
     "accepts_trailers",
+    "asks_upgrade",
     "client_headers",
     "error_kind",
     "error_response",
@@ -160,6 +161,10 @@ def upstream_headers(
     headers = request.headers
     drop = _connection_named(headers.get("Connection"), drop)
     out = [(k, v) for k, v in headers.items() if k.lower() not in drop]
+    upgrade = asks_upgrade(request)
+    if upgrade is not None:  # hop-by-hop, but the client asked for it to reach the origin
+        out.append(("Connection", "Upgrade"))
+        out.append(("Upgrade", upgrade))
     out.append((gray_header, label))
     xff = headers.getall("X-Forwarded-For", None)
     remote = request.remote or "unknown"
@@ -199,6 +204,21 @@ def _names_origin(value: str, origin: str) -> bool:
     return (
         len(value) >= n and value[:n].lower() == origin and (len(value) == n or value[n] in "/?#")
     )
+
+
+def asks_upgrade(request: web.BaseRequest) -> str | None:
+    """The protocol the client asks to switch to (``Upgrade`` named in ``Connection``).
+
+    Only ``websocket``: aiohttp's request parser hands the bytes that follow the head to
+    the handler for that protocol only (others are parsed as HTTP, a guard against request
+    smuggling), so a request asking for another one is forwarded as a plain request."""
+    upgrade = request.headers.get("Upgrade")
+    connection = request.headers.get("Connection")
+    if not upgrade or not connection or upgrade.strip().lower() != "websocket":
+        return None
+    if "upgrade" not in {t.strip().lower() for t in connection.split(",")}:
+        return None
+    return upgrade
 
 
 def accepts_trailers(request: web.BaseRequest) -> bool:
@@ -247,6 +267,9 @@ class Answer(web.StreamResponse):
         if keep_alive is None:
             keep_alive = request.keep_alive
         framing = self._framing
+        if self.status == 101:
+            self._keep_alive = False  # the connection is the tunnel's now
+            return
         if self._must_be_empty_body:
             pass
         elif self._declared is not None:
@@ -517,6 +540,8 @@ async def forward(
     try:
         capture.status = resp.status
         capture.headers = up_headers = resp.headers
+        if resp.status == 101:
+            return await _switch(request, resp, upstream, trace_id, capture, start)
         # What of the body is here already goes out with the head, in one write; when
         # nothing is, the head goes out at once (a slow stream still shows its head).
         try:
@@ -577,6 +602,99 @@ async def forward(
         return out
     finally:
         resp.release()
+
+
+class _Pipe(asyncio.Protocol):
+    """One direction of a tunnel: what arrives on the upstream's transport is written to
+    the client's, with flow control both ways."""
+
+    def __init__(self, peer: asyncio.Transport, done: asyncio.Future[None]) -> None:
+        self.peer = peer
+        self.done = done
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.peer.is_closing():
+            self.peer.write(data)
+
+    def eof_received(self) -> bool:
+        if self.peer.can_write_eof() and not self.peer.is_closing():
+            self.peer.write_eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.peer.close()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def pause_writing(self) -> None:  # the upstream is full: stop reading the client
+        self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.peer.resume_reading()
+
+
+class _ClientFeed:
+    """Takes the client's bytes from aiohttp (its payload parser's place) to the upstream."""
+
+    def __init__(self, upstream: asyncio.Transport, done: asyncio.Future[None]) -> None:
+        self.upstream = upstream
+        self.done = done
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if not self.upstream.is_closing():
+            self.upstream.write(data)
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self.upstream.close()
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def _switch(
+    request: web.BaseRequest,
+    resp: Response,
+    upstream: Upstream,
+    trace_id: str,
+    capture: Capture,
+    start: float,
+) -> web.StreamResponse:
+    """The upstream switched protocols (101): relay the switch to a client that asked for
+    it and tunnel the bytes both ways until either side closes; else 502."""
+    capture.latency = _perf() - start
+    if asks_upgrade(request) is None:
+        capture.error = "error"  # a switch nobody asked for is not relayed
+        return error_response("error", upstream.role, trace_id)
+    up_headers = resp.headers
+    drop = _RESPONSE_DROP - {"connection", "upgrade"}
+    headers = [(k, v) for k, v in up_headers.items() if k.lower() not in drop]
+    headers.append((X_TRACE_ID, trace_id))
+    out = Answer(101, resp.reason, headers, immediate=True)
+    taken = resp.upgrade()
+    client = request.transport
+    if taken is None or client is None:
+        capture.error = "reset"
+        return error_response("reset", upstream.role, trace_id)
+    up_transport, early = taken
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    up_transport.set_protocol(_Pipe(client, done))
+    try:
+        await out.prepare(request)
+        if early:
+            client.write(early)
+        request.protocol.set_parser(_ClientFeed(up_transport, done))  # type: ignore[arg-type]
+        await done
+    except ConnectionError:
+        capture.client_gone = True
+    finally:
+        up_transport.close()
+        client.close()
+    return out
 
 
 async def fetch(

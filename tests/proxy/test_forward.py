@@ -14,7 +14,7 @@ from typing import Any
 import brotli
 import orjson
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession, WSMsgType, web
 from yarl import URL
 
 from graygate.errors import ConfigError
@@ -47,7 +47,8 @@ async def raw_request(base: str, data: bytes) -> bytes:
     try:
         writer.write(data)
         await writer.drain()
-        return await reader.read()
+        async with asyncio.timeout(20):
+            return await reader.read()
     finally:
         writer.close()
 
@@ -1068,3 +1069,90 @@ async def test_dot_segments_inside_the_base_path_and_options_asterisk_are_forwar
         b"GET /api/a/../b HTTP/1.1",
         b"OPTIONS * HTTP/1.1",
     ]
+
+
+# --- issue 9: upgrades are tunnelled both ways when the client asked --------------------
+
+
+async def test_websocket_is_tunnelled_and_its_handshake_recorded(client: ClientSession) -> None:
+    async def ws_echo(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await ws.send_str("echo:" + msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await ws.send_bytes(msg.data[::-1])
+        return ws
+
+    sink = Sink()
+    async with (
+        serve_app(handler_app(ws_echo)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        async with client.ws_connect(proxy + "/ws") as ws:
+            trace_id = ws._response.headers["X-Trace-ID"]
+            for i in range(3):
+                await ws.send_str(f"hello {i}")
+                assert await ws.receive_str() == f"echo:hello {i}"
+            big = bytes(range(256)) * 4096  # 1 MiB, both ways
+            await ws.send_bytes(big)
+            assert await ws.receive_bytes() == big[::-1]
+        (rec,) = await sink.wait()
+    assert rec.trace_id == trace_id
+    assert rec.primary is not None and rec.primary.status == 101
+    assert rec.mirror_skipped == "upgrade_not_mirrored"
+    assert rec.canary is None
+
+
+async def test_a_switch_the_client_did_not_ask_for_is_not_relayed() -> None:
+    answer = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n"
+    sink = Sink()
+    async with (
+        scripted_upstream([answer]) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c, mirror={"enabled": False}), sink) as proxy,
+    ):
+        raw = await raw_request(proxy, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        (rec,) = await sink.wait()
+    assert _status(raw) == 502
+    assert rec.primary is not None and rec.primary.status == 101 and rec.primary.error == "error"
+
+
+async def test_raw_upgrade_tunnel_carries_early_bytes_both_ways() -> None:
+    """A hand-rolled upgrade: the upstream sends protocol bytes in the 101's segment, the
+    client sends its own right after the request head (byte level: no frames needed)."""
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"\r\nUpgrade: websocket\r\n" in head and b"\r\nConnection: Upgrade\r\n" in head
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\n\r\nserver-hello;"
+        )
+        line = await reader.readuntil(b";")
+        writer.write(b"got " + line)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(run, "127.0.0.1", 0)
+    p = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    sink = Sink()
+    try:
+        async with (
+            serve_app(handler_app(echo)) as c,
+            proxy_for(make_cfg(p, c), sink) as proxy,
+        ):
+            raw = await raw_request(
+                proxy,
+                b"GET /chat HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
+                b"Upgrade: websocket\r\n\r\nclient-hello;",
+            )
+            await sink.wait()
+    finally:
+        server.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert (b"upgrade", b"websocket") in head_fields(raw)
+    assert rest == b"server-hello;got client-hello;"
