@@ -76,6 +76,7 @@ logger = logging.getLogger(__name__)
 _GC_THRESHOLD: Final = (50_000, 50, 100)
 
 SKIP_UPGRADE: Final = "upgrade_not_mirrored"
+SKIP_CLIENT_ABORTED: Final = "client_aborted"  # the client broke off its request body
 
 
 class RecordSink(Protocol):
@@ -203,7 +204,16 @@ class Proxy:
             try:
                 body, stream = await self._read_body(request, ex, out_headers)
             except (ConnectionError, ClientError, HttpProcessingError):
-                # The client went away (or broke off its body): nobody reads this answer.
+                # The client went away (or broke off its body): nobody reads this answer,
+                # and no upstream was asked; the exchange is recorded as what happened.
+                gone = Capture(self._record_limit)
+                gone.error = "reset"
+                gone.client_gone = True
+                ex.captures[served_by] = gone
+                if ex.request is not None:
+                    ex.request.truncated = True
+                ex.mirror_skipped = SKIP_CLIENT_ABORTED
+                self._finish(ex)
                 return web.Response(status=400)
             if stream is not None:
                 data = stream

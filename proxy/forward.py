@@ -333,6 +333,9 @@ def error_response(kind: str, role: str, trace_id: str) -> web.Response:
     )
 
 
+ENCODED_FACTOR: Final = 4
+
+
 class Capture:
     """What one upstream answered, as it came (headers as sent, body still encoded),
     with a copy of the body bounded at ``limit`` bytes."""
@@ -359,6 +362,14 @@ class Capture:
         self.latency: float | None = None  # seconds
         self.error: str | None = None
         self.client_gone = False
+
+    def encoded(self, headers: Mapping[str, str]) -> None:
+        """The body is compressed (``Content-Encoding``): keep up to ``ENCODED_FACTOR``
+        times the bound of it, so that the decoded copy can fill the bound (a compressed
+        stream cut at the bound decodes to far less, brotli to nothing of its last block)."""
+        coding = headers.get("Content-Encoding")
+        if coding and coding.strip().lower() != "identity":
+            self.limit *= ENCODED_FACTOR
 
     def add(self, chunk: bytes) -> None:
         room = self.limit - self.size
@@ -540,6 +551,7 @@ async def forward(
     try:
         capture.status = resp.status
         capture.headers = up_headers = resp.headers
+        capture.encoded(up_headers)
         if resp.status == 101:
             return await _switch(request, resp, upstream, trace_id, capture, start)
         # What of the body is here already goes out with the head, in one write; when
@@ -598,6 +610,8 @@ async def forward(
             else:
                 await out.write_eof()  # trailers are dropped for a client that did not ask
         except ConnectionError:
+            capture.client_gone = True
+        if request.transport is None:  # gone while the last bytes were on their way
             capture.client_gone = True
         return out
     finally:
@@ -722,6 +736,7 @@ async def fetch(
         try:
             capture.status = resp.status
             capture.headers = resp.headers
+            capture.encoded(resp.headers)
             while chunk := await resp.read():
                 capture.add(chunk)
         finally:
@@ -730,5 +745,7 @@ async def fetch(
         raise
     except Exception as exc:
         capture.error = error_kind(exc)
+        if capture.status is not None:  # the head came, the body broke off
+            capture.truncated = True
     capture.latency = _perf() - start
     return capture

@@ -1156,3 +1156,91 @@ async def test_raw_upgrade_tunnel_carries_early_bytes_both_ways() -> None:
     assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
     assert (b"upgrade", b"websocket") in head_fields(raw)
     assert rest == b"server-hello;got client-hello;"
+
+
+# --- issue 9: each exchange records what happened ---------------------------------------
+
+
+async def test_truncated_compressed_answer_fills_the_record_bound() -> None:
+    """A brotli answer bigger than the record bound: the record holds the bound's worth of
+    decoded bytes (not what a cut compressed stream decodes to), marked truncated."""
+    import os
+
+    text = os.urandom(200_000).hex().encode()  # 400 KB that compress about 2:1
+    for coding, encode in (("br", brotli.compress), ("gzip", gzip.compress)):
+        payload = encode(text)
+
+        async def primary(
+            request: web.Request, payload: bytes = payload, coding: str = coding
+        ) -> web.Response:
+            return web.Response(body=payload, headers={"Content-Encoding": coding})
+
+        sink = Sink()
+        limit = 100_000
+        async with (
+            serve_app(handler_app(primary)) as p,
+            serve_app(handler_app(primary)) as c,
+            proxy_for(make_cfg(p, c, record={"max_body_bytes": limit}), sink) as proxy,
+        ):
+            raw = await raw_request(
+                proxy, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+            )
+            assert raw.endswith(payload)  # the client gets every byte
+            (rec,) = await sink.wait()
+        for side in (rec.primary, rec.canary):
+            assert side is not None and side.body == text[:limit], coding
+            assert side.body_truncated
+
+
+async def test_canary_reset_mid_body_is_recorded_truncated() -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nonly part of it")
+        await writer.drain()
+        writer.transport.abort()  # reset mid-body
+
+    server = await asyncio.start_server(cut, "127.0.0.1", 0)
+    c = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    sink = Sink()
+    try:
+        async with (
+            serve_app(handler_app(echo)) as p,
+            proxy_for(make_cfg(p, c), sink) as proxy,
+        ):
+            raw = await raw_request(
+                proxy, b"GET /r HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+            )
+            assert _status(raw) == 200
+            (rec,) = await sink.wait()
+    finally:
+        server.close()
+    assert rec.canary is not None and rec.canary.status == 200
+    assert rec.canary.error == "reset" and rec.canary.body_truncated
+    assert rec.canary.body == b"only part of it"
+
+
+async def test_client_breaking_off_its_upload_leaves_a_record() -> None:
+    hits: list[str] = []
+
+    async def primary(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return await echo(request)
+
+    sink = Sink()
+    async with (
+        serve_app(handler_app(primary)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        url = URL(proxy)
+        _, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(b"POST /cut HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\nabc")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        (rec,) = await sink.wait()
+    assert hits == []
+    assert rec.path == "/cut" and rec.mirror_skipped == "client_aborted"
+    assert rec.primary is not None and rec.primary.error == "reset"
+    assert rec.extra.get("client_disconnected") == "true"
+    assert rec.request_body == b"abc" or rec.request_body_truncated
