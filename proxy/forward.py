@@ -563,7 +563,11 @@ async def forward(
             capture.error = kind = exc.kind
             capture.truncated = True
             return error_response(kind, upstream.role, trace_id)
-        redirect = (upstream.origin, f"{request.scheme}://{request.host}")
+        redirect = None
+        client_host = request.headers.get("Host")
+        if client_host and ("Location" in up_headers or "Content-Location" in up_headers):
+            # (not request.host: without a Host header it asks the resolver for our name)
+            redirect = (upstream.origin, f"{request.scheme}://{client_host}")
         out = Answer(
             resp.status,
             resp.reason,
