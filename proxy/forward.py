@@ -4,13 +4,19 @@
   upstream, owned by the app (``upstreams_ctx``), closed on cleanup. It never decompresses
   (the client gets the upstream's exact bytes), never follows redirects, keeps no cookies
   (one user's cookies must not reach another), and adds no header the client did not send
-  (``Host`` aside: the upstream's).
+  but the proxy's own (``X-Forwarded-*``, trace, gray label).
+- ``Host`` is the client's (``upstreams.host_header`` overrides per upstream); a
+  ``Location`` naming the serving upstream is rewritten to the proxied address.
 - The request target is the configured base's path and the request's raw path and query
-  only: an absolute-form request target gives its path only, ``//host`` and ``..`` stay a
-  path on the configured upstream.
+  only: an absolute-form request target gives its path only, ``//host`` stays a path on
+  the configured upstream, and with a base path a target whose dot-segments would leave
+  it is refused (:func:`leaves_root`).
 - Hop-by-hop headers (RFC 9110 7.6.1, and every header the ``Connection`` header names)
-  are dropped both ways; ``X-Forwarded-For`` is appended to, ``X-Forwarded-Proto`` and
-  ``X-Forwarded-Host`` set; ``Host`` is the upstream's.
+  are dropped both ways (a websocket upgrade the client asked for aside: tunnelled);
+  ``X-Forwarded-For`` is appended to, ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` set.
+- The client's answer (:class:`Answer`) is the upstream's status line and header fields
+  as bytes, plus ``X-Trace-ID`` and the hop's framing; 1xx heads go ahead of it; trailers
+  only to a client that sent ``TE: trailers``.
 - The answer is streamed to the client chunk by chunk, with a bounded copy kept for the
   record (:class:`Capture`). A failure before the answer's head gives the client a 502
   (refused, reset, DNS) or 504 (timeout) with a JSON body; after it, the client connection

@@ -10,8 +10,14 @@ A request is written in one ``transport.write`` (request line, ``Host``, the cal
 as given, in order, and the body when it is in memory); a streamed body goes out as it comes,
 chunked unless the caller's headers carry a ``Content-Length``. Nothing is added: no default
 header, no decompression, no redirect, no cookie. Answers are parsed by ``httptools`` (1xx
-skipped; HEAD, 204 and 304 have no body; content-length, chunked and read-until-close
-bodies) and handed to the caller as a :class:`Response` whose body is read chunk by chunk.
+handed to the caller's ``interim`` callback as bytes; HEAD, 204 and 304 have no body;
+content-length, chunked and read-until-close bodies; trailers in ``Response.trailers``)
+and handed to the caller as a :class:`Response` whose body is read chunk by chunk. No
+parser state outlives its answer; bytes after a complete answer are never parsed as part
+of it (the connection is dropped). The head is collected until its empty line and parsed
+in one piece (linear time), bounded by ``max_head_bytes`` and ``max_head_fields``, as are
+the chunk framing and trailers. A 101's connection leaves the pool through
+``Response.upgrade``.
 
 Time: one timer per request. ``send(..., idle=True)`` bounds every wait for the upstream's
 bytes by ``limit`` (the serving path: a long answer is fine as long as it keeps coming);
