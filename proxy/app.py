@@ -1,7 +1,9 @@
 """The proxied port's application: request path steps 1-6 in one handler.
 
 ``make_proxy_app(cfg, recorder=..., run_id=...)`` returns an ``aiohttp`` application with
-a single catch-all route and no middleware (the hot path is one coroutine). What it owns,
+one resource for every request target (``OPTIONS *`` included) and no middleware (the hot
+path is one coroutine). Its request parser's settings travel with it (``handler_args``:
+bodies as sent, ``listen_limits``); serve it with :class:`ProxyRunner` for 414/431. What it owns,
 each in a cleanup context, in this order (cleanup runs in reverse, so mirrors are drained
 before the tracer and the pools go):
 
