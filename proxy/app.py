@@ -1,7 +1,9 @@
 """The proxied port's application: request path steps 1-6 in one handler.
 
 ``make_proxy_app(cfg, recorder=..., run_id=...)`` returns an ``aiohttp`` application with
-a single catch-all route and no middleware (the hot path is one coroutine). What it owns,
+one resource for every request target (``OPTIONS *`` included) and no middleware (the hot
+path is one coroutine). Its request parser's settings travel with it (``handler_args``:
+bodies as sent, ``listen_limits``); serve it with :class:`ProxyRunner` for 414/431. What it owns,
 each in a cleanup context, in this order (cleanup runs in reverse, so mirrors are drained
 before the tracer and the pools go):
 
@@ -46,6 +48,7 @@ from proxy.forward import (
     Capture,
     RequestBody,
     Upstream,
+    asks_upgrade,
     forward,
     leaves_root,
     request_drop,
@@ -74,6 +77,9 @@ logger = logging.getLogger(__name__)
 # proxy's CPU time in the benchmark. While the proxy serves, what exists at startup is
 # frozen out of collection and the young generation is collected every 50 000 allocations.
 _GC_THRESHOLD: Final = (50_000, 50, 100)
+
+SKIP_UPGRADE: Final = "upgrade_not_mirrored"
+SKIP_CLIENT_ABORTED: Final = "client_aborted"  # the client broke off its request body
 
 
 class RecordSink(Protocol):
@@ -182,6 +188,8 @@ class Proxy:
             # With a base path (primary: http://host/api), "/../internal" would leave it.
             return web.Response(status=400, text="the path leaves the root\n")
         skip = router.mirror_skip(method, trace_id)
+        if skip is None and asks_upgrade(request) is not None:
+            skip = SKIP_UPGRADE  # a tunnel is not mirrored; its handshake is recorded
         out_headers = upstream_headers(
             request, tags, self._gray_header, label, self._drop, trusted=self._trusted
         )
@@ -202,7 +210,16 @@ class Proxy:
             try:
                 body, stream = await self._read_body(request, ex, out_headers)
             except (ConnectionError, ClientError, HttpProcessingError):
-                # The client went away (or broke off its body): nobody reads this answer.
+                # The client went away (or broke off its body): nobody reads this answer,
+                # and no upstream was asked; the exchange is recorded as what happened.
+                gone = Capture(self._record_limit)
+                gone.error = "reset"
+                gone.client_gone = True
+                ex.captures[served_by] = gone
+                if ex.request is not None:
+                    ex.request.truncated = True
+                ex.mirror_skipped = SKIP_CLIENT_ABORTED
+                self._finish(ex)
                 return web.Response(status=400)
             if stream is not None:
                 data = stream

@@ -43,7 +43,13 @@ def _deflate(data: bytes, limit: int) -> tuple[bytes, bool]:
 
 
 def _brotli(data: bytes, limit: int) -> tuple[bytes, bool]:
-    out = brotli.Decompressor().process(data, output_buffer_limit=limit + 1)
+    d = brotli.Decompressor()
+    out = d.process(data, output_buffer_limit=limit + 1)
+    # The decoder stops at its output bound with input left: ask for the rest (bounded).
+    for _ in range(1024):
+        if len(out) > limit or d.is_finished() or d.can_accept_more_data():
+            break
+        out += d.process(b"", output_buffer_limit=limit + 1 - len(out))
     if len(out) > limit:
         return out[:limit], True
     return out, False

@@ -4,13 +4,19 @@
   upstream, owned by the app (``upstreams_ctx``), closed on cleanup. It never decompresses
   (the client gets the upstream's exact bytes), never follows redirects, keeps no cookies
   (one user's cookies must not reach another), and adds no header the client did not send
-  (``Host`` aside: the upstream's).
+  but the proxy's own (``X-Forwarded-*``, trace, gray label).
+- ``Host`` is the client's (``upstreams.host_header`` overrides per upstream); a
+  ``Location`` naming the serving upstream is rewritten to the proxied address.
 - The request target is the configured base's path and the request's raw path and query
-  only: an absolute-form request target gives its path only, ``//host`` and ``..`` stay a
-  path on the configured upstream.
+  only: an absolute-form request target gives its path only, ``//host`` stays a path on
+  the configured upstream, and with a base path a target whose dot-segments would leave
+  it is refused (:func:`leaves_root`).
 - Hop-by-hop headers (RFC 9110 7.6.1, and every header the ``Connection`` header names)
-  are dropped both ways; ``X-Forwarded-For`` is appended to, ``X-Forwarded-Proto`` and
-  ``X-Forwarded-Host`` set; ``Host`` is the upstream's.
+  are dropped both ways (a websocket upgrade the client asked for aside: tunnelled);
+  ``X-Forwarded-For`` is appended to, ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` set.
+- The client's answer (:class:`Answer`) is the upstream's status line and header fields
+  as bytes, plus ``X-Trace-ID`` and the hop's framing; 1xx heads go ahead of it; trailers
+  only to a client that sent ``TE: trailers``.
 - The answer is streamed to the client chunk by chunk, with a bounded copy kept for the
   record (:class:`Capture`). A failure before the answer's head gives the client a 502
   (refused, reset, DNS) or 504 (timeout) with a JSON body; after it, the client connection
@@ -37,7 +43,7 @@ from graygate.errors import UpstreamError
 from graygate.vocabulary import ErrorKind, Role
 from proxy.tagging import TRACEPARENT, X_TRACE_ID, Tags
 from proxy.trust import is_proxy_header, peer_is_trusted
-from proxy.upstream import Pool
+from proxy.upstream import Pool, Response
 
 __all__ = [
     "HOP_BY_HOP",
@@ -48,6 +54,7 @@ __all__ = [
     "RequestBody",
     "Upstream",
     "accepts_trailers",
+    "asks_upgrade",
     "client_headers",
     "error_kind",
     "error_response",
@@ -182,6 +189,10 @@ def upstream_headers(
             for k, v in headers.items()
             if (low := k.lower()) not in drop and not is_proxy_header(low)
         ]
+    upgrade = asks_upgrade(request)
+    if upgrade is not None:  # hop-by-hop, but the client asked for it to reach the origin
+        out.append(("Connection", "Upgrade"))
+        out.append(("Upgrade", upgrade))
     out.append((gray_header, label))
     xff = headers.getall("X-Forwarded-For", None) if believed else None
     out.append(("X-Forwarded-For", f"{', '.join(xff)}, {remote}" if xff else remote))
@@ -221,6 +232,21 @@ def _names_origin(value: str, origin: str) -> bool:
     return (
         len(value) >= n and value[:n].lower() == origin and (len(value) == n or value[n] in "/?#")
     )
+
+
+def asks_upgrade(request: web.BaseRequest) -> str | None:
+    """The protocol the client asks to switch to (``Upgrade`` named in ``Connection``).
+
+    Only ``websocket``: aiohttp's request parser hands the bytes that follow the head to
+    the handler for that protocol only (others are parsed as HTTP, a guard against request
+    smuggling), so a request asking for another one is forwarded as a plain request."""
+    upgrade = request.headers.get("Upgrade")
+    connection = request.headers.get("Connection")
+    if not upgrade or not connection or upgrade.strip().lower() != "websocket":
+        return None
+    if "upgrade" not in {t.strip().lower() for t in connection.split(",")}:
+        return None
+    return upgrade
 
 
 def accepts_trailers(request: web.BaseRequest) -> bool:
@@ -269,6 +295,9 @@ class Answer(web.StreamResponse):
         if keep_alive is None:
             keep_alive = request.keep_alive
         framing = self._framing
+        if self.status == 101:
+            self._keep_alive = False  # the connection is the tunnel's now
+            return
         if self._must_be_empty_body:
             pass
         elif self._declared is not None:
@@ -332,6 +361,9 @@ def error_response(kind: str, role: str, trace_id: str) -> web.Response:
     )
 
 
+ENCODED_FACTOR: Final = 4
+
+
 class Capture:
     """What one upstream answered, as it came (headers as sent, body still encoded),
     with a copy of the body bounded at ``limit`` bytes."""
@@ -358,6 +390,14 @@ class Capture:
         self.latency: float | None = None  # seconds
         self.error: str | None = None
         self.client_gone = False
+
+    def encoded(self, headers: Mapping[str, str]) -> None:
+        """The body is compressed (``Content-Encoding``): keep up to ``ENCODED_FACTOR``
+        times the bound of it, so that the decoded copy can fill the bound (a compressed
+        stream cut at the bound decodes to far less, brotli to nothing of its last block)."""
+        coding = headers.get("Content-Encoding")
+        if coding and coding.strip().lower() != "identity":
+            self.limit *= ENCODED_FACTOR
 
     def add(self, chunk: bytes) -> None:
         room = self.limit - self.size
@@ -539,6 +579,9 @@ async def forward(
     try:
         capture.status = resp.status
         capture.headers = up_headers = resp.headers
+        capture.encoded(up_headers)
+        if resp.status == 101:
+            return await _switch(request, resp, upstream, trace_id, capture, start)
         # What of the body is here already goes out with the head, in one write; when
         # nothing is, the head goes out at once (a slow stream still shows its head).
         try:
@@ -548,7 +591,11 @@ async def forward(
             capture.error = kind = exc.kind
             capture.truncated = True
             return error_response(kind, upstream.role, trace_id)
-        redirect = (upstream.origin, f"{request.scheme}://{request.host}")
+        redirect = None
+        client_host = request.headers.get("Host")
+        if client_host and ("Location" in up_headers or "Content-Location" in up_headers):
+            # (not request.host: without a Host header it asks the resolver for our name)
+            redirect = (upstream.origin, f"{request.scheme}://{client_host}")
         out = Answer(
             resp.status,
             resp.reason,
@@ -596,9 +643,104 @@ async def forward(
                 await out.write_eof()  # trailers are dropped for a client that did not ask
         except ConnectionError:
             capture.client_gone = True
+        if request.transport is None:  # gone while the last bytes were on their way
+            capture.client_gone = True
         return out
     finally:
         resp.release()
+
+
+class _Pipe(asyncio.Protocol):
+    """One direction of a tunnel: what arrives on the upstream's transport is written to
+    the client's, with flow control both ways."""
+
+    def __init__(self, peer: asyncio.Transport, done: asyncio.Future[None]) -> None:
+        self.peer = peer
+        self.done = done
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.peer.is_closing():
+            self.peer.write(data)
+
+    def eof_received(self) -> bool:
+        if self.peer.can_write_eof() and not self.peer.is_closing():
+            self.peer.write_eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.peer.close()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def pause_writing(self) -> None:  # the upstream is full: stop reading the client
+        self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.peer.resume_reading()
+
+
+class _ClientFeed:
+    """Takes the client's bytes from aiohttp (its payload parser's place) to the upstream."""
+
+    def __init__(self, upstream: asyncio.Transport, done: asyncio.Future[None]) -> None:
+        self.upstream = upstream
+        self.done = done
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if not self.upstream.is_closing():
+            self.upstream.write(data)
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self.upstream.close()
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def _switch(
+    request: web.BaseRequest,
+    resp: Response,
+    upstream: Upstream,
+    trace_id: str,
+    capture: Capture,
+    start: float,
+) -> web.StreamResponse:
+    """The upstream switched protocols (101): relay the switch to a client that asked for
+    it and tunnel the bytes both ways until either side closes; else 502."""
+    capture.latency = _perf() - start
+    if asks_upgrade(request) is None:
+        capture.error = "error"  # a switch nobody asked for is not relayed
+        return error_response("error", upstream.role, trace_id)
+    up_headers = resp.headers
+    drop = _RESPONSE_DROP - {"connection", "upgrade"}
+    headers = [(k, v) for k, v in up_headers.items() if k.lower() not in drop]
+    headers.append((X_TRACE_ID, trace_id))
+    out = Answer(101, resp.reason, headers, immediate=True)
+    taken = resp.upgrade()
+    client = request.transport
+    if taken is None or client is None:
+        capture.error = "reset"
+        return error_response("reset", upstream.role, trace_id)
+    up_transport, early = taken
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    up_transport.set_protocol(_Pipe(client, done))
+    try:
+        await out.prepare(request)
+        if early:
+            client.write(early)
+        request.protocol.set_parser(_ClientFeed(up_transport, done))  # type: ignore[arg-type]
+        await done
+    except ConnectionError:
+        capture.client_gone = True
+    finally:
+        up_transport.close()
+        client.close()
+    return out
 
 
 async def fetch(
@@ -626,6 +768,7 @@ async def fetch(
         try:
             capture.status = resp.status
             capture.headers = resp.headers
+            capture.encoded(resp.headers)
             while chunk := await resp.read():
                 capture.add(chunk)
         finally:
@@ -634,5 +777,7 @@ async def fetch(
         raise
     except Exception as exc:
         capture.error = error_kind(exc)
+        if capture.status is not None:  # the head came, the body broke off
+            capture.truncated = True
     capture.latency = _perf() - start
     return capture

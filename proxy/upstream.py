@@ -10,8 +10,14 @@ A request is written in one ``transport.write`` (request line, ``Host``, the cal
 as given, in order, and the body when it is in memory); a streamed body goes out as it comes,
 chunked unless the caller's headers carry a ``Content-Length``. Nothing is added: no default
 header, no decompression, no redirect, no cookie. Answers are parsed by ``httptools`` (1xx
-skipped; HEAD, 204 and 304 have no body; content-length, chunked and read-until-close
-bodies) and handed to the caller as a :class:`Response` whose body is read chunk by chunk.
+handed to the caller's ``interim`` callback as bytes; HEAD, 204 and 304 have no body;
+content-length, chunked and read-until-close bodies; trailers in ``Response.trailers``)
+and handed to the caller as a :class:`Response` whose body is read chunk by chunk. No
+parser state outlives its answer; bytes after a complete answer are never parsed as part
+of it (the connection is dropped). The head is collected until its empty line and parsed
+in one piece (linear time), bounded by ``max_head_bytes`` and ``max_head_fields``, as are
+the chunk framing and trailers. A 101's connection leaves the pool through
+``Response.upgrade``.
 
 Time: one timer per request. ``send(..., idle=True)`` bounds every wait for the upstream's
 bytes by ``limit`` (the serving path: a long answer is fine as long as it keeps coming);
@@ -167,6 +173,9 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self.state
+        if state == _DONE and self.status == 101:
+            self.chunks.append(data)  # the upgraded protocol's bytes: Response.upgrade
+            return
         if state == _IDLE or state >= _DONE:
             # Bytes nobody asked for: the connection cannot be trusted any more.
             self.keep_alive = False
@@ -211,10 +220,15 @@ class _Connection(asyncio.Protocol):
             head = bytes(buf[:end])
             rest = bytes(buf[end:])
             buf.clear()
-            self.parser.feed_data(head)
+            try:
+                self.parser.feed_data(head)
+            except httptools.HttpParserUpgrade:
+                pass  # a 101 with Upgrade: on_headers_complete has taken it
             if self.state != _HEAD:  # the final head: what follows is its body
                 if rest and self.state == _BODY:
                     self._feed_body(rest)
+                elif rest and self.status == 101:
+                    self.chunks.append(rest)  # the upgraded protocol's first bytes
                 elif rest:
                     self.parser.feed_data(rest)  # on_message_begin refuses extra bytes
                 return
@@ -561,6 +575,27 @@ class Response:
         if conn is not None:
             self._conn = None
             conn.pool._release(conn)
+
+    def upgrade(self) -> tuple[asyncio.Transport, bytes] | None:
+        """Take the connection of a 101 answer out of the pool for the upgraded protocol:
+        its transport (give it a protocol of your own at once) and the bytes that came
+        after the head. None when the connection is gone."""
+        conn = self._conn
+        if conn is None or self.status != 101:
+            return None
+        self._conn = None
+        pool = conn.pool
+        pool.size -= 1
+        pool._wake_waiter()
+        transport = conn.transport
+        conn.transport = None
+        data = b"".join(conn.chunks)
+        conn.chunks.clear()
+        if transport is None or transport.is_closing():
+            return None
+        if conn._paused:
+            transport.resume_reading()
+        return transport, data
 
 
 def _encode_head(method: str, target: str, host: str, headers: Iterable[tuple[str, str]]) -> str:

@@ -183,8 +183,10 @@ def test_goroutine_leak_is_no_go_from_the_runtime_check(
     failed = _failed(doc)
     assert "runtime" in failed, failed
     assert "goroutine" in failed["runtime"]["detail"], failed["runtime"]
-    # The answers themselves are right: only the runtime gives the leak away.
-    assert set(failed) == {"runtime"}, failed
+    # The answers themselves are right: only the runtime gives the leak away (a backlog the
+    # workers have not caught up with yet is not blocking: it only withholds a GO).
+    blocking = {name for name, check in failed.items() if check["blocking"]}
+    assert blocking == {"runtime"}, failed
 
 
 @pytest.mark.parametrize("delay", ["30ms"])

@@ -14,7 +14,7 @@ from typing import Any
 import brotli
 import orjson
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession, WSMsgType, web
 from yarl import URL
 
 from graygate.errors import ConfigError
@@ -47,7 +47,8 @@ async def raw_request(base: str, data: bytes) -> bytes:
     try:
         writer.write(data)
         await writer.drain()
-        return await reader.read()
+        async with asyncio.timeout(20):
+            return await reader.read()
     finally:
         writer.close()
 
@@ -1078,3 +1079,178 @@ async def test_dot_segments_inside_the_base_path_and_options_asterisk_are_forwar
         b"GET /api/a/../b HTTP/1.1",
         b"OPTIONS * HTTP/1.1",
     ]
+
+
+# --- issue 9: upgrades are tunnelled both ways when the client asked --------------------
+
+
+async def test_websocket_is_tunnelled_and_its_handshake_recorded(client: ClientSession) -> None:
+    async def ws_echo(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await ws.send_str("echo:" + msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await ws.send_bytes(msg.data[::-1])
+        return ws
+
+    sink = Sink()
+    async with (
+        serve_app(handler_app(ws_echo)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        async with client.ws_connect(proxy + "/ws") as ws:
+            trace_id = ws._response.headers["X-Trace-ID"]
+            for i in range(3):
+                await ws.send_str(f"hello {i}")
+                assert await ws.receive_str() == f"echo:hello {i}"
+            big = bytes(range(256)) * 4096  # 1 MiB, both ways
+            await ws.send_bytes(big)
+            assert await ws.receive_bytes() == big[::-1]
+        (rec,) = await sink.wait()
+    assert rec.trace_id == trace_id
+    assert rec.primary is not None and rec.primary.status == 101
+    assert rec.mirror_skipped == "upgrade_not_mirrored"
+    assert rec.canary is None
+
+
+async def test_a_switch_the_client_did_not_ask_for_is_not_relayed() -> None:
+    answer = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n"
+    sink = Sink()
+    async with (
+        scripted_upstream([answer]) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c, mirror={"enabled": False}), sink) as proxy,
+    ):
+        raw = await raw_request(proxy, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        (rec,) = await sink.wait()
+    assert _status(raw) == 502
+    assert rec.primary is not None and rec.primary.status == 101 and rec.primary.error == "error"
+
+
+async def test_raw_upgrade_tunnel_carries_early_bytes_both_ways() -> None:
+    """A hand-rolled upgrade: the upstream sends protocol bytes in the 101's segment, the
+    client sends its own right after the request head (byte level: no frames needed)."""
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"\r\nUpgrade: websocket\r\n" in head and b"\r\nConnection: Upgrade\r\n" in head
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\n\r\nserver-hello;"
+        )
+        line = await reader.readuntil(b";")
+        writer.write(b"got " + line)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(run, "127.0.0.1", 0)
+    p = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    sink = Sink()
+    try:
+        async with (
+            serve_app(handler_app(echo)) as c,
+            proxy_for(make_cfg(p, c), sink) as proxy,
+        ):
+            raw = await raw_request(
+                proxy,
+                b"GET /chat HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
+                b"Upgrade: websocket\r\n\r\nclient-hello;",
+            )
+            await sink.wait()
+    finally:
+        server.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert (b"upgrade", b"websocket") in head_fields(raw)
+    assert rest == b"server-hello;got client-hello;"
+
+
+# --- issue 9: each exchange records what happened ---------------------------------------
+
+
+async def test_truncated_compressed_answer_fills_the_record_bound() -> None:
+    """A brotli answer bigger than the record bound: the record holds the bound's worth of
+    decoded bytes (not what a cut compressed stream decodes to), marked truncated."""
+    import os
+
+    text = os.urandom(200_000).hex().encode()  # 400 KB that compress about 2:1
+    for coding, encode in (("br", brotli.compress), ("gzip", gzip.compress)):
+        payload = encode(text)
+
+        async def primary(
+            request: web.Request, payload: bytes = payload, coding: str = coding
+        ) -> web.Response:
+            return web.Response(body=payload, headers={"Content-Encoding": coding})
+
+        sink = Sink()
+        limit = 100_000
+        async with (
+            serve_app(handler_app(primary)) as p,
+            serve_app(handler_app(primary)) as c,
+            proxy_for(make_cfg(p, c, record={"max_body_bytes": limit}), sink) as proxy,
+        ):
+            raw = await raw_request(
+                proxy, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+            )
+            assert raw.endswith(payload)  # the client gets every byte
+            (rec,) = await sink.wait()
+        for side in (rec.primary, rec.canary):
+            assert side is not None and side.body == text[:limit], coding
+            assert side.body_truncated
+
+
+async def test_canary_reset_mid_body_is_recorded_truncated() -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nonly part of it")
+        await writer.drain()
+        writer.transport.abort()  # reset mid-body
+
+    server = await asyncio.start_server(cut, "127.0.0.1", 0)
+    c = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    sink = Sink()
+    try:
+        async with (
+            serve_app(handler_app(echo)) as p,
+            proxy_for(make_cfg(p, c), sink) as proxy,
+        ):
+            raw = await raw_request(
+                proxy, b"GET /r HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+            )
+            assert _status(raw) == 200
+            (rec,) = await sink.wait()
+    finally:
+        server.close()
+    assert rec.canary is not None and rec.canary.status == 200
+    assert rec.canary.error == "reset" and rec.canary.body_truncated
+    assert rec.canary.body == b"only part of it"
+
+
+async def test_client_breaking_off_its_upload_leaves_a_record() -> None:
+    hits: list[str] = []
+
+    async def primary(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return await echo(request)
+
+    sink = Sink()
+    async with (
+        serve_app(handler_app(primary)) as p,
+        serve_app(handler_app(echo)) as c,
+        proxy_for(make_cfg(p, c), sink) as proxy,
+    ):
+        url = URL(proxy)
+        _, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(b"POST /cut HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\nabc")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        (rec,) = await sink.wait()
+    assert hits == []
+    assert rec.path == "/cut" and rec.mirror_skipped == "client_aborted"
+    assert rec.primary is not None and rec.primary.error == "reset"
+    assert rec.extra.get("client_disconnected") == "true"
+    assert rec.request_body == b"abc" or rec.request_body_truncated
