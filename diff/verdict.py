@@ -84,10 +84,10 @@ def find_noise(aggregates: RunAggregates, cfg: NoiseConfig) -> list[FieldNoise]:
     toward reporting). Canary rates are over all the endpoint's pairs, secondary rates
     over the pairs that had a secondary.
     """
-    canary: dict[tuple[str, str], int] = {}
-    secondary: dict[tuple[str, str], int] = {}
+    canary: dict[tuple[str, str, str], int] = {}
+    secondary: dict[tuple[str, str, str], int] = {}
     for f in aggregates.fields:
-        key = (f.endpoint, f.field)
+        key = (f.endpoint, f.field, f.kind)
         if f.against == "secondary":
             secondary[key] = secondary.get(key, 0) + f.exchanges
         elif f.judgement in _DIFFERING:
@@ -103,8 +103,10 @@ def find_noise(aggregates: RunAggregates, cfg: NoiseConfig) -> list[FieldNoise]:
     ]
     measurable = {t.endpoint for t in totals}
     candidates = [
-        FieldCounts(endpoint, field, canary=canary.get((endpoint, field), 0), secondary=n)
-        for (endpoint, field), n in sorted(secondary.items())
+        FieldCounts(
+            endpoint, field, canary=canary.get((endpoint, field, kind), 0), secondary=n, kind=kind
+        )
+        for (endpoint, field, kind), n in sorted(secondary.items())
         if n > 0 and endpoint in measurable
     ]
     return [f for f in judge_noise(candidates, totals, cfg) if f.is_noise]
@@ -130,7 +132,7 @@ def _top_fields(
     fields: Sequence[FieldCount],
     endpoint: str,
     judgement: str,
-    noise: frozenset[tuple[str, str]],
+    noise: frozenset[tuple[str, str, str]],
     n: int = 3,
 ) -> str:
     top = sorted(
@@ -140,9 +142,9 @@ def _top_fields(
             if f.endpoint == endpoint
             and f.against == "canary"
             and f.judgement == judgement
-            and (f.endpoint, f.field) not in noise
+            and (f.endpoint, f.field, f.kind) not in noise
         ),
-        key=lambda f: (-f.exchanges, f.field),
+        key=lambda f: (-f.exchanges, f.field, f.kind),
     )[:n]
     return ", ".join(f"{f.field} ({f.exchanges})" for f in top)
 
@@ -185,7 +187,7 @@ def _evidence(a: RunAggregates, cfg: VerdictConfig) -> Check:
 
 def _mismatch_check(
     a: RunAggregates,
-    noise: frozenset[tuple[str, str]],
+    noise: frozenset[tuple[str, str, str]],
     judgement: str,
     threshold: float,
     label: str,
@@ -442,7 +444,7 @@ def decide(
         vcfg, ncfg = cfg.verdict, cfg.compare.noise
     if noise is None:
         noise = find_noise(aggregates, ncfg)
-    noise_keys = frozenset((n.endpoint, n.field) for n in noise)
+    noise_keys = frozenset((n.endpoint, n.field, n.kind) for n in noise)
     checks = [
         _evidence(aggregates, vcfg),
         _mismatch_check(

@@ -180,6 +180,8 @@ class FieldCount:
     judgement: str  # Judgement: strict | tolerance | noise | waived
     exchanges: int  # distinct exchanges with such a difference
     differences: int = 0  # rows (an array field may differ several times in one exchange)
+    # value | type | missing | extra | order | length | status | header | body ("" unknown)
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,8 +269,12 @@ class RunAggregates:
     # (store.aggregates.fetch_mismatch_counts); None: EndpointCounts' strict_pairs /
     # tolerance_pairs stand (no noise field carries a mismatch, nothing was waived).
     mismatches: Mapping[str, MismatchCounts] | None = None
-    # The (endpoint, field) pairs found to be noise in this evaluation (diff.verdict.find_noise).
+    # The (endpoint, field) pairs found to be noise in this evaluation (diff.verdict.find_noise),
+    # for display: a field is noise for one kind of difference only (see noise_keys).
     noise_fields: frozenset[tuple[str, str]] = frozenset()
+    # The (endpoint, field, kind) triples found to be noise: a value change on a noisy field
+    # is noise; a type change, a missing or an extra field there is not (issue 8 item 1).
+    noise_keys: frozenset[tuple[str, str, str]] = frozenset()
     # Per-endpoint latency percentiles, when read (the report and the API read them).
     endpoint_latency: Mapping[str, EndpointLatency] = field(default_factory=dict)
     runtime: Sequence[Any] = ()  # runtime samples, as store.runtime_samples.fetch_samples returns
@@ -307,7 +313,8 @@ class RunAggregates:
             and (
                 f.judgement == Judgement.NOISE
                 or (
-                    f.judgement in FAILURE_JUDGEMENTS and (f.endpoint, f.field) in self.noise_fields
+                    f.judgement in FAILURE_JUDGEMENTS
+                    and (f.endpoint, f.field, f.kind) in self.noise_keys
                 )
             )
         )

@@ -197,8 +197,9 @@ async def fetch_endpoint_counts(conn: AsyncConnection, run_id: int) -> list[Endp
 
 
 async def fetch_field_counts(conn: AsyncConnection, run_id: int) -> list[FieldCount]:
-    """Differences grouped by (endpoint, field, against, judgement): distinct exchanges and
-    rows. Streams over ix_differences_field_counts in key order (no sort, no hash)."""
+    """Differences grouped by (endpoint, field, against, judgement, kind): distinct
+    exchanges and rows. The kind of difference (value, type, missing...) is part of the
+    key because noise is found per kind (a noisy value never excuses a type change)."""
     d = differences.c
     stmt = (
         sa.select(
@@ -206,12 +207,13 @@ async def fetch_field_counts(conn: AsyncConnection, run_id: int) -> list[FieldCo
             d.field,
             d.against,
             d.judgement,
+            d.kind,
             sa.func.count(sa.distinct(d.exchange_id)).label("exchanges"),
             sa.func.count().label("differences"),
         )
         .where(d.run_id == run_id)
-        .group_by(d.endpoint, d.field, d.against, d.judgement)
-        .order_by(d.endpoint, d.field, d.against, d.judgement)
+        .group_by(d.endpoint, d.field, d.against, d.judgement, d.kind)
+        .order_by(d.endpoint, d.field, d.against, d.judgement, d.kind)
     )
     rows = (await conn.execute(stmt)).all()
     return [
@@ -222,22 +224,24 @@ async def fetch_field_counts(conn: AsyncConnection, run_id: int) -> list[FieldCo
             judgement=r.judgement,
             exchanges=int(r.exchanges),
             differences=int(r.differences),
+            kind=r.kind,
         )
         for r in rows
     ]
 
 
 async def fetch_mismatch_counts(
-    conn: AsyncConnection, run_id: int, exclude: Collection[tuple[str, str]]
+    conn: AsyncConnection, run_id: int, exclude: Collection[tuple[str, str, str]]
 ) -> dict[str, MismatchCounts]:
     """Per endpoint: pairs with a strict mismatch / tolerance violation against the canary
-    in a field outside ``exclude`` ((endpoint, field) pairs, e.g. the noise fields)."""
+    outside ``exclude`` ((endpoint, field, kind) triples, e.g. the noise keys: a difference
+    of another kind in a noise field still counts)."""
     d = differences.c
     cond = (
         (d.run_id == run_id) & (d.against == Against.CANARY) & d.judgement.in_(FAILURE_JUDGEMENTS)
     )
     if exclude:
-        cond = cond & sa.tuple_(d.endpoint, d.field).not_in(sorted(exclude))
+        cond = cond & sa.tuple_(d.endpoint, d.field, d.kind).not_in(sorted(exclude))
     stmt = (
         sa.select(
             d.endpoint,
