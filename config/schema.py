@@ -360,6 +360,9 @@ class VerdictConfig(_Frozen):
     max_unrecorded_rate: float = Field(default=0.01, ge=0.0, le=1.0)
     # Recorded exchanges not judged yet, over those recorded: above this, no GO.
     max_backlog_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    # share of compared exchanges (pairs + unjudgeable) a truncated body left unjudged above
+    # which the verdict is INCONCLUSIVE (never GO)
+    max_unjudgeable_rate: float = Field(default=0.01, ge=0.0, le=1.0)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
 
 

@@ -15,10 +15,15 @@ Order of judgement::
              larger than ``compare.max_body_bytes`` (either side) is compared as bytes
 
 Bodies whose bytes are equal are equal: that check comes first and is all the equal case
-costs. A body recorded truncated cannot be judged under path rules: the common prefix is
-compared as bytes and a difference says ``truncated`` in its rule; it is judged ``strict``
-only when that comparison is exact (a text or bytes body, or JSON with no path rules), else
-``tolerance`` (it never counts as a certain strict mismatch). Text and bytes bodies are
+costs -- unless either body was recorded truncated (``Answer.body_truncated``): equal
+prefixes say nothing about what was cut. Status and headers are judged as always; the body
+is judged only where that is certain: a text or bytes body whose kept bytes differ, or
+whose complete side ended first, is one ``strict`` difference; anything else (a JSON body,
+whose path rules cannot apply to a partial document; equal prefixes of cut bodies) is one
+``unjudgeable`` body difference, which makes the exchange ``unjudgeable`` (never a match,
+never a mismatch; the verdict's ``judgeable`` check bounds how many there may be). If the
+recorder ever stores a digest (and length) of the complete bodies, equal digests would
+make a truncated pair a certain match and could refine this. Text and bytes bodies are
 judged by the judge of ``$`` (``ignore: ["$"]`` or ``default: ignore`` skips them).
 
 JSON: parsing
@@ -911,7 +916,8 @@ def _walk(a: Any, b: Any, rules: RuleSet, out: list[Difference], guard: bool = F
 def _compare_body(primary: Answer, other: Answer, rules: RuleSet, out: list[Difference]) -> None:
     a_raw = primary.body or b""
     b_raw = other.body or b""
-    if a_raw == b_raw:
+    truncated = primary.body_truncated or other.body_truncated
+    if a_raw == b_raw and not truncated:
         return
     root_info = rules.root.info
     root_judge: Judge = root_info.judge or rules.default
@@ -927,8 +933,8 @@ def _compare_body(primary: Answer, other: Answer, rules: RuleSet, out: list[Diff
         first = a_raw[:64].lstrip(_BOM + b" \t\r\n")[:1] or b_raw[:64].lstrip(_BOM + b" \t\r\n")[:1]
         mode = "sniff-json" if first in (b"{", b"[") else "text"
 
-    if primary.body_truncated or other.body_truncated:
-        _compare_truncated(primary, other, a_raw, b_raw, mode, rules, root_judge, out)
+    if truncated:
+        _compare_truncated(primary, other, a_raw, b_raw, mode, root_judge, out)
         return
 
     if mode in ("json", "sniff-json"):
@@ -989,19 +995,22 @@ def _compare_truncated(
     a_raw: bytes,
     b_raw: bytes,
     mode: str,
-    rules: RuleSet,
     root_judge: Judge,
     out: list[Difference],
 ) -> None:
+    """One body at least was cut by the recorder: judge what is certain, flag the rest."""
     n = min(len(a_raw), len(b_raw))
     differs = a_raw[:n] != b_raw[:n]
     if not differs:
         # Equal prefixes: they differ for sure only if a complete body ended first.
         shorter = primary if len(a_raw) < len(b_raw) else other
         differs = len(a_raw) != len(b_raw) and not shorter.body_truncated
-    if not differs:
+    # Bytes and text are compared exactly, so differing kept bytes are a certain strict
+    # difference. JSON is not (key order, spacing, ignored fields): a cut JSON body, and
+    # any cut body whose kept bytes agree, cannot be judged.
+    exact = differs and mode not in ("json", "sniff-json")
+    if exact and root_judge.kind == "ignore":
         return
-    exact = mode not in ("json", "sniff-json") or rules.plain
     pos = 0
     while pos < n and a_raw[pos] == b_raw[pos]:
         pos += 1
@@ -1014,15 +1023,18 @@ def _compare_truncated(
             "truncated": side.body_truncated,
         }
 
-    how = "" if exact else "; path rules cannot apply to a partial JSON body"
-    out.append(
-        _body_diff(
-            show(a_raw, primary),
-            show(b_raw, other),
-            "strict" if exact else "tolerance",
-            f"{_strict_text(root_judge)}, truncated: compared the first {n} bytes{how}",
+    if exact:
+        judgement = "strict"
+        rule = f"{_strict_text(root_judge)}, truncated: the first {n} bytes differ"
+    else:
+        judgement = "unjudgeable"
+        why = (
+            "path rules cannot apply to a partial JSON body"
+            if mode in ("json", "sniff-json")
+            else "the cut part is unknown"
         )
-    )
+        rule = f"body recorded truncated: not judgeable ({why})"
+    out.append(_body_diff(show(a_raw, primary), show(b_raw, other), judgement, rule))
 
 
 def compare(primary: Answer, other: Answer, rules: RuleSet) -> list[Difference]:

@@ -19,6 +19,9 @@ latency    yes        the canary is slower with Mann-Whitney p < ``alpha`` AND i
                       p99 exceeds the primary's by more than ``max_increase``; skipped
                       under ``min_samples``
 recording  no         unrecorded / (recorded + unrecorded) exceeds ``max_unrecorded_rate``
+backlog    no         recorded but not yet judged exceeds ``max_backlog_rate``
+judgeable  no         exchanges whose truncated body could not be judged / (pairs + those)
+                      exceeds ``max_unjudgeable_rate`` (the worst endpoint is named)
 runtime    by config  see ``diff.runtime_checks``
 ========== ========== =================================================================
 
@@ -395,6 +398,31 @@ def _backlog_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
     return Check("backlog", passed, round(rate, 6), threshold, detail, blocking=False)
 
 
+def _judgeable_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
+    """Exchanges a truncated body left not judgeable (``diff.compare``): they are neither
+    matches nor mismatches; above ``max_unjudgeable_rate`` of the compared exchanges
+    (pairs + unjudgeable) the judged ones may hide what was cut, so INCONCLUSIVE, never GO."""
+    threshold = cfg.max_unjudgeable_rate
+    bad = sum(e.unjudgeable for e in a.endpoints)
+    compared = a.pairs + bad
+    if compared == 0:
+        return Check("judgeable", None, 0, threshold, "nothing compared yet", blocking=False)
+    rate = bad / compared
+    detail = f"{bad} of {compared} compared exchanges not judgeable (truncated body)"
+    detail += f" ({_pct(rate)})"
+    passed = rate <= threshold + 1e-12
+    if not passed:
+        worst = max(
+            (e for e in a.endpoints if e.unjudgeable),
+            key=lambda e: (e.unjudgeable / (e.pairs + e.unjudgeable), e.endpoint),
+        )
+        detail += (
+            f": above {_pct(threshold)}; worst {worst.endpoint} "
+            f"{worst.unjudgeable}/{worst.pairs + worst.unjudgeable}"
+        )
+    return Check("judgeable", passed, round(rate, 6), threshold, detail, blocking=False)
+
+
 # Preflight findings that make a canary unfit for production traffic whatever its answers
 # (a readiness rule). Health findings are reported only: they describe the moment serve
 # started, and the traffic since shows whether the canary answers.
@@ -466,6 +494,7 @@ def decide(
         _latency_check(aggregates, vcfg),
         _recording_check(aggregates, vcfg),
         _backlog_check(aggregates, vcfg),
+        _judgeable_check(aggregates, vcfg),
     ]
     if runtime is not None:
         checks.append(runtime)

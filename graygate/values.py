@@ -160,6 +160,7 @@ class EndpointCounts:
     match: int = 0
     differ: int = 0
     noise_only: int = 0  # every difference was noise in that exchange
+    unjudgeable: int = 0  # both answered, but a truncated body left part of it unjudged
     secondary_pairs: int = 0  # pairs also compared with a secondary
     skipped: int = 0
     errors: int = 0  # outcome error: a transport failure on one side

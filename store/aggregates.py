@@ -12,6 +12,8 @@ Outcome vocabulary (set by the diff workers, ``store.judgement``):
 - ``match`` / ``differ`` / ``noise_only``: a *pair*: both the primary and the canary answered
   and were compared (``noise_only``: every difference was noise in that exchange, the
   secondary differing at the same field);
+- ``unjudgeable``: both answered and nothing certain differs, but a body was recorded
+  truncated, so part of the answer could not be judged (not a pair, never a match);
 - ``skipped``: nothing to compare (the mirror was skipped, or the other side left no trace);
 - ``error``: one side failed in transport (timeout, refused, reset), so no pair.
 """
@@ -174,6 +176,7 @@ async def fetch_endpoint_counts(conn: AsyncConnection, run_id: int) -> list[Endp
             n(c.outcome == Outcome.MATCH).label("match"),
             n(c.outcome == Outcome.DIFFER).label("differ"),
             n(c.outcome == Outcome.NOISE_ONLY).label("noise_only"),
+            n(c.outcome == Outcome.UNJUDGEABLE).label("unjudgeable"),
             n(pair & c.with_secondary).label("secondary_pairs"),
             n(c.outcome == Outcome.SKIPPED).label("skipped"),
             n(c.outcome == Outcome.ERROR).label("errors"),

@@ -104,10 +104,11 @@ def test_all_checks_pass_gives_go() -> None:
         "latency",
         "recording",
         "backlog",
+        "judgeable",
     ]
     assert r.extra["summary"]["pairs"] == 210
     d = r.as_dict()
-    assert d["verdict"] == "GO" and len(d["checks"]) == 8
+    assert d["verdict"] == "GO" and len(d["checks"]) == 9
 
 
 # --------------------------------------------------------------------------- evidence
