@@ -15,9 +15,11 @@ noise      no         never: reports the fields that differ by nature (a seconda
                       them), which the two checks above leave out
 errors     yes        the canary's 5xx + transport-error rate exceeds the primary's by
                       more than ``max_error_rate_increase``
-latency    yes        the canary is slower with Mann-Whitney p < ``alpha`` AND its p50 or
-                      p99 exceeds the primary's by more than ``max_increase``; skipped
-                      under ``min_samples``
+latency    yes        per endpoint with ``min_samples`` pairs: the canary is slower with
+                      Mann-Whitney p < ``alpha`` AND its p50 or p99 exceeds the primary's
+                      by more than ``max_increase``; endpoints with fewer pairs undecided
+                      (INCONCLUSIVE) above ``max_unjudged_share`` of the pairs; skipped
+                      under ``min_samples`` pairs in all
 recording  no         unrecorded / (recorded + unrecorded) exceeds ``max_unrecorded_rate``
 backlog    no         recorded but not yet judged exceeds ``max_backlog_rate``
 judgeable  no         exchanges whose truncated body could not be judged / (pairs + those)
@@ -36,13 +38,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from config.schema import GraygateConfig, JudgingConfig, NoiseConfig, VerdictConfig
+from config.schema import (
+    GraygateConfig,
+    JudgingConfig,
+    LatencyConfig,
+    NoiseConfig,
+    VerdictConfig,
+)
 from diff.noise import EndpointTotals, FieldCounts, FieldNoise, judge_noise
 from diff.stats import compare_latency, ratio
 from graygate.values import (
     Check,
     EndpointCounts,
     FieldCount,
+    LatencySample,
     PreflightFinding,
     RunAggregates,
     Verdict,
@@ -298,9 +307,19 @@ def _errors_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
 
 
 def _latency_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
+    """Latency per endpoint: each endpoint with ``min_samples`` pairs in the sample is
+    judged on its own (Mann-Whitney and the margin), so a slow endpoint carrying a tenth of
+    the traffic is not averaged away; the check fails naming the endpoints that fail.
+    Endpoints with fewer pairs are reported, and leave the check undecided (INCONCLUSIVE)
+    only when they carry more than ``max_unjudged_share`` of the sampled pairs. A sample
+    without endpoints (or with fewer than ``min_samples`` pairs in all) is judged pooled."""
     lat = cfg.latency
     s = a.latency
-    threshold = {"max_increase": lat.max_increase, "alpha": lat.alpha}
+    threshold = {
+        "max_increase": lat.max_increase,
+        "alpha": lat.alpha,
+        "max_unjudged_share": lat.max_unjudged_share,
+    }
     n = min(len(s.primary_ms), len(s.canary_ms))
     if n < lat.min_samples:
         return Check(
@@ -311,6 +330,76 @@ def _latency_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
             f"skipped: {n} latency pairs, need {lat.min_samples}",
             blocking=False,
         )
+    if len(s.endpoints) != n:
+        return _latency_pooled(s, lat, threshold)
+    groups: dict[str, tuple[list[float], list[float]]] = {}
+    for ep, p, c in zip(s.endpoints, s.primary_ms, s.canary_ms, strict=False):
+        g = groups.setdefault(ep, ([], []))
+        g[0].append(p)
+        g[1].append(c)
+    judged: list[tuple[str, bool, float, str]] = []  # endpoint, fails, increase, detail
+    small: list[tuple[str, int]] = []
+    for ep in sorted(groups):
+        p_ms, c_ms = groups[ep]
+        if len(p_ms) < lat.min_samples:
+            small.append((ep, len(p_ms)))
+            continue
+        fails, increase, detail = _latency_of(p_ms, c_ms, lat)
+        judged.append((ep, fails, increase, f"{ep}: {detail}"))
+    unjudged = sum(k for _, k in small)
+    share = unjudged / n
+    small_text = ""
+    if small:
+        shown = ", ".join(f"{ep} ({k})" for ep, k in small[:5])
+        more = f" and {len(small) - 5} more" if len(small) > 5 else ""
+        small_text = (
+            f"; too few pairs to judge (< {lat.min_samples}): {shown}{more}, "
+            f"{_pct(share)} of the sampled pairs"
+        )
+    increases = [x[2] for x in judged if math.isfinite(x[2])]
+    observed = round(max(increases), 6) if increases else None
+    failing = [x for x in judged if x[1]]
+    if failing:
+        detail = f"canary slower by more than {_pct(lat.max_increase)} in " + "; ".join(
+            x[3] for x in failing[:5]
+        )
+        if len(failing) > 5:
+            detail += f"; and {len(failing) - 5} more endpoint(s)"
+        return Check("latency", False, observed, threshold, detail + small_text)
+    if not judged or share > lat.max_unjudged_share + 1e-12:
+        detail = (
+            f"{len(judged)} endpoint(s) judged, none slower"
+            + small_text
+            + f": above {_pct(lat.max_unjudged_share)}, latency not decided"
+        )
+        return Check("latency", None, observed, threshold, detail)
+    worst = max(judged, key=lambda x: (x[2] if math.isfinite(x[2]) else -1.0, x[0]))
+    detail = f"{len(judged)} endpoint(s) judged, none slower; worst {worst[3]}" + small_text
+    return Check("latency", True, observed, threshold, detail)
+
+
+def _latency_of(
+    primary_ms: Sequence[float], canary_ms: Sequence[float], lat: LatencyConfig
+) -> tuple[bool, float, str]:
+    """(fails, relative increase, detail) of one endpoint's latency sample."""
+    c = compare_latency(primary_ms, canary_ms)
+    significant = c.test.p_value < lat.alpha
+    too_slow = beyond_margin(
+        (c.primary_p50, c.canary_p50),
+        (c.primary_p99, c.canary_p99),
+        lat.max_increase,
+        lat.min_increase_ms,
+    )
+    detail = (
+        f"p50 {c.primary_p50:.3g} -> {c.canary_p50:.3g} ms (x{_fmt_ratio(c.p50_ratio)}), "
+        f"p99 {c.primary_p99:.3g} -> {c.canary_p99:.3g} ms (x{_fmt_ratio(c.p99_ratio)}), "
+        f"Mann-Whitney U p={c.test.p_value:.3g}, n={c.n_primary}"
+    )
+    return significant and too_slow, c.increase, detail
+
+
+def _latency_pooled(s: LatencySample, lat: LatencyConfig, threshold: dict[str, float]) -> Check:
+    """The whole sample as one population (a sample that does not say its endpoints)."""
     pcts = None
     if None not in (s.primary_p50, s.primary_p99, s.canary_p50, s.canary_p99):
         pcts = (

@@ -203,13 +203,22 @@ class LatencySample:
     primary_p99: float | None = None
     canary_p50: float | None = None
     canary_p99: float | None = None
+    # The endpoint of each pair, aligned with primary_ms / canary_ms (empty: not known, the
+    # latency check then pools the sample).
+    endpoints: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, primary_ms: Sequence[float], canary_ms: Sequence[float]) -> LatencySample:
+    def of(
+        cls,
+        primary_ms: Sequence[float],
+        canary_ms: Sequence[float],
+        endpoints: Sequence[str] = (),
+    ) -> LatencySample:
         """A sample with its percentiles computed here (as percentile_cont would)."""
         return cls(
             primary_ms=tuple(primary_ms),
             canary_ms=tuple(canary_ms),
+            endpoints=tuple(endpoints),
             primary_p50=_percentile_cont(primary_ms, 0.5),
             primary_p99=_percentile_cont(primary_ms, 0.99),
             canary_p50=_percentile_cont(canary_ms, 0.5),

@@ -268,10 +268,13 @@ async def fetch_mismatch_counts(
 async def fetch_latency_sample(
     conn: AsyncConnection, run_id: int, limit: int = LATENCY_SAMPLE_SIZE
 ) -> LatencySample:
-    """The latencies of the run's ``limit`` most recent pairs, with p50/p99 of each side."""
+    """The latencies of the run's ``limit`` most recent pairs, with p50/p99 of each side
+    and each pair's endpoint (the latency check judges each endpoint on its own)."""
     e = exchanges.c
     recent = (
-        sa.select(e.primary_latency_ms.label("p"), e.canary_latency_ms.label("c"))
+        sa.select(
+            e.primary_latency_ms.label("p"), e.canary_latency_ms.label("c"), e.endpoint.label("ep")
+        )
         .where(
             e.run_id == run_id,
             e.outcome.in_(PAIR_OUTCOMES),
@@ -294,6 +297,7 @@ async def fetch_latency_sample(
         pct(s.p, 0.99),
         pct(s.c, 0.5),
         pct(s.c, 0.99),
+        sa.func.array_agg(s.ep),
     )
     row = (await conn.execute(stmt)).one()
     return LatencySample(
@@ -303,6 +307,7 @@ async def fetch_latency_sample(
         primary_p99=row[3],
         canary_p50=row[4],
         canary_p99=row[5],
+        endpoints=tuple(row[6] or ()),
     )
 
 
