@@ -381,6 +381,10 @@ class LatencyConfig(_Frozen):
     # A shift smaller than this many milliseconds is never a regression (a 2 ms endpoint
     # 0.3 ms slower passes whatever the ratio).
     min_increase_ms: float = Field(default=0.5, ge=0.0, le=60_000.0)
+    # Each endpoint with min_samples pairs is judged on its own; endpoints with fewer are
+    # reported, and make the check INCONCLUSIVE only when they carry more than this share
+    # of the sampled pairs.
+    max_unjudged_share: float = Field(default=0.05, ge=0.0, le=1.0)
 
 
 class VerdictConfig(_Frozen):
@@ -392,6 +396,9 @@ class VerdictConfig(_Frozen):
     max_unrecorded_rate: float = Field(default=0.01, ge=0.0, le=1.0)
     # Recorded exchanges not judged yet, over those recorded: above this, no GO.
     max_backlog_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    # share of compared exchanges (pairs + unjudgeable) a truncated body left unjudged above
+    # which the verdict is INCONCLUSIVE (never GO)
+    max_unjudgeable_rate: float = Field(default=0.01, ge=0.0, le=1.0)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
 
 

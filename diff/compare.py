@@ -15,23 +15,36 @@ Order of judgement::
              larger than ``compare.max_body_bytes`` (either side) is compared as bytes
 
 Bodies whose bytes are equal are equal: that check comes first and is all the equal case
-costs. A body recorded truncated cannot be judged under path rules: the common prefix is
-compared as bytes and a difference says ``truncated`` in its rule; it is judged ``strict``
-only when that comparison is exact (a text or bytes body, or JSON with no path rules), else
-``tolerance`` (it never counts as a certain strict mismatch). Text and bytes bodies are
+costs -- unless either body was recorded truncated (``Answer.body_truncated``): equal
+prefixes say nothing about what was cut. Status and headers are judged as always; the body
+is judged only where that is certain: a text or bytes body whose kept bytes differ, or
+whose complete side ended first, is one ``strict`` difference; anything else (a JSON body,
+whose path rules cannot apply to a partial document; equal prefixes of cut bodies) is one
+``unjudgeable`` body difference, which makes the exchange ``unjudgeable`` (never a match,
+never a mismatch; the verdict's ``judgeable`` check bounds how many there may be). If the
+recorder ever stores a digest (and length) of the complete bodies, equal digests would
+make a truncated pair a certain match and could refine this. Text and bytes bodies are
 judged by the judge of ``$`` (``ignore: ["$"]`` or ``default: ignore`` skips them).
 
 JSON: parsing
 -------------
-Both bodies are read as if by one parser: orjson, unless it refuses a body or the body may
-hold an integer beyond 64 bits (orjson rounds those to floats; a C-speed scan for a run of
-19 digits decides), then the standard library, which keeps integers exact and reads the
+Both bodies are read as if by one parser: orjson first; the standard library when orjson
+refuses a body, or when the body holds an integer beyond 64 bits (orjson reads those as
+floats, rounded). The standard library keeps integers exact and reads the
 non-standard constants ``NaN``, ``Infinity`` and ``-Infinity`` as named constants: equal to
 the same constant only (identical ``NaN`` s are equal; ``NaN`` against ``null``, or
 ``Infinity`` against ``-Infinity``, differ). A leading UTF-8 byte order mark is dropped. Two
 blank bodies (empty, whitespace) are equal. A body neither parser reads (not JSON, or nested
 deeper than 1024 levels) is compared as text in ``sniff`` mode and is one strict ``body``
 difference in ``json`` mode.
+
+Big integers cost nothing on ordinary documents: the first walk is *guarded*. A rounded big
+integer can only show as a float of magnitude 2**63 or more, so wherever the walk would
+conclude "equal" (or judge a number) with such a float involved, or finds two containers
+equal by their serialisation and that serialisation holds an exponent (``e+``, how orjson
+writes every float from 1e16 up), it stops; only then are both bodies scanned for a run of
+19 digits, and if one is found both are read again exactly and walked again (else the same
+trees are walked unguarded). Floats below 1e16 are never rounded integers.
 
 JSON: the walk
 --------------
@@ -97,6 +110,18 @@ _MISSING: Any = object()
 
 # Type classes: what counts as the same JSON type (int and float are both numbers).
 _NUM, _STR, _BOOL, _NULL, _OBJ, _ARR = range(6)
+
+
+_BIG = 2.0**63  # floats at or beyond this magnitude may be integers orjson rounded
+_EXPONENT = b"e+"  # orjson writes floats from 1e16 up with a positive exponent
+
+
+class _MaybeRounded(Exception):
+    """A guarded walk met a float that may be a rounded big integer (see _loads)."""
+
+
+def _big_float(v: Any) -> bool:
+    return type(v) is float and not -_BIG < v < _BIG
 
 
 class _NonFinite(float):
@@ -166,12 +191,15 @@ class _Walker:
     thousands of levels deep is judged with the same rules as a shallow one.
     """
 
-    __slots__ = ("cap", "more", "out", "todo")
+    __slots__ = ("cap", "guard", "more", "out", "todo")
 
-    def __init__(self, out: list[Difference], cap: int = MAX_DIFFERENCES) -> None:
+    def __init__(
+        self, out: list[Difference], cap: int = MAX_DIFFERENCES, guard: bool = False
+    ) -> None:
         self.out = out
         self.more = 0
         self.cap = cap
+        self.guard = guard  # raise _MaybeRounded where a rounded big integer could matter
         self.todo: list[tuple[Any, Any, Location, MatchState, Judge]] = []
 
     def run(self, a: Any, b: Any, loc: Location, st: MatchState, j: Judge) -> None:
@@ -233,6 +261,8 @@ class _Walker:
             return
         ca = _TYPE_CLASS.get(ta)
         cb = _TYPE_CLASS.get(tb)
+        if self.guard and (_big_float(a) or _big_float(b)):
+            raise _MaybeRounded
         if ca != cb:
             if ca == _STR and cb == _STR:  # pragma: no cover - str subclasses do not occur
                 pass
@@ -295,6 +325,8 @@ class _Walker:
             elif va == vb:
                 tvb = type(vb)
                 if tva is tvb or not (tva is bool or tvb is bool):
+                    if (tva is float or tvb is float) and self.guard and not -_BIG < va < _BIG:
+                        raise _MaybeRounded
                     continue  # equal (1 == 1.0 included); True against 1 is walked below
             if vb is _MISSING:
                 missing += 1
@@ -310,12 +342,17 @@ class _Walker:
                 differ = True
             else:
                 try:
-                    differ = _dumps(conts_a) != _dumps(conts_b)
+                    dumped = _dumps(conts_a)
+                    differ = dumped != _dumps(conts_b)
                 except orjson.JSONEncodeError:
                     differ = True
+                else:
+                    if not differ and self.guard and _EXPONENT in dumped:
+                        raise _MaybeRounded
             if differ:
+                guard = self.guard
                 for k, va, vb in zip(keys, conts_a, conts_b, strict=True):
-                    if not _same_container(va, vb):
+                    if not _same_container(va, vb, guard):
                         kids.append((va, vb, (*loc, k), named_get(k, other), j))
         if len(b) > len(a) - missing:
             for k, vb in b.items():
@@ -329,7 +366,7 @@ class _Walker:
         """A plain array: element by element, then one ``length`` difference."""
         kids = []
         for i, (va, vb) in enumerate(zip(a, b)):  # noqa: B905 - lengths differ on purpose
-            if not _same(va, vb):
+            if not _same(va, vb, self.guard):
                 kids.append((va, vb, (*loc, i), st.index(i), j))
         la, lb = len(a), len(b)
         if la != lb:
@@ -355,8 +392,9 @@ class _Walker:
         position)."""
         key = spec.key
         assert key is not None
-        keys_a = [_key_of(x, key) for x in a]
-        keys_b = [_key_of(x, key) for x in b]
+        guard = self.guard
+        keys_a = [_key_of(x, key, guard) for x in a]
+        keys_b = [_key_of(x, key, guard) for x in b]
         count_a: dict[Any, int] = {}
         for k in keys_a:
             count_a[k] = count_a.get(k, 0) + 1
@@ -392,7 +430,7 @@ class _Walker:
         for i, k in pairs:
             va = a[i]
             vb = b[k]
-            if not _same(va, vb):
+            if not _same(va, vb, guard):
                 kids.append((va, vb, (*loc, i), st.index(i), j))
         if rest_a or rest_b:
             more_pairs, extra_a, extra_b = self.match_rest(a, b, rest_a, rest_b, loc, st, j)
@@ -453,9 +491,10 @@ class _Walker:
         """
         by_b: dict[Any, list[int]] = {}
         frozen_ok = True
+        guard = self.guard
         try:
             for k in idx_b:
-                by_b.setdefault(_freeze(b[k]), []).append(k)
+                by_b.setdefault(_freeze(b[k], guard), []).append(k)
         except RecursionError:
             frozen_ok = False
             by_b = {}
@@ -465,7 +504,7 @@ class _Walker:
         if frozen_ok:
             try:
                 for i in idx_a:
-                    found = by_b.get(_freeze(a[i]))
+                    found = by_b.get(_freeze(a[i], guard))
                     if found:
                         found.pop()
                     else:
@@ -483,7 +522,7 @@ class _Walker:
             ea = a[i]
             for k in lone_b:
                 eb = b[k]
-                probe = _Walker([], cap=_PAIR_PROBE_CAP)
+                probe = _Walker([], cap=_PAIR_PROBE_CAP, guard=guard)
                 probe.run(ea, eb, (*loc, i), st.index(i), j)
                 n = len(probe.out) + probe.more
                 if n == 0 or _alike(ea, eb, n):
@@ -570,26 +609,38 @@ def _strict_text(j: Judge) -> str:
     return f"{j.text} (not a numeric difference)" if j.kind == "tolerance" else j.text
 
 
-def _same_container(a: Any, b: Any) -> bool:
+def _same_container(a: Any, b: Any, guard: bool = False) -> bool:
     """Two dicts (or two lists) equal as JSON values. Serialising is the C-speed way to
     compare with JSON's types (``==`` would take True for 1); where the bytes differ only
     by key order it says equal too; a number printed ``10.0`` against ``10`` makes it say
     no, and the walker then looks (and finds no difference)."""
     try:
-        if _dumps(a) == _dumps(b):
+        da = _dumps(a)
+        if da == _dumps(b):
+            if guard and _EXPONENT in da:
+                raise _MaybeRounded
             return True
-        return bool(a == b) and _dumps(a, option=_SORT) == _dumps(b, option=_SORT)
+        if not (a == b):
+            return False
+        sa = _dumps(a, option=_SORT)
+        if sa != _dumps(b, option=_SORT):
+            return False
+        if guard and _EXPONENT in sa:
+            raise _MaybeRounded
+        return True
     except (orjson.JSONEncodeError, RecursionError):  # non-finite constants, or very deep
         return False
 
 
-def _same(a: Any, b: Any) -> bool:
+def _same(a: Any, b: Any, guard: bool = False) -> bool:
     """Equal as JSON values: 1 and 1.0 alike, True and 1 not (for the walker's fast path)."""
     ta = type(a)
     if ta is dict or ta is list:
-        return type(b) is ta and _same_container(a, b)
+        return type(b) is ta and _same_container(a, b, guard)
     if a == b:
         tb = type(b)
+        if guard and (_big_float(a) or _big_float(b)):
+            raise _MaybeRounded
         return ta is tb or not (ta is bool or tb is bool)
     return False
 
@@ -599,25 +650,27 @@ _OBJ_TAG = object()
 _ARR_TAG = object()
 
 
-def _freeze(v: Any) -> Any:
+def _freeze(v: Any, guard: bool = False) -> Any:
     """A hashable form with JSON equality: 1 and 1.0 alike, True and 1 not."""
     t = type(v)
     if t is dict:
-        return (_OBJ_TAG, frozenset((k, _freeze(x)) for k, x in v.items()))
+        return (_OBJ_TAG, frozenset((k, _freeze(x, guard)) for k, x in v.items()))
     if t is list:
-        return (_ARR_TAG, tuple(_freeze(x) for x in v))
+        return (_ARR_TAG, tuple(_freeze(x, guard) for x in v))
     if t is bool:
         return (_BOOL_TAG, v)
+    if guard and t is float and not -_BIG < v < _BIG:
+        raise _MaybeRounded
     return v
 
 
-def _key_of(element: Any, key: str) -> Any:
+def _key_of(element: Any, key: str, guard: bool = False) -> Any:
     if type(element) is not dict:
         return _MISSING
     v = element.get(key, _MISSING)
     if type(v) is str or v is _MISSING:
         return v
-    return _freeze(v)
+    return _freeze(v, guard)
 
 
 def _key_value(element: Any, key: str) -> Any:
@@ -752,12 +805,15 @@ def _bytes_value(raw: bytes) -> dict[str, Any]:
 
 def _blank(raw: bytes) -> bool:
     """No content: empty, whitespace only, or a byte order mark and whitespace."""
+    if raw and raw[0] not in _BLANK_START:
+        return False
     if raw[:3] == _BOM:
         raw = raw[3:]
     return not raw or raw.isspace()
 
 
 _BOM = b"\xef\xbb\xbf"
+_BLANK_START = frozenset(b" \t\r\n\x0b\x0c\xef")
 # Bytes to find a run of 19 digits with: digits map to "0", everything else to " ".
 _DIGITS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
 _LONG_RUN = b"0" * 19
@@ -796,34 +852,52 @@ def _loads_exact(raw: bytes) -> Any:
 
 
 def _loads(raw: bytes) -> Any:
-    """One body parsed exactly: orjson, unless it refuses the body (``NaN``, ``Infinity``)
-    or may hold an integer beyond 64 bits (which orjson rounds to a float); then the
-    standard library. Both readers give the same values for the same standard text, so
-    two bodies are always compared as if read by one parser. A leading UTF-8 byte order
-    mark is dropped. ValueError when neither reads it."""
+    """One body parsed fast: orjson, unless it refuses the body (``NaN``, ``Infinity``),
+    then the standard library. orjson reads an integer beyond 64 bits as a rounded float:
+    a parse by this function is walked guarded (:func:`_walk_json`), which reads both
+    bodies again with :func:`_loads_exact` when such an integer is there. A leading UTF-8
+    byte order mark is dropped. ValueError when neither reads it."""
     if raw[:3] == _BOM:
         raw = raw[3:]
-    if _long_integer(raw):
-        return _loads_exact(raw)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return _loads_exact(raw)
 
 
+def _loads_all_exact(raw: bytes) -> Any:
+    if raw[:3] == _BOM:
+        raw = raw[3:]
+    return _loads_exact(raw)
+
+
 def compare_json(a_raw: bytes, b_raw: bytes, rules: RuleSet) -> list[Difference]:
     """Compare two JSON bodies under ``rules``; ValueError if either does not parse."""
     if a_raw == b_raw:
         return []
-    a = _loads(a_raw)
-    b = _loads(b_raw)
     out: list[Difference] = []
-    _walk(a, b, rules, out)
+    _walk_json(a_raw, b_raw, _loads(a_raw), _loads(b_raw), rules, out)
     return out
 
 
-def _walk(a: Any, b: Any, rules: RuleSet, out: list[Difference]) -> None:
-    walker = _Walker(out)
+def _walk_json(
+    a_raw: bytes, b_raw: bytes, a: Any, b: Any, rules: RuleSet, out: list[Difference]
+) -> None:
+    """Walk two bodies parsed by :func:`_loads`, exactly: guarded first; when the guard
+    trips and either body holds a run of 19 digits, both are read again exactly."""
+    start = len(out)
+    try:
+        _walk(a, b, rules, out, guard=True)
+        return
+    except _MaybeRounded:
+        del out[start:]
+    if _long_integer(a_raw) or _long_integer(b_raw):
+        a, b = _loads_all_exact(a_raw), _loads_all_exact(b_raw)
+    _walk(a, b, rules, out)
+
+
+def _walk(a: Any, b: Any, rules: RuleSet, out: list[Difference], guard: bool = False) -> None:
+    walker = _Walker(out, guard=guard)
     walker.run(a, b, (), rules.root, rules.default)
     if walker.more:
         out.append(
@@ -842,7 +916,8 @@ def _walk(a: Any, b: Any, rules: RuleSet, out: list[Difference]) -> None:
 def _compare_body(primary: Answer, other: Answer, rules: RuleSet, out: list[Difference]) -> None:
     a_raw = primary.body or b""
     b_raw = other.body or b""
-    if a_raw == b_raw:
+    truncated = primary.body_truncated or other.body_truncated
+    if a_raw == b_raw and not truncated:
         return
     root_info = rules.root.info
     root_judge: Judge = root_info.judge or rules.default
@@ -858,8 +933,8 @@ def _compare_body(primary: Answer, other: Answer, rules: RuleSet, out: list[Diff
         first = a_raw[:64].lstrip(_BOM + b" \t\r\n")[:1] or b_raw[:64].lstrip(_BOM + b" \t\r\n")[:1]
         mode = "sniff-json" if first in (b"{", b"[") else "text"
 
-    if primary.body_truncated or other.body_truncated:
-        _compare_truncated(primary, other, a_raw, b_raw, mode, rules, root_judge, out)
+    if truncated:
+        _compare_truncated(primary, other, a_raw, b_raw, mode, root_judge, out)
         return
 
     if mode in ("json", "sniff-json"):
@@ -872,7 +947,7 @@ def _compare_body(primary: Answer, other: Answer, rules: RuleSet, out: list[Diff
         except ValueError:
             b = _MISSING
         if a is not _MISSING and b is not _MISSING:
-            _walk(a, b, rules, out)
+            _walk_json(a_raw, b_raw, a, b, rules, out)
             return
         if _blank(a_raw) and _blank(b_raw):
             return  # no JSON on either side (empty against "\n"): nothing differs
@@ -920,19 +995,22 @@ def _compare_truncated(
     a_raw: bytes,
     b_raw: bytes,
     mode: str,
-    rules: RuleSet,
     root_judge: Judge,
     out: list[Difference],
 ) -> None:
+    """One body at least was cut by the recorder: judge what is certain, flag the rest."""
     n = min(len(a_raw), len(b_raw))
     differs = a_raw[:n] != b_raw[:n]
     if not differs:
         # Equal prefixes: they differ for sure only if a complete body ended first.
         shorter = primary if len(a_raw) < len(b_raw) else other
         differs = len(a_raw) != len(b_raw) and not shorter.body_truncated
-    if not differs:
+    # Bytes and text are compared exactly, so differing kept bytes are a certain strict
+    # difference. JSON is not (key order, spacing, ignored fields): a cut JSON body, and
+    # any cut body whose kept bytes agree, cannot be judged.
+    exact = differs and mode not in ("json", "sniff-json")
+    if exact and root_judge.kind == "ignore":
         return
-    exact = mode not in ("json", "sniff-json") or rules.plain
     pos = 0
     while pos < n and a_raw[pos] == b_raw[pos]:
         pos += 1
@@ -945,15 +1023,18 @@ def _compare_truncated(
             "truncated": side.body_truncated,
         }
 
-    how = "" if exact else "; path rules cannot apply to a partial JSON body"
-    out.append(
-        _body_diff(
-            show(a_raw, primary),
-            show(b_raw, other),
-            "strict" if exact else "tolerance",
-            f"{_strict_text(root_judge)}, truncated: compared the first {n} bytes{how}",
+    if exact:
+        judgement = "strict"
+        rule = f"{_strict_text(root_judge)}, truncated: the first {n} bytes differ"
+    else:
+        judgement = "unjudgeable"
+        why = (
+            "path rules cannot apply to a partial JSON body"
+            if mode in ("json", "sniff-json")
+            else "the cut part is unknown"
         )
-    )
+        rule = f"body recorded truncated: not judgeable ({why})"
+    out.append(_body_diff(show(a_raw, primary), show(b_raw, other), judgement, rule))
 
 
 def compare(primary: Answer, other: Answer, rules: RuleSet) -> list[Difference]:

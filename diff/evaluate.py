@@ -91,13 +91,17 @@ async def _with_noise(
     noise field carries a canary mismatch or a difference was waived, else the per-exchange
     counts the workers stored already stand."""
     noise = find_noise(aggregates, cfg.compare.noise)
-    keys = frozenset((n.endpoint, n.field) for n in noise)
-    aggregates = replace(aggregates, noise_fields=keys)
+    keys = frozenset((n.endpoint, n.field, n.kind) for n in noise)
+    aggregates = replace(
+        aggregates,
+        noise_fields=frozenset((n.endpoint, n.field) for n in noise),
+        noise_keys=keys,
+    )
     recount = any(
         f.against == Against.CANARY
         and (
             f.judgement == Judgement.WAIVED
-            or (f.judgement in FAILURE_JUDGEMENTS and (f.endpoint, f.field) in keys)
+            or (f.judgement in FAILURE_JUDGEMENTS and (f.endpoint, f.field, f.kind) in keys)
         )
         for f in aggregates.fields
     )

@@ -2,7 +2,9 @@
 
 A secondary is a second instance of the primary. Where primary and secondary already
 disagree on a field (a timestamp, a random id, an order that is not deterministic), the
-canary disagreeing too says nothing about the canary. Per (endpoint, field):
+canary disagreeing too says nothing about the canary. Per (endpoint, field, kind of
+difference) -- a field whose *value* differs by nature is noise for value differences only;
+the canary dropping it, adding it, or changing its type is judged as usual:
 
     canary_rate = exchanges where primary and canary differ in the field
                   / exchanges compared primary-vs-canary
@@ -54,6 +56,7 @@ class FieldCounts:
     field: str
     canary: int  # exchanges where primary and canary differ in this field
     secondary: int = 0  # exchanges where primary and secondary differ in this field
+    kind: str = ""  # the kind of difference counted (value, type, missing...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +81,13 @@ class FieldNoise:
     noise_compared: int
     noise_rate: float | None  # None: no secondary data for this endpoint
     is_noise: bool
+    kind: str = ""  # noise for this kind of difference only
 
     def as_dict(self) -> dict[str, object]:
         return {
             "endpoint": self.endpoint,
             "field": self.field,
+            "kind": self.kind,
             "canary_count": self.canary_count,
             "canary_compared": self.canary_compared,
             "canary_rate": self.canary_rate,
@@ -141,6 +146,7 @@ def judge_noise(
                 is_noise=is_noise(
                     canary_rate, noise_rate, relative=cfg.relative, absolute=cfg.absolute
                 ),
+                kind=f.kind,
             )
         )
     return out

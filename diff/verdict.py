@@ -15,10 +15,15 @@ noise      no         never: reports the fields that differ by nature (a seconda
                       them), which the two checks above leave out
 errors     yes        the canary's 5xx + transport-error rate exceeds the primary's by
                       more than ``max_error_rate_increase``
-latency    yes        the canary is slower with Mann-Whitney p < ``alpha`` AND its p50 or
-                      p99 exceeds the primary's by more than ``max_increase``; skipped
-                      under ``min_samples``
+latency    yes        per endpoint with ``min_samples`` pairs: the canary is slower with
+                      Mann-Whitney p < ``alpha`` AND its p50 or p99 exceeds the primary's
+                      by more than ``max_increase``; endpoints with fewer pairs undecided
+                      (INCONCLUSIVE) above ``max_unjudged_share`` of the pairs; skipped
+                      under ``min_samples`` pairs in all
 recording  no         unrecorded / (recorded + unrecorded) exceeds ``max_unrecorded_rate``
+backlog    no         recorded but not yet judged exceeds ``max_backlog_rate``
+judgeable  no         exchanges whose truncated body could not be judged / (pairs + those)
+                      exceeds ``max_unjudgeable_rate`` (the worst endpoint is named)
 runtime    by config  see ``diff.runtime_checks``
 ========== ========== =================================================================
 
@@ -33,13 +38,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from config.schema import GraygateConfig, JudgingConfig, NoiseConfig, VerdictConfig
+from config.schema import (
+    GraygateConfig,
+    JudgingConfig,
+    LatencyConfig,
+    NoiseConfig,
+    VerdictConfig,
+)
 from diff.noise import EndpointTotals, FieldCounts, FieldNoise, judge_noise
 from diff.stats import compare_latency, ratio
 from graygate.values import (
     Check,
     EndpointCounts,
     FieldCount,
+    LatencySample,
     PreflightFinding,
     RunAggregates,
     Verdict,
@@ -84,10 +96,10 @@ def find_noise(aggregates: RunAggregates, cfg: NoiseConfig) -> list[FieldNoise]:
     toward reporting). Canary rates are over all the endpoint's pairs, secondary rates
     over the pairs that had a secondary.
     """
-    canary: dict[tuple[str, str], int] = {}
-    secondary: dict[tuple[str, str], int] = {}
+    canary: dict[tuple[str, str, str], int] = {}
+    secondary: dict[tuple[str, str, str], int] = {}
     for f in aggregates.fields:
-        key = (f.endpoint, f.field)
+        key = (f.endpoint, f.field, f.kind)
         if f.against == "secondary":
             secondary[key] = secondary.get(key, 0) + f.exchanges
         elif f.judgement in _DIFFERING:
@@ -103,8 +115,10 @@ def find_noise(aggregates: RunAggregates, cfg: NoiseConfig) -> list[FieldNoise]:
     ]
     measurable = {t.endpoint for t in totals}
     candidates = [
-        FieldCounts(endpoint, field, canary=canary.get((endpoint, field), 0), secondary=n)
-        for (endpoint, field), n in sorted(secondary.items())
+        FieldCounts(
+            endpoint, field, canary=canary.get((endpoint, field, kind), 0), secondary=n, kind=kind
+        )
+        for (endpoint, field, kind), n in sorted(secondary.items())
         if n > 0 and endpoint in measurable
     ]
     return [f for f in judge_noise(candidates, totals, cfg) if f.is_noise]
@@ -130,7 +144,7 @@ def _top_fields(
     fields: Sequence[FieldCount],
     endpoint: str,
     judgement: str,
-    noise: frozenset[tuple[str, str]],
+    noise: frozenset[tuple[str, str, str]],
     n: int = 3,
 ) -> str:
     top = sorted(
@@ -140,9 +154,9 @@ def _top_fields(
             if f.endpoint == endpoint
             and f.against == "canary"
             and f.judgement == judgement
-            and (f.endpoint, f.field) not in noise
+            and (f.endpoint, f.field, f.kind) not in noise
         ),
-        key=lambda f: (-f.exchanges, f.field),
+        key=lambda f: (-f.exchanges, f.field, f.kind),
     )[:n]
     return ", ".join(f"{f.field} ({f.exchanges})" for f in top)
 
@@ -185,7 +199,7 @@ def _evidence(a: RunAggregates, cfg: VerdictConfig) -> Check:
 
 def _mismatch_check(
     a: RunAggregates,
-    noise: frozenset[tuple[str, str]],
+    noise: frozenset[tuple[str, str, str]],
     judgement: str,
     threshold: float,
     label: str,
@@ -293,9 +307,19 @@ def _errors_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
 
 
 def _latency_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
+    """Latency per endpoint: each endpoint with ``min_samples`` pairs in the sample is
+    judged on its own (Mann-Whitney and the margin), so a slow endpoint carrying a tenth of
+    the traffic is not averaged away; the check fails naming the endpoints that fail.
+    Endpoints with fewer pairs are reported, and leave the check undecided (INCONCLUSIVE)
+    only when they carry more than ``max_unjudged_share`` of the sampled pairs. A sample
+    without endpoints (or with fewer than ``min_samples`` pairs in all) is judged pooled."""
     lat = cfg.latency
     s = a.latency
-    threshold = {"max_increase": lat.max_increase, "alpha": lat.alpha}
+    threshold = {
+        "max_increase": lat.max_increase,
+        "alpha": lat.alpha,
+        "max_unjudged_share": lat.max_unjudged_share,
+    }
     n = min(len(s.primary_ms), len(s.canary_ms))
     if n < lat.min_samples:
         return Check(
@@ -306,6 +330,76 @@ def _latency_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
             f"skipped: {n} latency pairs, need {lat.min_samples}",
             blocking=False,
         )
+    if len(s.endpoints) != n:
+        return _latency_pooled(s, lat, threshold)
+    groups: dict[str, tuple[list[float], list[float]]] = {}
+    for ep, p, c in zip(s.endpoints, s.primary_ms, s.canary_ms, strict=False):
+        g = groups.setdefault(ep, ([], []))
+        g[0].append(p)
+        g[1].append(c)
+    judged: list[tuple[str, bool, float, str]] = []  # endpoint, fails, increase, detail
+    small: list[tuple[str, int]] = []
+    for ep in sorted(groups):
+        p_ms, c_ms = groups[ep]
+        if len(p_ms) < lat.min_samples:
+            small.append((ep, len(p_ms)))
+            continue
+        fails, increase, detail = _latency_of(p_ms, c_ms, lat)
+        judged.append((ep, fails, increase, f"{ep}: {detail}"))
+    unjudged = sum(k for _, k in small)
+    share = unjudged / n
+    small_text = ""
+    if small:
+        shown = ", ".join(f"{ep} ({k})" for ep, k in small[:5])
+        more = f" and {len(small) - 5} more" if len(small) > 5 else ""
+        small_text = (
+            f"; too few pairs to judge (< {lat.min_samples}): {shown}{more}, "
+            f"{_pct(share)} of the sampled pairs"
+        )
+    increases = [x[2] for x in judged if math.isfinite(x[2])]
+    observed = round(max(increases), 6) if increases else None
+    failing = [x for x in judged if x[1]]
+    if failing:
+        detail = f"canary slower by more than {_pct(lat.max_increase)} in " + "; ".join(
+            x[3] for x in failing[:5]
+        )
+        if len(failing) > 5:
+            detail += f"; and {len(failing) - 5} more endpoint(s)"
+        return Check("latency", False, observed, threshold, detail + small_text)
+    if not judged or share > lat.max_unjudged_share + 1e-12:
+        detail = (
+            f"{len(judged)} endpoint(s) judged, none slower"
+            + small_text
+            + f": above {_pct(lat.max_unjudged_share)}, latency not decided"
+        )
+        return Check("latency", None, observed, threshold, detail)
+    worst = max(judged, key=lambda x: (x[2] if math.isfinite(x[2]) else -1.0, x[0]))
+    detail = f"{len(judged)} endpoint(s) judged, none slower; worst {worst[3]}" + small_text
+    return Check("latency", True, observed, threshold, detail)
+
+
+def _latency_of(
+    primary_ms: Sequence[float], canary_ms: Sequence[float], lat: LatencyConfig
+) -> tuple[bool, float, str]:
+    """(fails, relative increase, detail) of one endpoint's latency sample."""
+    c = compare_latency(primary_ms, canary_ms)
+    significant = c.test.p_value < lat.alpha
+    too_slow = beyond_margin(
+        (c.primary_p50, c.canary_p50),
+        (c.primary_p99, c.canary_p99),
+        lat.max_increase,
+        lat.min_increase_ms,
+    )
+    detail = (
+        f"p50 {c.primary_p50:.3g} -> {c.canary_p50:.3g} ms (x{_fmt_ratio(c.p50_ratio)}), "
+        f"p99 {c.primary_p99:.3g} -> {c.canary_p99:.3g} ms (x{_fmt_ratio(c.p99_ratio)}), "
+        f"Mann-Whitney U p={c.test.p_value:.3g}, n={c.n_primary}"
+    )
+    return significant and too_slow, c.increase, detail
+
+
+def _latency_pooled(s: LatencySample, lat: LatencyConfig, threshold: dict[str, float]) -> Check:
+    """The whole sample as one population (a sample that does not say its endpoints)."""
     pcts = None
     if None not in (s.primary_p50, s.primary_p99, s.canary_p50, s.canary_p99):
         pcts = (
@@ -393,6 +487,31 @@ def _backlog_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
     return Check("backlog", passed, round(rate, 6), threshold, detail, blocking=False)
 
 
+def _judgeable_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
+    """Exchanges a truncated body left not judgeable (``diff.compare``): they are neither
+    matches nor mismatches; above ``max_unjudgeable_rate`` of the compared exchanges
+    (pairs + unjudgeable) the judged ones may hide what was cut, so INCONCLUSIVE, never GO."""
+    threshold = cfg.max_unjudgeable_rate
+    bad = sum(e.unjudgeable for e in a.endpoints)
+    compared = a.pairs + bad
+    if compared == 0:
+        return Check("judgeable", None, 0, threshold, "nothing compared yet", blocking=False)
+    rate = bad / compared
+    detail = f"{bad} of {compared} compared exchanges not judgeable (truncated body)"
+    detail += f" ({_pct(rate)})"
+    passed = rate <= threshold + 1e-12
+    if not passed:
+        worst = max(
+            (e for e in a.endpoints if e.unjudgeable),
+            key=lambda e: (e.unjudgeable / (e.pairs + e.unjudgeable), e.endpoint),
+        )
+        detail += (
+            f": above {_pct(threshold)}; worst {worst.endpoint} "
+            f"{worst.unjudgeable}/{worst.pairs + worst.unjudgeable}"
+        )
+    return Check("judgeable", passed, round(rate, 6), threshold, detail, blocking=False)
+
+
 # Preflight findings that make a canary unfit for production traffic whatever its answers
 # (a readiness rule). Health findings are reported only: they describe the moment serve
 # started, and the traffic since shows whether the canary answers.
@@ -442,7 +561,7 @@ def decide(
         vcfg, ncfg = cfg.verdict, cfg.compare.noise
     if noise is None:
         noise = find_noise(aggregates, ncfg)
-    noise_keys = frozenset((n.endpoint, n.field) for n in noise)
+    noise_keys = frozenset((n.endpoint, n.field, n.kind) for n in noise)
     checks = [
         _evidence(aggregates, vcfg),
         _mismatch_check(
@@ -464,6 +583,7 @@ def decide(
         _latency_check(aggregates, vcfg),
         _recording_check(aggregates, vcfg),
         _backlog_check(aggregates, vcfg),
+        _judgeable_check(aggregates, vcfg),
     ]
     if runtime is not None:
         checks.append(runtime)

@@ -115,10 +115,18 @@ def judge_exchange(x: ClaimedExchange, rules: RuleSet) -> ExchangeJudgement:
     # Noise is a field AND a kind of difference (Diffy keys its counters by path and
     # difference type): a timestamp whose value differs by nature does not excuse a canary
     # that drops it or changes its type.
+    # A truncated body's "not judgeable" difference is no evidence of noise, and is never
+    # excused as noise: the exchange is unjudgeable unless something certain differs.
+    if against_secondary:
+        against_secondary = [d for d in against_secondary if d.judgement != Judgement.UNJUDGEABLE]
     noisy = {(d.field, d.kind) for d in against_secondary} if against_secondary else set()
     stored: list[StoredDifference] = []
-    strict = tolerance = noise = 0
+    strict = tolerance = noise = unjudgeable = 0
     for d in against_canary:
+        if d.judgement == Judgement.UNJUDGEABLE:
+            unjudgeable += 1
+            stored.append(_stored(d, Against.CANARY))
+            continue
         if (d.field, d.kind) in noisy:
             noise += 1
             stored.append(_stored(d, Against.CANARY, Judgement.NOISE))
@@ -132,6 +140,8 @@ def judge_exchange(x: ClaimedExchange, rules: RuleSet) -> ExchangeJudgement:
         stored.extend(_stored(d, Against.SECONDARY) for d in against_secondary)
     if not against_canary:
         outcome = Outcome.MATCH
+    elif strict == tolerance == 0 and unjudgeable:
+        outcome = Outcome.UNJUDGEABLE
     elif strict == tolerance == 0 and noise == len(against_canary):
         outcome = Outcome.NOISE_ONLY
     else:

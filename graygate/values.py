@@ -160,6 +160,7 @@ class EndpointCounts:
     match: int = 0
     differ: int = 0
     noise_only: int = 0  # every difference was noise in that exchange
+    unjudgeable: int = 0  # both answered, but a truncated body left part of it unjudged
     secondary_pairs: int = 0  # pairs also compared with a secondary
     skipped: int = 0
     errors: int = 0  # outcome error: a transport failure on one side
@@ -180,6 +181,8 @@ class FieldCount:
     judgement: str  # Judgement: strict | tolerance | noise | waived
     exchanges: int  # distinct exchanges with such a difference
     differences: int = 0  # rows (an array field may differ several times in one exchange)
+    # value | type | missing | extra | order | length | status | header | body ("" unknown)
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,13 +203,22 @@ class LatencySample:
     primary_p99: float | None = None
     canary_p50: float | None = None
     canary_p99: float | None = None
+    # The endpoint of each pair, aligned with primary_ms / canary_ms (empty: not known, the
+    # latency check then pools the sample).
+    endpoints: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, primary_ms: Sequence[float], canary_ms: Sequence[float]) -> LatencySample:
+    def of(
+        cls,
+        primary_ms: Sequence[float],
+        canary_ms: Sequence[float],
+        endpoints: Sequence[str] = (),
+    ) -> LatencySample:
         """A sample with its percentiles computed here (as percentile_cont would)."""
         return cls(
             primary_ms=tuple(primary_ms),
             canary_ms=tuple(canary_ms),
+            endpoints=tuple(endpoints),
             primary_p50=_percentile_cont(primary_ms, 0.5),
             primary_p99=_percentile_cont(primary_ms, 0.99),
             canary_p50=_percentile_cont(canary_ms, 0.5),
@@ -267,8 +279,12 @@ class RunAggregates:
     # (store.aggregates.fetch_mismatch_counts); None: EndpointCounts' strict_pairs /
     # tolerance_pairs stand (no noise field carries a mismatch, nothing was waived).
     mismatches: Mapping[str, MismatchCounts] | None = None
-    # The (endpoint, field) pairs found to be noise in this evaluation (diff.verdict.find_noise).
+    # The (endpoint, field) pairs found to be noise in this evaluation (diff.verdict.find_noise),
+    # for display: a field is noise for one kind of difference only (see noise_keys).
     noise_fields: frozenset[tuple[str, str]] = frozenset()
+    # The (endpoint, field, kind) triples found to be noise: a value change on a noisy field
+    # is noise; a type change, a missing or an extra field there is not (issue 8 item 1).
+    noise_keys: frozenset[tuple[str, str, str]] = frozenset()
     # Per-endpoint latency percentiles, when read (the report and the API read them).
     endpoint_latency: Mapping[str, EndpointLatency] = field(default_factory=dict)
     runtime: Sequence[Any] = ()  # runtime samples, as store.runtime_samples.fetch_samples returns
@@ -307,7 +323,8 @@ class RunAggregates:
             and (
                 f.judgement == Judgement.NOISE
                 or (
-                    f.judgement in FAILURE_JUDGEMENTS and (f.endpoint, f.field) in self.noise_fields
+                    f.judgement in FAILURE_JUDGEMENTS
+                    and (f.endpoint, f.field, f.kind) in self.noise_keys
                 )
             )
         )

@@ -8,8 +8,8 @@ database and the JSON API see plain strings. A bottom module: it imports nothing
 enum       values                                                                stored in
 ========== ===================================================================== ==============
 Role       primary, canary, secondary                                            exchanges
-Outcome    match, differ, noise_only (pairs); skipped; error                     exchanges
-Judgement  strict, tolerance, noise, waived                                      differences
+Outcome    match, differ, noise_only (pairs); unjudgeable; skipped; error        exchanges
+Judgement  strict, tolerance, noise, waived, unjudgeable                         differences
 DiffKind   value, type, missing, extra, order, length, status, header, body      differences
 Against    canary, secondary (the side a difference was found against)           differences
 ErrorKind  timeout, refused, reset, error (an upstream's transport failure)      exchanges
@@ -61,6 +61,9 @@ class Outcome(StrEnum):
     MATCH = "match"  # a pair, no difference
     DIFFER = "differ"  # a pair with a strict or tolerance difference
     NOISE_ONLY = "noise_only"  # a pair whose every difference was noise
+    # both answered, nothing certain differs, but a body recorded truncated left part of
+    # the answer unjudged: not a pair (never a match); counted by the verdict's judgeable check
+    UNJUDGEABLE = "unjudgeable"
     SKIPPED = "skipped"  # nothing to compare (not mirrored, or a side left no trace)
     ERROR = "error"  # a side failed in transport (or the comparison failed): no pair
 
@@ -68,7 +71,7 @@ class Outcome(StrEnum):
 # Both the primary and the canary answered and were compared.
 PAIR_OUTCOMES: Final = (Outcome.MATCH, Outcome.DIFFER, Outcome.NOISE_ONLY)
 # Both sides were asked: the population of the error-rate check.
-ATTEMPTED_OUTCOMES: Final = (*PAIR_OUTCOMES, Outcome.ERROR)
+ATTEMPTED_OUTCOMES: Final = (*PAIR_OUTCOMES, Outcome.UNJUDGEABLE, Outcome.ERROR)
 
 
 class Judgement(StrEnum):
@@ -78,6 +81,7 @@ class Judgement(StrEnum):
     TOLERANCE = "tolerance"  # a numeric bound exceeded
     NOISE = "noise"  # the secondary differs there too: differs by nature
     WAIVED = "waived"  # accepted by a person (a waiver)
+    UNJUDGEABLE = "unjudgeable"  # a body recorded truncated: its cut part cannot be judged
 
 
 # Judgements that count against the canary; the rest (noise, waived) are accepted.

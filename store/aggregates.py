@@ -12,6 +12,8 @@ Outcome vocabulary (set by the diff workers, ``store.judgement``):
 - ``match`` / ``differ`` / ``noise_only``: a *pair*: both the primary and the canary answered
   and were compared (``noise_only``: every difference was noise in that exchange, the
   secondary differing at the same field);
+- ``unjudgeable``: both answered and nothing certain differs, but a body was recorded
+  truncated, so part of the answer could not be judged (not a pair, never a match);
 - ``skipped``: nothing to compare (the mirror was skipped, or the other side left no trace);
 - ``error``: one side failed in transport (timeout, refused, reset), so no pair.
 """
@@ -174,6 +176,7 @@ async def fetch_endpoint_counts(conn: AsyncConnection, run_id: int) -> list[Endp
             n(c.outcome == Outcome.MATCH).label("match"),
             n(c.outcome == Outcome.DIFFER).label("differ"),
             n(c.outcome == Outcome.NOISE_ONLY).label("noise_only"),
+            n(c.outcome == Outcome.UNJUDGEABLE).label("unjudgeable"),
             n(pair & c.with_secondary).label("secondary_pairs"),
             n(c.outcome == Outcome.SKIPPED).label("skipped"),
             n(c.outcome == Outcome.ERROR).label("errors"),
@@ -197,8 +200,9 @@ async def fetch_endpoint_counts(conn: AsyncConnection, run_id: int) -> list[Endp
 
 
 async def fetch_field_counts(conn: AsyncConnection, run_id: int) -> list[FieldCount]:
-    """Differences grouped by (endpoint, field, against, judgement): distinct exchanges and
-    rows. Streams over ix_differences_field_counts in key order (no sort, no hash)."""
+    """Differences grouped by (endpoint, field, against, judgement, kind): distinct
+    exchanges and rows. The kind of difference (value, type, missing...) is part of the
+    key because noise is found per kind (a noisy value never excuses a type change)."""
     d = differences.c
     stmt = (
         sa.select(
@@ -206,12 +210,13 @@ async def fetch_field_counts(conn: AsyncConnection, run_id: int) -> list[FieldCo
             d.field,
             d.against,
             d.judgement,
+            d.kind,
             sa.func.count(sa.distinct(d.exchange_id)).label("exchanges"),
             sa.func.count().label("differences"),
         )
         .where(d.run_id == run_id)
-        .group_by(d.endpoint, d.field, d.against, d.judgement)
-        .order_by(d.endpoint, d.field, d.against, d.judgement)
+        .group_by(d.endpoint, d.field, d.against, d.judgement, d.kind)
+        .order_by(d.endpoint, d.field, d.against, d.judgement, d.kind)
     )
     rows = (await conn.execute(stmt)).all()
     return [
@@ -222,22 +227,24 @@ async def fetch_field_counts(conn: AsyncConnection, run_id: int) -> list[FieldCo
             judgement=r.judgement,
             exchanges=int(r.exchanges),
             differences=int(r.differences),
+            kind=r.kind,
         )
         for r in rows
     ]
 
 
 async def fetch_mismatch_counts(
-    conn: AsyncConnection, run_id: int, exclude: Collection[tuple[str, str]]
+    conn: AsyncConnection, run_id: int, exclude: Collection[tuple[str, str, str]]
 ) -> dict[str, MismatchCounts]:
     """Per endpoint: pairs with a strict mismatch / tolerance violation against the canary
-    in a field outside ``exclude`` ((endpoint, field) pairs, e.g. the noise fields)."""
+    outside ``exclude`` ((endpoint, field, kind) triples, e.g. the noise keys: a difference
+    of another kind in a noise field still counts)."""
     d = differences.c
     cond = (
         (d.run_id == run_id) & (d.against == Against.CANARY) & d.judgement.in_(FAILURE_JUDGEMENTS)
     )
     if exclude:
-        cond = cond & sa.tuple_(d.endpoint, d.field).not_in(sorted(exclude))
+        cond = cond & sa.tuple_(d.endpoint, d.field, d.kind).not_in(sorted(exclude))
     stmt = (
         sa.select(
             d.endpoint,
@@ -261,10 +268,13 @@ async def fetch_mismatch_counts(
 async def fetch_latency_sample(
     conn: AsyncConnection, run_id: int, limit: int = LATENCY_SAMPLE_SIZE
 ) -> LatencySample:
-    """The latencies of the run's ``limit`` most recent pairs, with p50/p99 of each side."""
+    """The latencies of the run's ``limit`` most recent pairs, with p50/p99 of each side
+    and each pair's endpoint (the latency check judges each endpoint on its own)."""
     e = exchanges.c
     recent = (
-        sa.select(e.primary_latency_ms.label("p"), e.canary_latency_ms.label("c"))
+        sa.select(
+            e.primary_latency_ms.label("p"), e.canary_latency_ms.label("c"), e.endpoint.label("ep")
+        )
         .where(
             e.run_id == run_id,
             e.outcome.in_(PAIR_OUTCOMES),
@@ -287,6 +297,7 @@ async def fetch_latency_sample(
         pct(s.p, 0.99),
         pct(s.c, 0.5),
         pct(s.c, 0.99),
+        sa.func.array_agg(s.ep),
     )
     row = (await conn.execute(stmt)).one()
     return LatencySample(
@@ -296,6 +307,7 @@ async def fetch_latency_sample(
         primary_p99=row[3],
         canary_p50=row[4],
         canary_p99=row[5],
+        endpoints=tuple(row[6] or ()),
     )
 
 

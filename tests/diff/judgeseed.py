@@ -110,15 +110,21 @@ class Ex:
     canary_error: str | None = None
     mirror_skipped: str | None = None
     served_by: str = "primary"
+    truncate: int | None = None  # keep this many body bytes on every side, marked truncated
 
 
-def _resp(body: Any, status: int, ms: float, error: str | None = None) -> Answer:
+def _resp(
+    body: Any, status: int, ms: float, error: str | None = None, truncate: int | None = None
+) -> Answer:
     if error is not None:
         return Answer(error=error, latency_ms=ms)
+    raw = orjson.dumps(body)
+    cut = truncate is not None and len(raw) > truncate
     return Answer(
         status=status,
         headers={"content-type": "application/json"},
-        body=orjson.dumps(body),
+        body=raw[:truncate] if cut else raw,
+        body_truncated=cut,
         latency_ms=ms,
     )
 
@@ -142,11 +148,13 @@ def to_record(run_id: int, i: int, ex: Ex) -> RecordedExchange:
         gray_label="stable",
         served_by=ex.served_by,
         mirror_skipped=ex.mirror_skipped,
-        primary=_resp(ex.primary, ex.primary_status, ex.primary_ms),
+        primary=_resp(ex.primary, ex.primary_status, ex.primary_ms, truncate=ex.truncate),
         canary=None
         if skipped
-        else _resp(canary_body, ex.canary_status, ex.canary_ms, ex.canary_error),
-        secondary=None if ex.secondary is None or skipped else _resp(ex.secondary, 200, 10.0),
+        else _resp(canary_body, ex.canary_status, ex.canary_ms, ex.canary_error, ex.truncate),
+        secondary=None
+        if ex.secondary is None or skipped
+        else _resp(ex.secondary, 200, 10.0, truncate=ex.truncate),
     )
 
 

@@ -451,17 +451,28 @@ def test_body_modes_can_be_forced() -> None:
     assert "sha256" in d.primary_value
 
 
-def test_truncated_bodies_are_not_certain_mismatches() -> None:
+def test_truncated_bodies_are_judged_only_where_certain() -> None:
+    """Issue 8 item 7: a cut body is never a match and never a false mismatch."""
     raw = ORDER.encode()
     other = ORDER.replace("8f0c6a8e", "00000000").encode()  # differs in request_id only
     rs = rules({"defaults": {"ignore": ["$..request_id"]}})
     a = side(raw[:300], body_truncated=True)
     b = side(other[:300], body_truncated=True)
+    # an ignored field differing before the cut: not a violation, not judgeable
     [d] = compare(a, b, rs)
-    assert d.judgement == "tolerance" and "truncated" in (d.rule or "")
-    # identical prefixes: nothing can be said, nothing is reported
-    assert compare(a, side(raw[:300], body_truncated=True), rs) == []
-    # text is compared exactly on the prefix, so that difference is strict
+    assert d.judgement == "unjudgeable" and "truncated" in (d.rule or "")
+    # identical prefixes, a strict field differing after the cut: never a match
+    cut_after = ORDER.replace('"stock_deducted": true', '"stock_deducted": false').encode()
+    assert raw[:300] == cut_after[:300] and raw != cut_after
+    [d] = compare(a, side(cut_after[:300], body_truncated=True), rs)
+    assert d.judgement == "unjudgeable"
+    # one side cut, the other complete: still not judgeable as JSON
+    [d] = compare(a, side(raw), rs)
+    assert d.judgement == "unjudgeable"
+    # status and headers are still judged
+    [st] = compare(a, side(raw[:300], status=500, body_truncated=True), rs)
+    assert (st.kind, st.judgement) == ("status", "strict")
+    # text is compared exactly on the kept bytes, so that difference is strict
     text = {"content-type": "text/plain"}
     [d] = compare(
         side(raw[:300], headers=text, body_truncated=True),
@@ -469,6 +480,22 @@ def test_truncated_bodies_are_not_certain_mismatches() -> None:
         rs,
     )
     assert d.judgement == "strict" and "truncated" in (d.rule or "")
+    # equal kept text, both cut: not judgeable
+    [d] = compare(
+        side(raw[:300], headers=text, body_truncated=True),
+        side(raw[:300], headers=text, body_truncated=True),
+        rs,
+    )
+    assert d.judgement == "unjudgeable"
+    # a complete text body that ended before the other's cut: certainly different
+    [d] = compare(
+        side(raw[:200], headers=text),
+        side(raw[:300], headers=text, body_truncated=True),
+        rs,
+    )
+    assert d.judgement == "strict"
+    # an ignored body stays ignored, cut or not
+    assert compare(a, b, rules({"defaults": {"ignore": ["$"]}})) == []
 
 
 # -- limits and the pure helper --------------------------------------------------------------

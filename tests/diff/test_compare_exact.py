@@ -136,6 +136,49 @@ def test_big_integer_variants(n: int, delta: int, nested: bool) -> None:
         )
 
 
+BIG_A, BIG_B = 123456789012345678901, 123456789012345678911  # one float apart: 1.2345e20
+IGNORE_RID = {"ignore": ["$.rid"]}
+
+
+@pytest.mark.parametrize(
+    ("shape", "spec", "path"),
+    [
+        # each place the guarded first walk can conclude "equal": a member scalar, a member
+        # container among others (one serialisation for all), a plain array element, an
+        # unordered array (hash matching), a keyed array's key and element
+        (lambda v: {"n": v}, {}, "$.n"),
+        (lambda v: {"c": {"n": v}, "d": {"m": 1}}, {}, "$.c.n"),
+        (lambda v: {"c": [1, {"n": v}]}, {}, "$.c[1].n"),
+        (lambda v: {"xs": [v, 2, 3]}, {"arrays": {"$.xs": {"unordered": True}}}, "$.xs[0]"),
+        (lambda v: {"xs": [{"k": v, "q": 1}]}, {"arrays": {"$.xs": {"key": "k"}}}, "$.xs[0]"),
+        (lambda v: {"xs": [{"k": 1, "q": v}]}, {"arrays": {"$.xs": {"key": "k"}}}, "$.xs[0].q"),
+    ],
+)
+def test_big_integers_found_wherever_the_first_walk_says_equal(
+    shape: Any, spec: dict[str, Any], path: str
+) -> None:
+    """The first walk reads orjson's rounded floats; every place where it would conclude
+    "equal" must notice a possible big integer, so the bodies are read again exactly."""
+    rs = rules({**IGNORE_RID, **spec})
+    a = json.dumps({"rid": "a", **shape(BIG_A)}).encode()
+    b = json.dumps({"rid": "b", **shape(BIG_B)}).encode()
+    out = compare(side(a), side(b), rs)
+    assert out, f"{path}: {BIG_A} against {BIG_B} must differ"
+    assert any(d.path.startswith(path) for d in out), [d.path for d in out]
+    assert compare(side(a), side(a.replace(b'"a"', b'"z"')), rs) == []
+
+
+def test_large_floats_that_are_not_integers_stay_floats() -> None:
+    """A float literal of 1e16 or more trips the guard; with no 19-digit run the same
+    trees are walked again and equal floats stay equal."""
+    rs = rules(IGNORE_RID)
+    a = b'{"rid": 1, "x": 1e19, "c": {"y": 2.5e300}, "d": {}}'
+    b = b'{"rid": 2, "x": 1e19, "c": {"y": 2.5e300}, "d": {}}'
+    assert compare(side(a), side(b), rs) == []
+    out = compare(side(a), side(b.replace(b"2.5e300", b"2.6e300")), rs)
+    assert [d.path for d in out] == ["$.c.y"]
+
+
 # -- item 10: NaN, Infinity, depth --------------------------------------------------------------
 
 

@@ -134,9 +134,12 @@ async def test_mismatch_counts_leave_excluded_fields_out(
     await judge_pending(engine, run_name, BOOK)
     async with engine.connect() as conn:
         everything = await fetch_mismatch_counts(conn, run_id, set())
-        without_note = await fetch_mismatch_counts(conn, run_id, {(ORDERS, "$.note")})
+        without_note = await fetch_mismatch_counts(conn, run_id, {(ORDERS, "$.note", "extra")})
+        # excluded by (endpoint, field, kind): another kind in the same field still counts
+        other_kind = await fetch_mismatch_counts(conn, run_id, {(ORDERS, "$.note", "value")})
     assert (everything[ORDERS].strict_pairs, everything[ORDERS].tolerance_pairs) == (2, 1)
     assert (without_note[ORDERS].strict_pairs, without_note[ORDERS].tolerance_pairs) == (1, 1)
+    assert (other_kind[ORDERS].strict_pairs, other_kind[ORDERS].tolerance_pairs) == (2, 1)
 
 
 # --------------------------------------------------------------------------- evaluate_run

@@ -113,7 +113,7 @@ def test_endpoint_stats_leave_noise_fields_out() -> None:
     counts that leave them out stand), and their differences count as noise."""
     counts = EndpointCounts(ORDERS, recorded=15, judged=15, pairs=14, strict_pairs=4)
     fields = (
-        FieldCount(ORDERS, "$.total", "canary", "strict", exchanges=4, differences=4),
+        FieldCount(ORDERS, "$.total", "canary", "strict", exchanges=4, differences=4, kind="value"),
         FieldCount(ORDERS, "$.ts", "canary", "noise", exchanges=14, differences=14),
         FieldCount(ORDERS, "$.ts", "secondary", "strict", exchanges=14, differences=14),
         FieldCount(ORDERS, "$.status", "canary", "waived", exchanges=1, differences=1),
@@ -122,12 +122,19 @@ def test_endpoint_stats_leave_noise_fields_out() -> None:
     (row,) = plain.endpoint_stats()
     assert (row.strict_mismatches, row.noise, row.pending) == (4, 14, 0)
     noisy = replace(
-        plain, noise_fields=frozenset({(ORDERS, "$.total")}), mismatches={ORDERS: MismatchCounts()}
+        plain,
+        noise_fields=frozenset({(ORDERS, "$.total")}),
+        noise_keys=frozenset({(ORDERS, "$.total", "value")}),
+        mismatches={ORDERS: MismatchCounts()},
     )
     (row,) = noisy.endpoint_stats()
     assert row.strict_mismatches == 0
     assert row.strict_mismatch_rate == 0
     assert row.noise == 14 + 4
+    # noise for value differences only: a type difference in the field is not noise
+    typed = replace(noisy, noise_keys=frozenset({(ORDERS, "$.total", "type")}))
+    (row,) = typed.endpoint_stats()
+    assert row.noise == 14
 
 
 async def test_top_fields_with_one_example_each(engine: AsyncEngine, no_go: Seeded) -> None:

@@ -104,10 +104,11 @@ def test_all_checks_pass_gives_go() -> None:
         "latency",
         "recording",
         "backlog",
+        "judgeable",
     ]
     assert r.extra["summary"]["pairs"] == 210
     d = r.as_dict()
-    assert d["verdict"] == "GO" and len(d["checks"]) == 8
+    assert d["verdict"] == "GO" and len(d["checks"]) == 9
 
 
 # --------------------------------------------------------------------------- evidence
@@ -303,7 +304,7 @@ def test_latency_twenty_percent_slower_fails() -> None:
     c = check(r, "latency")
     assert c.passed is False and c.blocking
     assert c.observed == pytest.approx(0.2, abs=0.05)
-    assert c.threshold == {"max_increase": 0.05, "alpha": 0.01}
+    assert c.threshold == {"max_increase": 0.05, "alpha": 0.01, "max_unjudged_share": 0.05}
     assert "slower by more than 5%" in c.detail
     assert r.verdict is Verdict.NO_GO
 

@@ -63,6 +63,7 @@ async def test_go_exits_0_with_one_line_per_check(
         "latency",
         "recording",
         "backlog",
+        "judgeable",
         "runtime",
         "preflight",
     ]
