@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from diff.compare import compare
 from diff.rules import RuleBook, RuleSet
+from graygate.errors import one_line
 from graygate.values import Difference
 from graygate.vocabulary import Against, Judgement, Outcome
 from store.failures import store_errors
@@ -253,7 +254,7 @@ async def worker_loop(
             logger.warning(
                 "diff worker: batch of run %s failed (%s); retrying in %.1fs",
                 run_id,
-                (str(exc).splitlines() or [type(exc).__name__])[0][:200],
+                one_line(exc, fallback=type(exc).__name__),
                 backoff,
                 exc_info=logger.isEnabledFor(logging.DEBUG),
             )

@@ -112,6 +112,11 @@ _data_dir_option = click.option(
 )
 
 
+def _database_options(command: Callable[..., None]) -> Callable[..., None]:
+    """-c/--config, --database-url and --data-dir: how a command finds its database."""
+    return _config_option(_db_option(_data_dir_option(command)))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default="INFO", show_default=True, envvar="GRAYGATE_LOG_LEVEL")
 @click.version_option(package_name="graygate")
@@ -184,10 +189,24 @@ def db() -> None:
     """Database schema: upgrade, downgrade, check, current."""
 
 
+def _on_database(
+    config_path: str | None,
+    database_url: str | None,
+    data_dir: str | None,
+    step: Callable[[str], T],
+    then: Callable[[T], None],
+) -> None:
+    """The shape of every ``db`` command: open the database (embedded when no URL is set),
+    run ``step`` on its URL under the schema guard (a database away is one line, exit 3),
+    and hand the result to ``then`` while the database is still open."""
+    from store import migrate
+
+    with _errors(), _database(config_path, database_url, data_dir) as handle:
+        then(migrate.guarded(lambda: step(handle.url), handle.url))
+
+
 @db.command()
-@_config_option
-@_db_option
-@_data_dir_option
+@_database_options
 @click.option("--revision", default="head", show_default=True)
 def upgrade(
     config_path: str | None, database_url: str | None, data_dir: str | None, revision: str
@@ -195,15 +214,17 @@ def upgrade(
     """Apply migrations up to REVISION."""
     from store import migrate
 
-    with _errors(), _database(config_path, database_url, data_dir) as handle:
-        migrate.guarded(lambda: migrate.upgrade(handle.url, revision), handle.url)
-        click.echo(f"graygate: database at revision {revision}")
+    _on_database(
+        config_path,
+        database_url,
+        data_dir,
+        lambda url: migrate.upgrade(url, revision),
+        lambda _: click.echo(f"graygate: database at revision {revision}"),
+    )
 
 
 @db.command()
-@_config_option
-@_db_option
-@_data_dir_option
+@_database_options
 @click.argument("revision")
 def downgrade(
     config_path: str | None, database_url: str | None, data_dir: str | None, revision: str
@@ -211,30 +232,31 @@ def downgrade(
     """Revert migrations down to REVISION (``base`` for none)."""
     from store import migrate
 
-    with _errors(), _database(config_path, database_url, data_dir) as handle:
-        migrate.guarded(lambda: migrate.downgrade(handle.url, revision), handle.url)
-        click.echo(f"graygate: database at revision {revision}")
+    _on_database(
+        config_path,
+        database_url,
+        data_dir,
+        lambda url: migrate.downgrade(url, revision),
+        lambda _: click.echo(f"graygate: database at revision {revision}"),
+    )
 
 
 @db.command()
-@_config_option
-@_db_option
-@_data_dir_option
+@_database_options
 def check(config_path: str | None, database_url: str | None, data_dir: str | None) -> None:
     """Fail when the tables and the migrations disagree (``alembic check``)."""
     from store import migrate
 
-    with _errors(), _database(config_path, database_url, data_dir) as handle:
-        diffs = migrate.guarded(lambda: migrate.check(handle.url), handle.url)
+    def then(diffs: str | None) -> None:
         if diffs:
             _fail(1, f"migrations and tables disagree: {diffs}")
         click.echo("graygate: migrations and tables agree")
 
+    _on_database(config_path, database_url, data_dir, migrate.check, then)
+
 
 @db.command()
-@_config_option
-@_db_option
-@_data_dir_option
+@_database_options
 def current(config_path: str | None, database_url: str | None, data_dir: str | None) -> None:
     """Print the database's schema revision and this graygate's head; exit 1 if behind."""
     from store import migrate
@@ -247,19 +269,20 @@ def current(config_path: str | None, database_url: str | None, data_dir: str | N
         finally:
             await engine.dispose()
 
-    with _errors(), _database(config_path, database_url, data_dir) as handle:
-        rev = migrate.guarded(lambda: run_async(lambda: revision(handle.url)), handle.url)
+    def then(rev: str | None) -> None:
         head = migrate.head_revision()
         click.echo(f"revision {rev or 'none'} (head {head})")
         if rev != head:
             sys.exit(1)
 
+    _on_database(
+        config_path, database_url, data_dir, lambda url: run_async(lambda: revision(url)), then
+    )
+
 
 @cli.command()
 @click.argument("run")
-@_config_option
-@_db_option
-@_data_dir_option
+@_database_options
 @click.option("--wait", is_flag=True, help="Wait until the verdict is GO or NO_GO.")
 @click.option(
     "--timeout", type=float, default=900.0, show_default=True, help="Seconds, with --wait."
@@ -289,9 +312,7 @@ def verdict(
 
 @cli.command()
 @click.argument("run")
-@_config_option
-@_db_option
-@_data_dir_option
+@_database_options
 @click.option(
     "--html",
     "html",

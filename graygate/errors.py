@@ -72,8 +72,10 @@ class UpstreamTimeout(UpstreamError):
     kind = ErrorKind.TIMEOUT
 
 
-def one_line(exc: BaseException, limit: int = 200) -> str:
+def one_line(exc: BaseException, limit: int = 200, *, fallback: str | None = None) -> str:
     """The first line of what went wrong, for a log line or an error message: a driver's own
-    message (SQLAlchemy wraps it as ``orig``) in preference to the wrapper's, cut at ``limit``."""
+    message (SQLAlchemy wraps it as ``orig``) in preference to the wrapper's, cut at ``limit``;
+    ``fallback`` (default: ``repr(exc)``) when there is no message at all."""
     text = str(getattr(exc, "orig", None) or exc)
-    return (text.splitlines() or [repr(exc)])[0][:limit]
+    lines = text.splitlines() or [repr(exc) if fallback is None else fallback]
+    return lines[0][:limit]

@@ -29,6 +29,7 @@ from config.schema import GraygateConfig
 from diff.runtime_checks import RuntimeParseError, RuntimeSample, parse_expvar, parse_prometheus
 from graygate.errors import one_line
 from graygate.http_get import NoAnswer, http_get
+from graygate.vocabulary import Role
 from store.runtime_samples import Finding, insert_findings
 
 __all__ = ["PPROF_PATH", "Finding", "preflight"]
@@ -139,13 +140,13 @@ async def preflight(
     if not path.startswith("/"):
         path = "/" + path
     checks: list[Awaitable[Finding]] = [
-        _health(session, "primary", ups.primary, path, tmo),
-        _health(session, "canary", ups.canary, path, tmo),
+        _health(session, Role.PRIMARY, ups.primary, path, tmo),
+        _health(session, Role.CANARY, ups.canary, path, tmo),
     ]
     if ups.secondary is not None:
-        checks.append(_health(session, "secondary", ups.secondary, path, tmo))
+        checks.append(_health(session, Role.SECONDARY, ups.secondary, path, tmo))
     checks.append(_pprof(session, ups.canary, tmo))
-    for role, src in (("canary", cfg.runtime.canary), ("primary", cfg.runtime.primary)):
+    for role, src in ((Role.CANARY, cfg.runtime.canary), (Role.PRIMARY, cfg.runtime.primary)):
         if src is None:
             continue
         if src.expvar is not None:

@@ -45,6 +45,7 @@ from diff.runtime_checks import (
 from graygate.errors import one_line
 from graygate.http_get import NoAnswer, http_get
 from graygate.tasks import TaskSet
+from graygate.vocabulary import Role
 from store.runtime_samples import SamplerLock, insert_samples
 
 __all__ = [
@@ -158,7 +159,7 @@ class RuntimeSampler:
     @property
     def sources(self) -> dict[str, RuntimeSource]:
         out: dict[str, RuntimeSource] = {}
-        for role, src in (("canary", self.cfg.canary), ("primary", self.cfg.primary)):
+        for role, src in ((Role.CANARY, self.cfg.canary), (Role.PRIMARY, self.cfg.primary)):
             if src is not None and (src.expvar is not None or src.prometheus is not None):
                 out[role] = src
         return out

@@ -14,9 +14,10 @@ DiffKind   value, type, missing, extra, order, length, status, header, body     
 Against    canary, secondary (the side a difference was found against)           differences
 ErrorKind  timeout, refused, reset, error (an upstream's transport failure)      exchanges
 LossReason queue_full, spill_full, spill_error, database_unavailable,            run_losses
-           encode_error, rejected, closed (why an exchange was not recorded)
-SkipReason disabled, method, sampled_out, body_too_large, saturated              exchanges
-           (why the other side got no mirror)
+           encode_error, rejected, closed, process_killed
+           (why an exchange was not recorded)
+SkipReason disabled, method, sampled_out, body_too_large, saturated,             exchanges
+           upgrade_not_mirrored, client_aborted (why the other side got no mirror)
 ========== ===================================================================== ==============
 """
 
@@ -112,15 +113,17 @@ class ErrorKind(StrEnum):
 
 
 class LossReason(StrEnum):
-    """Why an exchange was not recorded (counted in ``run_losses``)."""
+    """Why an exchange was not recorded (counted in ``run_losses``; the recorder's loss
+    ledger, ``proxy.recording.ledger``, says when each is counted)."""
 
-    QUEUE_FULL = "queue_full"
-    SPILL_FULL = "spill_full"
-    SPILL_ERROR = "spill_error"
-    DATABASE_UNAVAILABLE = "database_unavailable"
-    ENCODE_ERROR = "encode_error"
-    REJECTED = "rejected"
-    CLOSED = "closed"
+    QUEUE_FULL = "queue_full"  # the recorder's queue was full
+    SPILL_FULL = "spill_full"  # the database was away and the spill full
+    SPILL_ERROR = "spill_error"  # the database was away and the spill failed to write
+    DATABASE_UNAVAILABLE = "database_unavailable"  # the database was away, no spill
+    ENCODE_ERROR = "encode_error"  # the record could not be made a row
+    REJECTED = "rejected"  # PostgreSQL refused the row itself
+    CLOSED = "closed"  # submitted after the recorder stopped accepting
+    PROCESS_KILLED = "process_killed"  # accepted by a process killed before writing it
 
 
 class SkipReason(StrEnum):
@@ -131,3 +134,5 @@ class SkipReason(StrEnum):
     SAMPLED_OUT = "sampled_out"
     BODY_TOO_LARGE = "body_too_large"
     SATURATED = "saturated"
+    UPGRADE_NOT_MIRRORED = "upgrade_not_mirrored"  # a protocol upgrade (WebSocket) tunnel
+    CLIENT_ABORTED = "client_aborted"  # the client broke off its request body

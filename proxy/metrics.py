@@ -10,8 +10,9 @@ can be scraped as one. Metric names:
 - ``graygate_upstream_latency_seconds{role, mode}``: time to an upstream's full answer
 - ``graygate_mirror_outcomes_total{outcome}``: mirrors sent, by outcome (ok | timeout |
   refused | reset | error; ``ok`` is any HTTP answer)
-- ``graygate_mirror_skipped_total{reason}``: exchanges not mirrored, by reason (disabled |
-  method | sampled_out | body_too_large | saturated)
+- ``graygate_mirror_skipped_total{reason}``: exchanges not mirrored, by reason
+  (``graygate.vocabulary.SkipReason``: disabled | method | sampled_out | body_too_large |
+  saturated | upgrade_not_mirrored)
 - ``graygate_mirror_in_flight``: mirrors running now
 
 What the recorder does with the exchanges is counted by the recorder

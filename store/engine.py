@@ -10,7 +10,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from graygate.errors import StoreUnavailable
+from graygate.errors import StoreUnavailable, one_line
 
 __all__ = ["censor_dsn", "create_engine", "ping", "schema_revision"]
 
@@ -43,9 +43,8 @@ async def ping(engine: AsyncEngine) -> None:
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
     except (SQLAlchemyError, DBAPIError, OSError, TimeoutError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
         raise StoreUnavailable(
-            f"database {censor_dsn(str(engine.url))} is unavailable: {reason}"
+            f"database {censor_dsn(str(engine.url))} is unavailable: {one_line(exc)}"
         ) from None
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from graygate.errors import one_line
 from graygate.values import Answer, RecordedExchange
 from store.tables import ROLES, exchanges, run_losses, spill_replays
 
@@ -323,7 +324,7 @@ async def write_exchanges(
 
 
 def _reason(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    return one_line(exc, fallback=type(exc).__name__)
 
 
 # ---------------------------------------------------------------------------------------

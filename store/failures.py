@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from graygate.errors import StoreUnavailable
+from graygate.errors import StoreUnavailable, one_line
 from store.engine import censor_dsn
 from store.exchanges import is_unavailable
 
@@ -48,7 +48,7 @@ def unavailable_error(engine: AsyncEngine, exc: BaseException) -> StoreUnavailab
     if not (behind or is_unavailable(exc) or state.startswith(_UNREACHABLE_PREFIXES)):
         return None
     where = censor_dsn(str(engine.url))
-    reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [repr(exc)])[0][:200]
+    reason = one_line(exc)
     if behind:
         return StoreUnavailable(
             f"database {where} schema is behind this graygate ({reason}); run `graygate db upgrade`"

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from graygate.errors import UnknownRun
-from graygate.values import Answer, PreflightFinding
+from graygate.values import Answer, PreflightFinding, RecordedExchange
 from graygate.vocabulary import Against, Judgement, Outcome, Role
 from store.failures import store_errors
 from store.tables import (
@@ -150,28 +150,26 @@ class DifferencePage:
 
 @dataclass(frozen=True, slots=True)
 class ExchangeDetail:
+    """One stored exchange: the :class:`RecordedExchange` as the proxy recorded it (its
+    primary and canary always set, its secondary when one was recorded), plus what only the
+    store knows: the row id, the run's name, the workers' judgement and the differences."""
+
     id: int
     run: str
-    trace_id: str
-    span_id: str
-    received_at: datetime
-    endpoint: str
-    method: str
-    path: str
-    query: str
-    request_headers: dict[str, str] | None
-    request_body: bytes | None
-    request_body_truncated: bool
-    gray_label: str | None
-    served_by: str
-    mirror_skipped: str | None
-    responses: dict[Role, Answer]  # primary, canary, then secondary when recorded
+    exchange: RecordedExchange
     judged_at: datetime | None
     outcome: str | None
     strict_mismatches: int | None
     tolerance_violations: int | None
     noise_differences: int | None
     differences: list[DifferenceRow]
+
+    @property
+    def responses(self) -> dict[Role, Answer]:
+        """The recorded answers by role: primary, canary, then secondary when recorded."""
+        x = self.exchange
+        sides = ((Role.PRIMARY, x.primary), (Role.CANARY, x.canary), (Role.SECONDARY, x.secondary))
+        return {role: answer for role, answer in sides if answer is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,7 +499,7 @@ async def exchange_by_trace(
             )
         ).all()
     m = row._mapping
-    responses = {
+    answers = {
         role: Answer(
             status=m[f"{role}_status"],
             headers=m[f"{role}_headers"] or {},
@@ -515,9 +513,8 @@ async def exchange_by_trace(
         or m["secondary_status"] is not None
         or m["secondary_error"] is not None
     }
-    return ExchangeDetail(
-        id=row.id,
-        run=row.run_name,
+    recorded = RecordedExchange(
+        run_id=row.run_id,
         trace_id=row.trace_id,
         span_id=row.span_id,
         received_at=row.received_at,
@@ -525,13 +522,21 @@ async def exchange_by_trace(
         method=row.method,
         path=row.path,
         query=row.query,
-        request_headers=row.request_headers,
+        # Never NULL for a row the proxy wrote (store.exchanges.exchange_row writes a dict).
+        request_headers=row.request_headers or {},
         request_body=row.request_body,
         request_body_truncated=row.request_body_truncated,
         gray_label=row.gray_label,
         served_by=row.served_by,
         mirror_skipped=row.mirror_skipped,
-        responses=responses,
+        primary=answers.get(Role.PRIMARY),
+        canary=answers.get(Role.CANARY),
+        secondary=answers.get(Role.SECONDARY),
+    )
+    return ExchangeDetail(
+        id=row.id,
+        run=row.run_name,
+        exchange=recorded,
         judged_at=row.judged_at,
         outcome=row.outcome,
         strict_mismatches=row.strict_mismatches,

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from graygate.values import PreflightFinding
+from graygate.vocabulary import Role
 from store.tables import ROLES, preflight_findings, runs, runtime_samples, verdicts
 
 __all__ = [
@@ -189,7 +190,7 @@ async def previous_pause_stats(
     engine: AsyncEngine,
     *,
     exclude_run_id: int,
-    role: str = "canary",
+    role: str = Role.CANARY,
     canary_url: str | None = None,
 ) -> PauseStats | None:
     """``role``'s pauses in the latest other run whose latest verdict is GO and that has

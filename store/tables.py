@@ -6,10 +6,12 @@ migrations and this module agree.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-from graygate.vocabulary import Against, Role
+from graygate.vocabulary import Against, DiffKind, Judgement, LossReason, Outcome, Role, SkipReason
 
 __all__ = [
     "ROLES",
@@ -25,6 +27,13 @@ __all__ = [
 ]
 
 ROLES: tuple[Role, ...] = tuple(Role)
+
+
+def _one_of(vocabulary: type[StrEnum], what: str) -> str:
+    """A text column's ``doc``: what it holds and its values, read off the enum (Python-side
+    only: not in the DDL, so migrations do not see it)."""
+    return f"{what}: {' | '.join(vocabulary)} (graygate.vocabulary.{vocabulary.__name__})"
+
 
 metadata = sa.MetaData(
     naming_convention={
@@ -85,16 +94,17 @@ exchanges = sa.Table(
     sa.Column("request_body", sa.LargeBinary),
     sa.Column("request_body_truncated", sa.Boolean, nullable=False, server_default="false"),
     sa.Column("gray_label", sa.Text),
-    # Which side answered the client: primary or canary.
-    sa.Column("served_by", sa.Text, nullable=False),
-    # Why the other side got no mirror (sampled_out, method, body_too_large, saturated,
-    # disabled); NULL when it was mirrored.
-    sa.Column("mirror_skipped", sa.Text),
+    sa.Column(
+        "served_by", sa.Text, nullable=False, doc=_one_of(Role, "which side answered the client")
+    ),
+    # NULL when the other side was mirrored.
+    sa.Column(
+        "mirror_skipped", sa.Text, doc=_one_of(SkipReason, "why the other side got no mirror")
+    ),
     *(c for role in ROLES for c in _role_columns(role)),
     # Judgement, filled by the diff workers.
     sa.Column("judged_at", sa.DateTime(timezone=True)),
-    # match | differ | noise_only | skipped (nothing to compare) | error
-    sa.Column("outcome", sa.Text),
+    sa.Column("outcome", sa.Text, doc=_one_of(Outcome, "what the diff workers made of it")),
     sa.Column("strict_mismatches", sa.Integer),
     sa.Column("tolerance_violations", sa.Integer),
     sa.Column("noise_differences", sa.Integer),
@@ -149,12 +159,10 @@ differences = sa.Table(
     # A concrete path ($.items[2].price) and its rule-level form ($.items[*].price).
     sa.Column("path", sa.Text, nullable=False),
     sa.Column("field", sa.Text, nullable=False),
-    # value | type | missing | extra | order | length | status | header | body
-    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False, doc=_one_of(DiffKind, "the kind of difference")),
     sa.Column("primary_value", JSONB),
     sa.Column("other_value", JSONB),
-    # strict | tolerance | noise | waived
-    sa.Column("judgement", sa.Text, nullable=False),
+    sa.Column("judgement", sa.Text, nullable=False, doc=_one_of(Judgement, "how it was judged")),
     sa.Column("rule", sa.Text),
     # The verdict's field counts stream over this in key order (count(DISTINCT exchange_id)
     # per endpoint, field, side and judgement without a sort); its prefix serves lookups by
@@ -177,9 +185,13 @@ run_losses = sa.Table(
     sa.Column(
         "run_id", sa.BigInteger, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
     ),
-    # queue_full | spill_full | spill_error | database_unavailable | encode_error | rejected |
-    # closed (see proxy.recorder)
-    sa.Column("reason", sa.Text, primary_key=True),
+    # Counted by the recorder's loss ledger (proxy.recording.ledger, which says when).
+    sa.Column(
+        "reason",
+        sa.Text,
+        primary_key=True,
+        doc=_one_of(LossReason, "why the exchanges were not recorded"),
+    ),
     sa.Column("count", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
 )

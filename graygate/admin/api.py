@@ -147,10 +147,11 @@ def _response_json(r: Answer) -> dict[str, Any]:
     }
 
 
-def exchange_json(x: ExchangeDetail) -> dict[str, Any]:
+def exchange_json(detail: ExchangeDetail) -> dict[str, Any]:
+    x = detail.exchange
     return {
-        "id": x.id,
-        "run": x.run,
+        "id": detail.id,
+        "run": detail.run,
         "trace_id": x.trace_id,
         "span_id": x.span_id,
         "received_at": x.received_at,
@@ -165,15 +166,15 @@ def exchange_json(x: ExchangeDetail) -> dict[str, Any]:
         },
         "served_by": x.served_by,
         "mirror_skipped": x.mirror_skipped,
-        "responses": {role: _response_json(a) for role, a in x.responses.items()},
+        "responses": {role: _response_json(a) for role, a in detail.responses.items()},
         "judgement": {
-            "judged_at": x.judged_at,
-            "outcome": x.outcome,
-            "strict_mismatches": x.strict_mismatches,
-            "tolerance_violations": x.tolerance_violations,
-            "noise_differences": x.noise_differences,
+            "judged_at": detail.judged_at,
+            "outcome": detail.outcome,
+            "strict_mismatches": detail.strict_mismatches,
+            "tolerance_violations": detail.tolerance_violations,
+            "noise_differences": detail.noise_differences,
         },
-        "differences": x.differences,
+        "differences": detail.differences,
     }
 
 

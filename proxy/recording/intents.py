@@ -322,7 +322,9 @@ class KilledProcesses:
         file. None when done; else the exception that says the database is away."""
         while self._orphans:
             orphan = self._orphans[0]
-            losses = {(run_id, PROCESS_KILLED): n for run_id, n in orphan.counts.items()}
+            losses: dict[LossKey, int] = {
+                (run_id, PROCESS_KILLED): n for run_id, n in orphan.counts.items()
+            }
             try:
                 added = await add(orphan.name, losses) if losses else True
             except Exception as exc:

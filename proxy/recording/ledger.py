@@ -8,7 +8,7 @@ Losses of exchanges the recorder had accepted (``accepted=True``) are reported t
 (``proxy.recording.intents``) keeps them outstanding, so that a kill in between still counts
 them (as ``process_killed``) on the next start.
 
-Reasons:
+Reasons (``graygate.vocabulary.LossReason``, the values of ``run_losses.reason``):
 
 - ``queue_full``: the queue was full when the proxy submitted the exchange
 - ``spill_full``: the database was away and the spill had reached ``record.spill_max_bytes``
@@ -33,6 +33,7 @@ from typing import Final
 from prometheus_client import Counter
 
 from graygate.errors import one_line
+from graygate.vocabulary import LossReason
 from proxy.recording.series import DROPPED
 from proxy.spill import Spill
 from store.exchanges import Row, is_rejection, is_unavailable
@@ -54,25 +55,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-QUEUE_FULL: Final = "queue_full"
-SPILL_FULL: Final = "spill_full"
-SPILL_ERROR: Final = "spill_error"
-DATABASE_UNAVAILABLE: Final = "database_unavailable"
-ENCODE_ERROR: Final = "encode_error"
-REJECTED: Final = "rejected"
-CLOSED: Final = "closed"
-PROCESS_KILLED: Final = "process_killed"
-SPILL_CORRUPT: Final = "spill_corrupt"  # Prometheus only: no run to charge
-REASONS: Final = (
-    QUEUE_FULL,
-    SPILL_FULL,
-    SPILL_ERROR,
-    DATABASE_UNAVAILABLE,
-    ENCODE_ERROR,
-    REJECTED,
-    CLOSED,
-    PROCESS_KILLED,
-)
+# The reasons stored in run_losses are graygate.vocabulary.LossReason; these names stay
+# for the recorder's modules.
+QUEUE_FULL: Final = LossReason.QUEUE_FULL
+SPILL_FULL: Final = LossReason.SPILL_FULL
+SPILL_ERROR: Final = LossReason.SPILL_ERROR
+DATABASE_UNAVAILABLE: Final = LossReason.DATABASE_UNAVAILABLE
+ENCODE_ERROR: Final = LossReason.ENCODE_ERROR
+REJECTED: Final = LossReason.REJECTED
+CLOSED: Final = LossReason.CLOSED
+PROCESS_KILLED: Final = LossReason.PROCESS_KILLED
+SPILL_CORRUPT: Final = "spill_corrupt"  # Prometheus only: no run to charge, not a LossReason
+REASONS: Final = tuple(LossReason)
 
 LossKey = tuple[int, str]  # (run_id, reason)
 WriteLosses = Callable[[Mapping[LossKey, int]], Awaitable[object]]

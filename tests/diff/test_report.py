@@ -196,7 +196,11 @@ async def test_exchange_by_trace(engine: AsyncEngine, no_go: Seeded) -> None:
     trace = no_go.traces["wrong_total"][0]
     found = await reports.exchange_by_trace(engine, trace)
     assert found is not None
-    assert (found.trace_id, found.run, found.endpoint) == (trace, no_go.run, ORDERS)
+    assert (found.exchange.trace_id, found.run, found.exchange.endpoint) == (
+        trace,
+        no_go.run,
+        ORDERS,
+    )
     assert list(found.responses) == ["primary", "canary", "secondary"]
     assert found.responses["primary"].status == 200 and found.responses["primary"].body
     assert found.outcome == "differ" and found.strict_mismatches == 1

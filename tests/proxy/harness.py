@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from config.load import config_from_mapping
 from config.schema import GraygateConfig
@@ -20,10 +21,14 @@ __all__ = [
     "Handler",
     "Sink",
     "closed_port",
+    "counting_echo",
     "echo",
     "handler_app",
     "make_cfg",
+    "proxy_between",
     "proxy_for",
+    "raw_request",
+    "send_and_hang_up",
     "serve_app",
 ]
 
@@ -84,6 +89,39 @@ async def echo(request: web.Request) -> web.Response:
     )
 
 
+def counting_echo(hits: list[str]) -> Handler:
+    """``echo`` that first appends the request's path to ``hits``."""
+
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return await echo(request)
+
+    return handler
+
+
+async def raw_request(base: str, data: bytes) -> bytes:
+    """Send ``data`` as is on a new connection, read the answer to the end."""
+    url = URL(base)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(20):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def send_and_hang_up(base: str, data: bytes) -> None:
+    """Send ``data`` as is on a new connection and close it without reading an answer."""
+    url = URL(base)
+    _, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(data)
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on."""
     return free_port()
@@ -104,3 +142,17 @@ async def proxy_for(cfg: GraygateConfig, sink: Sink) -> AsyncIterator[str]:
     app = make_proxy_app(cfg, recorder=sink, run_id=7)
     async with serve_app(app, ProxyRunner, **server_settings(cfg)) as url:
         yield url
+
+
+@asynccontextmanager
+async def proxy_between(
+    sink: Sink, primary: Handler = echo, canary: Handler = echo, **extra: Any
+) -> AsyncIterator[str]:
+    """The proxy, recording into ``sink``, in front of a primary and a canary served by
+    these handlers (both ``echo`` by default); ``extra`` as for ``make_cfg``."""
+    async with (
+        serve_app(handler_app(primary)) as p,
+        serve_app(handler_app(canary)) as c,
+        proxy_for(make_cfg(p, c, **extra), sink) as proxy,
+    ):
+        yield proxy

@@ -23,10 +23,14 @@ from proxy.codec import decode_body
 from tests.proxy.harness import (
     Sink,
     closed_port,
+    counting_echo,
     echo,
     handler_app,
     make_cfg,
+    proxy_between,
     proxy_for,
+    raw_request,
+    send_and_hang_up,
     serve_app,
 )
 
@@ -38,19 +42,6 @@ def header_map(pairs: list[list[str]]) -> dict[str, list[str]]:
     for k, v in pairs:
         out.setdefault(k.lower(), []).append(v)
     return out
-
-
-async def raw_request(base: str, data: bytes) -> bytes:
-    """Send ``data`` as is on a new connection, read the answer to the end."""
-    url = URL(base)
-    reader, writer = await asyncio.open_connection(url.host, url.port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        async with asyncio.timeout(20):
-            return await reader.read()
-    finally:
-        writer.close()
 
 
 # --- the client gets the primary's answer, exactly ------------------------------------
@@ -131,11 +122,7 @@ async def test_chunked_request_body_is_forwarded(client: ClientSession) -> None:
             yield f"part-{i};".encode()
 
     sink = Sink()
-    async with (
-        serve_app(handler_app(echo)) as p,
-        serve_app(handler_app(echo)) as c,
-        proxy_for(make_cfg(p, c), sink) as proxy,
-    ):
+    async with proxy_between(sink) as proxy:
         async with client.put(proxy + "/c", data=chunks()) as resp:
             seen = await resp.json()
         assert seen["body"] == "part-0;part-1;part-2;part-3;part-4;"
@@ -194,11 +181,7 @@ async def test_hop_by_hop_headers_are_stripped_both_ways() -> None:
 
 async def test_forwarded_headers_and_host(client: ClientSession) -> None:
     sink = Sink()
-    async with (
-        serve_app(handler_app(echo)) as p,
-        serve_app(handler_app(echo)) as c,
-        proxy_for(make_cfg(p, c), sink) as proxy,
-    ):
+    async with proxy_between(sink) as proxy:
         async with client.get(
             proxy + "/f",
             headers={
@@ -222,11 +205,7 @@ async def test_forwarded_headers_and_host(client: ClientSession) -> None:
 
 async def test_no_default_headers_added() -> None:
     sink = Sink()
-    async with (
-        serve_app(handler_app(echo)) as p,
-        serve_app(handler_app(echo)) as c,
-        proxy_for(make_cfg(p, c), sink) as proxy,
-    ):
+    async with proxy_between(sink) as proxy:
         raw = await raw_request(
             proxy,
             b"POST /n HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
@@ -239,11 +218,7 @@ async def test_no_default_headers_added() -> None:
 
 async def test_trace_id_returned_and_sent_upstream(client: ClientSession) -> None:
     sink = Sink()
-    async with (
-        serve_app(handler_app(echo)) as p,
-        serve_app(handler_app(echo)) as c,
-        proxy_for(make_cfg(p, c), sink) as proxy,
-    ):
+    async with proxy_between(sink) as proxy:
         async with client.get(proxy + "/t") as resp:
             trace_id = resp.headers["X-Trace-ID"]
             seen = header_map((await resp.json())["headers"])
@@ -258,11 +233,7 @@ async def test_trace_id_returned_and_sent_upstream(client: ClientSession) -> Non
 async def test_incoming_traceparent_continues_upstream(client: ClientSession) -> None:
     trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     sink = Sink()
-    async with (
-        serve_app(handler_app(echo)) as p,
-        serve_app(handler_app(echo)) as c,
-        proxy_for(make_cfg(p, c), sink) as proxy,
-    ):
+    async with proxy_between(sink) as proxy:
         async with client.get(
             proxy + "/tp",
             headers={"traceparent": f"00-{trace_id}-{parent}-00", "tracestate": "k=v"},
@@ -438,22 +409,13 @@ async def test_response_is_streamed_chunk_by_chunk(client: ClientSession) -> Non
 
 async def test_large_request_body_is_served_not_mirrored(client: ClientSession) -> None:
     canary_hits: list[str] = []
-
-    async def canary(request: web.Request) -> web.Response:
-        canary_hits.append(request.path)
-        return await echo(request)
-
     big = b"0123456789" * 1000  # 10 000 bytes
     sink = Sink()
     bounds: dict[str, Any] = {
         "mirror": {"max_body_bytes": 1000, "allow_side_effects": True},
         "record": {"max_body_bytes": 500},
     }
-    async with (
-        serve_app(handler_app(echo)) as p,
-        serve_app(handler_app(canary)) as c,
-        proxy_for(make_cfg(p, c, **bounds), sink) as proxy,
-    ):
+    async with proxy_between(sink, canary=counting_echo(canary_hits), **bounds) as proxy:
         async with client.post(proxy + "/upload", data=big) as resp:
             assert (await resp.json())["body"].encode() == big
 
@@ -540,11 +502,7 @@ async def test_client_disconnect_mid_stream_is_quiet(
 
 async def test_expect_100_continue() -> None:
     sink = Sink()
-    async with (
-        serve_app(handler_app(echo)) as p,
-        serve_app(handler_app(echo)) as c,
-        proxy_for(make_cfg(p, c), sink) as proxy,
-    ):
+    async with proxy_between(sink) as proxy:
         url = URL(proxy)
         reader, writer = await asyncio.open_connection(url.host, url.port)
         try:
@@ -569,33 +527,18 @@ GRAYGATE_LOGGERS = frozenset({"proxy", "graygate", "diff", "store", "config"})
 
 async def test_client_abandoning_its_body_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
     hits: list[str] = []
-
-    async def primary(request: web.Request) -> web.Response:
-        hits.append(request.path)
-        return await echo(request)
-
     sink = Sink()
     caplog.set_level(logging.WARNING)
-    async with (
-        serve_app(handler_app(primary)) as p,
-        serve_app(handler_app(echo)) as c,
-        proxy_for(make_cfg(p, c), sink) as proxy,
-    ):
-        url = URL(proxy)
-        _, writer = await asyncio.open_connection(url.host, url.port)
-        writer.write(b"POST /cut HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\nabc")
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-        # the same beyond mirror.max_body_bytes, where the body is streamed upstream
-        _, writer = await asyncio.open_connection(url.host, url.port)
-        writer.write(
-            b"POST /cut-big HTTP/1.1\r\nHost: h\r\nContent-Length: 100000000\r\n\r\n"
-            + b"x" * 200_000
+    async with proxy_between(sink, primary=counting_echo(hits)) as proxy:
+        await send_and_hang_up(
+            proxy, b"POST /cut HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\nabc"
         )
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
+        # the same beyond mirror.max_body_bytes, where the body is streamed upstream
+        await send_and_hang_up(
+            proxy,
+            b"POST /cut-big HTTP/1.1\r\nHost: h\r\nContent-Length: 100000000\r\n\r\n"
+            + b"x" * 200_000,
+        )
         # the proxy is still fine
         raw = await raw_request(
             proxy, b"GET /after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
@@ -1231,23 +1174,11 @@ async def test_canary_reset_mid_body_is_recorded_truncated() -> None:
 
 async def test_client_breaking_off_its_upload_leaves_a_record() -> None:
     hits: list[str] = []
-
-    async def primary(request: web.Request) -> web.Response:
-        hits.append(request.path)
-        return await echo(request)
-
     sink = Sink()
-    async with (
-        serve_app(handler_app(primary)) as p,
-        serve_app(handler_app(echo)) as c,
-        proxy_for(make_cfg(p, c), sink) as proxy,
-    ):
-        url = URL(proxy)
-        _, writer = await asyncio.open_connection(url.host, url.port)
-        writer.write(b"POST /cut HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\nabc")
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
+    async with proxy_between(sink, primary=counting_echo(hits)) as proxy:
+        await send_and_hang_up(
+            proxy, b"POST /cut HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\nabc"
+        )
         (rec,) = await sink.wait()
     assert hits == []
     assert rec.path == "/cut" and rec.mirror_skipped == "client_aborted"

@@ -9,10 +9,8 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,39 +21,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.schema import RecordConfig
 from graygate.errors import ConfigError
-from graygate.values import Answer, RecordedExchange
+from graygate.values import Answer
 from proxy.recorder import RECORDER_KEY, Recorder, recorder_ctx
 from proxy.spill import SEGMENT_SUFFIX, Spill
 from store.engine import create_engine
 from store.exchanges import count_exchanges, exchange_row, fetch_losses, write_exchanges
 from store.runs import ensure_run
 from tests.faultproxy import FaultProxy
-
-BODY = b'{"id": 1, "items": [{"sku": "A-1", "qty": 2, "price": 19.99}], "total": 39.98}'
+from tests.proxy.recording.rows import record
 
 
 async def new_run(engine: AsyncEngine, name: str) -> int:
     return await ensure_run(engine, name, primary_url="http://p", canary_url="http://c")
-
-
-def record(run_id: int, i: int) -> RecordedExchange:
-    return RecordedExchange(
-        run_id=run_id,
-        trace_id=uuid.uuid4().hex,
-        span_id=os.urandom(8).hex(),
-        received_at=datetime.now(UTC),
-        endpoint="GET /api/orders/{id}",
-        method="GET",
-        path=f"/api/orders/{i}",
-        query="",
-        request_headers={"accept": "application/json"},
-        request_body=None,
-        request_body_truncated=False,
-        gray_label="stable",
-        served_by="primary",
-        primary=Answer(200, {"content-type": "application/json"}, BODY, False, 3.0),
-        canary=Answer(200, {"content-type": "application/json"}, BODY, False, 4.0),
-    )
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:

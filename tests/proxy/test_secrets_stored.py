@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from aiohttp import ClientSession, FormData
 
-from tests.proxy.harness import Sink, echo, handler_app, make_cfg, proxy_for, serve_app
+from tests.proxy.harness import (
+    Sink,
+    echo,
+    handler_app,
+    make_cfg,
+    proxy_between,
+    proxy_for,
+    serve_app,
+)
 
 REDACT = {"json_fields": ["$..password"]}
 
@@ -61,11 +69,7 @@ async def test_bodies_are_redacted_whatever_their_type(client: ClientSession) ->
 
 async def test_query_string_is_redacted(client: ClientSession) -> None:
     sink = Sink()
-    async with (
-        serve_app(handler_app(echo)) as p,
-        serve_app(handler_app(echo)) as c,
-        proxy_for(make_cfg(p, c), sink) as proxy,
-    ):
+    async with proxy_between(sink) as proxy:
         async with client.get(proxy + "/q?page=2&access_token=hunter5") as r:
             assert r.status == 200
         (rec,) = await sink.wait(1)

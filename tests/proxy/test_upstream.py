@@ -600,28 +600,18 @@ async def test_answer_head_bounds(size: int, fields: int, ok: bool) -> None:
         writer.write(b"ok")
         await reader.read()
 
-    async with raw_server(handler) as port:
-        pool = Pool(
-            "http",
-            "127.0.0.1",
-            port,
-            "x",
-            max_connections=1,
-            connect_timeout=2,
-            max_head_bytes=4096,
-            max_head_fields=20,
-        )
-        try:
-            if ok:
-                resp = await pool.send("GET", "/", [], None, limit=5, idle=True)
-                assert await read_all(resp) == b"ok"
-            else:
-                with pytest.raises(UpstreamError) as info:
-                    await pool.send("GET", "/", [], None, limit=5, idle=True)
-                assert info.value.kind == "error"
-                assert "over 4096 bytes" in str(info.value) or "more than 20" in str(info.value)
-        finally:
-            await pool.close()
+    async with (
+        raw_server(handler) as port,
+        pool_for(port, max_connections=1, max_head_bytes=4096, max_head_fields=20) as pool,
+    ):
+        if ok:
+            resp = await pool.send("GET", "/", [], None, limit=5, idle=True)
+            assert await read_all(resp) == b"ok"
+        else:
+            with pytest.raises(UpstreamError) as info:
+                await pool.send("GET", "/", [], None, limit=5, idle=True)
+            assert info.value.kind == "error"
+            assert "over 4096 bytes" in str(info.value) or "more than 20" in str(info.value)
 
 
 async def test_endless_header_line_fails_at_the_bound() -> None:
@@ -654,20 +644,11 @@ async def test_endless_trailers_fail_at_the_bound() -> None:
             await writer.drain()
         await reader.read()
 
-    async with raw_server(handler) as port:
-        pool = Pool(
-            "http",
-            "127.0.0.1",
-            port,
-            "x",
-            max_connections=1,
-            connect_timeout=2,
-            max_head_bytes=4096,
-        )
-        try:
-            with pytest.raises(UpstreamError) as info:
-                # The head may find the answer failed already.
-                await read_all(await pool.send("GET", "/", [], None, limit=5, idle=True))
-            assert "trailers over 4096" in str(info.value)
-        finally:
-            await pool.close()
+    async with (
+        raw_server(handler) as port,
+        pool_for(port, max_connections=1, max_head_bytes=4096) as pool,
+    ):
+        with pytest.raises(UpstreamError) as info:
+            # The head may find the answer failed already.
+            await read_all(await pool.send("GET", "/", [], None, limit=5, idle=True))
+        assert "trailers over 4096" in str(info.value)

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 
 import orjson
 import pytest
-from yarl import URL
 
 from config.schema import GraygateConfig
 from graygate.values import RecordedExchange
-from tests.proxy.harness import Sink, make_cfg, proxy_for
+from tests.proxy.harness import Sink, make_cfg, proxy_for, raw_request
 
 # Fields that belong to one hop or one moment, not to the answer.
 _HOP: frozenset[bytes] = frozenset(
@@ -99,18 +98,6 @@ def parse(raw: bytes, method: bytes) -> Answer:
     return answer
 
 
-async def send(base: str, request: bytes) -> bytes:
-    url = URL(base)
-    reader, writer = await asyncio.open_connection(url.host, url.port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        async with asyncio.timeout(20):
-            return await reader.read()
-    finally:
-        writer.close()
-
-
 def request_bytes(method: bytes, target: bytes, host: bytes, extra: bytes = b"") -> bytes:
     return b"%b %b HTTP/1.1\r\nHost: %b\r\n%bConnection: close\r\n\r\n" % (
         method,
@@ -172,9 +159,9 @@ async def test_httpbin_direct_and_proxied_answers_are_the_same(
     cfg = make_cfg(httpbin_url, httpbin_url)
     host = b"shop.example:8080"
     req = request_bytes(method, target, host, extra)
-    direct = parse(await send(httpbin_url, req), method)
+    direct = parse(await raw_request(httpbin_url, req), method)
     async with through(cfg) as (proxy, sink):
-        proxied = parse(await send(proxy, req), method)
+        proxied = parse(await raw_request(proxy, req), method)
         rec = await record_of(sink, proxied.header(b"x-trace-id"))
     assert proxied.comparable() == direct.comparable()
     status = int(direct.status_line.split(b" ")[1])
@@ -194,7 +181,7 @@ async def test_httpbin_gzip_request_body_reaches_both_as_sent(httpbin_url: str) 
         % (len(body), body)
     )
     async with through(cfg) as (proxy, sink):
-        proxied = parse(await send(proxy, req), b"POST")
+        proxied = parse(await raw_request(proxy, req), b"POST")
         rec = await record_of(sink, proxied.header(b"x-trace-id"))
     for side in (rec.primary, rec.canary):
         assert side is not None and side.body is not None
@@ -214,12 +201,12 @@ async def test_go_trailers_never_reach_the_next_answer(go_url: str) -> None:
         for who, extra in ((b"alice", te), (b"", te), (b"carol", b""), (b"", b"")):
             target = b"/trailers?who=" + who if who else b"/plain"
             answers.append(
-                parse(await send(proxy, request_bytes(b"GET", target, b"h", extra)), b"GET")
+                parse(await raw_request(proxy, request_bytes(b"GET", target, b"h", extra)), b"GET")
             )
         records = await sink.wait(4)
     alice, plain1, carol, plain2 = answers
     direct = parse(
-        await send(go_url, request_bytes(b"GET", b"/trailers?who=alice", b"h", te)), b"GET"
+        await raw_request(go_url, request_bytes(b"GET", b"/trailers?who=alice", b"h", te)), b"GET"
     )
     assert alice.comparable() == direct.comparable()
     assert alice.trailers == direct.trailers == [(b"X-Checksum", b"secret-of-alice")]
@@ -236,9 +223,9 @@ async def test_go_trailers_never_reach_the_next_answer(go_url: str) -> None:
 async def test_go_direct_and_proxied_answers_are_the_same(go_url: str, target: bytes) -> None:
     cfg = make_cfg(go_url, go_url)
     req = request_bytes(b"GET", target, b"shop.example")
-    direct = parse(await send(go_url, req), b"GET")
+    direct = parse(await raw_request(go_url, req), b"GET")
     async with through(cfg) as (proxy, sink):
-        proxied = parse(await send(proxy, req), b"GET")
+        proxied = parse(await raw_request(proxy, req), b"GET")
         rec = await record_of(sink, proxied.header(b"x-trace-id"))
     assert proxied.comparable() == direct.comparable()
     assert proxied.interim == direct.interim  # 103 Early Hints forwarded
@@ -254,7 +241,7 @@ async def test_go_echo_sees_the_clients_host_and_body_and_so_does_the_canary(go_
         b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body)
     )
     async with through(cfg) as (proxy, sink):
-        proxied = parse(await send(proxy, req), b"POST")
+        proxied = parse(await raw_request(proxy, req), b"POST")
         rec = await record_of(sink, proxied.header(b"x-trace-id"))
     sha = hashlib.sha256(body).hexdigest()
     seen = orjson.loads(proxied.body)

@@ -1,4 +1,5 @@
-"""Records and rows for the recording tests (no database needed to build them)."""
+"""Records and rows for the recording and recorder tests (no database needed to build them):
+the one builder of a typical recorded exchange."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from store.exchanges import Row, exchange_row
 
 __all__ = ["record", "rows"]
 
-BODY = b'{"id": 1, "total": 39.98}'
+BODY = b'{"id": 1, "items": [{"sku": "A-1", "qty": 2, "price": 19.99}], "total": 39.98}'
 
 
 def record(run_id: int, i: int) -> RecordedExchange:
+    """Exchange ``i`` of run ``run_id``: ``GET /api/orders/{i}``, both sides 200 with BODY."""
     return RecordedExchange(
         run_id=run_id,
         trace_id=uuid.uuid4().hex,
