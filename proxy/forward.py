@@ -51,6 +51,7 @@ __all__ = [
     "X_GRAY_SHADOW",
     "Answer",
     "Capture",
+    "ClientStalled",
     "RequestBody",
     "Upstream",
     "accepts_trailers",
@@ -364,6 +365,17 @@ def error_response(kind: str, role: str, trace_id: str) -> web.Response:
 ENCODED_FACTOR: Final = 4
 
 
+class ClientStalled(ConnectionResetError):
+    """The client took no bytes of its answer for ``timeouts.client_write_s``: its
+    connection was cut off (and the upstream's is released)."""
+
+
+def _client_gone(capture: Capture, exc: ConnectionError) -> None:
+    capture.client_gone = True
+    if isinstance(exc, ClientStalled):
+        capture.client_stalled = True
+
+
 class Capture:
     """What one upstream answered, as it came (headers as sent, body still encoded),
     with a copy of the body bounded at ``limit`` bytes."""
@@ -371,6 +383,7 @@ class Capture:
     __slots__ = (
         "chunks",
         "client_gone",
+        "client_stalled",
         "error",
         "headers",
         "latency",
@@ -390,6 +403,7 @@ class Capture:
         self.latency: float | None = None  # seconds
         self.error: str | None = None
         self.client_gone = False
+        self.client_stalled = False  # the client was cut off: it took no bytes in time
 
     def encoded(self, headers: Mapping[str, str]) -> None:
         """The body is compressed (``Content-Encoding``): keep up to ``ENCODED_FACTOR``
@@ -607,8 +621,8 @@ async def forward(
             if first:
                 capture.add(first)
                 await out.write(first)
-        except ConnectionError:
-            capture.client_gone = True
+        except ConnectionError as exc:
+            _client_gone(capture, exc)
             capture.truncated = bool(first)
             return out
         while True:
@@ -629,8 +643,8 @@ async def forward(
             capture.add(chunk)
             try:
                 await out.write(chunk)
-            except ConnectionError:
-                capture.client_gone = True
+            except ConnectionError as exc:
+                _client_gone(capture, exc)
                 capture.truncated = True
                 capture.latency = _perf() - start
                 return out
@@ -641,8 +655,8 @@ async def forward(
                 await out.write_trailers(trailers)
             else:
                 await out.write_eof()  # trailers are dropped for a client that did not ask
-        except ConnectionError:
-            capture.client_gone = True
+        except ConnectionError as exc:
+            _client_gone(capture, exc)
         if request.transport is None:  # gone while the last bytes were on their way
             capture.client_gone = True
         return out
