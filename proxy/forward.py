@@ -766,9 +766,14 @@ async def fetch(
     capture: Capture,
     client_host: str | None = None,
 ) -> Capture:
-    """Send a mirror to ``upstream`` and read its whole answer (a bounded copy kept) within
-    the mirror timeout. Never raises for an upstream failure: ``capture.error`` says it."""
+    """Send a mirror to ``upstream`` and read its answer within the mirror timeout, up to
+    what is recorded (``capture``'s bound): past it the answer is cut, its connection
+    closed rather than drained, and it is recorded truncated with no latency (its end is
+    unknown). A mirror thus reads at most the record bound (times ``ENCODED_FACTOR`` for
+    a compressed body) plus the pool's read buffer. Never raises for an upstream failure:
+    ``capture.error`` says it."""
     start = _perf()
+    cut = False
     try:
         resp = await upstream.pool.send(
             method,
@@ -785,6 +790,9 @@ async def fetch(
             capture.encoded(resp.headers)
             while chunk := await resp.read():
                 capture.add(chunk)
+                if capture.truncated:  # past what is recorded: not read on
+                    cut = True
+                    break
         finally:
             resp.release()
     except asyncio.CancelledError:
@@ -793,5 +801,6 @@ async def fetch(
         capture.error = error_kind(exc)
         if capture.status is not None:  # the head came, the body broke off
             capture.truncated = True
-    capture.latency = _perf() - start
+    if not cut:
+        capture.latency = _perf() - start
     return capture
