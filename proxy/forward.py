@@ -588,6 +588,7 @@ async def forward(
     except Exception as exc:
         capture.latency = _perf() - start
         capture.error = kind = error_kind(exc)
+        exc.__traceback__ = None  # its frames hold the request: no cycle left behind
         logger.debug("%s %s failed: %s: %r", upstream.role, request.method, kind, exc)
         return error_response(kind, upstream.role, trace_id)
     try:
@@ -633,6 +634,7 @@ async def forward(
                 # body it got cannot pass for a whole one.
                 capture.latency = _perf() - start
                 capture.error = exc.kind
+                exc.__traceback__ = None
                 capture.truncated = True
                 transport = request.transport
                 if transport is not None:
@@ -799,6 +801,7 @@ async def fetch(
         raise
     except Exception as exc:
         capture.error = error_kind(exc)
+        exc.__traceback__ = None  # its frames hold the capture: no cycle left behind
         if capture.status is not None:  # the head came, the body broke off
             capture.truncated = True
     if not cut:

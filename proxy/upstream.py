@@ -517,6 +517,27 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+        self.unlink()
+
+    def unlink(self) -> None:
+        """Break this connection's reference cycles and drop what it buffered, once no
+        request uses it: its parser calls its own bound methods, and its error's traceback
+        holds the frames that waited on it. A closed connection is then freed at once by
+        reference counting, with its buffers, not at the next full collection."""
+        self.parser = _UNLINKED
+        self.chunks = []
+        self.error = None
+        self.interim = None
+        self._waiter = None
+        self._drain = None
+        self._head_buf = bytearray()
+
+
+class _NoAnswer:
+    """The protocol of the parser an unlinked connection keeps: it calls nothing back."""
+
+
+_UNLINKED: Final = httptools.HttpResponseParser(_NoAnswer())
 
 
 class Response:
@@ -590,7 +611,7 @@ class Response:
         transport = conn.transport
         conn.transport = None
         data = b"".join(conn.chunks)
-        conn.chunks.clear()
+        conn.unlink()
         if transport is None or transport.is_closing():
             return None
         if conn._paused:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 from aiohttp import ClientSession, web
 
+from proxy.forward import Capture
+from proxy.upstream import _Connection
 from tests.proxy.harness import Sink, handler_app, make_cfg, proxy_for, serve_app
 
 CHUNK = b"y" * 65_536
@@ -78,3 +81,58 @@ async def test_an_endless_mirrored_body_is_cut_at_the_record_bound() -> None:
             assert canary_answer.body is not None and len(canary_answer.body) == 65_536
             assert canary_answer.latency_ms is None  # its end is unknown
             assert record.primary is not None and record.primary.latency_ms is not None
+
+
+def _alive(kind: type) -> int:
+    return sum(1 for o in gc.get_objects() if type(o) is kind)
+
+
+def _closed_connections() -> int:
+    """Closed upstream connections still in memory (pooled ones stay: they are open)."""
+    return sum(1 for o in gc.get_objects() if type(o) is _Connection and o.transport is None)
+
+
+async def test_timed_out_mirrors_leave_nothing_for_the_collector() -> None:
+    # A canary that sends part of a body and then nothing: every mirror times out holding a
+    # captured body. With the collector off, what the timeout path leaves in reference
+    # cycles stays; nothing may (each would hold its body until a full collection).
+    n = 60
+    async with serve_app(handler_app(_ok)) as primary, endless_body(then_stall_after=2) as canary:
+        cfg = make_cfg(
+            primary,
+            canary,
+            record={"max_body_bytes": 1_048_576},
+            mirror={"timeout_ms": 100},
+        )
+        sink = Sink()
+        async with proxy_for(cfg, sink) as url, ClientSession() as session:
+            for _ in range(10):  # the primary's pool fills: its connections stay
+                await _get(session, f"{url}/warm")
+            await sink.wait(10)
+            sink.records.clear()
+            gc.collect()
+            gc.disable()
+            try:
+                captures = _alive(Capture)
+                connections = _closed_connections()
+                for i in range(n // 10):
+                    async with asyncio.TaskGroup() as tg:
+                        for _ in range(10):
+                            tg.create_task(_get(session, f"{url}/x"))
+                    await sink.wait((i + 1) * 10)
+                await asyncio.sleep(0.2)  # the closed connections' callbacks
+                records = sink.records
+                assert len(records) == n
+                assert all(r.canary is not None and r.canary.error == "timeout" for r in records)
+                left_captures = _alive(Capture) - captures
+                left_connections = _closed_connections() - connections
+            finally:
+                gc.enable()
+        assert left_captures <= 2, left_captures
+        assert left_connections <= 2, left_connections
+
+
+async def _get(session: ClientSession, url: str) -> None:
+    async with session.get(url) as resp:
+        assert resp.status == 200
+        await resp.read()
