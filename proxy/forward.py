@@ -650,7 +650,9 @@ async def forward(
                 capture.truncated = True
                 capture.latency = _perf() - start
                 return out
-        capture.latency = _perf() - start
+        # Timed in the connection's callbacks, as a mirror is (never the client's writes).
+        latency = resp.latency
+        capture.latency = _perf() - start if latency is None else latency
         try:
             trailers = resp.trailers
             if trailers and out.chunked_out and accepts_trailers(request):
@@ -776,6 +778,7 @@ async def fetch(
     ``capture.error`` says it."""
     start = _perf()
     cut = False
+    resp: Response | None = None
     try:
         resp = await upstream.pool.send(
             method,
@@ -805,5 +808,6 @@ async def fetch(
         if capture.status is not None:  # the head came, the body broke off
             capture.truncated = True
     if not cut:
-        capture.latency = _perf() - start
+        latency = None if resp is None or capture.error else resp.latency
+        capture.latency = _perf() - start if latency is None else latency
     return capture

@@ -6,10 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
 
 from aiohttp import ClientSession, web
 
+from graygate.processes import free_port
 from proxy.forward import Capture
 from proxy.upstream import _Connection
 from tests.proxy.harness import Sink, handler_app, make_cfg, proxy_for, serve_app
@@ -136,3 +141,79 @@ async def _get(session: ClientSession, url: str) -> None:
     async with session.get(url) as resp:
         assert resp.status == 200
         await resp.read()
+
+
+_DELAYED = """
+import asyncio, sys
+from aiohttp import web
+
+async def delayed(request):
+    await asyncio.sleep(0.02)
+    return web.Response(body=b"z" * 200_000)
+
+app = web.Application()
+app.router.add_route("*", "/{tail:.*}", delayed)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+_LOAD = """
+import asyncio, sys
+from aiohttp import ClientSession
+
+async def main(url, n, concurrency):
+    async with ClientSession() as session:
+        async def one():
+            async with session.get(url) as resp:
+                assert resp.status == 200
+                await resp.read()
+        for _ in range(n // concurrency):
+            await asyncio.gather(*(one() for _ in range(concurrency)))
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+"""
+
+
+@contextlib.contextmanager
+def _delayed_server() -> Iterator[str]:
+    """An upstream process answering every request after 20 ms with 200 kB."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _DELAYED, str(port)])
+    try:
+        for _ in range(200):  # up to 20 s for it to listen
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+                break
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_both_sides_are_timed_the_same_way() -> None:
+    # Identical services in processes of their own: the served side and the mirrored side
+    # are timed from the request's first byte written to the answer's last byte read, in
+    # the connection's callbacks; their medians agree under concurrent load (the mirrored
+    # side read up to 3x slower when timed from its task).
+    n, concurrency = 150, 10
+    with _delayed_server() as primary, _delayed_server() as canary:
+        cfg = make_cfg(primary, canary, mirror={"timeout_ms": 10_000})
+        sink = Sink()
+        async with proxy_for(cfg, sink) as url:
+            load = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _LOAD, f"{url}/d", str(n), str(concurrency)
+            )  # fmt: skip
+            async with asyncio.timeout(120):
+                assert await load.wait() == 0
+            await sink.wait(n)
+    served = sorted(
+        r.primary.latency_ms for r in sink.records if r.primary and r.primary.latency_ms
+    )
+    mirrored = sorted(r.canary.latency_ms for r in sink.records if r.canary and r.canary.latency_ms)
+    assert len(served) == len(mirrored) == n
+    p50_served, p50_mirrored = served[n // 2], mirrored[n // 2]
+    assert p50_served >= 20.0 and p50_mirrored >= 20.0  # the delay is in both
+    assert abs(p50_mirrored - p50_served) <= 0.25 * min(p50_served, p50_mirrored), (
+        p50_served,
+        p50_mirrored,
+    )
