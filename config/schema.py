@@ -36,6 +36,7 @@ __all__ = [
     "RuntimeConfig",
     "RuntimeSource",
     "ServeRule",
+    "TimeoutsConfig",
     "Tolerance",
     "TracingConfig",
     "UpstreamsConfig",
@@ -183,6 +184,10 @@ class ListenLimits(_Frozen):
     max_field_bytes: int = Field(default=61_440, ge=256, le=16_777_216)  # a name, a value
     max_header_bytes: int = Field(default=61_440, ge=256, le=16_777_216)  # all names + values
     max_headers: int = Field(default=100, ge=1, le=100_000)
+    # Client connections one process holds open; at the cap, the connection idle the
+    # longest (keep-alive, or a head not yet complete) is closed for a new one, and a new
+    # one is closed at once when none is idle.
+    max_connections: int = Field(default=10_000, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _field_within_total(self) -> ListenLimits:
@@ -192,6 +197,18 @@ class ListenLimits(_Frozen):
                 f"({self.max_header_bytes})"
             )
         return self
+
+
+class TimeoutsConfig(_Frozen):
+    """The proxied port's time bounds toward clients (seconds)."""
+
+    # A request's head, from its first byte to its empty line; then the connection closes.
+    client_header_s: float = Field(default=10.0, gt=0.0, le=3_600.0)
+    # A keep-alive connection with no request (and a new one before its first request).
+    keepalive_s: float = Field(default=75.0, gt=0.0, le=86_400.0)
+    # Each wait for a client to take the answer's bytes (as nginx's send_timeout): a client
+    # that reads nothing for this long is cut off and the upstream connection released.
+    client_write_s: float = Field(default=30.0, gt=0.0, le=3_600.0)
 
 
 class MirrorConfig(_Frozen):
@@ -442,6 +459,7 @@ class GraygateConfig(_Frozen):
     run: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
     listen: Listen = "0.0.0.0:8080"
     listen_limits: ListenLimits = Field(default_factory=ListenLimits)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     upstreams: UpstreamsConfig

@@ -38,11 +38,34 @@ from graygate.embedded_pg import DatabaseHandle, default_data_dir
 from graygate.errors import ConfigError, StoreUnavailable
 from graygate.processes import parent_death_signal, run_async
 
-__all__ = ["serve_forever"]
+__all__ = ["raise_fd_limit", "serve_forever"]
 
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 15.0
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit of open files to the hard one (each client connection is a
+    file); the soft limit now. A limit that cannot be raised is left as it is."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError) as exc:
+            logger.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    if soft != resource.RLIM_INFINITY and soft < 4096:
+        logger.warning(
+            "the open-file limit is %d: client connections beyond it are refused by the "
+            "kernel (listen_limits.max_connections counts below it)",
+            soft,
+        )
+    return soft
 
 
 def serve_forever(
@@ -65,6 +88,7 @@ def serve_forever(
             f"{cfg.listen!r}: port 0 with --processes {processes}: each process would "
             "listen on a port of its own; name the port",
         )
+    raise_fd_limit()
     if handle.embedded:
         migrate.guarded(lambda: migrate.upgrade(handle.url), handle.url)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

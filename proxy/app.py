@@ -22,12 +22,13 @@ and building the record happen after the client has its answer.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from aiohttp import ClientError, web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
@@ -46,6 +47,7 @@ from proxy.forward import (
     HOP_BY_HOP,
     UPSTREAMS_KEY,
     Capture,
+    ClientStalled,
     RequestBody,
     Upstream,
     asks_upgrade,
@@ -56,7 +58,12 @@ from proxy.forward import (
     upstream_headers,
     upstreams_ctx,
 )
-from proxy.metrics import count_mirror_skip, observe_upstream
+from proxy.metrics import (
+    CLIENT_CONNECTIONS,
+    count_client_closed,
+    count_mirror_skip,
+    observe_upstream,
+)
 from proxy.mirror import MIRROR_TASKS_KEY, Exchange, Mirror, mirror_tasks_ctx
 from proxy.redact import Redactor
 from proxy.routing import CANARY, PRIMARY, SKIP_BODY_TOO_LARGE, SKIP_SATURATED, Router
@@ -66,7 +73,16 @@ from proxy.tracing import TRACING_KEY, Tracing, tracing_ctx
 if TYPE_CHECKING:
     from aiohttp.web_urldispatcher import _InfoDict
 
-__all__ = ["PROXY_KEY", "Proxy", "ProxyRunner", "RecordSink", "make_proxy_app", "server_settings"]
+__all__ = [
+    "CLIENT_LIMITS_KEY",
+    "PROXY_KEY",
+    "ClientLimits",
+    "Proxy",
+    "ProxyRunner",
+    "RecordSink",
+    "make_proxy_app",
+    "server_settings",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +91,13 @@ logger = logging.getLogger(__name__)
 # tasks, futures; the record) that die young. With CPython's default threshold (700) the
 # collector runs every few requests and rescans what startup left behind: a quarter of the
 # proxy's CPU time in the benchmark. While the proxy serves, what exists at startup is
-# frozen out of collection and the young generation is collected every 50 000 allocations.
-_GC_THRESHOLD: Final = (50_000, 50, 100)
+# frozen out of collection and the young generation is collected every 50 000 allocations;
+# the older generations keep CPython's ratios (10, 10: a full collection every 5 million
+# allocations, some 10 000 requests). It was (50, 100): a full collection almost never,
+# and what a reference cycle held (a timed-out mirror's captured body) stayed. The
+# request path leaves no cycles behind (``proxy.upstream._Connection.unlink``, tracebacks
+# dropped where upstream errors are caught); the collector is the backstop.
+_GC_THRESHOLD: Final = (50_000, 10, 10)
 
 SKIP_UPGRADE: Final = "upgrade_not_mirrored"
 SKIP_CLIENT_ABORTED: Final = "client_aborted"  # the client broke off its request body
@@ -347,7 +368,7 @@ class Proxy:
             primary=self._response(caps.get(PRIMARY)),
             canary=self._response(caps.get(CANARY)),
             secondary=self._response(caps.get(Role.SECONDARY)),
-            extra={"client_disconnected": "true"} if served and served.client_gone else {},
+            extra=_served_extra(served),
         )
 
     def _response(self, cap: Capture | None) -> Answer | None:
@@ -367,6 +388,16 @@ class Proxy:
             latency_ms=latency_ms,
             error=cap.error,
         )
+
+
+def _served_extra(served: Capture | None) -> dict[str, str]:
+    """What the record says of the client: it went away, or it was cut off for taking no
+    bytes of its answer in time (``timeouts.client_write_s``)."""
+    if served is None or not served.client_gone:
+        return {}
+    if served.client_stalled:
+        return {"client_disconnected": "true", "client_stalled": "true"}
+    return {"client_disconnected": "true"}
 
 
 def _storable(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -403,8 +434,9 @@ def server_settings(cfg: GraygateConfig) -> dict[str, Any]:
     ``auto_decompress=False``: the upstreams get the body's bytes as the client sent them
     (aiohttp would otherwise inflate a ``Content-Encoding: gzip`` body and hand on the
     inflated bytes under the same label: bodies past ``mirror.max_body_bytes``, bombs, and
-    a second request smuggled in the inflated bytes). Serving the proxy app without these
-    settings is a bug.
+    a second request smuggled in the inflated bytes). ``keepalive_timeout``: an idle
+    connection (or a new one that sends nothing) is closed after ``timeouts.keepalive_s``
+    (aiohttp's default is an hour). Serving the proxy app without these settings is a bug.
     """
     limits = cfg.listen_limits
     return {
@@ -412,12 +444,134 @@ def server_settings(cfg: GraygateConfig) -> dict[str, Any]:
         "max_line_size": limits.max_line_bytes,
         "max_field_size": limits.max_field_bytes,
         "max_headers": limits.max_headers,
+        "keepalive_timeout": cfg.timeouts.keepalive_s,
     }
 
 
+class ClientLimits:
+    """The proxied port's bounds on its clients, shared by the connections of one server:
+    the head's time (``timeouts.client_header_s``), each wait to hand an answer's bytes to
+    the client (``timeouts.client_write_s``) and the number of open connections
+    (``listen_limits.max_connections``: at the cap, the connection idle the longest is
+    closed for the new one; with none idle, the new one is closed). What it closes is
+    counted (``graygate_client_closed_total{reason}``)."""
+
+    __slots__ = ("header_s", "live", "max_connections", "write_s")
+
+    def __init__(self, *, header_s: float, write_s: float, max_connections: int) -> None:
+        self.header_s = header_s
+        self.write_s = write_s
+        self.max_connections = max_connections
+        self.live: dict[_RequestHandler, None] = {}  # open client connections
+
+    @classmethod
+    def from_config(cls, cfg: GraygateConfig) -> ClientLimits:
+        return cls(
+            header_s=cfg.timeouts.client_header_s,
+            write_s=cfg.timeouts.client_write_s,
+            max_connections=cfg.listen_limits.max_connections,
+        )
+
+    def opened(self, conn: _RequestHandler) -> bool:
+        """A new connection: False when it must be closed (the cap, none idle)."""
+        live = self.live
+        if len(live) >= self.max_connections:
+            oldest: _RequestHandler | None = None
+            for other in live:
+                if other.idle and (oldest is None or other.active_at < oldest.active_at):
+                    oldest = other
+            if oldest is None:
+                count_client_closed("refused")
+                return False
+            count_client_closed("evicted")
+            self.closed(oldest)
+            oldest.abort()
+        live[conn] = None
+        CLIENT_CONNECTIONS.inc()
+        return True
+
+    def closed(self, conn: _RequestHandler) -> None:
+        if self.live.pop(conn, 0) is None:
+            CLIENT_CONNECTIONS.dec()
+
+
 class _RequestHandler(RequestHandler):
-    """aiohttp's connection handler, answering a head over the limits with 414 (target)
-    or 431 (header fields), as RFC 9110 and RFC 6585 say, rather than 400."""
+    """aiohttp's connection handler, with the proxied port's bounds (:class:`ClientLimits`),
+    answering a head over the limits with 414 (target) or 431 (header fields), as RFC 9110
+    and RFC 6585 say, rather than 400."""
+
+    def __init__(self, manager: web.Server, *, limits: ClientLimits, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._limits = limits
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_count = 0  # requests parsed when the head timer was armed
+        self.active_at = 0.0  # when the last request was parsed (or the connection made)
+        self.stalled = False  # cut off: it took no bytes of its answer in time
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for a request (none parsed and unanswered): may be closed for another."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._messages
+
+    def abort(self) -> None:
+        """Close at once, dropping what is buffered for the client."""
+        transport = self.transport
+        if transport is not None:
+            transport.abort()
+        self.force_close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.active_at = self._loop.time()
+        if not self._limits.opened(self):
+            cast(
+                asyncio.Transport, transport
+            ).abort()  # connection_lost follows; no request is read
+            return
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._limits.closed(self)
+        timer = self._head_timer
+        if timer is not None:
+            timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        count = self._request_count
+        if self._head_timer is None and (self.idle or count == 0) and data:
+            # The first bytes of a head: it has timeouts.client_header_s to be complete.
+            self._head_count = count
+            self._head_timer = self._loop.call_later(self._limits.header_s, self._head_late)
+        super().data_received(data)
+        if self._request_count != count:
+            self.active_at = self._loop.time()
+            timer = self._head_timer
+            if timer is not None:
+                timer.cancel()
+                self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self._request_count == self._head_count and self.transport is not None:
+            count_client_closed("header_timeout")
+            self.abort()
+
+    async def _drain_helper(self) -> None:
+        # The one place a write to the client waits: bounded by timeouts.client_write_s.
+        if self.transport is None or not self._paused:
+            return await super()._drain_helper()
+        try:
+            async with asyncio.timeout(self._limits.write_s):
+                await super()._drain_helper()
+        except TimeoutError:
+            self.stalled = True
+            count_client_closed("stalled")
+            self.abort()
+            raise ClientStalled(
+                f"the client took no bytes for {self._limits.write_s:g} s"
+            ) from None
 
     def handle_error(
         self,
@@ -449,16 +603,28 @@ def _limit_status(exc: BaseException, max_line: int, max_field: int) -> int | No
 
 
 class _Server(web.Server):
+    limits: ClientLimits
+
     def __call__(self) -> RequestHandler:
-        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+        return _RequestHandler(self, loop=self._loop, limits=self.limits, **self._kwargs)
+
+
+CLIENT_LIMITS_KEY: web.AppKey[ClientLimits] = web.AppKey(
+    "graygate.proxy.client_limits", ClientLimits
+)
 
 
 class ProxyRunner(web.AppRunner):
-    """The ``web.AppRunner`` of the proxied port: over-limit heads get 414 / 431."""
+    """The ``web.AppRunner`` of the proxied port: over-limit heads get 414 / 431, and its
+    connections are bounded by the app's :class:`ClientLimits` (``CLIENT_LIMITS_KEY``)."""
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _Server
+        limits = self.app.get(CLIENT_LIMITS_KEY)
+        if limits is None:
+            raise RuntimeError("ProxyRunner serves the app of make_proxy_app only")
+        cast(_Server, server).limits = limits
         return server
 
 
@@ -484,6 +650,7 @@ def make_proxy_app(
     # The request parser's settings travel with the app, whatever runner serves it.
     app = web.Application(handler_args=server_settings(cfg))
     app[PROXY_KEY] = proxy
+    app[CLIENT_LIMITS_KEY] = ClientLimits.from_config(cfg)
     app.cleanup_ctx.append(upstreams_ctx(cfg.upstreams, cfg.mirror))
     app.cleanup_ctx.append(tracing_ctx(cfg.tracing, span_exporter))
     app.cleanup_ctx.append(mirror_tasks_ctx(cfg.mirror.timeout_ms / 1000 + 1.0))

@@ -51,6 +51,7 @@ __all__ = [
     "X_GRAY_SHADOW",
     "Answer",
     "Capture",
+    "ClientStalled",
     "RequestBody",
     "Upstream",
     "accepts_trailers",
@@ -364,6 +365,17 @@ def error_response(kind: str, role: str, trace_id: str) -> web.Response:
 ENCODED_FACTOR: Final = 4
 
 
+class ClientStalled(ConnectionResetError):
+    """The client took no bytes of its answer for ``timeouts.client_write_s``: its
+    connection was cut off (and the upstream's is released)."""
+
+
+def _client_gone(capture: Capture, exc: ConnectionError) -> None:
+    capture.client_gone = True
+    if isinstance(exc, ClientStalled):
+        capture.client_stalled = True
+
+
 class Capture:
     """What one upstream answered, as it came (headers as sent, body still encoded),
     with a copy of the body bounded at ``limit`` bytes."""
@@ -371,6 +383,7 @@ class Capture:
     __slots__ = (
         "chunks",
         "client_gone",
+        "client_stalled",
         "error",
         "headers",
         "latency",
@@ -390,6 +403,7 @@ class Capture:
         self.latency: float | None = None  # seconds
         self.error: str | None = None
         self.client_gone = False
+        self.client_stalled = False  # the client was cut off: it took no bytes in time
 
     def encoded(self, headers: Mapping[str, str]) -> None:
         """The body is compressed (``Content-Encoding``): keep up to ``ENCODED_FACTOR``
@@ -574,6 +588,7 @@ async def forward(
     except Exception as exc:
         capture.latency = _perf() - start
         capture.error = kind = error_kind(exc)
+        exc.__traceback__ = None  # its frames hold the request: no cycle left behind
         logger.debug("%s %s failed: %s: %r", upstream.role, request.method, kind, exc)
         return error_response(kind, upstream.role, trace_id)
     try:
@@ -607,8 +622,8 @@ async def forward(
             if first:
                 capture.add(first)
                 await out.write(first)
-        except ConnectionError:
-            capture.client_gone = True
+        except ConnectionError as exc:
+            _client_gone(capture, exc)
             capture.truncated = bool(first)
             return out
         while True:
@@ -619,6 +634,7 @@ async def forward(
                 # body it got cannot pass for a whole one.
                 capture.latency = _perf() - start
                 capture.error = exc.kind
+                exc.__traceback__ = None
                 capture.truncated = True
                 transport = request.transport
                 if transport is not None:
@@ -629,20 +645,22 @@ async def forward(
             capture.add(chunk)
             try:
                 await out.write(chunk)
-            except ConnectionError:
-                capture.client_gone = True
+            except ConnectionError as exc:
+                _client_gone(capture, exc)
                 capture.truncated = True
                 capture.latency = _perf() - start
                 return out
-        capture.latency = _perf() - start
+        # Timed in the connection's callbacks, as a mirror is (never the client's writes).
+        latency = resp.latency
+        capture.latency = _perf() - start if latency is None else latency
         try:
             trailers = resp.trailers
             if trailers and out.chunked_out and accepts_trailers(request):
                 await out.write_trailers(trailers)
             else:
                 await out.write_eof()  # trailers are dropped for a client that did not ask
-        except ConnectionError:
-            capture.client_gone = True
+        except ConnectionError as exc:
+            _client_gone(capture, exc)
         if request.transport is None:  # gone while the last bytes were on their way
             capture.client_gone = True
         return out
@@ -752,9 +770,15 @@ async def fetch(
     capture: Capture,
     client_host: str | None = None,
 ) -> Capture:
-    """Send a mirror to ``upstream`` and read its whole answer (a bounded copy kept) within
-    the mirror timeout. Never raises for an upstream failure: ``capture.error`` says it."""
+    """Send a mirror to ``upstream`` and read its answer within the mirror timeout, up to
+    what is recorded (``capture``'s bound): past it the answer is cut, its connection
+    closed rather than drained, and it is recorded truncated with no latency (its end is
+    unknown). A mirror thus reads at most the record bound (times ``ENCODED_FACTOR`` for
+    a compressed body) plus the pool's read buffer. Never raises for an upstream failure:
+    ``capture.error`` says it."""
     start = _perf()
+    cut = False
+    resp: Response | None = None
     try:
         resp = await upstream.pool.send(
             method,
@@ -771,13 +795,19 @@ async def fetch(
             capture.encoded(resp.headers)
             while chunk := await resp.read():
                 capture.add(chunk)
+                if capture.truncated:  # past what is recorded: not read on
+                    cut = True
+                    break
         finally:
             resp.release()
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         capture.error = error_kind(exc)
+        exc.__traceback__ = None  # its frames hold the capture: no cycle left behind
         if capture.status is not None:  # the head came, the body broke off
             capture.truncated = True
-    capture.latency = _perf() - start
+    if not cut:
+        latency = None if resp is None or capture.error else resp.latency
+        capture.latency = _perf() - start if latency is None else latency
     return capture

@@ -14,6 +14,12 @@ can be scraped as one. Metric names:
   (``graygate.vocabulary.SkipReason``: disabled | method | sampled_out | body_too_large |
   saturated | upgrade_not_mirrored)
 - ``graygate_mirror_in_flight``: mirrors running now
+- ``graygate_client_closed_total{reason}``: client connections the proxy closed itself
+  (``header_timeout``: a head not complete in ``timeouts.client_header_s``; ``stalled``: a
+  client that took no bytes of its answer for ``timeouts.client_write_s``; ``evicted``: the
+  longest idle connection, closed at ``listen_limits.max_connections`` for a new one;
+  ``refused``: a new connection at the cap with none idle)
+- ``graygate_client_connections``: client connections open now
 
 What the recorder does with the exchanges is counted by the recorder
 (``graygate_record_exchanges_*``).
@@ -30,11 +36,14 @@ from typing import Final
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "CLIENT_CLOSED",
+    "CLIENT_CONNECTIONS",
     "MIRROR_IN_FLIGHT",
     "MIRROR_OUTCOMES",
     "MIRROR_SKIPPED",
     "UPSTREAM_LATENCY",
     "UPSTREAM_REQUESTS",
+    "count_client_closed",
     "count_mirror_outcome",
     "count_mirror_skip",
     "observe_upstream",
@@ -85,6 +94,17 @@ MIRROR_IN_FLIGHT: Final = Gauge(
     multiprocess_mode="livesum",
 )
 
+CLIENT_CLOSED: Final = Counter(
+    "graygate_client_closed",
+    "Client connections closed by the proxy: header_timeout, stalled, evicted, refused.",
+    ("reason",),
+)
+CLIENT_CONNECTIONS: Final = Gauge(
+    "graygate_client_connections",
+    "Client connections open now.",
+    multiprocess_mode="livesum",
+)
+
 _requests: dict[tuple[str, str, str], Counter] = {}
 _latency: dict[tuple[str, str], Histogram] = {}
 _outcomes: dict[str, Counter] = {}
@@ -117,4 +137,14 @@ def count_mirror_skip(reason: str) -> None:
     child = _skipped.get(reason)
     if child is None:
         child = _skipped[reason] = MIRROR_SKIPPED.labels(reason)
+    child.inc()
+
+
+_closed: dict[str, Counter] = {}
+
+
+def count_client_closed(reason: str) -> None:
+    child = _closed.get(reason)
+    if child is None:
+        child = _closed[reason] = CLIENT_CLOSED.labels(reason)
     child.inc()

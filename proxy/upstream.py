@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from typing import Final, cast
@@ -83,6 +84,8 @@ def _head_end(buf: bytearray, start: int) -> int:
     return lf + 2
 
 
+_perf = time.perf_counter
+
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Methods that get ``Content-Length: 0`` when they carry no body (as aiohttp's client did).
 _BODYLESS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
@@ -114,6 +117,8 @@ class _Connection(asyncio.Protocol):
         "_header_parts",
         "_overhead",
         "_paused",
+        "_paused_at",
+        "_paused_for",
         "_timeout",
         "_timer",
         "_wait_start",
@@ -125,11 +130,13 @@ class _Connection(asyncio.Protocol):
         "idle_since",
         "interim",
         "keep_alive",
+        "latency",
         "loop",
         "parser",
         "pool",
         "reason",
         "received",
+        "sent_at",
         "state",
         "status",
         "trailers",
@@ -153,6 +160,10 @@ class _Connection(asyncio.Protocol):
         self.chunks: list[bytes] = []
         self._buffered = 0
         self._paused = False
+        self._paused_at = 0.0
+        self._paused_for = 0.0  # seconds reading was paused because the caller lagged
+        self.sent_at = 0.0  # perf_counter() when the request's first byte was written
+        self.latency: float | None = None  # seconds: first byte written to last byte read
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -343,6 +354,7 @@ class _Connection(asyncio.Protocol):
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
+            self._paused_at = _perf()
             self.transport.pause_reading()
         self._wake()
 
@@ -366,6 +378,11 @@ class _Connection(asyncio.Protocol):
         )
 
     def _complete(self) -> None:
+        # The answer's last byte is read: its latency, taken here in the protocol's callback
+        # (not after a hop to the task that reads it), less the time reading was paused
+        # because the caller (writing to a slow client) lagged behind.
+        if self.sent_at:
+            self.latency = _perf() - self.sent_at - self._paused_for
         self.state = _DONE
         timer = self._timer
         if timer is not None:
@@ -447,6 +464,9 @@ class _Connection(asyncio.Protocol):
         self.head_only = head_only
         self.interim = interim
         self.received = False
+        self.latency = None
+        self.sent_at = 0.0
+        self._paused_for = 0.0
         self._timeout = timeout
         self._deadline_idle = idle
         self._timer = self.loop.call_at(deadline, self._on_timer)
@@ -454,6 +474,7 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             self._fail(_Stale("connection closed before the request"))
         elif data:
+            self.sent_at = _perf()
             transport.write(data)
 
     async def write_body(self, head: bytes, body: AsyncIterable[bytes], chunked: bool) -> None:
@@ -473,12 +494,16 @@ class _Connection(asyncio.Protocol):
             if pending:
                 chunk = pending + chunk
                 pending = b""
+            if not self.sent_at:
+                self.sent_at = _perf()
             transport.write(chunk)
             drain = self._drain
             if drain is not None:
                 await drain
         end = pending + b"0\r\n\r\n" if chunked else pending
         if end and self.transport is not None:
+            if not self.sent_at:
+                self.sent_at = _perf()
             self.transport.write(end)
 
     async def head(self) -> None:
@@ -496,6 +521,7 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         if self._paused:
             self._paused = False
+            self._paused_for += _perf() - self._paused_at
             if self.transport is not None:
                 self.transport.resume_reading()
         return data
@@ -517,6 +543,27 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+        self.unlink()
+
+    def unlink(self) -> None:
+        """Break this connection's reference cycles and drop what it buffered, once no
+        request uses it: its parser calls its own bound methods, and its error's traceback
+        holds the frames that waited on it. A closed connection is then freed at once by
+        reference counting, with its buffers, not at the next full collection."""
+        self.parser = _UNLINKED
+        self.chunks = []
+        self.error = None
+        self.interim = None
+        self._waiter = None
+        self._drain = None
+        self._head_buf = bytearray()
+
+
+class _NoAnswer:
+    """The protocol of the parser an unlinked connection keeps: it calls nothing back."""
+
+
+_UNLINKED: Final = httptools.HttpResponseParser(_NoAnswer())
 
 
 class Response:
@@ -526,7 +573,7 @@ class Response:
     when the body was read to the end, else it is closed.
     """
 
-    __slots__ = ("_conn", "headers", "reason", "status", "trailers")
+    __slots__ = ("_conn", "headers", "latency", "reason", "status", "trailers")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn: _Connection | None = conn
@@ -537,6 +584,9 @@ class Response:
         self.headers = headers
         # The trailer fields (name, value), once the body was read to its end.
         self.trailers: list[tuple[str, str]] = conn.trailers
+        # Seconds from the request's first byte written to the answer's last byte read,
+        # once the body was read to its end (taken in the connection's callbacks).
+        self.latency: float | None = conn.latency
 
     @property
     def at_eof(self) -> bool:
@@ -574,6 +624,8 @@ class Response:
         conn = self._conn
         if conn is not None:
             self._conn = None
+            if conn.state == _DONE:
+                self.latency = conn.latency
             conn.pool._release(conn)
 
     def upgrade(self) -> tuple[asyncio.Transport, bytes] | None:
@@ -590,7 +642,7 @@ class Response:
         transport = conn.transport
         conn.transport = None
         data = b"".join(conn.chunks)
-        conn.chunks.clear()
+        conn.unlink()
         if transport is None or transport.is_closing():
             return None
         if conn._paused:
