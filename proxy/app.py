@@ -41,7 +41,7 @@ from yarl import URL
 from config.schema import GraygateConfig
 from diff.endpoints import EndpointMatcher
 from graygate.values import Answer, RecordedExchange
-from graygate.vocabulary import ErrorKind, Role
+from graygate.vocabulary import ErrorKind, Role, SkipReason
 from proxy.codec import decode_body
 from proxy.forward import (
     HOP_BY_HOP,
@@ -99,8 +99,8 @@ logger = logging.getLogger(__name__)
 # dropped where upstream errors are caught); the collector is the backstop.
 _GC_THRESHOLD: Final = (50_000, 10, 10)
 
-SKIP_UPGRADE: Final = "upgrade_not_mirrored"
-SKIP_CLIENT_ABORTED: Final = "client_aborted"  # the client broke off its request body
+SKIP_UPGRADE: Final = SkipReason.UPGRADE_NOT_MIRRORED
+SKIP_CLIENT_ABORTED: Final = SkipReason.CLIENT_ABORTED  # the client broke off its request body
 
 
 class RecordSink(Protocol):
@@ -234,7 +234,7 @@ class Proxy:
                 # The client went away (or broke off its body): nobody reads this answer,
                 # and no upstream was asked; the exchange is recorded as what happened.
                 gone = Capture(self._record_limit)
-                gone.error = "reset"
+                gone.error = ErrorKind.RESET
                 gone.client_gone = True
                 ex.captures[served_by] = gone
                 if ex.request is not None:
@@ -274,7 +274,7 @@ class Proxy:
             observe_upstream(
                 served_by,
                 "serve",
-                cap.error or cap.status or "error",
+                cap.error or cap.status or ErrorKind.ERROR,
                 cap.latency if cap.error is None else None,
             )
             if span is not None and fspan is not None:

@@ -14,7 +14,7 @@
 - Hop-by-hop headers (RFC 9110 7.6.1, and every header the ``Connection`` header names)
   are dropped both ways (a websocket upgrade the client asked for aside: tunnelled);
   ``X-Forwarded-For`` is appended to, ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` set.
-- The client's answer (:class:`Answer`) is the upstream's status line and header fields
+- The client's answer (:class:`ClientAnswer`) is the upstream's status line and header fields
   as bytes, plus ``X-Trace-ID`` and the hop's framing; 1xx heads go ahead of it; trailers
   only to a client that sent ``TE: trailers``.
 - The answer is streamed to the client chunk by chunk, with a bounded copy kept for the
@@ -43,14 +43,14 @@ from graygate.errors import UpstreamError
 from graygate.vocabulary import ErrorKind, Role
 from proxy.tagging import TRACEPARENT, X_TRACE_ID, Tags
 from proxy.trust import is_proxy_header, peer_is_trusted
-from proxy.upstream import Pool, Response
+from proxy.upstream import Pool, UpstreamAnswer
 
 __all__ = [
     "HOP_BY_HOP",
     "UPSTREAMS_KEY",
     "X_GRAY_SHADOW",
-    "Answer",
     "Capture",
+    "ClientAnswer",
     "ClientStalled",
     "RequestBody",
     "Upstream",
@@ -258,7 +258,7 @@ def accepts_trailers(request: web.BaseRequest) -> bool:
     )
 
 
-class Answer(web.StreamResponse):
+class ClientAnswer(web.StreamResponse):
     """The upstream's answer as the client gets it: its status line and header fields as
     they came (bytes outside UTF-8 included: they travel as surrogate escapes), plus only
     what the hop needs: ``Transfer-Encoding: chunked`` toward an HTTP/1.1 client when the
@@ -611,7 +611,7 @@ async def forward(
         if client_host and ("Location" in up_headers or "Content-Location" in up_headers):
             # (not request.host: without a Host header it asks the resolver for our name)
             redirect = (upstream.origin, f"{request.scheme}://{client_host}")
-        out = Answer(
+        out = ClientAnswer(
             resp.status,
             resp.reason,
             client_headers(up_headers, trace_id, redirect),
@@ -721,7 +721,7 @@ class _ClientFeed:
 
 async def _switch(
     request: web.BaseRequest,
-    resp: Response,
+    resp: UpstreamAnswer,
     upstream: Upstream,
     trace_id: str,
     capture: Capture,
@@ -731,18 +731,18 @@ async def _switch(
     it and tunnel the bytes both ways until either side closes; else 502."""
     capture.latency = _perf() - start
     if asks_upgrade(request) is None:
-        capture.error = "error"  # a switch nobody asked for is not relayed
-        return error_response("error", upstream.role, trace_id)
+        capture.error = ErrorKind.ERROR  # a switch nobody asked for is not relayed
+        return error_response(ErrorKind.ERROR, upstream.role, trace_id)
     up_headers = resp.headers
     drop = _RESPONSE_DROP - {"connection", "upgrade"}
     headers = [(k, v) for k, v in up_headers.items() if k.lower() not in drop]
     headers.append((X_TRACE_ID, trace_id))
-    out = Answer(101, resp.reason, headers, immediate=True)
+    out = ClientAnswer(101, resp.reason, headers, immediate=True)
     taken = resp.upgrade()
     client = request.transport
     if taken is None or client is None:
-        capture.error = "reset"
-        return error_response("reset", upstream.role, trace_id)
+        capture.error = ErrorKind.RESET
+        return error_response(ErrorKind.RESET, upstream.role, trace_id)
     up_transport, early = taken
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
@@ -778,7 +778,7 @@ async def fetch(
     ``capture.error`` says it."""
     start = _perf()
     cut = False
-    resp: Response | None = None
+    resp: UpstreamAnswer | None = None
     try:
         resp = await upstream.pool.send(
             method,

@@ -22,6 +22,7 @@ from aiohttp import web
 from opentelemetry.trace import Span
 
 from graygate.tasks import TaskSet
+from graygate.vocabulary import ErrorKind
 from proxy.forward import X_GRAY_SHADOW, Capture, Upstream, fetch
 from proxy.metrics import MIRROR_IN_FLIGHT, count_mirror_outcome, observe_upstream
 from proxy.tagging import Tags
@@ -160,7 +161,7 @@ class Mirror:
         observe_upstream(
             upstream.role,
             "mirror",
-            cap.error or cap.status or "error",
+            cap.error or cap.status or ErrorKind.ERROR,
             cap.latency if cap.error is None else None,
         )
         if span is not None:

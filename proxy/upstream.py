@@ -11,13 +11,13 @@ as given, in order, and the body when it is in memory); a streamed body goes out
 chunked unless the caller's headers carry a ``Content-Length``. Nothing is added: no default
 header, no decompression, no redirect, no cookie. Answers are parsed by ``httptools`` (1xx
 handed to the caller's ``interim`` callback as bytes; HEAD, 204 and 304 have no body;
-content-length, chunked and read-until-close bodies; trailers in ``Response.trailers``)
-and handed to the caller as a :class:`Response` whose body is read chunk by chunk. No
+content-length, chunked and read-until-close bodies; trailers in ``UpstreamAnswer.trailers``)
+and handed to the caller as a :class:`UpstreamAnswer` whose body is read chunk by chunk. No
 parser state outlives its answer; bytes after a complete answer are never parsed as part
 of it (the connection is dropped). The head is collected until its empty line and parsed
 in one piece (linear time), bounded by ``max_head_bytes`` and ``max_head_fields``, as are
 the chunk framing and trailers. A 101's connection leaves the pool through
-``Response.upgrade``.
+``UpstreamAnswer.upgrade``.
 
 Time: one timer per request. ``send(..., idle=True)`` bounds every wait for the upstream's
 bytes by ``limit`` (the serving path: a long answer is fine as long as it keeps coming);
@@ -52,7 +52,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from graygate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from graygate.vocabulary import ErrorKind
 
-__all__ = ["MAX_HEAD_BYTES", "MAX_HEAD_FIELDS", "Pool", "Response", "UpstreamReset"]
+__all__ = ["MAX_HEAD_BYTES", "MAX_HEAD_FIELDS", "Pool", "UpstreamAnswer", "UpstreamReset"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         state = self.state
         if state == _DONE and self.status == 101:
-            self.chunks.append(data)  # the upgraded protocol's bytes: Response.upgrade
+            self.chunks.append(data)  # the upgraded protocol's bytes: UpstreamAnswer.upgrade
             return
         if state == _IDLE or state >= _DONE:
             # Bytes nobody asked for: the connection cannot be trusted any more.
@@ -566,7 +566,7 @@ class _NoAnswer:
 _UNLINKED: Final = httptools.HttpResponseParser(_NoAnswer())
 
 
-class Response:
+class UpstreamAnswer:
     """The head of an upstream's answer; its body is read with :meth:`read`.
 
     Call :meth:`release` when done (it is idempotent): the connection goes back to the pool
@@ -712,7 +712,7 @@ class Pool:
         idle: bool,
         host: str | None = None,
         interim: Callable[[bytes], None] | None = None,
-    ) -> Response:
+    ) -> UpstreamAnswer:
         """Send a request and wait for the head of its answer.
 
         ``limit`` (seconds) bounds each wait for the upstream's bytes (``idle=True``) or the
@@ -760,7 +760,7 @@ class Pool:
             except BaseException:
                 self._release(conn)
                 raise
-            return Response(conn)
+            return UpstreamAnswer(conn)
 
     async def _acquire(self, deadline: float, fresh: bool) -> _Connection:
         if self._closed:

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from graygate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
-from proxy.upstream import Pool, Response, UpstreamReset
+from proxy.upstream import Pool, UpstreamAnswer, UpstreamReset
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -71,7 +71,7 @@ async def pool_for(port: int, **kw: float) -> AsyncIterator[Pool]:
         await pool.close()
 
 
-async def read_all(resp: Response) -> bytes:
+async def read_all(resp: UpstreamAnswer) -> bytes:
     out = b""
     while chunk := await resp.read():
         out += chunk
