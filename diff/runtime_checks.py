@@ -541,6 +541,7 @@ class RuntimeAnalysis:
     pause_p99_ms: float | None
     failing_windows: int  # in all
     max_consecutive_failing: int
+    failing_run: tuple[int, int] | None  # first and last window index of the longest run
     goroutines: Trend | None
     heap: Trend | None
     gc_cpu_fraction: float | None  # the latest (Go's figure is cumulative)
@@ -594,13 +595,18 @@ def analyse(
         )
 
     run = longest = failing = 0
+    run_start = 0
+    failing_run: tuple[int, int] | None = None
     for w in windows:
         if w.failed is None:
             continue  # no collection in the window: no evidence either way
         if w.failed:
             failing += 1
+            if run == 0:
+                run_start = w.index
             run += 1
-            longest = max(longest, run)
+            if run > longest:
+                longest, failing_run = run, (run_start, w.index)
         else:
             run = 0
 
@@ -641,6 +647,7 @@ def analyse(
         pause_p99_ms=percentile(all_pauses, 99) / 1e6 if all_pauses else None,
         failing_windows=failing,
         max_consecutive_failing=longest,
+        failing_run=failing_run,
         goroutines=trend(g_points),
         heap=trend(h_points),
         gc_cpu_fraction=cpu[-1] if cpu else None,
@@ -663,6 +670,10 @@ def _observed(a: RuntimeAnalysis) -> dict[str, Any]:
         "windows": len(a.windows),
         "failing_windows": a.failing_windows,
         "max_consecutive_failing_windows": a.max_consecutive_failing,
+        "failing_run_windows": list(a.failing_run) if a.failing_run else None,
+        "failing_window_p99_ms": {
+            str(w.index): _r(w.p99_ms) for w in a.windows if w.failed and w.p99_ms is not None
+        },
         "pauses": a.pauses,
         "pauses_lost": a.pauses_lost,
         "pause_p99_ms": _r(a.pause_p99_ms),
@@ -736,11 +747,19 @@ def runtime_check(
     else:
         decided += 1
         base = f"{a.baseline.threshold_ms:.3g} ms ({a.baseline.source})"
-        if a.max_consecutive_failing >= cfg.failing_windows:
+        if a.max_consecutive_failing >= cfg.failing_windows and a.failing_run is not None:
+            first, last = a.failing_run
+            worst = max(
+                w.p99_ms
+                for w in a.windows
+                if first <= w.index <= last and w.failed and w.p99_ms is not None
+            )
             failures.append(
                 f"GC pause p99 above {base} in {a.max_consecutive_failing} consecutive "
-                f"windows (limit {cfg.failing_windows}; {a.failing_windows} of "
-                f"{len(judged)} failed)"
+                f"windows: windows {first}-{last} of {cfg.window_s:g}s "
+                f"({first * cfg.window_s:g}-{(last + 1) * cfg.window_s:g}s into sampling), "
+                f"worst {worst:.3g} ms (limit {cfg.failing_windows} windows in a row; "
+                f"{a.failing_windows} of {len(judged)} failed)"
             )
         else:
             worst = observed["worst_window_p99_ms"]

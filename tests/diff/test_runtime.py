@@ -332,7 +332,10 @@ def test_three_failing_windows_in_a_row_fail() -> None:
     )
     assert check.name == "runtime"
     assert check.passed is False and check.blocking
-    assert "3 consecutive windows" in check.detail
+    assert "3 consecutive windows: windows 2-4 of 10s (20-50s into sampling)" in check.detail
+    assert "worst 50 ms" in check.detail
+    assert check.observed["failing_run_windows"] == [2, 4]
+    assert set(check.observed["failing_window_p99_ms"]) == {"2", "3", "4"}
     assert check.observed["failing_windows"] == 3
     assert check.observed["max_consecutive_failing_windows"] == 3
     assert check.observed["windows"] == 8

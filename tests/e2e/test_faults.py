@@ -150,6 +150,9 @@ def test_no_fault_is_go(
     checks = {c["name"]: c for c in doc["checks"]}
     for name in ("evidence", "strict", "tolerance", "errors", "recording", "runtime"):
         assert checks[name]["passed"] is True, checks[name]
+    # GC pauses were judged against the demo's budget, not skipped for want of a baseline.
+    assert "not judged" not in checks["runtime"]["detail"], checks["runtime"]
+    assert checks["runtime"]["observed"]["baseline"]["source"] == "budget", checks["runtime"]
     assert doc["summary"]["pairs"] >= OVERRIDES["verdict"]["min_pairs"]
 
 
@@ -185,6 +188,28 @@ def test_goroutine_leak_is_no_go_from_the_runtime_check(
     assert "goroutine" in failed["runtime"]["detail"], failed["runtime"]
     # The answers themselves are right: only the runtime gives the leak away (a backlog the
     # workers have not caught up with yet is not blocking: it only withholds a GO).
+    blocking = {name for name, check in failed.items() if check["blocking"]}
+    assert blocking == {"runtime"}, failed
+
+
+def test_gc_pressure_is_no_go_naming_the_runtime_check_windows_and_threshold(
+    scenario: Scenario,
+) -> None:
+    """config/demo.yaml's pause budget is the baseline; the canary's forced collections
+    pause ~20 ms against it, window after window (1 s windows here)."""
+    code, doc = scenario("gc_pressure")
+    assert (code, doc["verdict"]) == (1, "NO_GO"), doc
+    failed = _failed(doc)
+    assert "runtime" in failed, failed
+    runtime = failed["runtime"]
+    assert "GC pause p99 above 10 ms (budget)" in runtime["detail"], runtime
+    assert "consecutive windows: windows " in runtime["detail"], runtime
+    assert runtime["threshold"]["pause_p99_ms"] == 10, runtime
+    assert runtime["threshold"]["failing_windows"] == 3, runtime
+    first, last = runtime["observed"]["failing_run_windows"]
+    assert last - first + 1 >= 3, runtime
+    assert all(p > 10 for p in runtime["observed"]["failing_window_p99_ms"].values()), runtime
+    # The answers are right: only the runtime check blocks.
     blocking = {name for name, check in failed.items() if check["blocking"]}
     assert blocking == {"runtime"}, failed
 
