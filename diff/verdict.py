@@ -93,12 +93,15 @@ def find_noise(aggregates: RunAggregates, cfg: NoiseConfig) -> list[FieldNoise]:
 
     Candidates are the fields where the secondary differed from the primary at least once:
     a difference the secondary never shows is never noise, however rare (the gate errs
-    toward reporting). Canary rates are over all the endpoint's pairs, secondary rates
-    over the pairs that had a secondary.
+    toward reporting). Both rates are over the same exchanges: those with all three
+    answers (``RunAggregates.three_way``: the pairs that also had a secondary), so the
+    canary's rate of a (field, kind) and the secondary's are counted on one set, and both
+    divided by the endpoint's pairs with a secondary.
     """
     canary: dict[tuple[str, str, str], int] = {}
     secondary: dict[tuple[str, str, str], int] = {}
-    for f in aggregates.fields:
+    three_way = aggregates.fields if aggregates.three_way is None else aggregates.three_way
+    for f in three_way:
         key = (f.endpoint, f.field, f.kind)
         if f.against == "secondary":
             secondary[key] = secondary.get(key, 0) + f.exchanges
@@ -108,8 +111,14 @@ def find_noise(aggregates: RunAggregates, cfg: NoiseConfig) -> list[FieldNoise]:
         return []
     # An endpoint with fewer pairs with a secondary than cfg.min_secondary_pairs has no
     # noise fields: its noise is not measurable (two pairs say nothing about a rate).
+    # Hand-built aggregates without three-way counts: the canary's counts are over all pairs.
+    same_set = aggregates.three_way is not None
     totals = [
-        EndpointTotals(e.endpoint, canary_compared=e.pairs, secondary_compared=e.secondary_pairs)
+        EndpointTotals(
+            e.endpoint,
+            canary_compared=e.secondary_pairs if same_set else e.pairs,
+            secondary_compared=e.secondary_pairs,
+        )
         for e in aggregates.endpoints
         if e.secondary_pairs >= cfg.min_secondary_pairs
     ]

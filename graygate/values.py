@@ -273,6 +273,12 @@ class RunAggregates:
     run_id: int = 0
     endpoints: tuple[EndpointCounts, ...] = ()
     fields: tuple[FieldCount, ...] = ()
+    # The same field counts over the exchanges with all three answers only (pairs that
+    # also had a secondary compared): the one set noise rates are compared over, canary and
+    # secondary alike (store.aggregates.fetch_three_way_fields). None: not read, and
+    # ``fields`` stands in for it, the canary's rate then over all pairs (hand-built
+    # aggregates); the stored path always reads it (``()`` when no pair had a secondary).
+    three_way: tuple[FieldCount, ...] | None = None
     losses: Mapping[str, int] = field(default_factory=dict)  # reason -> unrecorded exchanges
     latency: LatencySample = field(default_factory=LatencySample)
     # Mismatch counts per endpoint that leave the noise fields (and waived differences) out

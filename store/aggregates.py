@@ -69,6 +69,7 @@ __all__ = [
     "fetch_losses",
     "fetch_mismatch_counts",
     "fetch_run",
+    "fetch_three_way_fields",
     "latest_verdicts",
     "read_snapshot",
     "record_verdict",
@@ -233,6 +234,44 @@ async def fetch_field_counts(conn: AsyncConnection, run_id: int) -> list[FieldCo
     ]
 
 
+async def fetch_three_way_fields(conn: AsyncConnection, run_id: int) -> list[FieldCount]:
+    """Like :func:`fetch_field_counts`, over the exchanges with all three answers only: the
+    pairs (primary and canary compared) that also had the secondary compared. Noise rates
+    are compared over this one set, so that a secondary that answered a few exchanges is
+    measured against the canary on those same exchanges, not against all of them."""
+    d, e = differences.c, exchanges.c
+    three = sa.select(e.id).where(
+        e.run_id == run_id, e.outcome.in_(PAIR_OUTCOMES), e.noise_differences.is_not(None)
+    )
+    stmt = (
+        sa.select(
+            d.endpoint,
+            d.field,
+            d.against,
+            d.judgement,
+            d.kind,
+            sa.func.count(sa.distinct(d.exchange_id)).label("exchanges"),
+            sa.func.count().label("differences"),
+        )
+        .where(d.run_id == run_id, d.exchange_id.in_(three))
+        .group_by(d.endpoint, d.field, d.against, d.judgement, d.kind)
+        .order_by(d.endpoint, d.field, d.against, d.judgement, d.kind)
+    )
+    rows = (await conn.execute(stmt)).all()
+    return [
+        FieldCount(
+            endpoint=r.endpoint,
+            field=r.field,
+            against=r.against,
+            judgement=r.judgement,
+            exchanges=int(r.exchanges),
+            differences=int(r.differences),
+            kind=r.kind,
+        )
+        for r in rows
+    ]
+
+
 async def fetch_mismatch_counts(
     conn: AsyncConnection, run_id: int, exclude: Collection[tuple[str, str, str]]
 ) -> dict[str, MismatchCounts]:
@@ -351,11 +390,15 @@ async def fetch_aggregates(
     ``endpoint_latency`` each endpoint's latency percentiles (what the report and the API
     show). No noise applied yet: ``diff.evaluate`` finds the noise fields once and applies
     them (``fetch_mismatch_counts`` and ``dataclasses.replace``)."""
+    endpoints = tuple(await fetch_endpoint_counts(conn, run.id))
+    fields = tuple(await fetch_field_counts(conn, run.id))
+    with_secondary = any(e.secondary_pairs for e in endpoints)
     return RunAggregates(
         run=run.name,
         run_id=run.id,
-        endpoints=tuple(await fetch_endpoint_counts(conn, run.id)),
-        fields=tuple(await fetch_field_counts(conn, run.id)),
+        endpoints=endpoints,
+        fields=fields,
+        three_way=tuple(await fetch_three_way_fields(conn, run.id)) if with_secondary else (),
         losses=await fetch_losses(conn, run.id),
         latency=await fetch_latency_sample(conn, run.id),
         endpoint_latency=await fetch_endpoint_latency(conn, run.id) if endpoint_latency else {},
