@@ -206,6 +206,9 @@ class LatencySample:
     # The endpoint of each pair, aligned with primary_ms / canary_ms (empty: not known, the
     # latency check then pools the sample).
     endpoints: tuple[str, ...] = ()
+    # Whose latencies ``primary_ms`` holds: "primary", or "secondary" when the run has a
+    # secondary (a second primary, mirrored like the canary: the fair control).
+    control: str = "primary"
 
     @classmethod
     def of(
@@ -213,9 +216,12 @@ class LatencySample:
         primary_ms: Sequence[float],
         canary_ms: Sequence[float],
         endpoints: Sequence[str] = (),
+        *,
+        control: str = "primary",
     ) -> LatencySample:
         """A sample with its percentiles computed here (as percentile_cont would)."""
         return cls(
+            control=control,
             primary_ms=tuple(primary_ms),
             canary_ms=tuple(canary_ms),
             endpoints=tuple(endpoints),

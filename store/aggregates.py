@@ -305,21 +305,34 @@ async def fetch_mismatch_counts(
 
 
 async def fetch_latency_sample(
-    conn: AsyncConnection, run_id: int, limit: int = LATENCY_SAMPLE_SIZE
+    conn: AsyncConnection,
+    run_id: int,
+    limit: int = LATENCY_SAMPLE_SIZE,
+    *,
+    control: str = "primary",
 ) -> LatencySample:
     """The latencies of the run's ``limit`` most recent pairs, with p50/p99 of each side
-    and each pair's endpoint (the latency check judges each endpoint on its own)."""
+    and each pair's endpoint (the latency check judges each endpoint on its own).
+
+    ``control`` "secondary": the control side is the secondary instead of the primary, over
+    the pairs the primary served (so the canary and the secondary were both mirrored, timed
+    the same way) where the secondary answered; ``primary_ms`` then holds its latencies.
+    """
+    if control not in ("primary", "secondary"):
+        raise ValueError(f"control must be primary or secondary, not {control!r}")
     e = exchanges.c
+    control_ms = e.secondary_latency_ms if control == "secondary" else e.primary_latency_ms
+    where = [
+        e.run_id == run_id,
+        e.outcome.in_(PAIR_OUTCOMES),
+        control_ms.is_not(None),
+        e.canary_latency_ms.is_not(None),
+    ]
+    if control == "secondary":
+        where += [e.served_by == "primary", e.secondary_error.is_(None)]
     recent = (
-        sa.select(
-            e.primary_latency_ms.label("p"), e.canary_latency_ms.label("c"), e.endpoint.label("ep")
-        )
-        .where(
-            e.run_id == run_id,
-            e.outcome.in_(PAIR_OUTCOMES),
-            e.primary_latency_ms.is_not(None),
-            e.canary_latency_ms.is_not(None),
-        )
+        sa.select(control_ms.label("p"), e.canary_latency_ms.label("c"), e.endpoint.label("ep"))
+        .where(*where)
         .order_by(e.id.desc())
         .limit(limit)
         .subquery()
@@ -340,6 +353,7 @@ async def fetch_latency_sample(
     )
     row = (await conn.execute(stmt)).one()
     return LatencySample(
+        control=control,
         primary_ms=tuple(row[0] or ()),
         canary_ms=tuple(row[1] or ()),
         primary_p50=row[2],
@@ -400,7 +414,10 @@ async def fetch_aggregates(
         fields=fields,
         three_way=tuple(await fetch_three_way_fields(conn, run.id)) if with_secondary else (),
         losses=await fetch_losses(conn, run.id),
-        latency=await fetch_latency_sample(conn, run.id),
+        # With a secondary, the canary's latency is judged against it (both mirrored).
+        latency=await fetch_latency_sample(
+            conn, run.id, control="secondary" if with_secondary else "primary"
+        ),
         endpoint_latency=await fetch_endpoint_latency(conn, run.id) if endpoint_latency else {},
     )
 
