@@ -234,15 +234,25 @@ async def fetch_field_counts(conn: AsyncConnection, run_id: int) -> list[FieldCo
     ]
 
 
-async def fetch_three_way_fields(conn: AsyncConnection, run_id: int) -> list[FieldCount]:
+async def fetch_three_way_fields(
+    conn: AsyncConnection, run_id: int, endpoints: Collection[str] | None = None
+) -> list[FieldCount]:
     """Like :func:`fetch_field_counts`, over the exchanges with all three answers only: the
-    pairs (primary and canary compared) that also had the secondary compared. Noise rates
-    are compared over this one set, so that a secondary that answered a few exchanges is
-    measured against the canary on those same exchanges, not against all of them."""
+    pairs (primary and canary compared) that also had the secondary compared; only for
+    ``endpoints`` when given. Noise rates are compared over this one set, so that a
+    secondary that answered a few exchanges is measured against the canary on those same
+    exchanges, not against all of them.
+
+    It reads the exchanges' heap (which exchanges had a secondary): :func:`fetch_aggregates`
+    asks only for the endpoints where some pairs had no secondary."""
     d, e = differences.c, exchanges.c
     three = sa.select(e.id).where(
         e.run_id == run_id, e.outcome.in_(PAIR_OUTCOMES), e.noise_differences.is_not(None)
     )
+    where = [d.run_id == run_id, d.exchange_id.in_(three)]
+    if endpoints is not None:
+        three = three.where(e.endpoint.in_(sorted(endpoints)))
+        where = [d.run_id == run_id, d.endpoint.in_(sorted(endpoints)), d.exchange_id.in_(three)]
     stmt = (
         sa.select(
             d.endpoint,
@@ -253,7 +263,7 @@ async def fetch_three_way_fields(conn: AsyncConnection, run_id: int) -> list[Fie
             sa.func.count(sa.distinct(d.exchange_id)).label("exchanges"),
             sa.func.count().label("differences"),
         )
-        .where(d.run_id == run_id, d.exchange_id.in_(three))
+        .where(*where)
         .group_by(d.endpoint, d.field, d.against, d.judgement, d.kind)
         .order_by(d.endpoint, d.field, d.against, d.judgement, d.kind)
     )
@@ -270,6 +280,25 @@ async def fetch_three_way_fields(conn: AsyncConnection, run_id: int) -> list[Fie
         )
         for r in rows
     ]
+
+
+async def _three_way(
+    conn: AsyncConnection,
+    run_id: int,
+    endpoints: Sequence[EndpointCounts],
+    fields: Sequence[FieldCount],
+) -> tuple[FieldCount, ...]:
+    """The field counts over the exchanges with all three answers: where every pair of an
+    endpoint had a secondary, that set is all its pairs and ``fields`` are its counts
+    already; only endpoints where the secondary answered some pairs are counted again."""
+    every = {
+        e.endpoint for e in endpoints if e.secondary_pairs > 0 and e.secondary_pairs >= e.pairs
+    }
+    some = [e.endpoint for e in endpoints if 0 < e.secondary_pairs < e.pairs]
+    out = [f for f in fields if f.endpoint in every]
+    if some:
+        out += await fetch_three_way_fields(conn, run_id, some)
+    return tuple(out)
 
 
 async def fetch_mismatch_counts(
@@ -407,12 +436,13 @@ async def fetch_aggregates(
     endpoints = tuple(await fetch_endpoint_counts(conn, run.id))
     fields = tuple(await fetch_field_counts(conn, run.id))
     with_secondary = any(e.secondary_pairs for e in endpoints)
+    three_way = await _three_way(conn, run.id, endpoints, fields) if with_secondary else ()
     return RunAggregates(
         run=run.name,
         run_id=run.id,
         endpoints=endpoints,
         fields=fields,
-        three_way=tuple(await fetch_three_way_fields(conn, run.id)) if with_secondary else (),
+        three_way=three_way,
         losses=await fetch_losses(conn, run.id),
         # With a secondary, the canary's latency is judged against it (both mirrored).
         latency=await fetch_latency_sample(

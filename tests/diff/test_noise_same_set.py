@@ -96,3 +96,30 @@ async def test_a_canary_wrong_wherever_the_secondary_can_tell_is_not_noise(
     strict = next(c for c in result.checks if c.name == "strict")
     assert strict.passed is False
     assert ORDERS in strict.detail and "$.ts" in strict.detail
+
+
+async def test_where_every_pair_had_a_secondary_the_field_counts_are_the_three_way_counts(
+    engine: AsyncEngine, run_name: str
+) -> None:
+    """fetch_aggregates reads the exchanges again only for endpoints where some pairs had
+    no secondary; where all had one, its field counts are the same numbers."""
+    from store.aggregates import fetch_aggregates
+
+    run_id = await new_run(engine, run_name)
+    await add(
+        engine,
+        run_id,
+        [Ex(_doc(i, "p"), canary=_doc(i, "c"), secondary=_doc(i, "s" if i % 2 else "p"))
+         for i in range(40)],
+    )  # fmt: skip
+    await judge_pending(engine, run_name, BOOK)
+    async with read_snapshot(engine) as conn:
+        info = await fetch_run(conn, run_name)
+        aggregates = await fetch_aggregates(conn, info)
+        counted = await fetch_three_way_fields(conn, info.id)
+    assert aggregates.three_way is not None
+    assert sorted(aggregates.three_way, key=repr) == sorted(counted, key=repr)
+    by_side = {"canary": 0, "secondary": 0}
+    for f in counted:
+        by_side[f.against] += f.exchanges  # canary: 20 judged noise, 20 strict
+    assert by_side == {"canary": 40, "secondary": 20}
