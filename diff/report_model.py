@@ -58,14 +58,16 @@ async def build_report(engine: AsyncEngine, run: str, *, top: int = 5) -> Report
     overview = await reports.run_overview(engine, run)
     assessment = await assess_run(engine, run, record=False, endpoint_latency=True)
     verdict = assessment.verdict
-    noise_keys = assessment.aggregates.noise_fields
+    # Noise is keyed by kind of difference, as the verdict keys it: a type change in a
+    # field noisy by value is no noise, and shows among the fields the canary got wrong.
+    noise_keys = assessment.aggregates.noise_keys
     endpoints = assessment.aggregates.endpoint_stats()
     fields = await reports.top_fields(engine, run, per_endpoint=top)
     runtime = await reports.runtime_summary(engine, run)
     preflight = await reports.preflight(engine, run)
 
     def is_noise(f: FieldStat) -> bool:
-        return f.judgement == Judgement.NOISE or (f.endpoint, f.field) in noise_keys
+        return f.judgement == Judgement.NOISE or (f.endpoint, f.field, f.kind) in noise_keys
 
     return Report(
         run=overview,

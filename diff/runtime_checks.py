@@ -22,13 +22,22 @@ The sampler turns two consecutive readings into the pauses that ended between th
   ``gc_pause_budget_ms`` (the threshold itself), the primary's own pauses when the primary
   is a Go service too, or the canary's pauses in an earlier run that got GO; from measured
   pauses the threshold is ``2 * mean + 3 * sigma``.
-- Goroutines: after the first (warm-up) window, a leak is growth that is both large (the
-  Theil-Sen trend over the observed span exceeds ``max_goroutine_growth`` relative to the
-  starting level, and at least :data:`MIN_GOROUTINE_GROWTH` goroutines) and steady (the
-  window medians rise in at least :data:`RISING_FRACTION` of the steps). A flat or noisy
-  count, or one step up when load starts, passes.
+- Goroutines: after the first (warm-up) window, a leak is growth of at least
+  :data:`MIN_GOROUTINE_GROWTH` goroutines that rises steadily (the window medians rise in
+  at least :data:`RISING_FRACTION` of the steps) and is either
+
+  - large: the Theil-Sen trend over the observed span exceeds ``max_goroutine_growth``
+    relative to the starting level; or
+  - a trend: a slope significantly above zero (Mann-Kendall, i.e. Kendall's tau of value
+    against time, one-sided p < :data:`TREND_ALPHA`) over the whole span *and* in each
+    half of it (a rise that keeps going, not one step up), of at least
+    :data:`TREND_MIN_SHARE` of the bound. A short run cannot reach the total growth the
+    bound asks for; a leak that rises in every window is still a leak.
+
+  A flat or noisy count, or one step up when load starts, passes.
 - Heap growth (same trend, on heap in use) and the GC CPU fraction are reported, and fail
-  only when ``max_heap_growth`` / ``max_gc_cpu_fraction`` are configured.
+  only when ``max_heap_growth`` / ``max_gc_cpu_fraction`` are configured (the heap by the
+  same two rules, with ``max_heap_growth`` as the bound and no absolute floor).
 
 With no figures at all the check is undecided (``passed=None``, detail "no data"); it is
 ``blocking`` only when ``runtime.required`` is set, so an absent runtime source makes the
@@ -60,6 +69,8 @@ __all__ = [
     "MIN_TREND_WINDOWS",
     "PAUSE_RING",
     "RISING_FRACTION",
+    "TREND_ALPHA",
+    "TREND_MIN_SHARE",
     "Baseline",
     "RuntimeAnalysis",
     "RuntimeParseError",
@@ -70,6 +81,8 @@ __all__ = [
     "baseline_from_pauses",
     "baseline_from_samples",
     "choose_baseline",
+    "is_leak",
+    "mann_kendall_p",
     "merge",
     "new_pauses",
     "parse_expvar",
@@ -86,6 +99,9 @@ MIN_BASELINE_PAUSES = 10  # fewer measured pauses make no baseline
 MIN_TREND_WINDOWS = 3  # windows after warm-up needed to judge a trend
 MIN_GOROUTINE_GROWTH = 10  # absolute goroutines: below this, growth is never a leak
 RISING_FRACTION = 0.6  # share of window-to-window steps that must rise for a leak
+TREND_ALPHA = 0.01  # one-sided Mann-Kendall p below this: the slope is above zero
+TREND_MIN_SHARE = 0.2  # a significant trend is a leak from this share of the growth bound
+_MIN_HALF_POINTS = 4  # fewer points in a half: its trend cannot be significant
 _MAX_TREND_POINTS = 400  # Theil-Sen is O(n^2): longer series are thinned evenly
 
 
@@ -322,10 +338,31 @@ class Trend:
     relative: float  # growth / max(start, 1)
     rising: int  # window-to-window steps whose median rose
     steps: int
+    p_value: float = 1.0  # one-sided Mann-Kendall: is the slope above zero?
+    p_halves: tuple[float, float] = (1.0, 1.0)  # the same, in each half of the span
 
     @property
     def rising_fraction(self) -> float:
         return self.rising / self.steps if self.steps else 0.0
+
+    @property
+    def significant(self) -> bool:
+        """Rising over the whole span and in each half of it (not one step up)."""
+        return self.p_value < TREND_ALPHA and max(self.p_halves) < TREND_ALPHA
+
+
+def mann_kendall_p(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """One-sided p-value of the Mann-Kendall test that ``ys`` rises with ``xs`` (Kendall's
+    tau-b of value against time, ties accounted for); 1.0 when it cannot tell (fewer than
+    :data:`_MIN_HALF_POINTS` points, or a constant series)."""
+    if len(xs) != len(ys):
+        raise ValueError("xs and ys differ in length")
+    if len(xs) < _MIN_HALF_POINTS:
+        return 1.0
+    from scipy.stats import kendalltau  # scipy.stats takes ~1 s to import: only when used
+
+    p = float(kendalltau(xs, ys, alternative="greater").pvalue)
+    return p if math.isfinite(p) else 1.0
 
 
 def trend(points: Sequence[tuple[float, int, float]]) -> Trend | None:
@@ -343,6 +380,9 @@ def trend(points: Sequence[tuple[float, int, float]]) -> Trend | None:
         by_window.setdefault(w, []).append(v)
     medians = [statistics.median(by_window[w]) for w in sorted(by_window)]
     rising = sum(1 for a, b in itertools.pairwise(medians) if b > a)
+    mid = xs[0] + span / 2.0
+    first = [(x, y) for x, y in zip(xs, ys, strict=True) if x <= mid]
+    second = [(x, y) for x, y in zip(xs, ys, strict=True) if x > mid]
     return Trend(
         points=len(points),
         windows=len(medians),
@@ -353,7 +393,29 @@ def trend(points: Sequence[tuple[float, int, float]]) -> Trend | None:
         relative=growth / max(start, 1.0),
         rising=rising,
         steps=len(medians) - 1,
+        p_value=mann_kendall_p(xs, ys),
+        p_halves=(
+            mann_kendall_p([p[0] for p in first], [p[1] for p in first]),
+            mann_kendall_p([p[0] for p in second], [p[1] for p in second]),
+        ),
     )
+
+
+def is_leak(t: Trend, bound: float, *, min_growth: float) -> str | None:
+    """Why the trend ``t`` is a leak (``"growth"`` or ``"trend"``), or None when it is not.
+
+    Both need at least ``min_growth`` absolute growth and window medians rising in at least
+    :data:`RISING_FRACTION` of the steps; then ``growth``: relative growth above ``bound``;
+    ``trend``: a significant slope (:attr:`Trend.significant`) with relative growth of at
+    least :data:`TREND_MIN_SHARE` of ``bound``.
+    """
+    if t.growth < min_growth or t.rising_fraction < RISING_FRACTION:
+        return None
+    if t.relative > bound:
+        return "growth"
+    if t.significant and t.relative >= TREND_MIN_SHARE * bound:
+        return "trend"
+    return None
 
 
 # --------------------------------------------------------------------------- baseline
@@ -479,6 +541,7 @@ class RuntimeAnalysis:
     pause_p99_ms: float | None
     failing_windows: int  # in all
     max_consecutive_failing: int
+    failing_run: tuple[int, int] | None  # first and last window index of the longest run
     goroutines: Trend | None
     heap: Trend | None
     gc_cpu_fraction: float | None  # the latest (Go's figure is cumulative)
@@ -532,13 +595,18 @@ def analyse(
         )
 
     run = longest = failing = 0
+    run_start = 0
+    failing_run: tuple[int, int] | None = None
     for w in windows:
         if w.failed is None:
             continue  # no collection in the window: no evidence either way
         if w.failed:
             failing += 1
+            if run == 0:
+                run_start = w.index
             run += 1
-            longest = max(longest, run)
+            if run > longest:
+                longest, failing_run = run, (run_start, w.index)
         else:
             run = 0
 
@@ -579,6 +647,7 @@ def analyse(
         pause_p99_ms=percentile(all_pauses, 99) / 1e6 if all_pauses else None,
         failing_windows=failing,
         max_consecutive_failing=longest,
+        failing_run=failing_run,
         goroutines=trend(g_points),
         heap=trend(h_points),
         gc_cpu_fraction=cpu[-1] if cpu else None,
@@ -601,6 +670,10 @@ def _observed(a: RuntimeAnalysis) -> dict[str, Any]:
         "windows": len(a.windows),
         "failing_windows": a.failing_windows,
         "max_consecutive_failing_windows": a.max_consecutive_failing,
+        "failing_run_windows": list(a.failing_run) if a.failing_run else None,
+        "failing_window_p99_ms": {
+            str(w.index): _r(w.p99_ms) for w in a.windows if w.failed and w.p99_ms is not None
+        },
         "pauses": a.pauses,
         "pauses_lost": a.pauses_lost,
         "pause_p99_ms": _r(a.pause_p99_ms),
@@ -614,6 +687,8 @@ def _observed(a: RuntimeAnalysis) -> dict[str, Any]:
         "goroutine_slope_per_s": _r(g.slope_per_s) if g else None,
         "goroutine_growth": _r(g.relative) if g else None,
         "goroutine_rising_windows": f"{g.rising}/{g.steps}" if g else None,
+        "goroutine_trend_p": _r(g.p_value, 6) if g else None,
+        "goroutine_trend_p_halves": [_r(p, 6) for p in g.p_halves] if g else None,
         "heap_growth": _r(h.relative) if h else None,
         "gc_cpu_fraction": _r(a.gc_cpu_fraction, 6),
     }
@@ -624,6 +699,9 @@ def _threshold(cfg: RuntimeConfig, a: RuntimeAnalysis) -> dict[str, Any]:
         "pause_p99_ms": _r(a.baseline.threshold_ms) if a.baseline else None,
         "failing_windows": cfg.failing_windows,
         "max_goroutine_growth": cfg.max_goroutine_growth,
+        "trend_alpha": TREND_ALPHA,
+        "trend_min_growth": _r(TREND_MIN_SHARE * cfg.max_goroutine_growth),
+        "rising_fraction": RISING_FRACTION,
         "max_heap_growth": cfg.max_heap_growth,
         "max_gc_cpu_fraction": cfg.max_gc_cpu_fraction,
     }
@@ -631,6 +709,14 @@ def _threshold(cfg: RuntimeConfig, a: RuntimeAnalysis) -> dict[str, Any]:
 
 def _pct(x: float) -> str:
     return f"{x * 100:+.0f}%"
+
+
+def _trend_rule(bound: float) -> str:
+    return (
+        f"(limit: p < {TREND_ALPHA:g} over the span and each half, rising in "
+        f">= {RISING_FRACTION:.0%} of windows, growth >= {_pct(TREND_MIN_SHARE * bound)}; "
+        f"total-growth bound {_pct(bound)})"
+    )
 
 
 def runtime_check(
@@ -661,11 +747,19 @@ def runtime_check(
     else:
         decided += 1
         base = f"{a.baseline.threshold_ms:.3g} ms ({a.baseline.source})"
-        if a.max_consecutive_failing >= cfg.failing_windows:
+        if a.max_consecutive_failing >= cfg.failing_windows and a.failing_run is not None:
+            first, last = a.failing_run
+            worst = max(
+                w.p99_ms
+                for w in a.windows
+                if first <= w.index <= last and w.failed and w.p99_ms is not None
+            )
             failures.append(
                 f"GC pause p99 above {base} in {a.max_consecutive_failing} consecutive "
-                f"windows (limit {cfg.failing_windows}; {a.failing_windows} of "
-                f"{len(judged)} failed)"
+                f"windows: windows {first}-{last} of {cfg.window_s:g}s "
+                f"({first * cfg.window_s:g}-{(last + 1) * cfg.window_s:g}s into sampling), "
+                f"worst {worst:.3g} ms (limit {cfg.failing_windows} windows in a row; "
+                f"{a.failing_windows} of {len(judged)} failed)"
             )
         else:
             worst = observed["worst_window_p99_ms"]
@@ -685,17 +779,18 @@ def runtime_check(
         )
     else:
         decided += 1
-        leak = (
-            g.relative > cfg.max_goroutine_growth
-            and g.growth >= MIN_GOROUTINE_GROWTH
-            and g.rising_fraction >= RISING_FRACTION
-        )
+        leak = is_leak(g, cfg.max_goroutine_growth, min_growth=MIN_GOROUTINE_GROWTH)
         text = (
             f"goroutines {g.start:.0f} -> {g.start + g.growth:.0f} ({_pct(g.relative)}) "
-            f"over {g.span_s:.0f}s, rising in {g.rising}/{g.steps} windows"
+            f"over {g.span_s:.0f}s, rising in {g.rising}/{g.steps} windows, "
+            f"trend p={g.p_value:.2g}"
         )
-        if leak:
+        if leak == "growth":
             failures.append(f"goroutine leak: {text} (limit {_pct(cfg.max_goroutine_growth)})")
+        elif leak == "trend":
+            failures.append(
+                f"goroutine leak by trend: {text} {_trend_rule(cfg.max_goroutine_growth)}"
+            )
         else:
             notes.append(text)
 
@@ -705,8 +800,14 @@ def runtime_check(
         text = f"heap in use {_pct(h.relative)}"
         if cfg.max_heap_growth is not None:
             decided += 1
+            leak = is_leak(h, cfg.max_heap_growth, min_growth=0.0)
             if h.relative > cfg.max_heap_growth:
                 failures.append(f"{text} (limit {_pct(cfg.max_heap_growth)})")
+            elif leak == "trend":
+                failures.append(
+                    f"heap leak by trend: {text}, rising in {h.rising}/{h.steps} windows, "
+                    f"trend p={h.p_value:.2g} {_trend_rule(cfg.max_heap_growth)}"
+                )
             else:
                 notes.append(text)
         else:

@@ -19,7 +19,8 @@ latency    yes        per endpoint with ``min_samples`` pairs: the canary is slo
                       Mann-Whitney p < ``alpha`` AND its p50 or p99 exceeds the primary's
                       by more than ``max_increase``; endpoints with fewer pairs undecided
                       (INCONCLUSIVE) above ``max_unjudged_share`` of the pairs; skipped
-                      under ``min_samples`` pairs in all
+                      under ``min_samples`` pairs in all. With a secondary, its latency
+                      is the control instead of the primary's (both mirrored alike)
 recording  no         unrecorded / (recorded + unrecorded) exceeds ``max_unrecorded_rate``
 backlog    no         recorded but not yet judged exceeds ``max_backlog_rate``
 judgeable  no         exchanges whose truncated body could not be judged / (pairs + those)
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from config.schema import (
     GraygateConfig,
@@ -93,12 +95,15 @@ def find_noise(aggregates: RunAggregates, cfg: NoiseConfig) -> list[FieldNoise]:
 
     Candidates are the fields where the secondary differed from the primary at least once:
     a difference the secondary never shows is never noise, however rare (the gate errs
-    toward reporting). Canary rates are over all the endpoint's pairs, secondary rates
-    over the pairs that had a secondary.
+    toward reporting). Both rates are over the same exchanges: those with all three
+    answers (``RunAggregates.three_way``: the pairs that also had a secondary), so the
+    canary's rate of a (field, kind) and the secondary's are counted on one set, and both
+    divided by the endpoint's pairs with a secondary.
     """
     canary: dict[tuple[str, str, str], int] = {}
     secondary: dict[tuple[str, str, str], int] = {}
-    for f in aggregates.fields:
+    three_way = aggregates.fields if aggregates.three_way is None else aggregates.three_way
+    for f in three_way:
         key = (f.endpoint, f.field, f.kind)
         if f.against == "secondary":
             secondary[key] = secondary.get(key, 0) + f.exchanges
@@ -108,8 +113,14 @@ def find_noise(aggregates: RunAggregates, cfg: NoiseConfig) -> list[FieldNoise]:
         return []
     # An endpoint with fewer pairs with a secondary than cfg.min_secondary_pairs has no
     # noise fields: its noise is not measurable (two pairs say nothing about a rate).
+    # Hand-built aggregates without three-way counts: the canary's counts are over all pairs.
+    same_set = aggregates.three_way is not None
     totals = [
-        EndpointTotals(e.endpoint, canary_compared=e.pairs, secondary_compared=e.secondary_pairs)
+        EndpointTotals(
+            e.endpoint,
+            canary_compared=e.secondary_pairs if same_set else e.pairs,
+            secondary_compared=e.secondary_pairs,
+        )
         for e in aggregates.endpoints
         if e.secondary_pairs >= cfg.min_secondary_pairs
     ]
@@ -312,7 +323,21 @@ def _latency_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
     the traffic is not averaged away; the check fails naming the endpoints that fail.
     Endpoints with fewer pairs are reported, and leave the check undecided (INCONCLUSIVE)
     only when they carry more than ``max_unjudged_share`` of the sampled pairs. A sample
-    without endpoints (or with fewer than ``min_samples`` pairs in all) is judged pooled."""
+    without endpoints (or with fewer than ``min_samples`` pairs in all) is judged pooled.
+
+    The control is the sample's: the primary, or, when the run has a secondary, the
+    secondary (mirrored like the canary, so both are timed the same way; the detail says
+    so)."""
+    check = _latency_against_control(a, cfg)
+    if a.latency.control == "primary":
+        return check
+    return replace(check, detail=f"{_CONTROL_TEXT}: {check.detail}")
+
+
+_CONTROL_TEXT = "canary vs secondary (both mirrored the same way, primary serving)"
+
+
+def _latency_against_control(a: RunAggregates, cfg: VerdictConfig) -> Check:
     lat = cfg.latency
     s = a.latency
     threshold = {

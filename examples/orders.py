@@ -20,7 +20,7 @@ as Go's encoding/json prints it).
 
 Faults (the stand-in only; env ``ORDERS_FAULTS=a,b=1`` and/or repeated ``--fault a``):
 ``rounding``, ``timestamp_format``, ``item_order``, ``stock_deduction[=0.2]``,
-``latency[=20ms]``, ``goroutine_leak``, ``pprof_on_serving_port``.
+``latency[=20ms]``, ``goroutine_leak``, ``gc_pressure[=20ms]``, ``pprof_on_serving_port``.
 """
 
 from __future__ import annotations
@@ -119,6 +119,11 @@ GO_SIZE_CLASSES = (
     6784, 6912, 8192, 9472, 9728, 10240, 10880, 12288, 13568, 14336, 16384, 18432,
 )  # fmt: skip
 GC_RING = 256
+GC_PRESSURE_EVERY_S = 0.1  # gc_pressure: one forced full collection this often
+GC_PRESSURE_MAX_S = 1.0  # bound on the fault's value
+GC_PRESSURE_STEP = 20_000  # objects added to the kept graph per calibration step
+GC_PRESSURE_MAX_OBJECTS = 1_000_000  # bound on the kept graph
+GC_GARBAGE_BYTES = 4 << 20  # short-lived garbage allocated per cycle
 
 
 # --------------------------------------------------------------------------- determinism
@@ -182,6 +187,7 @@ def _customer(customer_id: str) -> tuple[str, str]:
 
 
 FAULT_NAMES = (
+    "gc_pressure",
     "goroutine_leak",
     "item_order",
     "latency",
@@ -207,6 +213,7 @@ class Faults:
     stock_deduction: float = 0.0
     latency: float = 0.0
     goroutine_leak: bool = False
+    gc_pressure: float = 0.0  # seconds each forced collection should take at least
     pprof_on_serving_port: bool = False
 
     @property
@@ -247,6 +254,14 @@ def parse_faults(specs: Iterable[str]) -> Faults:
                 values[name] = float(value)
             elif name == "latency":
                 values[name] = _parse_duration(name, value) if eq else 0.020
+            elif name == "gc_pressure":
+                hold = _parse_duration(name, value) if eq else 0.020
+                if not 0 < hold <= GC_PRESSURE_MAX_S:
+                    raise FaultError(
+                        f'fault "{name}": value "{value}" must be a duration in '
+                        f"(0, {GC_PRESSURE_MAX_S:g}s]"
+                    )
+                values[name] = hold
             else:
                 if eq:
                     raise FaultError(f'fault "{name}" takes no value')
@@ -684,10 +699,45 @@ async def pprof_index(request: web.Request) -> web.Response:
     return web.Response(text=PPROF_INDEX, content_type="text/html")
 
 
+def _full_collection_s() -> float:
+    started = time.perf_counter()
+    gc.collect()
+    return time.perf_counter() - started
+
+
+def _gc_pressure_graph(hold: float) -> list[list[int]]:
+    """Objects kept alive so that one full collection takes at least ``hold`` seconds (or
+    the graph reaches :data:`GC_PRESSURE_MAX_OBJECTS`)."""
+    graph: list[list[int]] = []
+    while len(graph) < GC_PRESSURE_MAX_OBJECTS:
+        graph.extend([i] for i in range(GC_PRESSURE_STEP))
+        if _full_collection_s() >= hold:
+            break
+    return graph
+
+
+async def _gc_pressure(hold: float) -> None:
+    """The gc_pressure fault: keep a graph whose full collection takes ``hold``, and every
+    :data:`GC_PRESSURE_EVERY_S` allocate garbage and collect everything. Each collection
+    holds the interpreter (and so every request) for its whole length; the pauses show in
+    ``/debug/vars`` (``PauseNs``) like Go's stop-the-world pauses."""
+    graph = _gc_pressure_graph(hold)
+    log.info(
+        "gc_pressure: %d objects kept, a collection every %gs", len(graph), GC_PRESSURE_EVERY_S
+    )
+    while True:
+        await asyncio.sleep(GC_PRESSURE_EVERY_S)
+        garbage = [bytearray(64 << 10) for _ in range(GC_GARBAGE_BYTES // (64 << 10))]
+        del garbage
+        gc.collect()
+
+
 async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     """Owns the stand-in's gc callback and every task the app spawned."""
     st = app[STATE]
     gc.callbacks.append(st.gc.callback)
+    if st.faults.gc_pressure > 0:
+        spawn(st.background, _gc_pressure(st.faults.gc_pressure), "gc-pressure")
     try:
         yield
     finally:

@@ -387,7 +387,8 @@ def config_check(config_path: str | None) -> None:
     default=None,
     metavar="NAME[=VALUE]",
     help="Plant one fault in the canary: rounding, timestamp_format, item_order, "
-    "stock_deduction[=0.2], latency[=20ms], goroutine_leak, pprof_on_serving_port.",
+    "stock_deduction[=0.2], latency[=20ms], goroutine_leak, gc_pressure[=20ms], "
+    "pprof_on_serving_port.",
 )
 @click.option(
     "--rate",

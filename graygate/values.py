@@ -206,6 +206,9 @@ class LatencySample:
     # The endpoint of each pair, aligned with primary_ms / canary_ms (empty: not known, the
     # latency check then pools the sample).
     endpoints: tuple[str, ...] = ()
+    # Whose latencies ``primary_ms`` holds: "primary", or "secondary" when the run has a
+    # secondary (a second primary, mirrored like the canary: the fair control).
+    control: str = "primary"
 
     @classmethod
     def of(
@@ -213,9 +216,12 @@ class LatencySample:
         primary_ms: Sequence[float],
         canary_ms: Sequence[float],
         endpoints: Sequence[str] = (),
+        *,
+        control: str = "primary",
     ) -> LatencySample:
         """A sample with its percentiles computed here (as percentile_cont would)."""
         return cls(
+            control=control,
             primary_ms=tuple(primary_ms),
             canary_ms=tuple(canary_ms),
             endpoints=tuple(endpoints),
@@ -273,6 +279,12 @@ class RunAggregates:
     run_id: int = 0
     endpoints: tuple[EndpointCounts, ...] = ()
     fields: tuple[FieldCount, ...] = ()
+    # The same field counts over the exchanges with all three answers only (pairs that
+    # also had a secondary compared): the one set noise rates are compared over, canary and
+    # secondary alike (store.aggregates.fetch_three_way_fields). None: not read, and
+    # ``fields`` stands in for it, the canary's rate then over all pairs (hand-built
+    # aggregates); the stored path always reads it (``()`` when no pair had a secondary).
+    three_way: tuple[FieldCount, ...] | None = None
     losses: Mapping[str, int] = field(default_factory=dict)  # reason -> unrecorded exchanges
     latency: LatencySample = field(default_factory=LatencySample)
     # Mismatch counts per endpoint that leave the noise fields (and waived differences) out

@@ -69,6 +69,7 @@ __all__ = [
     "fetch_losses",
     "fetch_mismatch_counts",
     "fetch_run",
+    "fetch_three_way_fields",
     "latest_verdicts",
     "read_snapshot",
     "record_verdict",
@@ -233,6 +234,73 @@ async def fetch_field_counts(conn: AsyncConnection, run_id: int) -> list[FieldCo
     ]
 
 
+async def fetch_three_way_fields(
+    conn: AsyncConnection, run_id: int, endpoints: Collection[str] | None = None
+) -> list[FieldCount]:
+    """Like :func:`fetch_field_counts`, over the exchanges with all three answers only: the
+    pairs (primary and canary compared) that also had the secondary compared; only for
+    ``endpoints`` when given. Noise rates are compared over this one set, so that a
+    secondary that answered a few exchanges is measured against the canary on those same
+    exchanges, not against all of them.
+
+    It reads the exchanges' heap (which exchanges had a secondary): :func:`fetch_aggregates`
+    asks only for the endpoints where some pairs had no secondary."""
+    d, e = differences.c, exchanges.c
+    three = sa.select(e.id).where(
+        e.run_id == run_id, e.outcome.in_(PAIR_OUTCOMES), e.noise_differences.is_not(None)
+    )
+    where = [d.run_id == run_id, d.exchange_id.in_(three)]
+    if endpoints is not None:
+        three = three.where(e.endpoint.in_(sorted(endpoints)))
+        where = [d.run_id == run_id, d.endpoint.in_(sorted(endpoints)), d.exchange_id.in_(three)]
+    stmt = (
+        sa.select(
+            d.endpoint,
+            d.field,
+            d.against,
+            d.judgement,
+            d.kind,
+            sa.func.count(sa.distinct(d.exchange_id)).label("exchanges"),
+            sa.func.count().label("differences"),
+        )
+        .where(*where)
+        .group_by(d.endpoint, d.field, d.against, d.judgement, d.kind)
+        .order_by(d.endpoint, d.field, d.against, d.judgement, d.kind)
+    )
+    rows = (await conn.execute(stmt)).all()
+    return [
+        FieldCount(
+            endpoint=r.endpoint,
+            field=r.field,
+            against=r.against,
+            judgement=r.judgement,
+            exchanges=int(r.exchanges),
+            differences=int(r.differences),
+            kind=r.kind,
+        )
+        for r in rows
+    ]
+
+
+async def _three_way(
+    conn: AsyncConnection,
+    run_id: int,
+    endpoints: Sequence[EndpointCounts],
+    fields: Sequence[FieldCount],
+) -> tuple[FieldCount, ...]:
+    """The field counts over the exchanges with all three answers: where every pair of an
+    endpoint had a secondary, that set is all its pairs and ``fields`` are its counts
+    already; only endpoints where the secondary answered some pairs are counted again."""
+    every = {
+        e.endpoint for e in endpoints if e.secondary_pairs > 0 and e.secondary_pairs >= e.pairs
+    }
+    some = [e.endpoint for e in endpoints if 0 < e.secondary_pairs < e.pairs]
+    out = [f for f in fields if f.endpoint in every]
+    if some:
+        out += await fetch_three_way_fields(conn, run_id, some)
+    return tuple(out)
+
+
 async def fetch_mismatch_counts(
     conn: AsyncConnection, run_id: int, exclude: Collection[tuple[str, str, str]]
 ) -> dict[str, MismatchCounts]:
@@ -266,21 +334,34 @@ async def fetch_mismatch_counts(
 
 
 async def fetch_latency_sample(
-    conn: AsyncConnection, run_id: int, limit: int = LATENCY_SAMPLE_SIZE
+    conn: AsyncConnection,
+    run_id: int,
+    limit: int = LATENCY_SAMPLE_SIZE,
+    *,
+    control: str = "primary",
 ) -> LatencySample:
     """The latencies of the run's ``limit`` most recent pairs, with p50/p99 of each side
-    and each pair's endpoint (the latency check judges each endpoint on its own)."""
+    and each pair's endpoint (the latency check judges each endpoint on its own).
+
+    ``control`` "secondary": the control side is the secondary instead of the primary, over
+    the pairs the primary served (so the canary and the secondary were both mirrored, timed
+    the same way) where the secondary answered; ``primary_ms`` then holds its latencies.
+    """
+    if control not in ("primary", "secondary"):
+        raise ValueError(f"control must be primary or secondary, not {control!r}")
     e = exchanges.c
+    control_ms = e.secondary_latency_ms if control == "secondary" else e.primary_latency_ms
+    where = [
+        e.run_id == run_id,
+        e.outcome.in_(PAIR_OUTCOMES),
+        control_ms.is_not(None),
+        e.canary_latency_ms.is_not(None),
+    ]
+    if control == "secondary":
+        where += [e.served_by == "primary", e.secondary_error.is_(None)]
     recent = (
-        sa.select(
-            e.primary_latency_ms.label("p"), e.canary_latency_ms.label("c"), e.endpoint.label("ep")
-        )
-        .where(
-            e.run_id == run_id,
-            e.outcome.in_(PAIR_OUTCOMES),
-            e.primary_latency_ms.is_not(None),
-            e.canary_latency_ms.is_not(None),
-        )
+        sa.select(control_ms.label("p"), e.canary_latency_ms.label("c"), e.endpoint.label("ep"))
+        .where(*where)
         .order_by(e.id.desc())
         .limit(limit)
         .subquery()
@@ -301,6 +382,7 @@ async def fetch_latency_sample(
     )
     row = (await conn.execute(stmt)).one()
     return LatencySample(
+        control=control,
         primary_ms=tuple(row[0] or ()),
         canary_ms=tuple(row[1] or ()),
         primary_p50=row[2],
@@ -351,13 +433,21 @@ async def fetch_aggregates(
     ``endpoint_latency`` each endpoint's latency percentiles (what the report and the API
     show). No noise applied yet: ``diff.evaluate`` finds the noise fields once and applies
     them (``fetch_mismatch_counts`` and ``dataclasses.replace``)."""
+    endpoints = tuple(await fetch_endpoint_counts(conn, run.id))
+    fields = tuple(await fetch_field_counts(conn, run.id))
+    with_secondary = any(e.secondary_pairs for e in endpoints)
+    three_way = await _three_way(conn, run.id, endpoints, fields) if with_secondary else ()
     return RunAggregates(
         run=run.name,
         run_id=run.id,
-        endpoints=tuple(await fetch_endpoint_counts(conn, run.id)),
-        fields=tuple(await fetch_field_counts(conn, run.id)),
+        endpoints=endpoints,
+        fields=fields,
+        three_way=three_way,
         losses=await fetch_losses(conn, run.id),
-        latency=await fetch_latency_sample(conn, run.id),
+        # With a secondary, the canary's latency is judged against it (both mirrored).
+        latency=await fetch_latency_sample(
+            conn, run.id, control="secondary" if with_secondary else "primary"
+        ),
         endpoint_latency=await fetch_endpoint_latency(conn, run.id) if endpoint_latency else {},
     )
 

@@ -123,6 +123,9 @@ class FieldStat:
     exchanges: int
     rule: str | None
     example: FieldExample
+    # The kind of difference (value, type, missing...): noise is found per kind, so a type
+    # change in a field noisy by value is a row of its own, and not noise.
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,9 +363,10 @@ async def top_fields(
     per_endpoint: int = 5,
     judgements: Sequence[str] = tuple(Judgement),
 ) -> list[FieldStat]:
-    """The fields that differ most (primary vs canary), per endpoint and judgement.
+    """The fields that differ most (primary vs canary), per endpoint and judgement, one row
+    per (field, kind of difference), as the verdict keys noise.
 
-    At most ``per_endpoint`` fields for each (endpoint, judgement), most frequent first,
+    At most ``per_endpoint`` rows for each (endpoint, judgement), most frequent first,
     each with its first occurrence as the example.
     """
     d = differences
@@ -373,6 +377,7 @@ async def top_fields(
                 d.c.endpoint,
                 d.c.field,
                 d.c.judgement,
+                d.c.kind,
                 sa.func.count().label("n"),
                 sa.func.count(sa.distinct(d.c.exchange_id)).label("n_exchanges"),
                 sa.func.min(d.c.id).label("example_id"),
@@ -383,7 +388,7 @@ async def top_fields(
                 d.c.against == Against.CANARY,
                 d.c.judgement.in_(list(judgements)),
             )
-            .group_by(d.c.endpoint, d.c.field, d.c.judgement)
+            .group_by(d.c.endpoint, d.c.field, d.c.judgement, d.c.kind)
             .subquery("grouped")
         )
         ranked = sa.select(
@@ -391,7 +396,7 @@ async def top_fields(
             sa.func.row_number()
             .over(
                 partition_by=(grouped.c.endpoint, grouped.c.judgement),
-                order_by=(grouped.c.n.desc(), grouped.c.field),
+                order_by=(grouped.c.n.desc(), grouped.c.field, grouped.c.kind),
             )
             .label("rank"),
         ).subquery("ranked")
@@ -401,7 +406,6 @@ async def top_fields(
                 ranked,
                 exchanges.c.trace_id,
                 example.c.path,
-                example.c.kind,
                 example.c.primary_value,
                 example.c.other_value,
             )
@@ -422,6 +426,7 @@ async def top_fields(
             differences=r.n,
             exchanges=r.n_exchanges,
             rule=r.rule,
+            kind=r.kind,
             example=FieldExample(
                 trace_id=r.trace_id,
                 path=r.path,

@@ -15,7 +15,7 @@
 //
 // Faults: env ORDERS_FAULTS=a,b=v and/or repeated -fault a -fault b=v:
 // rounding, timestamp_format, item_order, stock_deduction[=0.2], latency[=20ms],
-// goroutine_leak, pprof_on_serving_port.
+// goroutine_leak, gc_pressure[=20ms], pprof_on_serving_port.
 package main
 
 import (
@@ -141,8 +141,8 @@ func customer(id string) (name, tier string) {
 
 // ---------------------------------------------------------------------------- faults
 
-var faultNames = []string{"goroutine_leak", "item_order", "latency", "pprof_on_serving_port",
-	"rounding", "stock_deduction", "timestamp_format"}
+var faultNames = []string{"gc_pressure", "goroutine_leak", "item_order", "latency",
+	"pprof_on_serving_port", "rounding", "stock_deduction", "timestamp_format"}
 
 // faults are the planted bugs; all off by default.
 type faults struct {
@@ -152,6 +152,7 @@ type faults struct {
 	StockDeduction     float64 // fraction of POSTs, in [0, 1]
 	Latency            time.Duration
 	GoroutineLeak      bool
+	GCPressure         time.Duration // how long each collection's stop-the-world is held up
 	PprofOnServingPort bool
 }
 
@@ -206,6 +207,18 @@ func parseFaults(specs []string) (faults, error) {
 						return f, err
 					}
 					f.Latency = d
+				}
+			case "gc_pressure":
+				f.GCPressure = 20 * time.Millisecond
+				if hasValue {
+					d, err := parseDuration(name, value)
+					if err != nil {
+						return f, err
+					}
+					if d <= 0 || d > gcPressureMax {
+						return f, fmt.Errorf("fault %q: value %q must be a duration in (0, %v]", name, value, gcPressureMax)
+					}
+					f.GCPressure = d
 				}
 			default:
 				if hasValue {
@@ -708,6 +721,78 @@ func debugHandler() http.Handler {
 	return mux
 }
 
+// ---------------------------------------------------------------------------- gc_pressure
+
+const (
+	gcPressureEvery = 100 * time.Millisecond // one forced collection this often
+	gcPressureMax   = time.Second            // bound on the fault's value
+	gcGarbageBytes  = 4 << 20                // short-lived garbage allocated per cycle
+	gcGarbageChunk  = 64 << 10
+)
+
+var spinSink uint64 // keeps the spin loop's result alive
+
+// spin runs n rounds of a 64-bit LCG. It is marked nosplit (and never inlined), so the Go
+// compiler emits no preemption point inside it: while it runs, a stop-the-world waits for
+// it, just as it waits for a goroutine stuck in a long non-preemptible call.
+//
+//go:nosplit
+//go:noinline
+func spin(n uint64) uint64 {
+	x := uint64(1)
+	for i := uint64(0); i < n; i++ {
+		x = x*6364136223846793005 + 1442695040888963407
+	}
+	return x
+}
+
+// spinPerMillisecond measures how many rounds of spin take one millisecond here.
+func spinPerMillisecond() uint64 {
+	const rounds = 2_000_000
+	t := time.Now()
+	spinSink = spin(rounds)
+	ns := time.Since(t).Nanoseconds()
+	if ns <= 0 {
+		ns = 1
+	}
+	per := uint64(float64(rounds) * 1e6 / float64(ns))
+	if per == 0 {
+		per = 1
+	}
+	return per
+}
+
+// gcPressure is the gc_pressure fault: every gcPressureEvery it allocates gcGarbageBytes of
+// garbage and forces a collection while another goroutine is in a non-preemptible loop of
+// about hold, so that collection's stop-the-world pause (memstats.PauseNs) lasts about
+// hold instead of tens of microseconds. It stops when ctx is done.
+func gcPressure(ctx context.Context, hold time.Duration) {
+	perMs := spinPerMillisecond()
+	rounds := uint64(float64(perMs) * float64(hold) / float64(time.Millisecond))
+	tick := time.NewTicker(gcPressureEvery)
+	defer tick.Stop()
+	var garbage [][]byte
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		garbage = garbage[:0]
+		for n := 0; n < gcGarbageBytes; n += gcGarbageChunk {
+			garbage = append(garbage, make([]byte, gcGarbageChunk))
+		}
+		done := make(chan struct{})
+		go func() {
+			spinSink = spin(rounds)
+			close(done)
+		}()
+		time.Sleep(time.Millisecond) // let the spinner take a P before the collection starts
+		runtime.GC()
+		<-done
+	}
+}
+
 // ---------------------------------------------------------------------------- main
 
 type faultFlags []string
@@ -740,6 +825,11 @@ func run(ctx context.Context, listen, debugListen string, f faults, out io.Write
 	srv, done, err := serve(listen, newApp(f).handler(), "", out)
 	if err != nil {
 		return err
+	}
+	if f.GCPressure > 0 {
+		gctx, stopGC := context.WithCancel(ctx)
+		defer stopGC()
+		go gcPressure(gctx, f.GCPressure)
 	}
 	servers = append(servers, srv)
 	select {

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -163,5 +165,54 @@ func TestParseFaults(t *testing.T) {
 	}
 	if _, err := parseFaults([]string{"nope"}); !strings.Contains(err.Error(), `"nope"`) {
 		t.Errorf("error does not name the fault: %v", err)
+	}
+}
+
+func TestParseGCPressure(t *testing.T) {
+	for spec, want := range map[string]time.Duration{
+		"gc_pressure": 20 * time.Millisecond, "gc_pressure=5ms": 5 * time.Millisecond,
+		"gc_pressure=1s": time.Second, // the bound itself
+	} {
+		f, err := parseFaults([]string{spec})
+		if err != nil || f.GCPressure != want {
+			t.Errorf("%s: %v %v", spec, f.GCPressure, err)
+		}
+	}
+	for _, bad := range []string{"gc_pressure=1001ms", "gc_pressure=0ms", "gc_pressure=x"} {
+		if _, err := parseFaults([]string{bad}); err == nil || !strings.Contains(err.Error(), "gc_pressure") {
+			t.Errorf("%s: %v", bad, err)
+		}
+	}
+}
+
+// The collections the fault forces pause for about the held time, far above the
+// tens of microseconds a collection of this small heap takes otherwise.
+func TestGCPressureLengthensPauses(t *testing.T) {
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { gcPressure(ctx, 10*time.Millisecond); close(stopped) }()
+	var after runtime.MemStats
+	for i := 0; i < 100; i++ { // at most ~10 s
+		time.Sleep(100 * time.Millisecond)
+		runtime.ReadMemStats(&after)
+		if after.NumGC >= before.NumGC+5 {
+			break
+		}
+	}
+	cancel()
+	<-stopped
+	if after.NumGC < before.NumGC+5 {
+		t.Fatalf("the fault forced %d collections in 10 s", after.NumGC-before.NumGC)
+	}
+	var longest uint64
+	for n := before.NumGC + 1; n <= after.NumGC && n <= before.NumGC+256; n++ {
+		if p := after.PauseNs[(n+255)%256]; p > longest {
+			longest = p
+		}
+	}
+	if longest < uint64(5*time.Millisecond) {
+		t.Errorf("longest pause %v: the non-preemptible section did not hold the collection", time.Duration(longest))
 	}
 }

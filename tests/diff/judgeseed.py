@@ -105,6 +105,7 @@ class Ex:
     endpoint: str = ORDERS
     primary_ms: float = 10.0
     canary_ms: float = 10.0
+    secondary_ms: float = 10.0
     canary_status: int = 200
     primary_status: int = 200
     canary_error: str | None = None
@@ -154,7 +155,7 @@ def to_record(run_id: int, i: int, ex: Ex) -> RecordedExchange:
         else _resp(canary_body, ex.canary_status, ex.canary_ms, ex.canary_error, ex.truncate),
         secondary=None
         if ex.secondary is None or skipped
-        else _resp(ex.secondary, 200, 10.0, truncate=ex.truncate),
+        else _resp(ex.secondary, 200, ex.secondary_ms, truncate=ex.truncate),
     )
 
 

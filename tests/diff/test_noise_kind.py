@@ -66,3 +66,29 @@ async def test_noisy_value_excuses_only_value_differences(
         assert ORDERS in strict.detail
         assert ("$.debug" if canary == "extra" else "$.ts") in strict.detail
         assert "50/50 pairs" in strict.detail  # every pair counted, none excused as noise
+
+
+async def test_report_lists_agree_with_the_verdict_by_kind(
+    engine: AsyncEngine, run_name: str
+) -> None:
+    """The report's field table is keyed by kind too: a type change in a field noisy by
+    value is among the fields the canary got wrong, as the verdict's strict check says,
+    not folded into the noise list with the value differences."""
+    from diff.report_model import build_report
+
+    run_id = await new_run(engine, run_name)
+    exchanges = [
+        Ex(_ts(i, "p"), canary=(_ts(i, "c") if i < 30 else CANARIES["number"](i)),
+           secondary=_ts(i, "s"))
+        for i in range(40)
+    ]  # fmt: skip
+    await add(engine, run_id, exchanges)
+    await judge_pending(engine, run_name, BOOK)
+
+    report = await build_report(engine, run_name)
+    strict = next(c for c in report.verdict.checks if c.name == "strict")
+    assert report.verdict.verdict == Verdict.NO_GO and "$.ts" in strict.detail
+    wrong = {(f.field, f.kind, f.judgement): f.exchanges for f in report.fields}
+    noise = {(f.field, f.kind): f.exchanges for f in report.noise}
+    assert wrong == {("$.ts", "type", "strict"): 10}
+    assert noise == {("$.ts", "value"): 30}

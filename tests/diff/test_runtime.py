@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,13 +15,19 @@ from config.schema import RuntimeConfig, RuntimeSource
 from diff.runtime_checks import (
     MIN_BASELINE_PAUSES,
     PAUSE_RING,
+    RISING_FRACTION,
+    TREND_ALPHA,
+    TREND_MIN_SHARE,
     Baseline,
     RuntimeParseError,
     RuntimeSample,
+    Trend,
     analyse,
     baseline_from_pauses,
     baseline_from_samples,
     choose_baseline,
+    is_leak,
+    mann_kendall_p,
     merge,
     new_pauses,
     parse_expvar,
@@ -325,7 +332,10 @@ def test_three_failing_windows_in_a_row_fail() -> None:
     )
     assert check.name == "runtime"
     assert check.passed is False and check.blocking
-    assert "3 consecutive windows" in check.detail
+    assert "3 consecutive windows: windows 2-4 of 10s (20-50s into sampling)" in check.detail
+    assert "worst 50 ms" in check.detail
+    assert check.observed["failing_run_windows"] == [2, 4]
+    assert set(check.observed["failing_window_p99_ms"]) == {"2", "3", "4"}
     assert check.observed["failing_windows"] == 3
     assert check.observed["max_consecutive_failing_windows"] == 3
     assert check.observed["windows"] == 8
@@ -423,10 +433,125 @@ def test_a_step_when_load_starts_is_not_a_leak() -> None:
     assert check.passed is True, check.detail
 
 
-def test_a_slow_rise_under_the_bound_passes() -> None:
-    # +20 goroutines on a base of 100 over the span: 20 % < 50 %.
+def test_a_slow_steady_rise_under_the_total_bound_fails_by_trend() -> None:
+    # +20 goroutines on a base of 100 over the span (20 % < 50 %), rising in every window.
     check = runtime_check(series(60, goroutines=lambda t: 100 + t // 3), cfg(), baseline=None)
+    assert check.passed is False, check.detail
+    assert "goroutine leak by trend" in check.detail
+
+
+def test_a_rise_below_the_trend_share_passes() -> None:
+    # +20 goroutines on a base of 1000 (2 %): steady and significant, but under
+    # TREND_MIN_SHARE of the 50 % bound (10 %): pools growing, not a leak worth a NO_GO.
+    check = runtime_check(series(60, goroutines=lambda t: 1000 + t // 3), cfg(), baseline=None)
     assert check.passed is True, check.detail
+    assert check.observed["goroutine_trend_p"] < TREND_ALPHA
+
+
+# A ten-minute run, one poll a second, one-minute windows: the issue's case.
+TEN_MIN = 600
+
+
+def test_steady_leak_of_42_percent_rising_in_every_window_fails() -> None:
+    rnd = random.Random(42)
+    samples = series(TEN_MIN, goroutines=lambda t: 100 + (42 * t) // TEN_MIN + rnd.randint(-2, 2))
+    check = runtime_check(samples, cfg(window_s=60.0), baseline=None)
+    assert check.passed is False, check.detail
+    assert "goroutine leak by trend" in check.detail
+    assert check.observed["goroutine_rising_windows"] == "8/8"
+    # Under the total-growth bound: the old rule alone passed it.
+    assert 0.2 < check.observed["goroutine_growth"] < 0.5
+    assert check.observed["goroutine_trend_p"] < TREND_ALPHA
+    assert all(p < TREND_ALPHA for p in check.observed["goroutine_trend_p_halves"])
+    assert check.threshold["trend_alpha"] == TREND_ALPHA
+
+
+def test_noisy_flat_ten_minutes_passes() -> None:
+    for seed in range(5):
+        rnd = random.Random(seed)
+        samples = series(TEN_MIN, goroutines=lambda t, r=rnd: r.randint(80, 120))
+        check = runtime_check(samples, cfg(window_s=60.0), baseline=None)
+        assert check.passed is True, (seed, check.detail)
+
+
+def test_one_step_up_then_flat_ten_minutes_passes() -> None:
+    # +42 % in one step at 3 minutes, then flat with noise: significant over the span
+    # (the step), but not in the second half, and not rising in most windows.
+    for seed in range(5):
+        rnd = random.Random(seed)
+        samples = series(
+            TEN_MIN, goroutines=lambda t, r=rnd: (100 if t < 180 else 142) + r.randint(-2, 2)
+        )
+        check = runtime_check(samples, cfg(window_s=60.0), baseline=None)
+        assert check.passed is True, (seed, check.detail)
+        assert check.observed["goroutine_trend_p_halves"][1] >= TREND_ALPHA
+
+
+def _levels(levels: Sequence[int]) -> Callable[[int], int]:
+    """Goroutines: window 0 (warm-up) at the first level, then one level per 10 s window."""
+    return lambda t: levels[min(t // 10, len(levels) - 1)]
+
+
+def test_rising_fraction_at_the_bound() -> None:
+    # After warm-up: 6 windows, 5 steps. 3 of 5 rising (== RISING_FRACTION) is a leak.
+    assert RISING_FRACTION == 0.6
+    at = series(70, goroutines=_levels([100, 100, 110, 110, 120, 120, 130]))
+    check = runtime_check(at, cfg(), baseline=None)
+    assert check.observed["goroutine_rising_windows"] == "3/5"
+    assert check.passed is False and "leak by trend" in check.detail, check.detail
+    # 2 of 5 rising, same total and still significant in both halves: not steady, passes.
+    under = series(70, goroutines=_levels([100, 100, 115, 115, 115, 115, 130]))
+    check = runtime_check(under, cfg(), baseline=None)
+    assert check.observed["goroutine_rising_windows"] == "2/5"
+    assert check.observed["goroutine_trend_p"] < TREND_ALPHA
+    assert check.passed is True, check.detail
+
+
+def _trend(**kw: object) -> Trend:
+    base: dict[str, Any] = {
+        "points": 100, "windows": 6, "span_s": 100.0, "slope_per_s": 0.3, "start": 100.0,
+        "growth": 30.0, "relative": 0.3, "rising": 5, "steps": 5, "p_value": 1e-6,
+        "p_halves": (1e-4, 1e-4),
+    }  # fmt: skip
+    base.update(kw)
+    return Trend(**base)
+
+
+def test_is_leak_bounds() -> None:
+    bound = 0.5
+    share = TREND_MIN_SHARE * bound
+    assert is_leak(_trend(), bound, min_growth=10) == "trend"
+    assert is_leak(_trend(relative=0.51), bound, min_growth=10) == "growth"
+    # The trend share: at it a leak, just under not.
+    assert is_leak(_trend(relative=share), bound, min_growth=10) == "trend"
+    assert is_leak(_trend(relative=share - 1e-9), bound, min_growth=10) is None
+    # The significance level: p must be below alpha over the span and in both halves.
+    assert is_leak(_trend(p_value=TREND_ALPHA), bound, min_growth=10) is None
+    assert is_leak(_trend(p_halves=(1e-4, TREND_ALPHA)), bound, min_growth=10) is None
+    assert is_leak(_trend(p_value=TREND_ALPHA * 0.999), bound, min_growth=10) == "trend"
+    # The absolute floor and the rising share apply to both rules.
+    assert is_leak(_trend(growth=9.9, relative=0.9), bound, min_growth=10) is None
+    assert is_leak(_trend(rising=2, relative=0.9), bound, min_growth=10) is None
+    assert is_leak(_trend(rising=3), bound, min_growth=10) == "trend"
+
+
+def test_mann_kendall_p() -> None:
+    xs = [float(i) for i in range(20)]
+    assert mann_kendall_p(xs, xs) < 1e-6
+    assert mann_kendall_p(xs, [-x for x in xs]) > 0.99
+    assert mann_kendall_p(xs, [5.0] * 20) == 1.0  # constant: cannot tell
+    assert mann_kendall_p(xs[:3], xs[:3]) == 1.0  # too few points
+    with pytest.raises(ValueError, match="differ in length"):
+        mann_kendall_p(xs, xs[:3])
+
+
+def test_a_steady_heap_leak_fails_by_trend_when_bounded() -> None:
+    rnd = random.Random(3)
+    heap = lambda t: 50_000_000 + 20_000 * t + rnd.randint(-200_000, 200_000)  # noqa: E731
+    samples = series(TEN_MIN, heap=heap)
+    check = runtime_check(samples, cfg(window_s=60.0, max_heap_growth=1.0), baseline=None)
+    assert check.passed is False and "heap leak by trend" in check.detail, check.detail
+    assert runtime_check(samples, cfg(window_s=60.0), baseline=None).passed is True
 
 
 def test_too_few_windows_is_undecided() -> None:

@@ -89,8 +89,8 @@ def _report(out: str) -> Path:
 
 @pytest.mark.parametrize(
     ("fault", "code", "verdict"),
-    [(None, 0, "GO"), ("stock_deduction", 1, "NO_GO")],
-    ids=["no-fault", "stock_deduction"],
+    [(None, 0, "GO"), ("stock_deduction", 1, "NO_GO"), ("gc_pressure", 1, "NO_GO")],
+    ids=["no-fault", "stock_deduction", "gc_pressure"],
 )
 def test_demo_with_a_database_url(
     fault: str | None,
@@ -117,6 +117,14 @@ def test_demo_with_a_database_url(
     if fault == "stock_deduction":
         strict = r"^\s+FAIL\s+strict\b.*POST /api/orders.*stock_(after|deducted)"
         assert re.search(strict, out, re.M), out
+    if fault == "gc_pressure":
+        # The runtime check, the windows and the threshold: the demo's pause budget.
+        gc = r"^\s+FAIL\s+runtime\b.*GC pause p99 above 10 ms \(budget\).*windows \d+-\d+ of 2s"
+        assert re.search(gc, out, re.M), out
+    elif fault is None:
+        # GC pauses have a baseline (the budget); a short run may see no collection at all.
+        assert re.search(r"^\s+PASS\s+runtime\b.*pause_p99_ms=10\b", out, re.M), out
+        assert "no baseline" not in out, out
     report = _report(out)
     assert report.parent == data.resolve() / "reports"
     _assert_nothing_left(procs, out)

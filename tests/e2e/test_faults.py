@@ -71,6 +71,29 @@ async def _load_until_verdict(
     return stats, verdict.returncode, json.loads(lines[-1])
 
 
+async def _served_by(database_url: str, run: str) -> dict[str, int]:
+    """How many of the run's recorded exchanges each side served."""
+    import sqlalchemy as sa
+
+    from store.engine import create_engine
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT e.served_by, count(*) FROM exchanges e JOIN runs r "
+                        "ON r.id = e.run_id WHERE r.name = :run GROUP BY 1"
+                    ),
+                    {"run": run},
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    return {str(side): int(n) for side, n in rows}
+
+
 def _failed(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in doc["checks"] if c["passed"] is False}
 
@@ -82,22 +105,37 @@ def _scenario(
     go_canary: Path,
     migrated_database: Callable[[], str],
     graygate_config: Callable[..., Path],
+    standin: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Run one scenario end to end; (verdict exit code, verdict JSON)."""
+    """Run one scenario end to end; (verdict exit code, verdict JSON). ``standin``: the
+    canary is the Python stand-in (the primary's own code: an A/A pair); ``overrides``
+    are merged over :data:`OVERRIDES`."""
     started = time.monotonic()
     url = migrated_database()
     primary = procs.primary()
-    canary = procs.canary(go_canary, fault)
+    if standin:
+        argv = [sys.executable, "-m", "graygate.examples.orders", "--listen", "127.0.0.1:0",
+                "--role", "canary-standin", *(["--fault", fault] if fault else [])]  # fmt: skip
+        canary = procs.service("canary", argv)
+    else:
+        canary = procs.canary(go_canary, fault)
     assert primary.url and canary.url
     listen, admin = procs.free_port(), procs.free_port()
     run = f"e2e-{(fault or 'none').split('=')[0]}-{uuid.uuid4().hex[:8]}"
+    merged = json.loads(json.dumps(OVERRIDES))
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
     cfg = graygate_config(
         run=run,
         primary=primary.url,
         canary=canary.url,
         listen_port=listen,
         admin_port=admin,
-        overrides=OVERRIDES,
+        overrides=merged,
     )
     serve = procs.serve(cfg, url, f"http://127.0.0.1:{admin}")
 
@@ -107,6 +145,7 @@ def _scenario(
     assert doc.get("run") == run, doc
     # graygate serve stops cleanly on SIGTERM, after flushing what it recorded.
     assert procs.stop(serve) == 0, serve.output()[-2000:]
+    doc["_served_by"] = asyncio.run(_served_by(url, run))
     elapsed = time.monotonic() - started
     print(
         f"\n{fault or 'no fault'}: {doc['verdict']} in {elapsed:.1f}s "
@@ -117,7 +156,7 @@ def _scenario(
     return code, doc
 
 
-Scenario = Callable[[str | None], tuple[int, dict[str, Any]]]
+Scenario = Callable[..., tuple[int, dict[str, Any]]]
 
 
 @pytest.fixture
@@ -127,16 +166,21 @@ def scenario(
     migrated_database: Callable[[], str],
     graygate_config: Callable[..., Path],
 ) -> Scenario:
-    """``code, verdict_json = scenario(fault)``: primary, Go canary with ``fault`` planted,
-    graygate serve, a load, and ``graygate verdict --wait --json`` while it runs."""
+    """``code, verdict_json = scenario(fault, standin=False, overrides=None)``: primary, Go
+    canary (or the Python stand-in) with ``fault`` planted, graygate serve, a load, and
+    ``graygate verdict --wait --json`` while it runs."""
 
-    def run(fault: str | None) -> tuple[int, dict[str, Any]]:
+    def run(
+        fault: str | None, *, standin: bool = False, overrides: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
         return _scenario(
             fault,
             procs=procs,
             go_canary=go_canary,
             migrated_database=migrated_database,
             graygate_config=graygate_config,
+            standin=standin,
+            overrides=overrides,
         )
 
     return run
@@ -150,6 +194,9 @@ def test_no_fault_is_go(
     checks = {c["name"]: c for c in doc["checks"]}
     for name in ("evidence", "strict", "tolerance", "errors", "recording", "runtime"):
         assert checks[name]["passed"] is True, checks[name]
+    # GC pauses were judged against the demo's budget, not skipped for want of a baseline.
+    assert "not judged" not in checks["runtime"]["detail"], checks["runtime"]
+    assert checks["runtime"]["observed"]["baseline"]["source"] == "budget", checks["runtime"]
     assert doc["summary"]["pairs"] >= OVERRIDES["verdict"]["min_pairs"]
 
 
@@ -189,6 +236,28 @@ def test_goroutine_leak_is_no_go_from_the_runtime_check(
     assert blocking == {"runtime"}, failed
 
 
+def test_gc_pressure_is_no_go_naming_the_runtime_check_windows_and_threshold(
+    scenario: Scenario,
+) -> None:
+    """config/demo.yaml's pause budget is the baseline; the canary's forced collections
+    pause ~20 ms against it, window after window (1 s windows here)."""
+    code, doc = scenario("gc_pressure")
+    assert (code, doc["verdict"]) == (1, "NO_GO"), doc
+    failed = _failed(doc)
+    assert "runtime" in failed, failed
+    runtime = failed["runtime"]
+    assert "GC pause p99 above 10 ms (budget)" in runtime["detail"], runtime
+    assert "consecutive windows: windows " in runtime["detail"], runtime
+    assert runtime["threshold"]["pause_p99_ms"] == 10, runtime
+    assert runtime["threshold"]["failing_windows"] == 3, runtime
+    first, last = runtime["observed"]["failing_run_windows"]
+    assert last - first + 1 >= 3, runtime
+    assert all(p > 10 for p in runtime["observed"]["failing_window_p99_ms"].values()), runtime
+    # The answers are right: only the runtime check blocks.
+    blocking = {name for name, check in failed.items() if check["blocking"]}
+    assert blocking == {"runtime"}, failed
+
+
 @pytest.mark.parametrize("delay", ["30ms"])
 def test_latency_is_no_go_from_the_latency_check(
     delay: str,
@@ -198,3 +267,26 @@ def test_latency_is_no_go_from_the_latency_check(
     assert (code, doc["verdict"]) == (1, "NO_GO"), doc
     failed = _failed(doc)
     assert "latency" in failed, failed
+
+
+# An A/A pair: the canary is the primary's own code (the Python stand-in), under the
+# concurrent load (8 clients). Whichever side serves and whichever is mirrored, an
+# identical canary is GO: the mirror path's timing must not read as a regression.
+SERVE_ALL_ON_CANARY: dict[str, Any] = {"gray": {"serve_canary": [{"percent": 100}]}}
+
+
+@pytest.mark.parametrize("serving", ["primary", "canary"])
+def test_identical_canary_under_concurrent_load_is_go_in_both_serving_modes(
+    serving: str,
+    scenario: Scenario,
+) -> None:
+    overrides = SERVE_ALL_ON_CANARY if serving == "canary" else None
+    code, doc = scenario(None, standin=True, overrides=overrides)
+    checks = {c["name"]: c for c in doc["checks"]}
+    assert (code, doc["verdict"]) == (0, "GO"), _failed(doc)
+    for name in ("evidence", "strict", "tolerance", "errors", "latency"):
+        assert checks[name]["passed"] is True, checks[name]
+    # The latency check judged endpoints (not skipped for want of samples).
+    assert "endpoint(s) judged" in checks["latency"]["detail"], checks["latency"]
+    # Every exchange was served by the side the mode says.
+    assert set(doc["_served_by"]) == {serving}, doc["_served_by"]

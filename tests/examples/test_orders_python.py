@@ -246,9 +246,12 @@ def test_parse_faults() -> None:
     with pytest.raises(FaultError, match='unknown fault "bogus"'):
         parse_faults(["rounding,bogus"])
     for bad in ("rounding=1", "stock_deduction=1.5", "stock_deduction=-1", "latency=fast",
-                "latency=5", "goroutine_leak=yes"):  # fmt: skip
+                "latency=5", "goroutine_leak=yes", "gc_pressure=0ms", "gc_pressure=1001ms",
+                "gc_pressure=x"):  # fmt: skip
         with pytest.raises(FaultError):
             parse_faults([bad])
+    assert parse_faults(["gc_pressure"]).gc_pressure == 0.020
+    assert parse_faults(["gc_pressure=1s"]).gc_pressure == 1.0  # the bound itself
 
 
 IDS = (1, 2, 3, 4, 42, 777, 123456)
@@ -360,6 +363,28 @@ async def test_fault_goroutine_leak_shows_in_debug_vars() -> None:
     # the app's cleanup cancelled every leaked task
     leaked = [t for t in asyncio.all_tasks() if (t.get_name() or "").startswith("leak-")]
     assert all(t.done() for t in leaked)
+
+
+@pytest.mark.asyncio
+async def test_fault_gc_pressure_shows_long_pauses_in_debug_vars() -> None:
+    hold = 0.005
+    app = make_app("python-standin", parse_faults([f"gc_pressure={hold * 1000:g}ms"]),
+                   debug_vars=True)  # fmt: skip
+    async with serve_app(app) as base, aiohttp.ClientSession() as s:
+        _, before = await get(s, f"{base}/debug/vars")
+        after = before
+        for _ in range(100):  # at most ~10 s
+            await asyncio.sleep(0.1)
+            _, after = await get(s, f"{base}/debug/vars")
+            if after["memstats"]["NumGC"] >= before["memstats"]["NumGC"] + 10:
+                break
+        mem, n0 = after["memstats"], before["memstats"]["NumGC"]
+        assert mem["NumGC"] >= n0 + 10
+        new = [mem["PauseNs"][n % 256] for n in range(n0, min(mem["NumGC"], n0 + 256))]
+        # The forced full collections of the kept graph are among them, each ~ hold long.
+        assert max(new) >= hold / 2 * 1e9
+    pressure = [t for t in asyncio.all_tasks() if t.get_name() == "gc-pressure"]
+    assert all(t.done() for t in pressure)
 
 
 @pytest.mark.asyncio
