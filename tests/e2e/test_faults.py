@@ -240,8 +240,11 @@ def test_gc_pressure_is_no_go_naming_the_runtime_check_windows_and_threshold(
     scenario: Scenario,
 ) -> None:
     """config/demo.yaml's pause budget is the baseline; the canary's forced collections
-    pause ~20 ms against it, window after window (1 s windows here)."""
-    code, doc = scenario("gc_pressure")
+    pause ~20 ms against it, window after window (1 s windows here). The pauses also slow
+    the canary's answers; on a loaded machine the latency check can decide NO_GO before three
+    windows have passed, so latency is given a wide margin here: this test is about the
+    runtime check (the latency check has tests of its own)."""
+    code, doc = scenario("gc_pressure", overrides={"verdict": {"latency": {"max_increase": 100.0}}})
     assert (code, doc["verdict"]) == (1, "NO_GO"), doc
     failed = _failed(doc)
     assert "runtime" in failed, failed

