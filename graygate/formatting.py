@@ -22,12 +22,16 @@ __all__ = [
     "VALUE_WIDTH",
     "byte_size",
     "check_mark",
+    "delta_ms",
     "endpoint_cells",
     "format_value",
+    "fraction_of",
     "ms",
+    "ms_unit",
     "num",
     "pct",
     "runtime_cells",
+    "share",
     "summary_line",
     "versions",
     "when",
@@ -181,3 +185,29 @@ def runtime_cells(r: RuntimeSummary) -> tuple[str, ...]:
         f"{ms(r.gc_pause_p99_ms)} / {ms(r.gc_pause_max_ms)}",
         pct(r.gc_cpu_fraction_max),
     )
+
+
+def share(count: int, total: int | None, of: str = "pairs") -> str:
+    """``count (78% of pairs)``; the count alone when there is no total."""
+    if not total:
+        return str(count)
+    return f"{count} ({pct(count / total)} of {of})"
+
+
+def fraction_of(value: float | None, of: str = "pairs") -> str:
+    """A fraction with its meaning: 0.78 -> ``0.78 (78% of pairs)``."""
+    if value is None:
+        return "—"
+    return f"{value:.3g} ({pct(value)} of {of})"
+
+
+def ms_unit(value: float | None) -> str:
+    """Milliseconds with the unit: ``3.2 ms``."""
+    return "—" if value is None else f"{ms(value)} ms"
+
+
+def delta_ms(value: float | None) -> str:
+    """A difference in milliseconds, signed: ``+3.2 ms``."""
+    if value is None:
+        return "—"
+    return f"{'+' if value >= 0 else '-'}{ms(abs(value))} ms"
