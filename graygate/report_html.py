@@ -17,6 +17,7 @@ from graygate.formatting import (
     RUNTIME_HEADERS,
     STRICT_COLUMN,
     check_mark,
+    check_values,
     delta_ms,
     endpoint_cells,
     format_value,
@@ -25,6 +26,7 @@ from graygate.formatting import (
     num,
     pct,
     runtime_cells,
+    runtime_check_rows,
     share,
     summary_line,
     versions,
@@ -128,12 +130,19 @@ def _html_checks(checks: Sequence[Check]) -> str:
             (
                 f"<code>{_e(c.name)}</code>",
                 f'<span class="{css}">{_e(check_mark(c))}</span>',
-                _e(num(c.observed)),
-                _e(num(c.threshold)),
-                _e(c.detail),
+                _e(check_values(c)[0]),
+                _e(check_values(c)[1]),
+                _e(c.detail) + (_html_runtime_check(c) if c.name == "runtime" else ""),
             )
         )
     return _table(("check", "result", "observed", "threshold", "detail"), rows, set(), "checks")
+
+
+def _html_runtime_check(check: Check) -> str:
+    rows = [tuple(_e(cell) for cell in row) for row in runtime_check_rows(check)]
+    if not rows:
+        return ""
+    return _table(("figure", "observed", "limit"), rows, set(), "runtime-check")
 
 
 def _html_endpoints(endpoints: Sequence[EndpointStats]) -> str:

@@ -16,10 +16,11 @@ from graygate.formatting import (
     RUNTIME_HEADERS,
     STRICT_COLUMN,
     check_mark,
+    check_values,
     endpoint_cells,
     format_value,
-    num,
     runtime_cells,
+    runtime_check_rows,
     summary_line,
     versions,
     when,
@@ -59,8 +60,8 @@ def _checks_table(checks: Sequence[Check]) -> Table:
             table,
             check.name,
             Text(check_mark(check), style=style),
-            num(check.observed),
-            num(check.threshold),
+            check_values(check)[0],
+            check_values(check)[1],
             check.detail,
         )
     return table
@@ -143,6 +144,15 @@ def render_terminal(report: Report, console: Console) -> None:
     )
     console.print(Panel(head, title="graygate report", title_align="left", expand=False))
     console.print(_checks_table(verdict.checks))
+    for check in verdict.checks:
+        rows = runtime_check_rows(check) if check.name == "runtime" else []
+        if rows:
+            table = Table(title="Runtime check", title_justify="left")
+            for name in ("figure", "observed", "limit"):
+                table.add_column(name, overflow="fold")
+            for row in rows:
+                _add_row(table, *row)
+            console.print(table)
     if report.endpoints:
         console.print(_endpoints_table(report.endpoints))
     else:

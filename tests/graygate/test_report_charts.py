@@ -286,3 +286,10 @@ async def test_admin_pages_and_fields_api(engine: AsyncEngine, no_go: Seeded) ->
             f"{base}/api/v1/runs/{no_go.run}/fields", params={"endpoint": "GET /nope"}
         ) as resp:
             assert resp.status == 404
+
+
+async def test_checks_show_units_and_the_runtime_table(no_go_report: tuple[Report, str]) -> None:
+    _, page = no_go_report
+    assert "0.286 (28.6% of pairs)" in page  # the strict check's observed rate
+    assert 'class="runtime-check"' in page
+    assert "samples=" not in page and "pause_p99_ms=" not in page
