@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 __all__ = [
     "MIRROR_IN_FLIGHT",
@@ -40,6 +40,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# No ``*_created`` series: they double the series and no gate or dashboard reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 UPSTREAM_REQUESTS: Final = Counter(
     "graygate_upstream_requests",

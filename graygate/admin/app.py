@@ -44,17 +44,20 @@ import binascii
 import hmac
 import logging
 import os
+import platform
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDict
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 from prometheus_client.exposition import choose_encoder
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.schema import GraygateConfig, is_loopback_listen
+from diff import verdict_metrics as _verdict_metrics  # noqa: F401  (its metrics, no _created)
+from graygate import __version__
 from graygate.admin.api import ENGINE_KEY, add_api_routes, json_response
 from graygate.admin.pages import add_page_routes
 from graygate.errors import ConfigError, StoreUnavailable, UnknownRun, one_line
@@ -236,6 +239,15 @@ def _not_ready(why: str, revision: str | None, head: str) -> web.Response:
         {"ready": False, "error": why, "status": 503, "revision": revision, "head": head},
         status=503,
     )
+
+
+BUILD_INFO = Gauge(
+    "graygate_build_info",
+    "Always 1; the labels say which graygate and Python serve this port.",
+    ("version", "python"),
+    multiprocess_mode="max",
+)
+BUILD_INFO.labels(__version__, platform.python_version()).set(1)
 
 
 def metrics_registry() -> CollectorRegistry:
