@@ -120,7 +120,7 @@ def line_chart(
     chart_id: str = "",
 ) -> str:
     """One chart as an ``<svg>`` element (a string); an empty-data chart says so."""
-    left, right, top, bottom = 64, 16, 28, 44
+    left, right, top, bottom = 64, 16, 44, 44
     plot_w, plot_h = width - left - right, height - top - bottom
     xs = [x for s in series for x, _ in s.points if not x_log or x > 0]
     ys = [y for s in series for _, y in s.points]
@@ -226,13 +226,13 @@ def line_chart(
                     "</circle>"
                 )
         parts.append("</g>")
-    # legend
-    lx = left + 8
+    # legend, between the title and the plot
+    lx = left
     for s in series:
         colour = _COLOURS.get(s.kind, _COLOURS["value"])
         parts.append(
-            f'<rect x="{lx}" y="{top + 6}" width="10" height="10" fill="{colour}"/>'
-            f'<text class="lg" x="{lx + 14}" y="{top + 15}">{_e(s.name)}</text>'
+            f'<rect x="{lx}" y="{top - 16}" width="10" height="10" fill="{colour}"/>'
+            f'<text class="lg" x="{lx + 14}" y="{top - 7}">{_e(s.name)}</text>'
         )
         lx += 24 + 7 * len(s.name)
     parts.append("</svg>")

@@ -392,7 +392,8 @@ def _html_mismatch_charts(report: Report) -> str:
     out = ['<div class="charts">']
     for i, ep in enumerate(failing[:_MAX_CHARTS]):
         bs = by_ep[ep]
-        width = bs[0].seconds / 60
+        width = bs[0].seconds
+        per = f"{width // 60:g} min" if width >= 60 else f"{width:g} s"
 
         def xs(b: MismatchBucket) -> float:
             return (b.start - start).total_seconds() / 60
@@ -406,7 +407,7 @@ def _html_mismatch_charts(report: Report) -> str:
             ),
         ]
         svg = line_chart(
-            f"{ep}: share of pairs failing per {width:g} min",
+            f"{ep}: share of pairs failing per {per}",
             series,
             x_label=f"minutes since {when(start)}",
             y_label="share of pairs",

@@ -6,9 +6,10 @@ results:
 
 - :func:`latency_curves`: per endpoint and side, the latency at :data:`CDF_FRACTIONS` over
   the endpoint's pairs (the population the verdict's latency figures use);
-- :func:`mismatch_series`: per endpoint and time bucket (a minute, wider for long runs so
-  that there are at most :data:`MAX_BUCKETS`), pairs and pairs with a strict mismatch or a
-  tolerance violation against the canary, leaving out the given noise keys;
+- :func:`mismatch_series`: per endpoint and time bucket (a minute; 10 s in a run shorter
+  than ten minutes; wider for long runs so that there are at most :data:`MAX_BUCKETS`),
+  pairs and pairs with a strict mismatch or a tolerance violation against the canary,
+  leaving out the given noise keys;
 - :func:`field_stats` and :func:`co_occurrence`: per differing field, its counts by kind
   and judgement and when it first differed; which fields differ in the same exchanges.
 
@@ -39,10 +40,12 @@ __all__ = [
     "MAX_BUCKETS",
     "MAX_CO_OCCURRENCE_EXCHANGES",
     "MAX_FIELDS",
+    "SHORT_RUN_S",
     "CoOccurrence",
     "FieldKindCount",
     "LatencyCurve",
     "MismatchBucket",
+    "bucket_seconds",
     "co_occurrence",
     "field_stats",
     "field_totals",
@@ -172,11 +175,17 @@ async def latency_curves(engine: AsyncEngine, run: str) -> list[LatencyCurve]:
     return out
 
 
+SHORT_RUN_S = 600  # runs shorter than this get 10 s buckets (a minute would be one or two)
+
+
 def bucket_seconds(first: datetime | None, last: datetime | None) -> int:
-    """A minute, or a whole number of minutes wide enough for at most MAX_BUCKETS buckets."""
+    """A minute (10 s for a run shorter than :data:`SHORT_RUN_S`), or a whole number of
+    minutes wide enough for at most MAX_BUCKETS buckets."""
     if first is None or last is None:
         return 60
     span = max(0.0, (last - first).total_seconds())
+    if span < SHORT_RUN_S:
+        return 10
     minutes = max(1, math.ceil((span + 1) / 60 / MAX_BUCKETS))
     return 60 * minutes
 

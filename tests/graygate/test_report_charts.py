@@ -293,3 +293,15 @@ async def test_checks_show_units_and_the_runtime_table(no_go_report: tuple[Repor
     assert "0.286 (28.6% of pairs)" in page  # the strict check's observed rate
     assert 'class="runtime-check"' in page
     assert "samples=" not in page and "pause_p99_ms=" not in page
+
+
+def test_bucket_width_bounds() -> None:
+    from store.report_series import MAX_BUCKETS, SHORT_RUN_S, bucket_seconds
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    assert bucket_seconds(None, None) == 60
+    assert bucket_seconds(t0, t0 + timedelta(seconds=SHORT_RUN_S - 1)) == 10
+    assert bucket_seconds(t0, t0 + timedelta(seconds=SHORT_RUN_S)) == 60
+    at_bound = t0 + timedelta(seconds=MAX_BUCKETS * 60 - 1)  # MAX_BUCKETS one-minute buckets
+    assert bucket_seconds(t0, at_bound) == 60
+    assert bucket_seconds(t0, at_bound + timedelta(seconds=1)) == 120
