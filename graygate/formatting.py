@@ -265,7 +265,7 @@ def check_values(check: Check) -> tuple[str, str]:
         return (
             f"GC pause p99 {ms_unit(obs.get('pause_p99_ms'))}, "
             f"{obs.get('goroutines') if obs.get('goroutines') is not None else '—'} goroutines",
-            f"GC pause p99 ≤ {ms_unit(limit)}" if limit is not None else "see table",
+            f"GC pause p99 ≤ {ms_unit(limit)}" if limit is not None else "per figure, below",
         )
     return num(obs), num(thr)
 
