@@ -28,7 +28,9 @@ logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "GRAYGATE_"
 # Variables under the prefix that are not configuration keys.
-_NOT_KEYS = frozenset({"GRAYGATE_CONFIG", "GRAYGATE_DATA_DIR", "GRAYGATE_LOG_LEVEL"})
+_NOT_KEYS = frozenset(
+    {"GRAYGATE_CONFIG", "GRAYGATE_DATA_DIR", "GRAYGATE_LOG_LEVEL", "GRAYGATE_LOG_FORMAT"}
+)
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:

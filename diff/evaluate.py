@@ -21,6 +21,7 @@ from config.schema import CompareConfig, JudgingConfig, RuntimeConfig, VerdictCo
 from diff.noise import FieldNoise
 from diff.runtime_checks import Baseline, choose_baseline, runtime_check
 from diff.verdict import decide, find_noise
+from diff.verdict_metrics import observe_verdict
 from graygate.values import Check, VerdictResult
 from graygate.vocabulary import FAILURE_JUDGEMENTS, Against, Judgement, Role
 from store import runtime_samples as store_runtime
@@ -166,6 +167,7 @@ async def assess_run(
     )
     if record:
         await record_result(engine, result)
+    observe_verdict(result, unjudged=max(aggregates.recorded - aggregates.judged, 0))
     return Assessment(aggregates, result)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
@@ -36,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from diff.compare import compare
 from diff.rules import RuleBook, RuleSet
+from diff.verdict_metrics import observe_batch
 from graygate.errors import one_line
 from graygate.values import Difference
 from graygate.vocabulary import Against, Judgement, Outcome
@@ -184,12 +186,14 @@ async def judge_batch(
     in ``executor`` (default: the loop's thread pool) while the claim's locks are held.
     """
     loop = asyncio.get_running_loop()
+    started = time.perf_counter()
     async with engine.begin() as conn:
         batch = await claim_batch(conn, run_id, batch_size)
         if not batch:
             return 0
         judgements = await loop.run_in_executor(executor, judge_exchanges, batch, rulebook)
         await store_judgements(conn, judgements)
+    observe_batch((j.outcome for j in judgements), time.perf_counter() - started)
     if stats is not None:
         stats.judged += len(judgements)
         stats.batches += 1

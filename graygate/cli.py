@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from graygate.errors import ConfigError, GraygateError, StoreUnavailable, UnknownRun
+from graygate.log_format import LOG_FORMATS, JsonFormatter
 from graygate.processes import run_async
 
 __all__ = ["main"]
@@ -30,12 +31,13 @@ EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # platformdirs warns about XDG_RUNTIME_DIR on machines without a login session.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -118,11 +120,26 @@ def _database_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="INFO", show_default=True, envvar="GRAYGATE_LOG_LEVEL")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    envvar="GRAYGATE_LOG_LEVEL",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+)
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    envvar="GRAYGATE_LOG_FORMAT",
+    type=click.Choice(LOG_FORMATS),
+    help="json: one JSON object per line (with the trace id where there is one).",
+)
 @click.version_option(package_name="graygate")
-def cli(log_level: str) -> None:
+def cli(log_level: str, log_format: str) -> None:
     """graygate: mirror traffic to a canary, diff its answers, gate the release."""
-    _setup_logging(log_level)
+    os.environ["GRAYGATE_LOG_FORMAT"] = log_format  # child processes log the same way
+    _setup_logging(log_level, log_format)
 
 
 @cli.command()

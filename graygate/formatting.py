@@ -7,6 +7,7 @@ Every function returns plain text (no markup); the HTML renderer escapes it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,12 +23,18 @@ __all__ = [
     "VALUE_WIDTH",
     "byte_size",
     "check_mark",
+    "check_values",
+    "delta_ms",
     "endpoint_cells",
     "format_value",
+    "fraction_of",
     "ms",
+    "ms_unit",
     "num",
     "pct",
     "runtime_cells",
+    "runtime_check_rows",
+    "share",
     "summary_line",
     "versions",
     "when",
@@ -181,3 +188,139 @@ def runtime_cells(r: RuntimeSummary) -> tuple[str, ...]:
         f"{ms(r.gc_pause_p99_ms)} / {ms(r.gc_pause_max_ms)}",
         pct(r.gc_cpu_fraction_max),
     )
+
+
+def share(count: int, total: int | None, of: str = "pairs") -> str:
+    """``count (78% of pairs)``; the count alone when there is no total."""
+    if not total:
+        return str(count)
+    return f"{count} ({pct(count / total)} of {of})"
+
+
+def fraction_of(value: float | None, of: str = "pairs") -> str:
+    """A fraction with its meaning: 0.78 -> ``0.78 (78% of pairs)``."""
+    if value is None:
+        return "—"
+    return f"{value:.3g} ({pct(value)} of {of})"
+
+
+def ms_unit(value: float | None) -> str:
+    """Milliseconds with the unit: ``3.2 ms``."""
+    return "—" if value is None else f"{ms(value)} ms"
+
+
+def delta_ms(value: float | None) -> str:
+    """A difference in milliseconds, signed: ``+3.2 ms``."""
+    if value is None:
+        return "—"
+    return f"{'+' if value >= 0 else '-'}{ms(abs(value))} ms"
+
+
+# What a check's rate is a share of (its observed and threshold are fractions of it).
+_RATE_OF = {
+    "strict": "pairs",
+    "tolerance": "pairs",
+    "recording": "exchanges",
+    "backlog": "recorded",
+    "judgeable": "compared",
+}
+
+
+def _signed_pct(value: float) -> str:
+    return ("+" if value >= 0 else "-") + pct(abs(value))
+
+
+def check_values(check: Check) -> tuple[str, str]:
+    """A check's observed value and threshold as text with units ("0.286 (28.6% of pairs)",
+    "+12% p50"), never a bare float; the runtime check's are summarised (its figures are
+    :func:`runtime_check_rows`)."""
+    obs, thr = check.observed, check.threshold
+    name = check.name
+    if name in _RATE_OF:
+        of = _RATE_OF[name]
+        o = fraction_of(obs, of) if isinstance(obs, int | float) else num(obs)
+        t = f"≤ {fraction_of(thr, of)}" if isinstance(thr, int | float) else num(thr)
+        return o, t
+    if name == "evidence" and isinstance(thr, Mapping):
+        t = f"≥ {thr.get('min_pairs')} pairs, ≥ {thr.get('min_pairs_per_endpoint')} per endpoint"
+        return (f"{obs} pairs" if obs is not None else "—"), t
+    if name == "errors":
+        o = f"{_signed_pct(obs)} of attempted" if isinstance(obs, int | float) else num(obs)
+        t = f"≤ {_signed_pct(thr)}" if isinstance(thr, int | float) else num(thr)
+        return o, t
+    if name == "latency":
+        o = f"{_signed_pct(obs)} (slowest endpoint)" if isinstance(obs, int | float) else "—"
+        if isinstance(thr, Mapping):
+            t = (
+                f"≤ {_signed_pct(float(thr.get('max_increase') or 0))}, "
+                f"significant at p < {num(thr.get('alpha'))}"
+            )
+        else:
+            t = num(thr)
+        return o, t
+    if name == "noise":
+        return (f"{obs} field(s)" if obs is not None else "—"), "—"
+    if name == "runtime" and isinstance(obs, Mapping):
+        limit = thr.get("pause_p99_ms") if isinstance(thr, Mapping) else None
+        return (
+            f"GC pause p99 {ms_unit(obs.get('pause_p99_ms'))}, "
+            f"{obs.get('goroutines') if obs.get('goroutines') is not None else '—'} goroutines",
+            f"GC pause p99 ≤ {ms_unit(limit)}" if limit is not None else "per figure, below",
+        )
+    return num(obs), num(thr)
+
+
+def _growth(value: Any) -> str:
+    return _signed_pct(float(value)) if isinstance(value, int | float) else "—"
+
+
+def runtime_check_rows(check: Check) -> list[tuple[str, str, str]]:
+    """The runtime check as rows of (figure, observed, limit), with units."""
+    obs = check.observed if isinstance(check.observed, Mapping) else {}
+    thr = check.threshold if isinstance(check.threshold, Mapping) else {}
+    if not obs or not obs.get("samples"):
+        return []  # no sample taken: nothing to tabulate (the detail says why)
+    base = obs.get("baseline")
+    if isinstance(base, Mapping):
+        baseline = (
+            f"{base.get('source')}: mean {ms_unit(base.get('mean_ms'))} ± "
+            f"{ms_unit(base.get('sigma_ms'))} ({base.get('pauses')} pauses)"
+        )
+    else:
+        baseline = "none"
+    samples = f"{obs.get('samples', 0)} ({obs.get('errors', 0)} failed)"
+    cpu = obs.get("gc_cpu_fraction")
+    return [
+        ("samples", samples, "—"),
+        ("GC pauses", f"{obs.get('pauses', 0)} ({obs.get('pauses_lost', 0)} not seen)", "—"),
+        ("GC pause baseline", baseline, "threshold 2 x mean + 3 sigma"),
+        (
+            "GC pause p99 (run / worst window)",
+            f"{ms_unit(obs.get('pause_p99_ms'))} / {ms_unit(obs.get('worst_window_p99_ms'))}",
+            f"≤ {ms_unit(thr.get('pause_p99_ms'))}",
+        ),
+        (
+            "consecutive failing windows",
+            f"{obs.get('max_consecutive_failing_windows', 0)} "
+            f"({obs.get('failing_windows', 0)} of {obs.get('windows', 0)} failing)",
+            f"< {thr.get('failing_windows', '—')}",
+        ),
+        (
+            "goroutines (growth, rising windows)",
+            f"{num(obs.get('goroutines'))} ({_growth(obs.get('goroutine_growth'))}, "
+            f"{obs.get('goroutine_rising_windows') or '—'})",
+            f"≤ {_growth(thr.get('max_goroutine_growth'))}",
+        ),
+        (
+            "heap growth",
+            _growth(obs.get("heap_growth")),
+            f"≤ {_growth(thr.get('max_heap_growth'))}",
+        ),
+        (
+            "GC CPU",
+            pct(cpu) if isinstance(cpu, int | float) else "—",
+            f"≤ {pct(thr['max_gc_cpu_fraction'])}"
+            if isinstance(thr.get("max_gc_cpu_fraction"), int | float)
+            else "—",
+        ),
+    ]

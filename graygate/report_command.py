@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -48,7 +47,11 @@ def write_atomically(path: Path, text: str) -> None:
 
 def _console(out: TextIO) -> Console:
     interactive = hasattr(out, "isatty") and out.isatty()
-    width = None if interactive else max(_MIN_WIDTH, shutil.get_terminal_size().columns)
+    # A terminal: its width (narrow ones get stacked tables). Piped: COLUMNS when set
+    # (so ``COLUMNS=80 graygate report RUN | less`` reads at 80), else a wide page.
+    columns = os.environ.get("COLUMNS", "")
+    piped = int(columns) if columns.isdigit() and int(columns) > 0 else _MIN_WIDTH
+    width = None if interactive else min(max(piped, 40), 400)
     return Console(file=out, width=width, soft_wrap=False, highlight=False)
 
 

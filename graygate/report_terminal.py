@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console, Group
+from rich.padding import Padding
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -16,10 +17,11 @@ from graygate.formatting import (
     RUNTIME_HEADERS,
     STRICT_COLUMN,
     check_mark,
+    check_values,
     endpoint_cells,
     format_value,
-    num,
     runtime_cells,
+    runtime_check_rows,
     summary_line,
     versions,
     when,
@@ -59,8 +61,8 @@ def _checks_table(checks: Sequence[Check]) -> Table:
             table,
             check.name,
             Text(check_mark(check), style=style),
-            num(check.observed),
-            num(check.threshold),
+            check_values(check)[0],
+            check_values(check)[1],
             check.detail,
         )
     return table
@@ -130,19 +132,136 @@ def _preflight_table(findings: Sequence[PreflightFinding]) -> Table:
     return table
 
 
+NARROW = 110  # below this many columns, tables are stacked: one block per row
+
+
+def _block(console: Console, heading: Text, lines: Sequence[str]) -> None:
+    """One stacked row: its heading, then its cells as indented lines wrapped to the width."""
+    console.print(heading)
+    for line in lines:
+        console.print(Padding(escape_terminal(line), (0, 0, 0, 4)))
+
+
+def _title(console: Console, title: str) -> None:
+    console.print(Text(title, style="bold underline"))
+
+
+def _stacked(report: Report, console: Console) -> None:
+    """The report's tables as blocks, for a narrow terminal (80 columns)."""
+    verdict = report.verdict
+    _title(console, "Checks")
+    for c in verdict.checks:
+        style = {True: "green", False: "red" if c.blocking else "yellow", None: "yellow"}[c.passed]
+        observed, threshold = check_values(c)
+        lines = [f"observed {observed}; limit {threshold}"]
+        lines += [
+            f"{f}: {o} (limit {lim})"
+            for f, o, lim in (runtime_check_rows(c) if c.name == "runtime" else [])
+        ]
+        if c.detail:
+            lines.append(c.detail)
+        _block(
+            console,
+            Text.assemble((f"{check_mark(c):<5}", style), " ", safe_text(c.name, "bold")),
+            lines,
+        )
+    if report.endpoints:
+        _title(console, "Endpoints")
+        for e in report.endpoints:
+            cells = endpoint_cells(e)
+            _block(
+                console,
+                safe_text(e.endpoint, "bold"),
+                [
+                    f"{cells[1]} pairs: {cells[2]} match, {cells[3]} differ, {cells[4]} noise "
+                    f"only, {cells[5]} skipped, {cells[6]} error, {cells[7]} pending",
+                    f"strict mismatch {cells[8]}; tolerance violations {cells[9]}; "
+                    f"noise differences {cells[10]}",
+                    f"p50 / p99 ms: primary {cells[11]}, canary {cells[12]}",
+                ],
+            )
+    else:
+        console.print("No exchanges recorded yet.")
+    groups = [
+        ("Top differing fields", report.fields),
+        ("Noise (differs by nature; not counted)", report.noise),
+        ("Waived (accepted differences)", report.waived),
+    ]
+    if not report.fields:
+        console.print(Text("No strict or tolerance differences.", style="green"))
+    for title, fields in groups:
+        if not fields:
+            continue
+        _title(console, title)
+        for f in fields:
+            x = f.example
+            _block(
+                console,
+                safe_text(f"{f.endpoint}  {f.field}", "bold"),
+                [
+                    f"{f.judgement} in {f.exchanges} exchange(s)",
+                    f"e.g. {x.trace_id} at {x.path} ({x.kind}): "
+                    f"{format_value(x.primary_value, 40)} → {format_value(x.other_value, 40)}",
+                ],
+            )
+    if report.runtime:
+        _title(console, "Runtime")
+        for r in report.runtime:
+            cells = runtime_cells(r)
+            _block(
+                console,
+                safe_text(r.role, "bold"),
+                [f"{h}: {v}" for h, v in zip(RUNTIME_HEADERS[1:], cells[1:], strict=True)],
+            )
+    if report.preflight:
+        _title(console, "Preflight")
+        for pf in report.preflight:
+            _block(
+                console,
+                Text.assemble(
+                    ("ok  " if pf.ok else "FAIL", "green" if pf.ok else "red"),
+                    " ",
+                    safe_text(pf.check),
+                ),
+                [pf.detail],
+            )
+
+
 def render_terminal(report: Report, console: Console) -> None:
-    """Print the report: verdict and checks, endpoints, top fields, noise, runtime, preflight."""
+    """Print the report: verdict and checks, endpoints, top fields, noise, runtime, preflight.
+
+    Narrower than :data:`NARROW` columns (an 80-column terminal), each table is printed as
+    blocks, one per row, so nothing is squeezed into a one-letter column."""
     run = report.run
     verdict = report.verdict
     head = Text.assemble(
         (f" {verdict.verdict.value} ", _VERDICT_STYLE[verdict.verdict]),
         "  run ",
         safe_text(run.name, "bold"),
-        safe_text(f"  {versions(run)}\n"),
+        safe_text(f"  {versions(run)}"),
+        "\n",
         escape_control(f"{summary_line(report)}; verdict computed {when(verdict.computed_at)}"),
     )
     console.print(Panel(head, title="graygate report", title_align="left", expand=False))
+    if console.width < NARROW:
+        _stacked(report, console)
+        if run.losses:
+            console.print(
+                escape_terminal(
+                    "Not recorded: " + ", ".join(f"{k} {v}" for k, v in sorted(run.losses.items()))
+                )
+            )
+        return
     console.print(_checks_table(verdict.checks))
+    for check in verdict.checks:
+        rows = runtime_check_rows(check) if check.name == "runtime" else []
+        if rows:
+            table = Table(title="Runtime check", title_justify="left")
+            for name in ("figure", "observed", "limit"):
+                table.add_column(name, overflow="fold")
+            for row in rows:
+                _add_row(table, *row)
+            console.print(table)
     if report.endpoints:
         console.print(_endpoints_table(report.endpoints))
     else:

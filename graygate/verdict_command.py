@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import shutil
 import sys
 from typing import Any, TextIO
 
@@ -30,6 +31,7 @@ __all__ = [
     "EXIT_UNAVAILABLE",
     "format_check",
     "format_verdict",
+    "progress_line",
     "verdict_command",
 ]
 
@@ -107,6 +109,39 @@ def _progress(result: VerdictResult) -> str:
     return f"{result.verdict.value}" + (f": {escape_control(why[0])}" if why else "")
 
 
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _fit(line: str) -> str:
+    width = shutil.get_terminal_size((100, 24)).columns
+    return line if len(line) < width else line[: max(10, width - 2)] + "…"
+
+
+def progress_line(result: VerdictResult, remaining: float) -> str:
+    """What ``--wait`` shows on a terminal: pairs judged against what the evidence check
+    needs, the unjudged backlog, the time left, and what the verdict waits for."""
+    parts = [f"graygate: {result.run} {result.verdict.value}"]
+    checks = {c.name: c for c in result.checks}
+    evidence = checks.get("evidence")
+    if evidence is not None and isinstance(evidence.threshold, dict):
+        need = evidence.threshold.get("min_pairs")
+        parts.append(f"pairs {_value(evidence.observed)}/{_value(need)}")
+    backlog = checks.get("backlog")
+    if backlog is not None and isinstance(backlog.observed, int | float):
+        parts.append(f"backlog {backlog.observed * 100:.0f}% unjudged")
+    parts.append(f"{max(0.0, remaining):.0f}s left")
+    why = [
+        c.name for c in result.checks if (c.passed is False) or (c.passed is None and c.blocking)
+    ]
+    if why:
+        parts.append("waiting on " + ", ".join(why[:3]))
+    return escape_control(" · ".join(parts))
+
+
 async def verdict_command(
     engine: AsyncEngine,
     run: str,
@@ -127,6 +162,9 @@ async def verdict_command(
     recorded: VerdictResult | None = None
     last_error: str | None = None
     shown, shown_at = "", -math.inf  # the last progress line, and when
+    # On a terminal, progress is one line updated in place; piped, plain lines.
+    tty = wait and _isatty(err)
+    on_line = False
     while True:
         try:
             result = await evaluate_run(engine, run, record=False)
@@ -146,18 +184,30 @@ async def verdict_command(
                 recorded = result
             last = result
             if final:
+                if on_line:
+                    err.write("\n")
+                    err.flush()
                 _print_result(result, as_json, out)
                 return EXIT_CODES[result.verdict]
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
         if last_error is None and last is not None:
-            progress = _progress(last)
-            if progress != shown or loop.time() - shown_at >= PROGRESS_EVERY_S:
-                err.write(f"graygate: {run} {progress} (waiting, {remaining:.0f}s left)\n")
+            if tty:
+                # One line, rewritten in place: carriage return, the line, clear to its end.
+                err.write("\r" + _fit(progress_line(last, remaining)) + "\x1b[K")
                 err.flush()
-                shown, shown_at = progress, loop.time()
+                on_line = True
+            else:
+                progress = _progress(last)
+                if progress != shown or loop.time() - shown_at >= PROGRESS_EVERY_S:
+                    err.write(f"graygate: {run} {progress} (waiting, {remaining:.0f}s left)\n")
+                    err.flush()
+                    shown, shown_at = progress, loop.time()
         await asyncio.sleep(min(interval, remaining))
+    if on_line:
+        err.write("\n")
+        err.flush()
     if last_error is not None or last is None:
         return _cannot_answer(run, last_error or "no verdict", as_json, out, err)
     if recorded is not last:

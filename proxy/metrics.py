@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 __all__ = [
     "CLIENT_CLOSED",
@@ -50,6 +50,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# No ``*_created`` series: they double the series and no gate or dashboard reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 UPSTREAM_REQUESTS: Final = Counter(
     "graygate_upstream_requests",

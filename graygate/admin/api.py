@@ -36,7 +36,9 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -269,9 +271,18 @@ async def exchange(request: web.Request) -> web.Response:
 
 
 async def report_page(request: web.Request) -> web.Response:
-    report = await build_report(_engine(request), request.match_info["run"])
+    run = request.match_info["run"]
+    report = await build_report(_engine(request), run)
+    quoted = quote(run, safe="")
+    live = report.run.last_received_at is not None and (
+        datetime.now(UTC) - report.run.last_received_at < timedelta(minutes=2)
+    )
     return web.Response(
-        text=render_html(report),
+        text=render_html(
+            report,
+            exchange_link=lambda trace: f"/runs/{quoted}/exchanges/{quote(trace, safe='')}",
+            refresh=15 if live else None,
+        ),
         content_type="text/html",
         charset="utf-8",
         headers={"Cache-Control": "no-store"},

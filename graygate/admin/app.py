@@ -44,18 +44,22 @@ import binascii
 import hmac
 import logging
 import os
+import platform
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDict
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 from prometheus_client.exposition import choose_encoder
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.schema import GraygateConfig, is_loopback_listen
+from diff import verdict_metrics as _verdict_metrics  # noqa: F401  (its metrics, no _created)
+from graygate import __version__
 from graygate.admin.api import ENGINE_KEY, add_api_routes, json_response
+from graygate.admin.pages import add_page_routes
 from graygate.errors import ConfigError, StoreUnavailable, UnknownRun, one_line
 from store.engine import ping, schema_revision
 from store.migrate import head_revision
@@ -237,6 +241,15 @@ def _not_ready(why: str, revision: str | None, head: str) -> web.Response:
     )
 
 
+BUILD_INFO = Gauge(
+    "graygate_build_info",
+    "Always 1; the labels say which graygate and Python serve this port.",
+    ("version", "python"),
+    multiprocess_mode="max",
+)
+BUILD_INFO.labels(__version__, platform.python_version()).set(1)
+
+
 def metrics_registry() -> CollectorRegistry:
     """The default registry, or with ``PROMETHEUS_MULTIPROC_DIR`` set, a registry that
     collects every process's metrics from that directory."""
@@ -289,4 +302,5 @@ def make_admin_app(cfg: GraygateConfig, engine: AsyncEngine) -> web.Application:
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics, name="metrics")
     add_api_routes(app)
+    add_page_routes(app)
     return app

@@ -35,7 +35,7 @@ async def new_run(engine: AsyncEngine, name: str) -> int:
     return await ensure_run(engine, name, primary_url="http://p", canary_url="http://c")
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 60.0) -> None:
     deadline = time.monotonic() + within
     while not await check():
         assert time.monotonic() < deadline, "condition not met in time"
