@@ -99,12 +99,6 @@ def serve_forever(
             processes,
             cores,
         )
-    metrics_dir: str | None = None
-    if processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Before proxy.metrics is imported, here and in the children (they inherit it).
-        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
-            prefix="graygate-metrics-"
-        )
     base_argv = [
         sys.executable, "-m", "graygate", "serve", "-c", config_path, "--no-preflight",
         *(["--data-dir", str(data_dir)] if data_dir else []),
@@ -116,6 +110,14 @@ def serve_forever(
         # runtime sampler that goes with them) run in a process of their own.
         local_roles = roles - {"worker"}
         argvs.append([*base_argv, "--role", "worker"])
+    metrics_dir: str | None = None
+    if argvs and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several processes (more proxies, the worker child): one scrape of the admin port
+        # shows every process's series. Set before proxy.metrics and diff.verdict_metrics
+        # are imported, here and in the children (they inherit it).
+        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            prefix="graygate-metrics-"
+        )
     try:
         return run_async(
             lambda: _serve(

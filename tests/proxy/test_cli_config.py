@@ -303,3 +303,49 @@ async def test_serve_runs_the_diff_workers_in_a_process_of_their_own(
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 30)
     assert proc.returncode == 0, "".join(seen)
+
+
+async def test_the_admin_scrape_shows_the_worker_processs_series(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The worker child's series (exchanges judged) reach the parent's /metrics."""
+    import aiohttp
+
+    listen, admin = free_port(), free_port()
+    cfg = tmp_path / "graygate.yaml"
+    cfg.write_text(
+        f"run: cli-{uuid.uuid4().hex[:8]}\nlisten: 127.0.0.1:{listen}\n"
+        f"admin: {{listen: 127.0.0.1:{admin}}}\n"
+        'upstreams: {primary: "http://127.0.0.1:1", canary: "http://127.0.0.1:2"}\n'
+    )
+    url = database_url.replace("+asyncpg", "")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "graygate", "serve", "-c", str(cfg), "--database-url", url,
+        "--no-preflight", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        cwd=REPO,
+    )  # fmt: skip
+    found = ""
+    try:
+        async with aiohttp.ClientSession() as session, asyncio.timeout(90):
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    # A dead primary: the exchange is recorded (502) and then judged.
+                    async with session.get(f"http://127.0.0.1:{listen}/x") as r:
+                        await r.read()
+                    async with session.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                        text = await r.text()
+                    found = next(
+                        (
+                            line
+                            for line in text.splitlines()
+                            if line.startswith("graygate_diff_exchanges_judged_total")
+                        ),
+                        "",
+                    )
+                    if found:
+                        break
+                await asyncio.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+    assert float(found.rsplit(" ", 1)[1]) >= 1, found
