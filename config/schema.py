@@ -40,6 +40,7 @@ __all__ = [
     "TracingConfig",
     "UpstreamsConfig",
     "VerdictConfig",
+    "WaiverSpec",
     "check_database_url",
     "is_loopback_listen",
     "parse_listen",
@@ -457,6 +458,9 @@ class GraygateConfig(_Frozen):
     # Peers (CIDRs) whose Forwarded / X-Forwarded-* / X-Real-IP / X-Original-URL ... headers
     # are believed; from any other peer they are dropped. Default: nobody.
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = Field(default=(), max_length=1024)
+    # Standing exemptions, reviewed as code (see WaiverSpec); they show in the waivers'
+    # audit trail as source "config".
+    waivers: tuple[WaiverSpec, ...] = Field(default=(), max_length=1_000)
 
     _v_listen = field_validator("listen")(_check_listen)
 
@@ -474,6 +478,34 @@ class GraygateConfig(_Frozen):
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP network (CIDR)") from None
         return out
+
+
+class WaiverSpec(_Frozen):
+    """A standing exemption declared in the configuration (reviewed as code): differences
+    at ``field`` of the endpoints matching ``endpoint`` (a glob: ``GET /api/orders/*``) are
+    waived, of ``kind`` only when given; for this run, or every run matching ``scope``."""
+
+    endpoint: str = Field(min_length=1, max_length=512)
+    field: str = Field(min_length=1, max_length=512)
+    kind: (
+        Literal["value", "type", "missing", "extra", "order", "length", "status", "header", "body"]
+        | None
+    ) = None
+    reason: str = Field(min_length=1, max_length=2_000)
+    owner: str = Field(min_length=1, max_length=200)
+    scope: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("field")
+    @classmethod
+    def _field(cls, value: str) -> str:
+        if not (
+            value.startswith("$") or value in ("status", "body") or value.startswith("header:")
+        ):
+            raise ValueError(
+                f"{value!r} is not a field: a JSON path ($.created_at, $.items[*].price), "
+                "status, body or header:NAME"
+            )
+        return value
 
 
 class JudgingConfig(_Frozen):

@@ -10,7 +10,7 @@ report's rows are the verdict's numbers; the listings (top fields, runtime, pref
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -63,6 +63,15 @@ async def build_report(engine: AsyncEngine, run: str, *, top: int = 5) -> Report
     fields = await reports.top_fields(engine, run, per_endpoint=top)
     runtime = await reports.runtime_summary(engine, run)
     preflight = await reports.preflight(engine, run)
+
+    # Fields an active waiver accepted (by endpoint and field: a listing has no kind).
+    waived_fields = {(e, f) for e, f, _ in assessment.waived_keys}
+    fields = [
+        replace(f, judgement=Judgement.WAIVED.value)
+        if f.judgement in FAILURE_JUDGEMENTS and (f.endpoint, f.field) in waived_fields
+        else f
+        for f in fields
+    ]
 
     def is_noise(f: FieldStat) -> bool:
         return f.judgement == Judgement.NOISE or (f.endpoint, f.field) in noise_keys

@@ -11,7 +11,17 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-from graygate.vocabulary import Against, DiffKind, Judgement, LossReason, Outcome, Role, SkipReason
+from graygate.vocabulary import (
+    Against,
+    DiffKind,
+    Judgement,
+    LossReason,
+    Outcome,
+    Role,
+    SkipReason,
+    WaiverAction,
+    WaiverSource,
+)
 
 __all__ = [
     "ROLES",
@@ -24,6 +34,8 @@ __all__ = [
     "runtime_samples",
     "spill_replays",
     "verdicts",
+    "waiver_events",
+    "waivers",
 ]
 
 ROLES: tuple[Role, ...] = tuple(Role)
@@ -251,4 +263,47 @@ preflight_findings = sa.Table(
     sa.Column("check", sa.Text, nullable=False),  # e.g. canary.health, canary.pprof_exposed
     sa.Column("ok", sa.Boolean, nullable=False),
     sa.Column("detail", sa.Text, nullable=False),
+)
+
+# Waivers (migration 0003): a person's (or the configuration's) acceptance of the canary's
+# differences at one field. It applies to its run, or, with a scope, to every run whose
+# name matches the glob; it stops applying when revoked or past expires_at (read at each
+# evaluation). Rows are never deleted by graygate: revoking sets revoked_*; deleting the
+# run a waiver was added to keeps a scoped waiver (run_id becomes NULL).
+waivers = sa.Table(
+    "waivers",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("run_id", sa.BigInteger, sa.ForeignKey("runs.id", ondelete="SET NULL")),
+    # The run's name when it was added (kept when the run is deleted).
+    sa.Column("run_name", sa.Text, nullable=False),
+    sa.Column("scope", sa.Text),  # a glob over run names; NULL: run_id only
+    sa.Column("endpoint", sa.Text, nullable=False),  # a glob over endpoints
+    sa.Column("field", sa.Text, nullable=False),  # a rule path, or status / body / header:NAME
+    sa.Column("kind", sa.Text, doc=_one_of(DiffKind, "the kind waived; NULL: any")),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False, doc=_one_of(WaiverSource, "where it was made")),
+    sa.Column("created_by", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_by", sa.Text),
+    sa.Column("revoke_reason", sa.Text),
+    sa.Index("ix_waivers_run_id", "run_id"),
+)
+
+# The waivers' audit trail: append-only (graygate never updates or deletes a row), and
+# self-contained: what the waiver was is copied into ``waiver``, so the trail survives the
+# run's deletion.
+waiver_events = sa.Table(
+    "waiver_events",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("waiver_id", sa.BigInteger, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("action", sa.Text, nullable=False, doc=_one_of(WaiverAction, "what was done")),
+    sa.Column("by", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("waiver", JSONB, nullable=False),
+    sa.Index("ix_waiver_events_waiver_id", "waiver_id"),
 )

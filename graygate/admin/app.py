@@ -56,6 +56,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.schema import GraygateConfig, is_loopback_listen
 from graygate.admin.api import ENGINE_KEY, add_api_routes, json_response
+from graygate.admin.governance import add_governance_routes
 from graygate.errors import ConfigError, StoreUnavailable, UnknownRun, one_line
 from store.engine import ping, schema_revision
 from store.migrate import head_revision
@@ -289,4 +290,5 @@ def make_admin_app(cfg: GraygateConfig, engine: AsyncEngine) -> web.Application:
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics, name="metrics")
     add_api_routes(app)
+    add_governance_routes(app)
     return app
