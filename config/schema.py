@@ -17,6 +17,7 @@ from yarl import URL
 __all__ = [
     "SIDE_EFFECT_METHODS",
     "AdminConfig",
+    "AdminToken",
     "ArrayRule",
     "CompareConfig",
     "DatabaseConfig",
@@ -108,15 +109,44 @@ Listen = Annotated[str, Field(description="host:port")]
 HttpUrl = Annotated[str, Field(description="absolute http(s) URL")]
 
 
+class AdminToken(_Frozen):
+    """A named admin token: ``read`` opens the verdicts and reports; ``write`` also the
+    changes (waivers, closing, deleting, re-judging). Its name is the ``by`` of the audit
+    trail."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+    role: Literal["read", "write"] = "read"
+    token_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    # Filled from the environment variable named by token_env at load; never from the file.
+    token: str | None = Field(default=None, exclude=True, repr=False)
+
+
 class AdminConfig(_Frozen):
     listen: Listen = "127.0.0.1:9090"
     token_env: str = "GRAYGATE_ADMIN_TOKEN"
     # Serve the admin API on a non-loopback address without a token: refused unless true.
     allow_open: bool = False
     # Filled from the environment variable named by token_env at load; never from the file.
+    # It is the one write token, named "admin".
     token: str | None = Field(default=None, exclude=True, repr=False)
+    # Named tokens with a role: [{name: ci, role: read, token_env: GRAYGATE_CI_TOKEN}].
+    tokens: tuple[AdminToken, ...] = Field(default=(), max_length=100)
 
     _v_listen = field_validator("listen")(_check_listen)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AdminConfig:
+        names = [t.name for t in self.tokens]
+        if "admin" in names or len(set(names)) != len(names):
+            raise ValueError(
+                "tokens: every name must be distinct and not 'admin' (the token_env token)"
+            )
+        return self
+
+    @property
+    def any_token(self) -> bool:
+        """Whether any admin token is set (the one token, or a named one)."""
+        return bool(self.token) or any(t.token for t in self.tokens)
 
 
 def check_database_url(value: str) -> str:

@@ -39,7 +39,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Where the auth middleware keeps the caller's token name (a request-scoped value).
-IDENTITY_KEY = "graygate_identity"
+IDENTITY_KEY = web.RequestKey("graygate_identity", str)
 ANONYMOUS = "anonymous"
 # A waiver's JSON body: its texts are bounded at 2,000 characters each.
 MAX_BODY_BYTES = 16 * 1024
@@ -54,8 +54,7 @@ WRITE_ROUTES = frozenset({"waiver_add", "waiver_revoke"})
 
 def caller(request: web.Request) -> str:
     """The name of the token that opened this request (``anonymous`` without one)."""
-    name = request.get(IDENTITY_KEY)
-    return name if isinstance(name, str) and name else ANONYMOUS
+    return request.get(IDENTITY_KEY) or ANONYMOUS
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
