@@ -1,5 +1,5 @@
-"""Governance commands: ``graygate waiver add|list|revoke`` (and, as they land, ``runs``
-and ``rejudge``).
+"""Governance commands: ``graygate waiver add|list|revoke``, ``graygate runs
+list|close|delete|prune`` (and, as it lands, ``rejudge``).
 
 ``graygate.cli`` registers them with one call, :func:`register`, handing over its own
 helpers (how a command finds its database, how errors become exit codes), so this module
@@ -232,6 +232,132 @@ def _waiver_group(h: Helpers) -> click.Group:
     return waiver
 
 
+def _runs_group(h: Helpers) -> click.Group:
+    @click.group(name="runs")
+    def runs() -> None:
+        """Runs: list, close, delete, prune."""
+
+    @runs.command(name="list")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @h.database_options
+    def list_(
+        as_json: bool, config_path: str | None, database_url: str | None, data_dir: str | None
+    ) -> None:
+        """Every run: created, last exchange, counts, latest verdict, size on disk."""
+        from graygate.formatting import byte_size, when
+        from store.lifecycle import list_run_details
+
+        async def go(engine: Any) -> int:
+            rows = await list_run_details(engine)
+            if as_json:
+                _echo_json({"runs": [r.as_dict() for r in rows]})
+                return 0
+            if not rows:
+                click.echo("no runs")
+            for r in rows:
+                closed = f" closed {when(r.closed_at)}" if r.closed_at else ""
+                click.echo(
+                    f"{r.name}  created {when(r.created_at)}  last exchange "
+                    f"{when(r.last_exchange_at) if r.last_exchange_at else '-'}  "
+                    f"{r.exchanges:,} exchanges ({r.judged:,} judged, {r.unrecorded:,} "
+                    f"unrecorded)  verdict {r.verdict or '-'}  ~{byte_size(r.size_bytes)}{closed}"
+                )
+            return 0
+
+        sys.exit(h.run(config_path, database_url, data_dir, go))
+
+    @runs.command(name="close")
+    @click.argument("run")
+    @h.database_options
+    def close(
+        run: str, config_path: str | None, database_url: str | None, data_dir: str | None
+    ) -> None:
+        """Accept no more exchanges into RUN (a proxy still feeding it counts them as
+        run_closed losses) and stop its runtime sampling."""
+        from store.lifecycle import close_run
+
+        async def go(engine: Any) -> int:
+            at = await close_run(engine, run)
+            click.echo(f"run {run} closed at {at.isoformat(timespec='seconds')}")
+            return 0
+
+        sys.exit(h.run(config_path, database_url, data_dir, go))
+
+    @runs.command(name="delete")
+    @click.argument("run")
+    @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+    @h.database_options
+    def delete(
+        run: str,
+        yes: bool,
+        config_path: str | None,
+        database_url: str | None,
+        data_dir: str | None,
+    ) -> None:
+        """Delete RUN and everything recorded for it (its waivers' audit trail stays)."""
+        from store.lifecycle import delete_run
+
+        if not yes:
+            if not sys.stdin.isatty():
+                click.echo(
+                    f"graygate: run {run} not deleted: pass --yes (no terminal to ask)", err=True
+                )
+                sys.exit(2)
+            if not click.confirm(f"delete run {run} and all its exchanges?"):
+                click.echo(f"graygate: run {run} not deleted", err=True)
+                sys.exit(1)
+
+        async def go(engine: Any) -> int:
+            n = await delete_run(engine, run)
+            click.echo(f"run {run} deleted ({n:,} exchanges)")
+            return 0
+
+        sys.exit(h.run(config_path, database_url, data_dir, go))
+
+    @runs.command(name="prune")
+    @click.option("--older-than", required=True, help="Last activity older than this: 30d, 12h.")
+    @click.option(
+        "--keep-last",
+        type=click.IntRange(0, 1_000_000),
+        default=0,
+        show_default=True,
+        help="Never prune the N most recently created runs.",
+    )
+    @click.option("--dry-run", is_flag=True, help="Print what would be deleted; delete nothing.")
+    @h.database_options
+    def prune(
+        older_than: str,
+        keep_last: int,
+        dry_run: bool,
+        config_path: str | None,
+        database_url: str | None,
+        data_dir: str | None,
+    ) -> None:
+        """Delete the runs idle for longer than --older-than."""
+        from store.lifecycle import delete_runs, prune_candidates
+
+        seconds = _duration_option(older_than, "--older-than")
+        assert seconds is not None
+
+        async def go(engine: Any) -> int:
+            names = await prune_candidates(engine, older_than_s=seconds, keep_last=keep_last)
+            if dry_run:
+                for name in names:
+                    click.echo(f"would delete {name}")
+                click.echo(f"{len(names)} run(s) would be deleted (dry run)")
+                return 0
+            deleted = await delete_runs(engine, names)
+            for name, n in deleted.items():
+                click.echo(f"deleted {name} ({n:,} exchanges)")
+            click.echo(f"{len(deleted)} run(s) deleted")
+            return 0
+
+        sys.exit(h.run(config_path, database_url, data_dir, go))
+
+    return runs
+
+
 def register(cli: click.Group, helpers: Helpers) -> None:
     """Add the governance commands to ``cli``."""
     cli.add_command(_waiver_group(helpers))
+    cli.add_command(_runs_group(helpers))

@@ -14,7 +14,7 @@ DiffKind   value, type, missing, extra, order, length, status, header, body     
 Against    canary, secondary (the side a difference was found against)           differences
 ErrorKind  timeout, refused, reset, error (an upstream's transport failure)      exchanges
 LossReason queue_full, spill_full, spill_error, database_unavailable,            run_losses
-           encode_error, rejected, closed, process_killed
+           encode_error, rejected, closed, process_killed, run_closed
            (why an exchange was not recorded)
 SkipReason disabled, method, sampled_out, body_too_large, saturated,             exchanges
            upgrade_not_mirrored, client_aborted (why the other side got no mirror)
@@ -130,6 +130,7 @@ class LossReason(StrEnum):
     REJECTED = "rejected"  # PostgreSQL refused the row itself
     CLOSED = "closed"  # submitted after the recorder stopped accepting
     PROCESS_KILLED = "process_killed"  # accepted by a process killed before writing it
+    RUN_CLOSED = "run_closed"  # its run was closed (graygate runs close): dropped at write
 
 
 class SkipReason(StrEnum):

@@ -72,6 +72,9 @@ runs = sa.Table(
     sa.Column("canary_version", sa.Text),
     # The configuration that judges the run (the latest one a process started with).
     sa.Column("config", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    # Set by `graygate runs close` (migration 0004): exchanges for the run are no longer
+    # stored (store.exchanges drops them at write and counts them as run_closed losses).
+    sa.Column("closed_at", sa.DateTime(timezone=True)),
 )
 
 

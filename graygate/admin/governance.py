@@ -8,7 +8,11 @@ under ``ENGINE_KEY``; its one error middleware renders what handlers raise):
 - ``POST /api/v1/runs/{run}/waivers``: body ``{"endpoint", "field", "reason", "kind"?,
   "expires"? ("14d"), "scope"?}``; 201 with the waiver; ``by`` is the admin token's name;
 - ``POST /api/v1/waivers/{id}/revoke``: body ``{"reason"}``; 200 with the waiver; 404
-  unknown, 409 already revoked.
+  unknown, 409 already revoked;
+- ``DELETE /api/v1/runs/{run}``: the run and everything recorded for it;
+  ``{"run", "deleted": true, "exchanges": n}``; 404 unknown.
+
+Every route but the GETs needs a ``write`` token (``WRITE_ROUTES``).
 
 Who is calling: the auth middleware (``graygate.admin.app``) stores the presented token's
 name under ``IDENTITY_KEY`` (``admin`` for the one ``admin.token_env`` token); without any
@@ -49,7 +53,7 @@ _KINDS = frozenset(
 )
 
 # Route names that change state: a read token gets 403 on them.
-WRITE_ROUTES = frozenset({"waiver_add", "waiver_revoke"})
+WRITE_ROUTES = frozenset({"waiver_add", "waiver_revoke", "run_delete"})
 
 
 def caller(request: web.Request) -> str:
@@ -162,8 +166,18 @@ async def revoke(request: web.Request) -> web.Response:
     return json_response(w.as_dict())
 
 
+async def delete_run_route(request: web.Request) -> web.Response:
+    from store.lifecycle import delete_run
+
+    run = request.match_info["run"]
+    n = await delete_run(request.app[ENGINE_KEY], run)
+    logger.info("run %s deleted through the admin API by %s", run, caller(request))
+    return json_response({"run": run, "deleted": True, "exchanges": n})
+
+
 def add_governance_routes(app: web.Application) -> None:
     """Add the governance routes to ``app`` (which holds ``ENGINE_KEY``)."""
     app.router.add_get("/api/v1/runs/{run}/waivers", list_run_waivers, name="waivers")
     app.router.add_post("/api/v1/runs/{run}/waivers", add_run_waiver, name="waiver_add")
     app.router.add_post("/api/v1/waivers/{id}/revoke", revoke, name="waiver_revoke")
+    app.router.add_delete("/api/v1/runs/{run}", delete_run_route, name="run_delete")
