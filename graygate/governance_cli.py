@@ -1,5 +1,5 @@
 """Governance commands: ``graygate waiver add|list|revoke``, ``graygate runs
-list|close|delete|prune`` (and, as it lands, ``rejudge``).
+list|close|delete|prune``, ``graygate rejudge RUN``.
 
 ``graygate.cli`` registers them with one call, :func:`register`, handing over its own
 helpers (how a command finds its database, how errors become exit codes), so this module
@@ -357,7 +357,113 @@ def _runs_group(h: Helpers) -> click.Group:
     return runs
 
 
+# How often `graygate rejudge` reads the job's progress while the workers judge.
+_POLL_S = 0.5
+
+
+def _rejudge_command(h: Helpers) -> click.Command:
+    @click.command(name="rejudge")
+    @click.argument("run")
+    @h.database_options
+    @click.option(
+        "--here",
+        is_flag=True,
+        help="Judge in this process instead of waiting for the background workers.",
+    )
+    @click.option("--no-wait", is_flag=True, help="Queue the re-judgement and exit.")
+    @click.option(
+        "--timeout",
+        type=click.FloatRange(1.0, 86_400.0),
+        default=3_600.0,
+        show_default=True,
+        help="Seconds to wait for the workers.",
+    )
+    @click.option("--by", default=None, help="Who asks (default: the OS user).")
+    @click.option("--history", is_flag=True, help="Print which rules judged which verdicts.")
+    @click.option("--json", "as_json", is_flag=True, help="With --history: JSON.")
+    def rejudge(
+        run: str,
+        config_path: str | None,
+        database_url: str | None,
+        data_dir: str | None,
+        here: bool,
+        no_wait: bool,
+        timeout: float,
+        by: str | None,
+        history: bool,
+        as_json: bool,
+    ) -> None:
+        """Re-compare every exchange of RUN under -c FILE's compare rules (the run's stored
+        rules without -c). The verdict keeps the old judgement until the new one is
+        complete, then switches at once. Exit 0 done (or queued with --no-wait), 2 still
+        running at --timeout, 3 cannot answer."""
+        import asyncio
+        import time
+
+        from store import rejudge as store_rejudge
+
+        compare: dict[str, Any] | None = None
+        if config_path is not None and not history:
+            from config.load import load_config
+            from diff.rules import RuleBook
+
+            with h.errors():
+                cfg = load_config(config_path)
+                RuleBook.from_config(cfg.compare)  # a bad rule fails here
+            compare = cfg.compare.model_dump(mode="json")
+
+        async def show_history(engine: Any) -> int:
+            eras = await store_rejudge.config_history(engine, run)
+            if as_json:
+                _echo_json({"run": run, "history": [e.as_dict() for e in eras]})
+                return 0
+            for e in eras:
+                since = e.since.isoformat(timespec="seconds") if e.since else "the start"
+                name = f"rejudge {e.rejudge_id}" if e.rejudge_id else "recorded rules"
+                verdicts = ", ".join(v for _, v in e.verdicts) or "no verdict"
+                click.echo(f"{name} (from {since}): {verdicts}")
+            return 0
+
+        async def go(engine: Any) -> int:
+            from diff.worker import rejudge_pending
+
+            job = await store_rejudge.start_rejudge(engine, run, compare, by=by or _os_user())
+            click.echo(f"rejudge {job.id} of run {run}: {job.total:,} exchanges queued")
+            if no_wait:
+                return 0
+            if here:
+                await rejudge_pending(engine, job.run_id)
+            deadline = time.monotonic() + timeout
+            with click.progressbar(length=max(job.total, 1), label="re-judging") as bar:
+                done = 0
+                while True:
+                    now = await store_rejudge.job_progress(engine, job.id)
+                    bar.update(max(0, now.judged - done))
+                    done = now.judged
+                    if now.completed_at is not None or now.cancelled_at is not None:
+                        break
+                    if time.monotonic() >= deadline:
+                        click.echo(
+                            f"graygate: rejudge {job.id} still running after {timeout:g} s "
+                            f"({now.judged:,}/{now.total:,}); the verdict keeps the old "
+                            "judgement until it completes",
+                            err=True,
+                        )
+                        return 2
+                    await asyncio.sleep(_POLL_S)
+            if now.cancelled_at is not None:
+                click.echo(f"graygate: rejudge {job.id} was replaced by a newer one", err=True)
+                return 1
+            click.echo(f"rejudge {job.id} complete: the verdict now reads the new judgement")
+            return 0
+
+        sys.exit(h.run(config_path, database_url, data_dir, show_history if history else go))
+
+    return rejudge
+
+
 def register(cli: click.Group, helpers: Helpers) -> None:
     """Add the governance commands to ``cli``."""
     cli.add_command(_waiver_group(helpers))
     cli.add_command(_runs_group(helpers))
+    cli.add_command(_rejudge_command(helpers))

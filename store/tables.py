@@ -29,6 +29,9 @@ __all__ = [
     "exchanges",
     "metadata",
     "preflight_findings",
+    "rejudge_differences",
+    "rejudge_outcomes",
+    "rejudges",
     "run_losses",
     "runs",
     "runtime_samples",
@@ -309,4 +312,70 @@ waiver_events = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("waiver", JSONB, nullable=False),
     sa.Index("ix_waiver_events_waiver_id", "waiver_id"),
+)
+
+# Re-judging (migration 0005): `graygate rejudge RUN` queues a job with the compare rules
+# to apply; diff workers judge the run's exchanges up to max_exchange_id again, one batch
+# per transaction (the cursor next_id moves in the same transaction, so a crash loses
+# nothing), into the staging tables below; the last batch's transaction replaces the run's
+# differences and outcomes with the staged ones at once. Each completed job is an entry of
+# the run's config history: its rules judged every verdict computed after completed_at
+# (until the next one); previous_compare holds the rules before it.
+rejudges = sa.Table(
+    "rejudges",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column(
+        "run_id", sa.BigInteger, sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("compare", JSONB, nullable=False),
+    sa.Column("previous_compare", JSONB, nullable=False),
+    sa.Column("requested_by", sa.Text, nullable=False),
+    sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("max_exchange_id", sa.BigInteger, nullable=False),
+    sa.Column("next_id", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("total", sa.BigInteger, nullable=False),
+    sa.Column("judged", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("completed_at", sa.DateTime(timezone=True)),
+    sa.Column("cancelled_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_rejudges_run_id", "run_id"),
+)
+
+rejudge_outcomes = sa.Table(
+    "rejudge_outcomes",
+    metadata,
+    sa.Column(
+        "rejudge_id",
+        sa.BigInteger,
+        sa.ForeignKey("rejudges.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("exchange_id", sa.BigInteger, primary_key=True),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("strict_mismatches", sa.Integer),
+    sa.Column("tolerance_violations", sa.Integer),
+    sa.Column("noise_differences", sa.Integer),
+)
+
+rejudge_differences = sa.Table(
+    "rejudge_differences",
+    metadata,
+    sa.Column(
+        "rejudge_id",
+        sa.BigInteger,
+        sa.ForeignKey("rejudges.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("exchange_id", sa.BigInteger, nullable=False),
+    sa.Column("run_id", sa.BigInteger, nullable=False),
+    sa.Column("endpoint", sa.Text, nullable=False),
+    sa.Column("against", sa.Text, nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("field", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("primary_value", JSONB),
+    sa.Column("other_value", JSONB),
+    sa.Column("judgement", sa.Text, nullable=False),
+    sa.Column("rule", sa.Text),
+    sa.Index("ix_rejudge_differences_rejudge_id", "rejudge_id"),
 )
