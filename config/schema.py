@@ -41,6 +41,7 @@ __all__ = [
     "TracingConfig",
     "UpstreamsConfig",
     "VerdictConfig",
+    "VersionsConfig",
     "WaiverSpec",
     "check_database_url",
     "is_loopback_listen",
@@ -469,47 +470,6 @@ class TracingConfig(_Frozen):
     service_name: str = "graygate"
 
 
-class GraygateConfig(_Frozen):
-    run: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-    listen: Listen = "0.0.0.0:8080"
-    listen_limits: ListenLimits = Field(default_factory=ListenLimits)
-    admin: AdminConfig = Field(default_factory=AdminConfig)
-    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
-    upstreams: UpstreamsConfig
-    mirror: MirrorConfig = Field(default_factory=MirrorConfig)
-    gray: GrayConfig = Field(default_factory=GrayConfig)
-    compare: CompareConfig = Field(default_factory=CompareConfig)
-    redact: RedactConfig = Field(default_factory=RedactConfig)
-    record: RecordConfig = Field(default_factory=RecordConfig)
-    verdict: VerdictConfig = Field(default_factory=VerdictConfig)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    preflight: PreflightConfig = Field(default_factory=PreflightConfig)
-    tracing: TracingConfig = Field(default_factory=TracingConfig)
-    # Peers (CIDRs) whose Forwarded / X-Forwarded-* / X-Real-IP / X-Original-URL ... headers
-    # are believed; from any other peer they are dropped. Default: nobody.
-    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = Field(default=(), max_length=1024)
-    # Standing exemptions, reviewed as code (see WaiverSpec); they show in the waivers'
-    # audit trail as source "config".
-    waivers: tuple[WaiverSpec, ...] = Field(default=(), max_length=1_000)
-
-    _v_listen = field_validator("listen")(_check_listen)
-
-    @field_validator("trusted_proxies", mode="before")
-    @classmethod
-    def _trusted(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError("must be a list of CIDRs, e.g. [10.0.0.0/8, 127.0.0.1/32]")
-        out: list[IPv4Network | IPv6Network] = []
-        for item in value:
-            try:
-                out.append(ip_network(str(item).strip(), strict=False))
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IP network (CIDR)") from None
-        return out
-
-
 class WaiverSpec(_Frozen):
     """A standing exemption declared in the configuration (reviewed as code): differences
     at ``field`` of the endpoints matching ``endpoint`` (a glob: ``GET /api/orders/*``) are
@@ -536,6 +496,64 @@ class WaiverSpec(_Frozen):
                 "status, body or header:NAME"
             )
         return value
+
+
+class VersionsConfig(_Frozen):
+    """What the run compares (shown by the report and the API); from the environment too,
+    e.g. ``GRAYGATE_VERSIONS_CANARY=2.0.0-rc1`` set by the deployment pipeline."""
+
+    primary: str | None = Field(default=None, min_length=1, max_length=200)
+    canary: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("primary", "canary", mode="before")
+    @classmethod
+    def _text(cls, value: object) -> object:
+        # YAML reads 1.14 as a number and 2 as an int: a version is text.
+        return (
+            str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+        )
+
+
+class GraygateConfig(_Frozen):
+    run: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+    listen: Listen = "0.0.0.0:8080"
+    listen_limits: ListenLimits = Field(default_factory=ListenLimits)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    upstreams: UpstreamsConfig
+    mirror: MirrorConfig = Field(default_factory=MirrorConfig)
+    gray: GrayConfig = Field(default_factory=GrayConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
+    redact: RedactConfig = Field(default_factory=RedactConfig)
+    record: RecordConfig = Field(default_factory=RecordConfig)
+    verdict: VerdictConfig = Field(default_factory=VerdictConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    preflight: PreflightConfig = Field(default_factory=PreflightConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    # Peers (CIDRs) whose Forwarded / X-Forwarded-* / X-Real-IP / X-Original-URL ... headers
+    # are believed; from any other peer they are dropped. Default: nobody.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = Field(default=(), max_length=1024)
+    # Standing exemptions, reviewed as code (see WaiverSpec); they show in the waivers'
+    # audit trail as source "config".
+    waivers: tuple[WaiverSpec, ...] = Field(default=(), max_length=1_000)
+    versions: VersionsConfig = Field(default_factory=VersionsConfig)
+
+    _v_listen = field_validator("listen")(_check_listen)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _trusted(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("must be a list of CIDRs, e.g. [10.0.0.0/8, 127.0.0.1/32]")
+        out: list[IPv4Network | IPv6Network] = []
+        for item in value:
+            try:
+                out.append(ip_network(str(item).strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP network (CIDR)") from None
+        return out
 
 
 class JudgingConfig(_Frozen):

@@ -49,6 +49,8 @@ class RunListing:
     unrecorded: int
     verdict: str | None  # the latest recorded verdict
     size_bytes: int  # estimated: the run's share of the exchanges and differences tables
+    primary_version: str | None = None
+    canary_version: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +65,7 @@ class RunListing:
             "unrecorded": self.unrecorded,
             "verdict": self.verdict,
             "size_bytes": self.size_bytes,
+            "versions": {"primary": self.primary_version, "canary": self.canary_version},
         }
 
 
@@ -100,6 +103,8 @@ async def list_run_details(engine: AsyncEngine) -> list[RunListing]:
             r.name,
             r.created_at,
             r.closed_at,
+            r.primary_version,
+            r.canary_version,
             sa.func.coalesce(ex.c.n, 0).label("exchanges"),
             sa.func.coalesce(ex.c.judged, 0).label("judged"),
             ex.c.last,
@@ -137,6 +142,8 @@ async def list_run_details(engine: AsyncEngine) -> list[RunListing]:
                 ex_bytes * int(row.exchanges) / total_ex
                 + diff_bytes * int(row.differences) / total_diff
             ),
+            primary_version=row.primary_version,
+            canary_version=row.canary_version,
         )
         for row in rows
     ]

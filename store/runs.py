@@ -42,6 +42,12 @@ async def ensure_run(
     else:
         config = dict(config_json) if config_json is not None else {}
     config = censor_config(config)
+    versions = config.get("versions") if isinstance(config, dict) else None
+    if isinstance(versions, dict):
+        # The configuration's versions (versions: {primary, canary}, or
+        # GRAYGATE_VERSIONS_CANARY) when the caller names none.
+        primary_version = primary_version or versions.get("primary")
+        canary_version = canary_version or versions.get("canary")
     stmt = pg_insert(runs).values(
         name=name,
         primary_url=None if primary_url is None else censor_url(primary_url),
