@@ -89,6 +89,12 @@ def censor_url(value: str) -> str:
     return value
 
 
+def _records(value: Any) -> bool:
+    """A list of mappings (``admin.tokens: [{name, role, token_env}]``), or an empty one:
+    censored key by key, not as a whole, so its names and roles stay readable."""
+    return isinstance(value, (list, tuple)) and all(isinstance(v, Mapping) for v in value)
+
+
 def censor_config(data: Any) -> Any:
     """A copy of a configuration document (``model_dump(mode="json")``, parsed YAML) with
     its secrets censored; the shape is kept (a censored value is the string ``***``, a
@@ -96,7 +102,12 @@ def censor_config(data: Any) -> Any:
     if isinstance(data, Mapping):
         out: dict[Any, Any] = {}
         for key, value in data.items():
-            if isinstance(key, str) and is_secret_key(key) and value is not None:
+            if (
+                isinstance(key, str)
+                and is_secret_key(key)
+                and value is not None
+                and not _records(value)
+            ):
                 out[key] = CENSORED
             else:
                 out[key] = censor_config(value)

@@ -61,9 +61,9 @@ def _key_path(model: type[BaseModel], tokens: list[str]) -> list[str] | None:
     return None
 
 
-def _apply_env(data: dict[str, Any], env: Mapping[str, str], token_env: str) -> None:
+def _apply_env(data: dict[str, Any], env: Mapping[str, str], token_envs: frozenset[str]) -> None:
     for var, raw in sorted(env.items()):
-        if not var.startswith(ENV_PREFIX) or var in _NOT_KEYS or var == token_env:
+        if not var.startswith(ENV_PREFIX) or var in _NOT_KEYS or var in token_envs:
             continue
         path = _key_path(GraygateConfig, var[len(ENV_PREFIX) :].split("_"))
         if path is None:
@@ -83,6 +83,22 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str], token_env: str) -> 
                 node[part] = child
             node = child
         node[path[-1]] = value
+
+
+def _named_tokens(admin: Any) -> list[dict[str, Any]]:
+    """``admin.tokens`` as written (dicts), refusing a token value in the file."""
+    tokens = admin.get("tokens") if isinstance(admin, dict) else None
+    if not isinstance(tokens, list):
+        return []
+    out = [t for t in tokens if isinstance(t, dict)]
+    for i, t in enumerate(out):
+        if "token" in t:
+            raise ConfigError(
+                f"admin.tokens[{i}].token",
+                "is not read from the file; put the token in the environment variable "
+                "named by its token_env",
+            )
+    return [t for t in out if "token_env" in t]
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -124,10 +140,21 @@ def config_from_mapping(
         if isinstance(admin, dict)
         else "GRAYGATE_ADMIN_TOKEN"
     )
-    _apply_env(merged, env, str(token_env))
+    named = _named_tokens(admin)
+    _apply_env(merged, env, frozenset({str(token_env), *(str(t["token_env"]) for t in named)}))
     token = env.get(str(token_env)) or None
     if token is not None:
         merged["admin"] = {**(merged.get("admin") or {}), "token": token}
+    if named:
+        # Each named token from the variable its token_env names (never from the file).
+        admin_now = dict(merged.get("admin") or {})
+        admin_now["tokens"] = [
+            {**t, "token": env.get(str(t["token_env"])) or None}
+            if isinstance(t, dict) and "token_env" in t
+            else t
+            for t in admin_now.get("tokens") or []
+        ]
+        merged["admin"] = admin_now
     try:
         return GraygateConfig.model_validate(merged)
     except ValidationError as exc:

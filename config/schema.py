@@ -17,6 +17,7 @@ from yarl import URL
 __all__ = [
     "SIDE_EFFECT_METHODS",
     "AdminConfig",
+    "AdminToken",
     "ArrayRule",
     "CompareConfig",
     "DatabaseConfig",
@@ -41,6 +42,8 @@ __all__ = [
     "TracingConfig",
     "UpstreamsConfig",
     "VerdictConfig",
+    "VersionsConfig",
+    "WaiverSpec",
     "check_database_url",
     "is_loopback_listen",
     "parse_listen",
@@ -108,15 +111,44 @@ Listen = Annotated[str, Field(description="host:port")]
 HttpUrl = Annotated[str, Field(description="absolute http(s) URL")]
 
 
+class AdminToken(_Frozen):
+    """A named admin token: ``read`` opens the verdicts and reports; ``write`` also the
+    changes (waivers, closing, deleting, re-judging). Its name is the ``by`` of the audit
+    trail."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+    role: Literal["read", "write"] = "read"
+    token_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    # Filled from the environment variable named by token_env at load; never from the file.
+    token: str | None = Field(default=None, exclude=True, repr=False)
+
+
 class AdminConfig(_Frozen):
     listen: Listen = "127.0.0.1:9090"
     token_env: str = "GRAYGATE_ADMIN_TOKEN"
     # Serve the admin API on a non-loopback address without a token: refused unless true.
     allow_open: bool = False
     # Filled from the environment variable named by token_env at load; never from the file.
+    # It is the one write token, named "admin".
     token: str | None = Field(default=None, exclude=True, repr=False)
+    # Named tokens with a role: [{name: ci, role: read, token_env: GRAYGATE_CI_TOKEN}].
+    tokens: tuple[AdminToken, ...] = Field(default=(), max_length=100)
 
     _v_listen = field_validator("listen")(_check_listen)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AdminConfig:
+        names = [t.name for t in self.tokens]
+        if "admin" in names or len(set(names)) != len(names):
+            raise ValueError(
+                "tokens: every name must be distinct and not 'admin' (the token_env token)"
+            )
+        return self
+
+    @property
+    def any_token(self) -> bool:
+        """Whether any admin token is set (the one token, or a named one)."""
+        return bool(self.token) or any(t.token for t in self.tokens)
 
 
 def check_database_url(value: str) -> str:
@@ -455,6 +487,50 @@ class TracingConfig(_Frozen):
     service_name: str = "graygate"
 
 
+class WaiverSpec(_Frozen):
+    """A standing exemption declared in the configuration (reviewed as code): differences
+    at ``field`` of the endpoints matching ``endpoint`` (a glob: ``GET /api/orders/*``) are
+    waived, of ``kind`` only when given; for this run, or every run matching ``scope``."""
+
+    endpoint: str = Field(min_length=1, max_length=512)
+    field: str = Field(min_length=1, max_length=512)
+    kind: (
+        Literal["value", "type", "missing", "extra", "order", "length", "status", "header", "body"]
+        | None
+    ) = None
+    reason: str = Field(min_length=1, max_length=2_000)
+    owner: str = Field(min_length=1, max_length=200)
+    scope: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("field")
+    @classmethod
+    def _field(cls, value: str) -> str:
+        if not (
+            value.startswith("$") or value in ("status", "body") or value.startswith("header:")
+        ):
+            raise ValueError(
+                f"{value!r} is not a field: a JSON path ($.created_at, $.items[*].price), "
+                "status, body or header:NAME"
+            )
+        return value
+
+
+class VersionsConfig(_Frozen):
+    """What the run compares (shown by the report and the API); from the environment too,
+    e.g. ``GRAYGATE_VERSIONS_CANARY=2.0.0-rc1`` set by the deployment pipeline."""
+
+    primary: str | None = Field(default=None, min_length=1, max_length=200)
+    canary: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("primary", "canary", mode="before")
+    @classmethod
+    def _text(cls, value: object) -> object:
+        # YAML reads 1.14 as a number and 2 as an int: a version is text.
+        return (
+            str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+        )
+
+
 class GraygateConfig(_Frozen):
     run: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
     listen: Listen = "0.0.0.0:8080"
@@ -475,6 +551,10 @@ class GraygateConfig(_Frozen):
     # Peers (CIDRs) whose Forwarded / X-Forwarded-* / X-Real-IP / X-Original-URL ... headers
     # are believed; from any other peer they are dropped. Default: nobody.
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = Field(default=(), max_length=1024)
+    # Standing exemptions, reviewed as code (see WaiverSpec); they show in the waivers'
+    # audit trail as source "config".
+    waivers: tuple[WaiverSpec, ...] = Field(default=(), max_length=1_000)
+    versions: VersionsConfig = Field(default_factory=VersionsConfig)
 
     _v_listen = field_validator("listen")(_check_listen)
 

@@ -9,7 +9,7 @@ to the ``verdicts`` table.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -22,6 +22,7 @@ from diff.noise import FieldNoise
 from diff.runtime_checks import Baseline, choose_baseline, runtime_check
 from diff.verdict import decide, find_noise
 from diff.verdict_metrics import observe_verdict
+from diff.waiving import Waiving, apply_waivers, waivers_check
 from graygate.values import Check, VerdictResult
 from graygate.vocabulary import FAILURE_JUDGEMENTS, Against, Judgement, Role
 from store import runtime_samples as store_runtime
@@ -35,6 +36,7 @@ from store.aggregates import (
     record_verdict,
 )
 from store.failures import store_errors
+from store.waivers import WaiverRow, applicable_waivers
 
 __all__ = ["Assessment", "assess_run", "evaluate_run", "record_result", "run_config"]
 
@@ -81,16 +83,25 @@ class Assessment:
 
     aggregates: RunAggregates
     verdict: VerdictResult
+    # The (endpoint, field, kind) keys whose canary strict/tolerance differences an active
+    # waiver accepted in this evaluation (diff.waiving).
+    waived_keys: frozenset[tuple[str, str, str]] = frozenset()
 
 
 async def _with_noise(
-    conn: AsyncConnection, aggregates: RunAggregates, cfg: JudgingConfig
-) -> tuple[RunAggregates, list[FieldNoise]]:
-    """The noise fields of this evaluation (found once, here), and the aggregates with them
-    applied: ``noise_fields`` set, and mismatch counts that leave the noise fields (and
-    waived differences) out, counted from the differences themselves; recounted only when a
-    noise field carries a canary mismatch or a difference was waived, else the per-exchange
-    counts the workers stored already stand."""
+    conn: AsyncConnection,
+    aggregates: RunAggregates,
+    cfg: JudgingConfig,
+    waivers: Sequence[WaiverRow] = (),
+) -> tuple[RunAggregates, list[FieldNoise], Waiving]:
+    """The waivers applied first (``diff.waiving``: the canary's strict and tolerance
+    counts they match become ``waived``), then the noise fields of this evaluation (found
+    once, here), and the aggregates with them applied: ``noise_fields`` set, and mismatch
+    counts that leave the noise fields and the waived keys out, counted from the
+    differences themselves; recounted only when a noise field carries a canary mismatch or
+    a difference was waived, else the per-exchange counts the workers stored stand."""
+    waiving = apply_waivers(aggregates.fields, waivers, sources={w.id: w.source for w in waivers})
+    aggregates = replace(aggregates, fields=waiving.fields)
     noise = find_noise(aggregates, cfg.compare.noise)
     keys = frozenset((n.endpoint, n.field, n.kind) for n in noise)
     aggregates = replace(
@@ -107,9 +118,9 @@ async def _with_noise(
         for f in aggregates.fields
     )
     if recount:
-        mismatches = await fetch_mismatch_counts(conn, aggregates.run_id, keys)
+        mismatches = await fetch_mismatch_counts(conn, aggregates.run_id, keys | waiving.keys)
         aggregates = replace(aggregates, mismatches=mismatches)
-    return aggregates, noise
+    return aggregates, noise, waiving
 
 
 async def _runtime(engine: AsyncEngine, run: RunInfo, cfg: JudgingConfig) -> Check:
@@ -158,17 +169,22 @@ async def assess_run(
             info = await fetch_run(conn, run)
             cfg = run_config(run, info.config)
             aggregates = await fetch_aggregates(conn, info, endpoint_latency=endpoint_latency)
-            aggregates, noise = await _with_noise(conn, aggregates, cfg)
+            waivers = await applicable_waivers(conn, info.id, info.name)
+            aggregates, noise, waiving = await _with_noise(conn, aggregates, cfg, waivers)
         runtime = await _runtime(engine, info, cfg)
         findings = await store_runtime.fetch_findings(engine, info.id, latest=True)
     result = replace(
         decide(aggregates, cfg, noise=noise, runtime=runtime, preflight=findings),
         computed_at=info.as_of.isoformat(),
     )
+    if waiving.uses:
+        # Informational: the waivers already acted on the counts decide read. Shown (and
+        # kept in the history) only when a waiver applies to the run.
+        result = replace(result, checks=(*result.checks, waivers_check(waiving)))
     if record:
         await record_result(engine, result)
     observe_verdict(result, unjudged=max(aggregates.recorded - aggregates.judged, 0))
-    return Assessment(aggregates, result)
+    return Assessment(aggregates, result, waiving.keys)
 
 
 async def evaluate_run(engine: AsyncEngine, run: str, *, record: bool = True) -> VerdictResult:

@@ -99,6 +99,15 @@ async def build_report(engine: AsyncEngine, run: str, *, top: int = 5) -> Report
         engine, run, noise_keys=keys, pairs={e.endpoint: e.pairs for e in endpoints}
     )
 
+    # Fields an active waiver accepted (by endpoint and field: a listing has no kind).
+    waived_fields = {(e, f) for e, f, _ in assessment.waived_keys}
+    fields = [
+        replace(f, judgement=Judgement.WAIVED.value)
+        if f.judgement in FAILURE_JUDGEMENTS and (f.endpoint, f.field) in waived_fields
+        else f
+        for f in fields
+    ]
+
     def is_noise(f: FieldStat) -> bool:
         return f.judgement == Judgement.NOISE or (f.endpoint, f.field, f.kind) in noise_keys
 

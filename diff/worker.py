@@ -35,12 +35,14 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from config.schema import CompareConfig
 from diff.compare import compare
 from diff.rules import RuleBook, RuleSet
 from diff.verdict_metrics import observe_batch
 from graygate.errors import one_line
 from graygate.values import Difference
 from graygate.vocabulary import Against, Judgement, Outcome
+from store import rejudge as store_rejudge
 from store.failures import store_errors
 from store.judgement import (
     ClaimedExchange,
@@ -58,6 +60,8 @@ __all__ = [
     "judge_exchange",
     "judge_exchanges",
     "judge_pending",
+    "rejudge_pending",
+    "rejudge_step",
     "run_workers",
     "worker_loop",
 ]
@@ -222,6 +226,64 @@ async def judge_pending(
             return total
 
 
+# Compiled rules of the re-judgements seen lately, by job id.
+_REJUDGE_RULES: dict[int, RuleBook] = {}
+_REJUDGE_RULES_MAX = 8
+
+
+def _rejudge_rules(job: store_rejudge.RejudgeJob) -> RuleBook:
+    book = _REJUDGE_RULES.get(job.id)
+    if book is None:
+        book = RuleBook.from_config(CompareConfig.model_validate(dict(job.compare)))
+        if len(_REJUDGE_RULES) >= _REJUDGE_RULES_MAX:
+            _REJUDGE_RULES.pop(next(iter(_REJUDGE_RULES)))
+        _REJUDGE_RULES[job.id] = book
+    return book
+
+
+async def rejudge_step(
+    engine: AsyncEngine,
+    *,
+    run_id: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    executor: Executor | None = None,
+) -> int:
+    """One step of a queued re-judgement (``graygate rejudge``; of ``run_id``'s when
+    given), in one transaction: lock the job (another worker takes another job, or waits
+    for the next step), judge its next batch under the job's rules into the staging
+    tables and move its cursor; with nothing left, switch the run to the new judgement
+    (``store.rejudge.finish``). Returns how many exchanges were judged (0: no job, or the
+    job just completed)."""
+    loop = asyncio.get_running_loop()
+    async with engine.begin() as conn:
+        job = await store_rejudge.lock_next_job(conn, run_id)
+        if job is None:
+            return 0
+        batch = await store_rejudge.next_batch(conn, job, batch_size)
+        if not batch:
+            await store_rejudge.finish(conn, job)
+            _REJUDGE_RULES.pop(job.id, None)
+            return 0
+        book = _rejudge_rules(job)
+        judgements = await loop.run_in_executor(executor, judge_exchanges, batch, book)
+        await store_rejudge.stage(conn, job, judgements)
+    return len(judgements)
+
+
+async def rejudge_pending(engine: AsyncEngine, run_id: int, *, batch_size: int = 500) -> int:
+    """Run the run's queued re-judgement to completion here; returns how many exchanges
+    were judged."""
+    total = 0
+    while True:
+        async with store_errors(engine):
+            n = await rejudge_step(engine, run_id=run_id, batch_size=batch_size)
+            if n == 0:
+                async with engine.connect() as conn:
+                    if await store_rejudge.lock_next_job(conn, run_id) is None:
+                        return total
+        total += n
+
+
 async def worker_loop(
     engine: AsyncEngine,
     run_id: int,
@@ -250,6 +312,11 @@ async def worker_loop(
             n = await judge_batch(
                 engine, run_id, rulebook, batch_size=batch_size, executor=executor, stats=stats
             )
+            if n < batch_size:
+                # New exchanges first; a queued re-judgement of the run with the time left.
+                n += await rejudge_step(
+                    engine, run_id=run_id, batch_size=batch_size, executor=executor
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from graygate import governance_cli
 from graygate.errors import ConfigError, GraygateError, StoreUnavailable, UnknownRun
 from graygate.log_format import LOG_FORMATS, JsonFormatter
 from graygate.processes import run_async
@@ -462,6 +463,11 @@ def demo(
             out=sys.stdout,
         )
     )
+
+
+governance_cli.register(
+    cli, governance_cli.Helpers(_database_options, _database, _errors, _with_engine)
+)
 
 
 def main() -> None:

@@ -4,7 +4,9 @@
     ├── ConfigError              a configuration key has a bad value (CLI exit 2)
     ├── StoreError               anything the database layer cannot do
     │   ├── StoreUnavailable     PostgreSQL cannot be reached (CLI exit 3)
-    │   └── UnknownRun           no run by that name (CLI exit 3, HTTP 404)
+    │   ├── UnknownRun           no run by that name (CLI exit 3, HTTP 404)
+    │   ├── UnknownWaiver        no waiver with that id (CLI exit 3, HTTP 404)
+    │   └── WaiverConflict       the waiver cannot change so (already revoked; HTTP 409)
     └── UpstreamError            an upstream did not answer
         ├── UpstreamUnreachable  refused, reset, DNS: the client gets 502
         └── UpstreamTimeout      no answer in time: the client gets 504
@@ -22,9 +24,11 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "UnknownRun",
+    "UnknownWaiver",
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnreachable",
+    "WaiverConflict",
     "one_line",
 ]
 
@@ -56,6 +60,18 @@ class UnknownRun(StoreError):
     def __init__(self, run: str) -> None:
         self.run = run
         super().__init__(f"unknown run {run!r}")
+
+
+class UnknownWaiver(StoreError):
+    """No waiver has that id."""
+
+    def __init__(self, waiver_id: int) -> None:
+        self.waiver_id = waiver_id
+        super().__init__(f"unknown waiver {waiver_id}")
+
+
+class WaiverConflict(StoreError):
+    """A waiver cannot change that way (e.g. it is already revoked)."""
 
 
 class UpstreamError(GraygateError):

@@ -14,11 +14,14 @@ DiffKind   value, type, missing, extra, order, length, status, header, body     
 Against    canary, secondary (the side a difference was found against)           differences
 ErrorKind  timeout, refused, reset, error (an upstream's transport failure)      exchanges
 LossReason queue_full, spill_full, spill_error, database_unavailable,            run_losses
-           encode_error, rejected, closed, process_killed
+           encode_error, rejected, closed, process_killed, run_closed
            (why an exchange was not recorded)
 SkipReason disabled, method, sampled_out, body_too_large, saturated,             exchanges
            upgrade_not_mirrored, client_aborted (why the other side got no mirror)
 ========== ===================================================================== ==============
+
+Governance: ``WaiverAction`` (add, revoke; ``waiver_events.action``), ``WaiverSource``
+(cli, api, config; ``waivers.source``), ``TokenRole`` (read, write; an admin token's role).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ __all__ = [
     "Outcome",
     "Role",
     "SkipReason",
+    "TokenRole",
+    "WaiverAction",
+    "WaiverSource",
 ]
 
 
@@ -124,6 +130,7 @@ class LossReason(StrEnum):
     REJECTED = "rejected"  # PostgreSQL refused the row itself
     CLOSED = "closed"  # submitted after the recorder stopped accepting
     PROCESS_KILLED = "process_killed"  # accepted by a process killed before writing it
+    RUN_CLOSED = "run_closed"  # its run was closed (graygate runs close): dropped at write
 
 
 class SkipReason(StrEnum):
@@ -136,3 +143,26 @@ class SkipReason(StrEnum):
     SATURATED = "saturated"
     UPGRADE_NOT_MIRRORED = "upgrade_not_mirrored"  # a protocol upgrade (WebSocket) tunnel
     CLIENT_ABORTED = "client_aborted"  # the client broke off its request body
+
+
+class WaiverAction(StrEnum):
+    """What one entry of the waivers' audit trail (``waiver_events``) records."""
+
+    ADD = "add"
+    REVOKE = "revoke"
+
+
+class WaiverSource(StrEnum):
+    """Where a waiver was made (``waivers.source``)."""
+
+    CLI = "cli"  # graygate waiver add
+    API = "api"  # POST /api/v1/runs/{run}/waivers
+    CONFIG = "config"  # the configuration's waivers: list, reviewed as code
+
+
+class TokenRole(StrEnum):
+    """What an admin token may do: ``read`` verdicts and reports; ``write`` also waivers,
+    closing, deleting and re-judging runs."""
+
+    READ = "read"
+    WRITE = "write"

@@ -54,6 +54,7 @@ from proxy.recording.ledger import (
     ENCODE_ERROR,
     QUEUE_FULL,
     REJECTED,
+    RUN_CLOSED,
     SPILL_ERROR,
     LossKey,
     LossLedger,
@@ -433,6 +434,9 @@ class Recorder:
         RECORDED.inc(result.inserted)
         if result.duplicates:
             DUPLICATES.inc(result.duplicates)
+        if result.run_closed:
+            # Already in run_losses (the store counted them): Prometheus only.
+            DROPPED.labels(RUN_CLOSED).inc(result.run_closed)
         if result.rejected:
             # Replayed rows were settled when they were spilled (perhaps by another process).
             self._ledger.lose_rows(result.rejected, REJECTED, run_idx, accepted=not replay)

@@ -27,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from graygate.errors import one_line
 from graygate.values import Answer, RecordedExchange
-from store.tables import ROLES, exchanges, run_losses, spill_replays
+from graygate.vocabulary import LossReason
+from store.tables import ROLES, exchanges, run_losses, runs, spill_replays
 
 __all__ = [
     "BYTES_COLUMNS",
@@ -233,8 +234,10 @@ class WriteResult:
     copies: int = 0  # COPY commands sent
     rejected: list[Row] = field(default_factory=list)  # refused by the database, not stored
     rejected_reason: str | None = None  # why the first one was refused
+    run_closed: int = 0  # for a closed run: not stored, counted as run_closed losses
 
     def __iadd__(self, other: WriteResult) -> WriteResult:
+        self.run_closed += other.run_closed
         self.inserted += other.inserted
         self.duplicates += other.duplicates
         self.copies += other.copies
@@ -307,7 +310,52 @@ async def write_exchanges(
 
     Raises what the driver raised when the database is away (``is_unavailable``): the caller
     keeps the rows (spill) and retries; a retry never stores a row twice.
+
+    Rows of a closed run (``graygate runs close``) are not stored: they are counted in
+    ``run_losses`` as ``run_closed`` (one indexed read of ``runs`` per batch). A batch
+    whose write began before the close committed may still land.
     """
+    if not rows:
+        return WriteResult()
+    rows, dropped = await _split_closed(engine, rows, columns)
+    result = await _write(engine, rows, columns, copy_timeout)
+    if dropped:
+        # Counted after the rest is stored: a failure before here leaves the whole batch
+        # to the caller's retry, which counts them once.
+        await add_losses(engine, None, dropped)
+        result.run_closed = sum(dropped.values())
+        logger.info("dropped %d exchanges of closed runs", result.run_closed)
+    return result
+
+
+async def _split_closed(
+    engine: AsyncEngine, rows: Sequence[Row], columns: Sequence[str]
+) -> tuple[Sequence[Row], dict[tuple[int, str], int]]:
+    """``rows`` without those of closed runs, and how many of those per run."""
+    i = list(columns).index("run_id")
+    ids = sorted({int(r[i]) for r in rows})
+    async with engine.connect() as conn:
+        closed = set(
+            (
+                await conn.scalars(
+                    sa.select(runs.c.id).where(runs.c.id.in_(ids), runs.c.closed_at.is_not(None))
+                )
+            ).all()
+        )
+    if not closed:
+        return rows, {}
+    kept = [r for r in rows if int(r[i]) not in closed]
+    dropped: dict[tuple[int, str], int] = {}
+    for r in rows:
+        if int(r[i]) in closed:
+            key = (int(r[i]), LossReason.RUN_CLOSED.value)
+            dropped[key] = dropped.get(key, 0) + 1
+    return kept, dropped
+
+
+async def _write(
+    engine: AsyncEngine, rows: Sequence[Row], columns: Sequence[str], copy_timeout: float
+) -> WriteResult:
     if not rows:
         return WriteResult()
     try:
@@ -318,8 +366,8 @@ async def write_exchanges(
         if len(rows) == 1:
             return WriteResult(rejected=[rows[0]], rejected_reason=_reason(exc))
     mid = len(rows) // 2
-    result = await write_exchanges(engine, rows[:mid], columns=columns, copy_timeout=copy_timeout)
-    result += await write_exchanges(engine, rows[mid:], columns=columns, copy_timeout=copy_timeout)
+    result = await _write(engine, rows[:mid], columns, copy_timeout)
+    result += await _write(engine, rows[mid:], columns, copy_timeout)
     return result
 
 

@@ -28,11 +28,13 @@ from graygate.vocabulary import DiffKind, Role
 from store.tables import ROLES, exchanges
 
 __all__ = [
+    "CLAIM_COLUMNS",
     "DIFFERENCE_COLUMNS",
     "ClaimedExchange",
     "ExchangeJudgement",
     "StoredDifference",
     "claim_batch",
+    "claimed",
     "count_unjudged",
     "store_judgements",
 ]
@@ -118,6 +120,24 @@ _CLAIM_COLUMNS = [
     exchanges.c.mirror_skipped,
     *(exchanges.c[f"{role}_{col}"] for role in ROLES for col in _SIDE_COLUMNS),
 ]
+
+
+# The columns a claim reads (``claimed`` makes a ClaimedExchange of such a row).
+CLAIM_COLUMNS: Final = tuple(_CLAIM_COLUMNS)
+
+
+def claimed(r: Any) -> ClaimedExchange:
+    """A ClaimedExchange of a row of ``CLAIM_COLUMNS``."""
+    return ClaimedExchange(
+        id=r.id,
+        run_id=r.run_id,
+        endpoint=r.endpoint,
+        served_by=r.served_by,
+        mirror_skipped=r.mirror_skipped,
+        primary=_side(r, Role.PRIMARY),
+        canary=_side(r, Role.CANARY),
+        secondary=_side(r, Role.SECONDARY),
+    )
 
 
 async def claim_batch(conn: AsyncConnection, run_id: int, limit: int) -> list[ClaimedExchange]:

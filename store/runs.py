@@ -14,6 +14,7 @@ from config.censor import censor_config, censor_url
 from graygate.errors import UnknownRun
 from store.failures import store_errors
 from store.tables import runs
+from store.waivers import sync_config_waivers
 
 __all__ = ["ensure_run", "get_run_id"]
 
@@ -41,6 +42,12 @@ async def ensure_run(
     else:
         config = dict(config_json) if config_json is not None else {}
     config = censor_config(config)
+    versions = config.get("versions") if isinstance(config, dict) else None
+    if isinstance(versions, dict):
+        # The configuration's versions (versions: {primary, canary}, or
+        # GRAYGATE_VERSIONS_CANARY) when the caller names none.
+        primary_version = primary_version or versions.get("primary")
+        canary_version = canary_version or versions.get("canary")
     stmt = pg_insert(runs).values(
         name=name,
         primary_url=None if primary_url is None else censor_url(primary_url),
@@ -64,6 +71,10 @@ async def ensure_run(
     ).returning(runs.c.id)
     async with store_errors(engine), engine.begin() as conn:
         run_id = (await conn.execute(upsert)).scalar_one()
+        if isinstance(config, dict) and "waivers" in config:
+            # The configuration's standing exemptions (reviewed as code), in the trail as
+            # "config"; this transaction holds the run's row lock.
+            await sync_config_waivers(conn, int(run_id), name, config.get("waivers") or [])
     return int(run_id)
 
 

@@ -109,7 +109,8 @@ def _role(role: str) -> str:
 async def insert_samples(
     engine: AsyncEngine, run_id: int, role: str, samples: Iterable[SampleValues]
 ) -> int:
-    """Store samples of ``role``; returns how many."""
+    """Store samples of ``role``; returns how many (none for a closed run: its runtime
+    sampling has stopped, ``graygate runs close``)."""
     rows = [
         {
             "run_id": run_id,
@@ -129,6 +130,11 @@ async def insert_samples(
     if not rows:
         return 0
     async with engine.begin() as conn:
+        closed = await conn.scalar(
+            sa.select(runs.c.closed_at.is_not(None)).where(runs.c.id == run_id)
+        )
+        if closed:
+            return 0
         await conn.execute(sa.insert(runtime_samples), rows)
     return len(rows)
 

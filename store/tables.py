@@ -11,7 +11,17 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-from graygate.vocabulary import Against, DiffKind, Judgement, LossReason, Outcome, Role, SkipReason
+from graygate.vocabulary import (
+    Against,
+    DiffKind,
+    Judgement,
+    LossReason,
+    Outcome,
+    Role,
+    SkipReason,
+    WaiverAction,
+    WaiverSource,
+)
 
 __all__ = [
     "ROLES",
@@ -19,11 +29,16 @@ __all__ = [
     "exchanges",
     "metadata",
     "preflight_findings",
+    "rejudge_differences",
+    "rejudge_outcomes",
+    "rejudges",
     "run_losses",
     "runs",
     "runtime_samples",
     "spill_replays",
     "verdicts",
+    "waiver_events",
+    "waivers",
 ]
 
 ROLES: tuple[Role, ...] = tuple(Role)
@@ -60,6 +75,9 @@ runs = sa.Table(
     sa.Column("canary_version", sa.Text),
     # The configuration that judges the run (the latest one a process started with).
     sa.Column("config", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    # Set by `graygate runs close` (migration 0004): exchanges for the run are no longer
+    # stored (store.exchanges drops them at write and counts them as run_closed losses).
+    sa.Column("closed_at", sa.DateTime(timezone=True)),
 )
 
 
@@ -251,4 +269,113 @@ preflight_findings = sa.Table(
     sa.Column("check", sa.Text, nullable=False),  # e.g. canary.health, canary.pprof_exposed
     sa.Column("ok", sa.Boolean, nullable=False),
     sa.Column("detail", sa.Text, nullable=False),
+)
+
+# Waivers (migration 0003): a person's (or the configuration's) acceptance of the canary's
+# differences at one field. It applies to its run, or, with a scope, to every run whose
+# name matches the glob; it stops applying when revoked or past expires_at (read at each
+# evaluation). Rows are never deleted by graygate: revoking sets revoked_*; deleting the
+# run a waiver was added to keeps a scoped waiver (run_id becomes NULL).
+waivers = sa.Table(
+    "waivers",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("run_id", sa.BigInteger, sa.ForeignKey("runs.id", ondelete="SET NULL")),
+    # The run's name when it was added (kept when the run is deleted).
+    sa.Column("run_name", sa.Text, nullable=False),
+    sa.Column("scope", sa.Text),  # a glob over run names; NULL: run_id only
+    sa.Column("endpoint", sa.Text, nullable=False),  # a glob over endpoints
+    sa.Column("field", sa.Text, nullable=False),  # a rule path, or status / body / header:NAME
+    sa.Column("kind", sa.Text, doc=_one_of(DiffKind, "the kind waived; NULL: any")),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False, doc=_one_of(WaiverSource, "where it was made")),
+    sa.Column("created_by", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_by", sa.Text),
+    sa.Column("revoke_reason", sa.Text),
+    sa.Index("ix_waivers_run_id", "run_id"),
+)
+
+# The waivers' audit trail: append-only (graygate never updates or deletes a row), and
+# self-contained: what the waiver was is copied into ``waiver``, so the trail survives the
+# run's deletion.
+waiver_events = sa.Table(
+    "waiver_events",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("waiver_id", sa.BigInteger, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("action", sa.Text, nullable=False, doc=_one_of(WaiverAction, "what was done")),
+    sa.Column("by", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("waiver", JSONB, nullable=False),
+    sa.Index("ix_waiver_events_waiver_id", "waiver_id"),
+)
+
+# Re-judging (migration 0005): `graygate rejudge RUN` queues a job with the compare rules
+# to apply; diff workers judge the run's exchanges up to max_exchange_id again, one batch
+# per transaction (the cursor next_id moves in the same transaction, so a crash loses
+# nothing), into the staging tables below; the last batch's transaction replaces the run's
+# differences and outcomes with the staged ones at once. Each completed job is an entry of
+# the run's config history: its rules judged every verdict computed after completed_at
+# (until the next one); previous_compare holds the rules before it.
+rejudges = sa.Table(
+    "rejudges",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column(
+        "run_id", sa.BigInteger, sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("compare", JSONB, nullable=False),
+    sa.Column("previous_compare", JSONB, nullable=False),
+    sa.Column("requested_by", sa.Text, nullable=False),
+    sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("max_exchange_id", sa.BigInteger, nullable=False),
+    sa.Column("next_id", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("total", sa.BigInteger, nullable=False),
+    sa.Column("judged", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("completed_at", sa.DateTime(timezone=True)),
+    sa.Column("cancelled_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_rejudges_run_id", "run_id"),
+)
+
+rejudge_outcomes = sa.Table(
+    "rejudge_outcomes",
+    metadata,
+    sa.Column(
+        "rejudge_id",
+        sa.BigInteger,
+        sa.ForeignKey("rejudges.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("exchange_id", sa.BigInteger, primary_key=True),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("strict_mismatches", sa.Integer),
+    sa.Column("tolerance_violations", sa.Integer),
+    sa.Column("noise_differences", sa.Integer),
+)
+
+rejudge_differences = sa.Table(
+    "rejudge_differences",
+    metadata,
+    sa.Column(
+        "rejudge_id",
+        sa.BigInteger,
+        sa.ForeignKey("rejudges.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("exchange_id", sa.BigInteger, nullable=False),
+    sa.Column("run_id", sa.BigInteger, nullable=False),
+    sa.Column("endpoint", sa.Text, nullable=False),
+    sa.Column("against", sa.Text, nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("field", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("primary_value", JSONB),
+    sa.Column("other_value", JSONB),
+    sa.Column("judgement", sa.Text, nullable=False),
+    sa.Column("rule", sa.Text),
+    sa.Index("ix_rejudge_differences_rejudge_id", "rejudge_id"),
 )

@@ -11,9 +11,16 @@ It listens on its own port (``admin.listen``), never on the proxied one.
   through ``MultiProcessCollector``. OpenMetrics when the scraper asks for it.
 - The API and the report (``graygate.admin.api``).
 
-Authentication: when ``admin.token`` is set (from the variable ``admin.token_env`` names),
-every route but ``/healthz``, ``/readyz`` and ``/metrics`` needs it, compared in constant
-time. The three stay open because the kubelet's probes send no credentials (a probe's
+Authentication: when ``admin.token`` is set (from the variable ``admin.token_env`` names)
+or any named token of ``admin.tokens`` is, every route but ``/healthz``, ``/readyz`` and
+``/metrics`` needs one, compared in constant time with every configured token. The one
+``token_env`` token is the ``write`` token named ``admin``; a named token has its role:
+``read`` opens every GET (verdicts, reports) and the gate's POST, ``write`` also the routes
+that change state (waivers, ...); a read token on those gets 403. Every refused call (401,
+403) is logged with its method, path and peer (never the token). The token's name is
+stored under ``IDENTITY_KEY`` for the handlers (the audit trail's ``by``).
+
+The three stay open because the kubelet's probes send no credentials (a probe's
 ``httpHeaders`` live in the pod spec, not in a Secret) and because Prometheus scrape configs
 commonly carry none; they reveal nothing of the traffic. The token is accepted as:
 
@@ -55,21 +62,25 @@ from prometheus_client.exposition import choose_encoder
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.schema import GraygateConfig, is_loopback_listen
+from config.schema import AdminConfig, GraygateConfig, is_loopback_listen
 from diff import verdict_metrics as _verdict_metrics  # noqa: F401  (its metrics, no _created)
 from graygate import __version__
 from graygate.admin.api import ENGINE_KEY, add_api_routes, json_response
+from graygate.admin.governance import IDENTITY_KEY, add_governance_routes
 from graygate.admin.pages import add_page_routes
 from graygate.errors import ConfigError, StoreUnavailable, UnknownRun, one_line
+from graygate.vocabulary import TokenRole
 from store.engine import ping, schema_revision
 from store.migrate import head_revision
 
 __all__ = [
+    "ADMIN_TOKEN_NAME",
     "ENGINE_KEY",
     "HEAD_REVISION_KEY",
     "METRICS_REGISTRY_KEY",
     "OPEN_PATHS",
     "READY_TIMEOUT_S",
+    "READ_POSTS",
     "check_admin_exposure",
     "error_middleware",
     "make_admin_app",
@@ -77,6 +88,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# The name the one admin.token_env token goes by (the audit trail's "by").
+ADMIN_TOKEN_NAME = "admin"
+# POST routes that only read (a Flagger webhook asks the gate): a read token may call them.
+READ_POSTS = frozenset({"gate_webhook"})
 
 # Paths that answer without the admin token (see the module docstring).
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -181,21 +197,72 @@ async def _presented(request: web.Request) -> bytes | None:
     return await _webhook_token(request)
 
 
-def _auth_middleware(token: str) -> Middleware:
-    expected = token.encode()
+def _credentials(admin: AdminConfig) -> list[tuple[str, TokenRole, bytes]]:
+    """(name, role, token) of every admin token set: the one ``token_env`` token is the
+    write token named ``admin``; the named ones have their own role."""
+    out: list[tuple[str, TokenRole, bytes]] = []
+    if admin.token:
+        out.append((ADMIN_TOKEN_NAME, TokenRole.WRITE, admin.token.encode()))
+    out += [(t.name, TokenRole(t.role), t.token.encode()) for t in admin.tokens if t.token]
+    return out
 
+
+def _identify(
+    presented: bytes, credentials: list[tuple[str, TokenRole, bytes]]
+) -> tuple[str, TokenRole] | None:
+    """The token ``presented`` is, compared in constant time with every configured one
+    (no early exit: the time taken does not say which one matched, or how far)."""
+    found: tuple[str, TokenRole] | None = None
+    for name, role, expected in credentials:
+        if hmac.compare_digest(presented, expected) and found is None:
+            found = (name, role)
+    return found
+
+
+def _is_write(request: web.Request) -> bool:
+    """A route that changes state: any method but GET/HEAD/OPTIONS, except the gate's
+    POST (a Flagger webhook reads the verdict)."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return False
+    route = request.match_info.route
+    return route.name not in READ_POSTS
+
+
+def _auth_middleware(credentials: list[tuple[str, TokenRole, bytes]]) -> Middleware:
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in OPEN_PATHS:
             return await handler(request)
         presented = await _presented(request)
-        if presented is None or not hmac.compare_digest(presented, expected):
+        who = None if presented is None else _identify(presented, credentials)
+        if who is None:
+            logger.warning(
+                "admin API refused %s %s from %s: %s (401)",
+                request.method,
+                request.path,
+                request.remote,
+                "no token" if presented is None else "wrong token",
+            )
             raise web.HTTPUnauthorized(
                 headers=CIMultiDict(_CHALLENGES),
                 text="the admin token is required: Authorization: Bearer <token>"
                 if presented is None
                 else "the admin token is wrong",
             )
+        name, role = who
+        if role is not TokenRole.WRITE and _is_write(request):
+            logger.warning(
+                "admin API refused %s %s from %s: token %r has role %s, write needed (403)",
+                request.method,
+                request.path,
+                request.remote,
+                name,
+                role.value,
+            )
+            raise web.HTTPForbidden(
+                text=f"token {name!r} has role {role.value}: this needs a write token"
+            )
+        request[IDENTITY_KEY] = name
         return await handler(request)
 
     return auth_middleware
@@ -277,7 +344,7 @@ def check_admin_exposure(cfg: GraygateConfig) -> None:
     """ConfigError when the admin API would listen beyond loopback without a token (and
     ``admin.allow_open`` is not set): called at start, before anything is opened."""
     admin = cfg.admin
-    if admin.token or admin.allow_open or is_loopback_listen(admin.listen):
+    if admin.any_token or admin.allow_open or is_loopback_listen(admin.listen):
         return
     raise ConfigError(
         "admin.listen",
@@ -290,8 +357,9 @@ def make_admin_app(cfg: GraygateConfig, engine: AsyncEngine) -> web.Application:
     """The admin port's application over ``engine`` (owned by the caller)."""
     check_admin_exposure(cfg)
     middlewares: list[Middleware] = [error_middleware]
-    if cfg.admin.token:
-        middlewares.append(_auth_middleware(cfg.admin.token))
+    credentials = _credentials(cfg.admin)
+    if credentials:
+        middlewares.append(_auth_middleware(credentials))
     else:
         logger.info("admin API without a token (set %s to require one)", cfg.admin.token_env)
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
@@ -303,4 +371,5 @@ def make_admin_app(cfg: GraygateConfig, engine: AsyncEngine) -> web.Application:
     app.router.add_get("/metrics", metrics, name="metrics")
     add_api_routes(app)
     add_page_routes(app)
+    add_governance_routes(app)
     return app

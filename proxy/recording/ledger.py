@@ -19,6 +19,9 @@ Reasons (``graygate.vocabulary.LossReason``, the values of ``run_losses.reason``
 - ``closed``: submitted after the recorder stopped accepting (shutdown)
 - ``process_killed``: accepted by a process that died (SIGKILL, OOM) before writing it;
   counted by the next recorder on the same spill directory (``proxy.recording.intents``)
+- ``run_closed``: its run was closed (``graygate runs close``): the proxy served it, the
+  store dropped it at write and counted it in ``run_losses`` (``store.exchanges``); the
+  recorder only adds it to Prometheus
 
 (and, in Prometheus only, ``spill_corrupt``: spilled lines that could not be read back.)
 """
@@ -46,6 +49,7 @@ __all__ = [
     "QUEUE_FULL",
     "REASONS",
     "REJECTED",
+    "RUN_CLOSED",
     "SPILL_CORRUPT",
     "SPILL_ERROR",
     "SPILL_FULL",
@@ -65,6 +69,7 @@ ENCODE_ERROR: Final = LossReason.ENCODE_ERROR
 REJECTED: Final = LossReason.REJECTED
 CLOSED: Final = LossReason.CLOSED
 PROCESS_KILLED: Final = LossReason.PROCESS_KILLED
+RUN_CLOSED: Final = LossReason.RUN_CLOSED  # counted by the store at write (store.exchanges)
 SPILL_CORRUPT: Final = "spill_corrupt"  # Prometheus only: no run to charge, not a LossReason
 REASONS: Final = tuple(LossReason)
 

@@ -1,0 +1,102 @@
+"""``graygate runs list|close|delete|prune`` as real subprocesses, and ``DELETE
+/api/v1/runs/{run}`` on the real admin application (write role only)."""
+
+from __future__ import annotations
+
+import uuid
+
+import aiohttp
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from store.exchanges import fetch_losses, write_exchanges
+from store.tables import runs
+from tests.diff.judgeseed import add, matching, new_run
+from tests.graygate.test_admin_roles import ENV, bearer, serve
+from tests.graygate.test_waiver_cli import graygate
+from tests.proxy.recording.rows import rows
+
+
+async def test_list_close_delete(engine: AsyncEngine, database_url: str, run_name: str) -> None:
+    db = ("--database-url", database_url)
+    run_id = await new_run(engine, run_name)
+    await add(engine, run_id, matching(4))
+
+    code, out, err = await graygate("runs", "list", "--json", *db)
+    assert code == 0, err
+    (mine,) = [r for r in orjson.loads(out)["runs"] if r["name"] == run_name]
+    assert (mine["exchanges"], mine["judged"], mine["closed_at"]) == (4, 0, None)
+    assert mine["size_bytes"] > 0 and mine["last_exchange_at"]
+    code, out, _ = await graygate("runs", "list", *db)
+    assert code == 0 and any(line.startswith(run_name) and "4 exchanges" in line
+                             for line in out.splitlines())  # fmt: skip
+
+    code, out, err = await graygate("runs", "close", run_name, *db)
+    assert code == 0 and out.startswith(f"run {run_name} closed at"), err
+    result = await write_exchanges(engine, rows(run_id, 3, start=100))
+    assert result.run_closed == 3
+    assert await fetch_losses(engine, run_id) == {"run_closed": 3}
+
+    code, _, err = await graygate("runs", "delete", run_name, *db)  # no --yes, no terminal
+    assert code == 2 and "not deleted: pass --yes" in err
+    code, out, err = await graygate("runs", "delete", run_name, "--yes", *db)
+    assert code == 0 and out.strip() == f"run {run_name} deleted (4 exchanges)", err
+    code, _, err = await graygate("runs", "delete", run_name, "--yes", *db)
+    assert code == 3 and "unknown run" in err
+    code, _, err = await graygate("runs", "close", run_name, *db)
+    assert code == 3 and "unknown run" in err
+
+
+async def test_prune_dry_run_then_prune(engine: AsyncEngine, database_url: str) -> None:
+    db = ("--database-url", database_url)
+    tag = uuid.uuid4().hex[:8]
+    old, new = f"old-{tag}", f"new-{tag}"
+    for name in (old, new):
+        await add(engine, await new_run(engine, name), matching(2))
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.update(runs).where(runs.c.name == old).values(
+                created_at=sa.func.now() - sa.text("interval '90 days'"),
+                updated_at=sa.func.now() - sa.text("interval '90 days'"),
+            )
+        )  # fmt: skip
+        await conn.execute(
+            sa.text(
+                "UPDATE exchanges SET recorded_at = now() - interval '90 days' "
+                "WHERE run_id = (SELECT id FROM runs WHERE name = :n)"
+            ),
+            {"n": old},
+        )
+    code, out, err = await graygate("runs", "prune", "--older-than", "30d", "--dry-run", *db)
+    assert code == 0, err
+    assert f"would delete {old}" in out and new not in out
+    code, out, err = await graygate("runs", "list", "--json", *db)
+    assert old in {r["name"] for r in orjson.loads(out)["runs"]}
+
+    code, out, err = await graygate("runs", "prune", "--older-than", "30d", *db)
+    assert code == 0 and f"deleted {old} (2 exchanges)" in out, err
+    code, out, _ = await graygate("runs", "list", "--json", *db)
+    names = {r["name"] for r in orjson.loads(out)["runs"]}
+    assert old not in names and new in names
+
+    code, _, err = await graygate("runs", "prune", "--older-than", "3661d", *db)
+    assert code == 2 and "--older-than '3661d'" in err
+    code, _, err = await graygate("runs", "prune", "--older-than", "1d", "--keep-last", "-1", *db)
+    assert code == 2
+
+
+async def test_delete_over_the_api_needs_write(engine: AsyncEngine, run_name: str) -> None:
+    await add(engine, await new_run(engine, run_name), matching(3))
+    async with (
+        serve(engine) as base,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+    ):
+        url = f"{base}/api/v1/runs/{run_name}"
+        async with http.delete(url, headers=bearer(ENV["GRAYGATE_CI_TOKEN"])) as resp:
+            assert resp.status == 403
+        async with http.delete(url, headers=bearer(ENV["RELEASE_BOT_TOKEN"])) as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"run": run_name, "deleted": True, "exchanges": 3}
+        async with http.delete(url, headers=bearer(ENV["RELEASE_BOT_TOKEN"])) as resp:
+            assert resp.status == 404
