@@ -52,7 +52,7 @@ async def test_progress_is_one_updating_line_on_a_terminal(engine: AsyncEngine) 
     updates = raw.count("\r") - raw.count("\r\n")  # the tty turns "\n" into "\r\n"
     assert updates >= 2, raw
     assert raw.count("\n") == 1 and raw.endswith("\n")  # one line, ended once
-    assert "pairs 2/10" in raw and "s left" in raw and "\x1b[K" in raw
+    assert "pairs 2/10" in raw and "s left" in raw and "\x1b[K" in raw, raw
 
 
 async def test_progress_is_plain_lines_when_piped(engine: AsyncEngine) -> None:
