@@ -254,7 +254,8 @@ class MatchState:
     this location; ``live`` those that may still name a location further down. ``info`` is
     whatever the matcher's ``annotate`` function computed for this state (the rules layer
     stores its judgement there). States are shared and immutable once built; transitions are
-    built on first use.
+    built on first use. ``memo`` is a per-state cache for the automaton's users (the diff
+    walker keeps what it derives from a state's children there, once per state).
     """
 
     __slots__ = (
@@ -266,6 +267,7 @@ class MatchState:
         "info",
         "live",
         "matched",
+        "memo",
         "positions",
     )
 
@@ -283,6 +285,7 @@ class MatchState:
         self._key_other: MatchState | None = None
         self._indexes: dict[int, MatchState] = {}
         self._index_other: MatchState | None = None
+        self.memo: dict[Any, Any] = {}
         self.info: Any = owner.annotate(self) if owner.annotate is not None else None
 
     @property
