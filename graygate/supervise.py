@@ -2,12 +2,13 @@
 
 One engine per process, shared by the roles. Start order: schema check (or migration, for
 the embedded database), the run, preflight, then the admin API (or, for a proxy without
-it, the probes alone: ``/healthz`` and ``/readyz`` on the admin port, so every pod can be
-probed), the diff workers and runtime sampler, and last the proxy listener. Stop order
-(SIGTERM or SIGINT): ``/readyz`` answers 503 at once and the proxy keeps serving for
-``shutdown.grace_s`` (load balancers and kube-proxy stop sending; a second signal ends the
-grace), then it stops accepting and finishes in-flight requests and mirrors, the recorder
-flushes its queue, the workers finish their batch, and the engine closes.
+it, the probes alone: ``/healthz``, ``/readyz`` and ``/metrics`` on the admin port, so
+every pod can be probed and scraped), the diff workers and runtime sampler, and last the
+proxy listener. Stop order (SIGTERM or SIGINT): ``/readyz`` answers 503 at once and the
+proxy keeps serving for ``shutdown.grace_s`` (load balancers and kube-proxy stop sending; a
+second signal ends the grace), then it stops accepting and finishes in-flight requests and
+mirrors, the recorder flushes its queue, the workers finish their batch, and the engine
+closes.
 
 ``--processes N`` starts N-1 more processes that run only the proxy role on the same port
 (SO_REUSEPORT; a named port, not 0), once this process has checked the schema. When this
@@ -216,7 +217,9 @@ def _draining_middleware(draining: Draining) -> Any:
 
 def probes_app(draining: Draining) -> web.Application:
     """The admin port of a proxy without the admin role: ``/healthz`` (200 while the
-    process serves) and ``/readyz`` (200, 503 once it is shutting down); nothing else."""
+    process serves), ``/readyz`` (200, 503 once it is shutting down) and ``/metrics`` (this
+    process's series, for the ServiceMonitor); no API, no report, no database read."""
+    from graygate.admin.app import METRICS_REGISTRY_KEY, metrics, metrics_registry
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -225,8 +228,10 @@ def probes_app(draining: Draining) -> web.Application:
         return web.json_response({"ready": True})
 
     app = web.Application(middlewares=[_draining_middleware(draining)])
+    app[METRICS_REGISTRY_KEY] = metrics_registry()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app
 
 
