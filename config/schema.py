@@ -403,6 +403,9 @@ class LatencyConfig(_Frozen):
     # reported, and make the check INCONCLUSIVE only when they carry more than this share
     # of the sampled pairs.
     max_unjudged_share: float = Field(default=0.05, ge=0.0, le=1.0)
+    # When set, the latency check is skipped and says why (a replay run: the new build ran
+    # on another host at another time than the recorded primary).
+    skip: str | None = Field(default=None, max_length=500)
 
 
 class VerdictConfig(_Frozen):

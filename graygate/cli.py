@@ -19,6 +19,7 @@ import click
 
 from graygate.errors import ConfigError, GraygateError, StoreUnavailable, UnknownRun
 from graygate.processes import run_async
+from graygate.replay import replay_cli
 
 __all__ = ["main"]
 
@@ -456,6 +457,9 @@ def demo(
             out=sys.stdout,
         )
     )
+
+
+cli.add_command(replay_cli)
 
 
 def main() -> None:
