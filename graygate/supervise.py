@@ -184,6 +184,12 @@ class _Children:
                 proc.wait()
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class Draining:
     """Set on the first SIGTERM/SIGINT: ``/readyz`` answers 503 from then on."""
 
@@ -233,6 +239,42 @@ def probes_app(draining: Draining) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     return app
+
+
+VERDICT_EVERY_S = 15.0
+
+
+async def _verdict_gauge(engine: AsyncEngine, run: str, stop: asyncio.Event) -> None:
+    """``graygate_verdict_state{run, verdict}``: 1 for the run's verdict now, 0 for the
+    others; computed every ``VERDICT_EVERY_S`` seconds by the process with the admin role
+    (not recorded in the run's history). A database away leaves the last value."""
+    from prometheus_client import Gauge
+
+    from diff.evaluate import evaluate_run
+    from graygate.values import Verdict
+
+    global _VERDICT_STATE
+    if _VERDICT_STATE is None:
+        _VERDICT_STATE = Gauge(
+            "graygate_verdict_state",
+            "The run's verdict now: 1 for the current one (GO, NO_GO, INCONCLUSIVE), 0 else.",
+            ("run", "verdict"),
+            multiprocess_mode="max",
+        )
+    gauge = _VERDICT_STATE
+    while not stop.is_set():
+        try:
+            result = await evaluate_run(engine, run, record=False)
+        except Exception as exc:  # the database away, the run not there yet
+            logger.debug("verdict gauge: %s", exc)
+        else:
+            for verdict in Verdict:
+                gauge.labels(run, verdict.value).set(1 if result.verdict == verdict else 0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), VERDICT_EVERY_S)
+
+
+_VERDICT_STATE: Any = None
 
 
 async def _check_schema(engine: AsyncEngine) -> None:
@@ -340,6 +382,10 @@ async def _serve(
                     _site(admin, cfg.admin.listen, reuse_port=False)
                 )
                 logger.info("admin API on %s (report: %s/runs/%s)", url, url, cfg.run)
+                gauge_task = asyncio.get_running_loop().create_task(
+                    _verdict_gauge(engine, cfg.run, stop), name="verdict-gauge"
+                )
+                stack.push_async_callback(_cancel, gauge_task)
             elif "proxy" in roles and probes:
                 url = await stack.enter_async_context(
                     _site(probes_app(draining), cfg.admin.listen, reuse_port=False)
