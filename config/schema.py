@@ -37,6 +37,7 @@ __all__ = [
     "RuntimeConfig",
     "RuntimeSource",
     "ServeRule",
+    "ShutdownConfig",
     "TimeoutsConfig",
     "Tolerance",
     "TracingConfig",
@@ -434,6 +435,9 @@ class LatencyConfig(_Frozen):
     # reported, and make the check INCONCLUSIVE only when they carry more than this share
     # of the sampled pairs.
     max_unjudged_share: float = Field(default=0.05, ge=0.0, le=1.0)
+    # When set, the latency check is skipped and says why (a replay run: the new build ran
+    # on another host at another time than the recorded primary).
+    skip: str | None = Field(default=None, max_length=500)
 
 
 class VerdictConfig(_Frozen):
@@ -531,8 +535,20 @@ class VersionsConfig(_Frozen):
         )
 
 
+class ShutdownConfig(_Frozen):
+    """Rolling updates: on SIGTERM ``/readyz`` answers 503 at once and the proxy keeps
+    serving for ``grace_s`` seconds (load balancers and kube-proxy stop sending), then stops
+    accepting, finishes in-flight requests and flushes."""
+
+    grace_s: float = Field(default=5.0, ge=0.0, le=300.0)
+
+
 class GraygateConfig(_Frozen):
     run: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+    # inline: graygate stands in front of the primary and serves the clients; shadow: it
+    # receives a mirrored copy (nginx mirror, Envoy/Istio), answers 202 at once and sends
+    # the request to primary and canary itself.
+    mode: Literal["inline", "shadow"] = "inline"
     listen: Listen = "0.0.0.0:8080"
     listen_limits: ListenLimits = Field(default_factory=ListenLimits)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
@@ -548,6 +564,7 @@ class GraygateConfig(_Frozen):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     preflight: PreflightConfig = Field(default_factory=PreflightConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     # Peers (CIDRs) whose Forwarded / X-Forwarded-* / X-Real-IP / X-Original-URL ... headers
     # are believed; from any other peer they are dropped. Default: nobody.
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = Field(default=(), max_length=1024)

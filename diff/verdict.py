@@ -345,6 +345,8 @@ def _latency_against_control(a: RunAggregates, cfg: VerdictConfig) -> Check:
         "alpha": lat.alpha,
         "max_unjudged_share": lat.max_unjudged_share,
     }
+    if lat.skip is not None:
+        return Check("latency", None, None, threshold, f"skipped: {lat.skip}", blocking=False)
     n = min(len(s.primary_ms), len(s.canary_ms))
     if n < lat.min_samples:
         return Check(

@@ -21,6 +21,7 @@ from graygate import governance_cli
 from graygate.errors import ConfigError, GraygateError, StoreUnavailable, UnknownRun
 from graygate.log_format import LOG_FORMATS, JsonFormatter
 from graygate.processes import run_async
+from graygate.replay import replay_cli
 
 __all__ = ["main"]
 
@@ -160,16 +161,25 @@ def cli(log_level: str, log_format: str) -> None:
 )
 @_db_option
 @_data_dir_option
+@click.option(
+    "--mode",
+    type=click.Choice(["inline", "shadow"]),
+    default=None,
+    help="inline: in front of the primary; shadow: behind a mirror (overrides `mode`).",
+)
 @click.option("--reuse-port", is_flag=True, hidden=True)
 @click.option("--no-preflight", is_flag=True, hidden=True)
+@click.option("--no-probes", is_flag=True, hidden=True)
 def serve(
     config_path: str | None,
     role: str,
     processes: int,
     database_url: str | None,
     data_dir: str | None,
+    mode: str | None,
     reuse_port: bool,
     no_preflight: bool,
+    no_probes: bool,
 ) -> None:
     """Run the proxy, the diff workers and the admin API."""
     if config_path is None:
@@ -183,6 +193,8 @@ def serve(
         from graygate.supervise import serve_forever
 
         cfg = _load(config_path)
+        if mode is not None:
+            cfg = cfg.model_copy(update={"mode": mode})
         RuleBook.from_config(cfg.compare)  # a bad rule path fails here, before anything runs
         if "admin" in roles:
             from graygate.admin.app import check_admin_exposure
@@ -198,6 +210,7 @@ def serve(
                 reuse_port=reuse_port or processes > 1,
                 data_dir=Path(data_dir) if data_dir else None,
                 run_preflight=not no_preflight,
+                probes=not no_probes,
             )
     sys.exit(code)
 
@@ -468,6 +481,7 @@ def demo(
 governance_cli.register(
     cli, governance_cli.Helpers(_database_options, _database, _errors, _with_engine)
 )
+cli.add_command(replay_cli)
 
 
 def main() -> None:

@@ -1,10 +1,14 @@
 """``graygate serve``: start the roles, keep them running, stop them in order.
 
 One engine per process, shared by the roles. Start order: schema check (or migration, for
-the embedded database), the run, preflight, then the admin API, the diff workers and
-runtime sampler, and last the proxy listener. Stop order (SIGTERM or SIGINT): the proxy
-stops accepting and finishes in-flight requests and mirrors, the recorder flushes its queue,
-the workers finish their batch, and the engine closes.
+the embedded database), the run, preflight, then the admin API (or, for a proxy without
+it, the probes alone: ``/healthz``, ``/readyz`` and ``/metrics`` on the admin port, so
+every pod can be probed and scraped), the diff workers and runtime sampler, and last the
+proxy listener. Stop order (SIGTERM or SIGINT): ``/readyz`` answers 503 at once and the
+proxy keeps serving for ``shutdown.grace_s`` (load balancers and kube-proxy stop sending; a
+second signal ends the grace), then it stops accepting and finishes in-flight requests and
+mirrors, the recorder flushes its queue, the workers finish their batch, and the engine
+closes.
 
 ``--processes N`` starts N-1 more processes that run only the proxy role on the same port
 (SO_REUSEPORT; a named port, not 0), once this process has checked the schema. When this
@@ -26,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,7 @@ from graygate.embedded_pg import DatabaseHandle, default_data_dir
 from graygate.errors import ConfigError, StoreUnavailable
 from graygate.processes import parent_death_signal, run_async
 
-__all__ = ["raise_fd_limit", "serve_forever"]
+__all__ = ["Draining", "probes_app", "raise_fd_limit", "serve_forever"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +83,11 @@ def serve_forever(
     reuse_port: bool,
     data_dir: Path | None,
     run_preflight: bool = True,
+    probes: bool = True,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; the exit code."""
+    """Serve until SIGTERM/SIGINT; the exit code. ``probes``: a proxy without the admin
+    role serves ``/healthz`` and ``/readyz`` on the admin port (off in the extra proxy
+    processes of ``--processes N``: the first process has them)."""
     from store import migrate
 
     if processes > 1 and "proxy" in roles and parse_listen(cfg.listen)[1] == 0:
@@ -101,6 +109,7 @@ def serve_forever(
         )
     base_argv = [
         sys.executable, "-m", "graygate", "serve", "-c", config_path, "--no-preflight",
+        "--no-probes", "--mode", cfg.mode,
         *(["--data-dir", str(data_dir)] if data_dir else []),
     ]  # fmt: skip
     argvs = [[*base_argv, "--role", "proxy", "--reuse-port"]] * (processes - 1)
@@ -127,7 +136,8 @@ def serve_forever(
                 reuse_port=reuse_port,
                 data_dir=data_dir,
                 run_preflight=run_preflight,
-                children=_Children(argvs, handle.url),
+                probes=probes,
+                children=_Children(argvs, handle.url, cfg.shutdown.grace_s),
             )
         )
     finally:
@@ -146,8 +156,9 @@ class _Children:
     none behind; stopped with SIGTERM, killed after the grace period; sent SIGTERM by the
     kernel should this process die without stopping them (Linux)."""
 
-    def __init__(self, argvs: list[list[str]], database_url: str) -> None:
+    def __init__(self, argvs: list[list[str]], database_url: str, grace_s: float) -> None:
         self.argvs = argvs
+        self.grace_s = grace_s
         # The URL goes by environment (config override), not argv: argv is world-readable.
         self.env = {**os.environ, "GRAYGATE_DATABASE_URL": database_url}
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -169,10 +180,87 @@ class _Children:
         self.terminate()
         for proc in self.procs:
             try:
-                proc.wait(timeout=SHUTDOWN_GRACE_S + 5)
+                proc.wait(timeout=self.grace_s + SHUTDOWN_GRACE_S + 5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+class Draining:
+    """Set on the first SIGTERM/SIGINT: ``/readyz`` answers 503 from then on."""
+
+    __slots__ = ("since",)
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def start(self) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+
+    @property
+    def on(self) -> bool:
+        return self.since is not None
+
+
+_DRAINING_BODY = '{"ready": false, "error": "shutting down", "status": 503}'
+
+
+def _draining_middleware(draining: Draining) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if draining.on and request.path == "/readyz":
+            return web.Response(status=503, text=_DRAINING_BODY, content_type="application/json")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return middleware
+
+
+def probes_app(draining: Draining) -> web.Application:
+    """The admin port of a proxy without the admin role: ``/healthz`` (200 while the
+    process serves), ``/readyz`` (200, 503 once it is shutting down) and ``/metrics`` (this
+    process's series, for the ServiceMonitor); no API, no report, no database read."""
+    from graygate.admin.app import METRICS_REGISTRY_KEY, metrics, metrics_registry
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        return web.json_response({"ready": True})
+
+    app = web.Application(middlewares=[_draining_middleware(draining)])
+    app[METRICS_REGISTRY_KEY] = metrics_registry()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+VERDICT_EVERY_S = 15.0
+
+
+async def _verdict_gauge(engine: AsyncEngine, run: str, stop: asyncio.Event) -> None:
+    """Keep ``graygate_verdict{run}`` and ``graygate_check_passed{run,check}``
+    (``diff.verdict_metrics``, set by every evaluation) fresh: the process with the admin
+    role evaluates the run every ``VERDICT_EVERY_S`` seconds (not recorded in the run's
+    history), so a Prometheus-based gate needs no one to call the API. A database away
+    leaves the last value."""
+    from diff.evaluate import evaluate_run
+
+    while not stop.is_set():
+        try:
+            await evaluate_run(engine, run, record=False)
+        except Exception as exc:  # the database away, the run not there yet
+            logger.debug("verdict gauge: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), VERDICT_EVERY_S)
 
 
 async def _check_schema(engine: AsyncEngine) -> None:
@@ -229,6 +317,7 @@ async def _serve(
     reuse_port: bool,
     data_dir: Path | None,
     run_preflight: bool,
+    probes: bool,
     children: _Children,
 ) -> int:
     from diff.rules import RuleBook
@@ -242,9 +331,17 @@ async def _serve(
     from store.runs import ensure_run
 
     stop = asyncio.Event()
+    hurry = asyncio.Event()  # a second signal: no grace
+
+    def on_signal() -> None:
+        if stop.is_set():
+            hurry.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+    draining = Draining()
 
     engine = create_engine(handle.url, pool_size=cfg.database.pool_size)
     try:
@@ -266,10 +363,20 @@ async def _serve(
         async with contextlib.AsyncExitStack() as stack:
             if "admin" in roles:
                 admin = make_admin_app(cfg, engine)
+                admin.middlewares.insert(0, _draining_middleware(draining))
                 url = await stack.enter_async_context(
                     _site(admin, cfg.admin.listen, reuse_port=False)
                 )
                 logger.info("admin API on %s (report: %s/runs/%s)", url, url, cfg.run)
+                gauge_task = asyncio.get_running_loop().create_task(
+                    _verdict_gauge(engine, cfg.run, stop), name="verdict-gauge"
+                )
+                stack.push_async_callback(_cancel, gauge_task)
+            elif "proxy" in roles and probes:
+                url = await stack.enter_async_context(
+                    _site(probes_app(draining), cfg.admin.listen, reuse_port=False)
+                )
+                logger.info("probes on %s (/healthz, /readyz)", url)
             if "worker" in roles:
                 await stack.enter_async_context(
                     run_workers(engine, run_id, RuleBook.from_config(cfg.compare), count=1)
@@ -296,12 +403,21 @@ async def _serve(
                         runner_cls=ProxyRunner,
                     )
                 )
-                logger.info(
-                    "proxy on %s: primary %s serves, canary %s mirrored",
-                    url,
-                    cfg.upstreams.primary,
-                    cfg.upstreams.canary,
-                )
+                if cfg.mode == "shadow":
+                    logger.info(
+                        "shadow proxy on %s: mirrored requests answered 202, sent to "
+                        "primary %s and canary %s",
+                        url,
+                        cfg.upstreams.primary,
+                        cfg.upstreams.canary,
+                    )
+                else:
+                    logger.info(
+                        "proxy on %s: primary %s serves, canary %s mirrored",
+                        url,
+                        cfg.upstreams.primary,
+                        cfg.upstreams.canary,
+                    )
             print(f"graygate: serving run {cfg.run!r}", file=sys.stderr, flush=True)
             code = 0
             while not stop.is_set():
@@ -313,8 +429,14 @@ async def _serve(
                     logger.error("child process %d exited with %s", dead.pid, dead.returncode)
                     code = dead.returncode if dead.returncode > 0 else 1
                     stop.set()
-            logger.info("stopping: finishing in-flight requests and flushing records")
+            draining.start()
             children.terminate()
+            grace = cfg.shutdown.grace_s
+            if "proxy" in roles and code == 0 and grace > 0 and not hurry.is_set():
+                logger.info("stopping: /readyz answers 503; serving on for %g s", grace)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(hurry.wait(), timeout=grace)
+            logger.info("stopping: finishing in-flight requests and flushing records")
     finally:
         await asyncio.to_thread(children.stop)
         await engine.dispose()

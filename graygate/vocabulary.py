@@ -17,7 +17,8 @@ LossReason queue_full, spill_full, spill_error, database_unavailable,           
            encode_error, rejected, closed, process_killed, run_closed
            (why an exchange was not recorded)
 SkipReason disabled, method, sampled_out, body_too_large, saturated,             exchanges
-           upgrade_not_mirrored, client_aborted (why the other side got no mirror)
+           upgrade_not_mirrored, client_aborted, method_not_mirrored
+           (why the other side got no mirror)
 ========== ===================================================================== ==============
 
 Governance: ``WaiverAction`` (add, revoke; ``waiver_events.action``), ``WaiverSource``
@@ -143,6 +144,7 @@ class SkipReason(StrEnum):
     SATURATED = "saturated"
     UPGRADE_NOT_MIRRORED = "upgrade_not_mirrored"  # a protocol upgrade (WebSocket) tunnel
     CLIENT_ABORTED = "client_aborted"  # the client broke off its request body
+    METHOD_NOT_MIRRORED = "method_not_mirrored"  # shadow mode: a method not fanned out
 
 
 class WaiverAction(StrEnum):

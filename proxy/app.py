@@ -66,7 +66,14 @@ from proxy.metrics import (
 )
 from proxy.mirror import MIRROR_TASKS_KEY, Exchange, Mirror, mirror_tasks_ctx
 from proxy.redact import Redactor
-from proxy.routing import CANARY, PRIMARY, SKIP_BODY_TOO_LARGE, SKIP_SATURATED, Router
+from proxy.routing import (
+    CANARY,
+    PRIMARY,
+    SKIP_BODY_TOO_LARGE,
+    SKIP_METHOD,
+    SKIP_SATURATED,
+    Router,
+)
 from proxy.tagging import tag_request
 from proxy.tracing import TRACING_KEY, Tracing, tracing_ctx
 
@@ -82,6 +89,7 @@ __all__ = [
     "RecordSink",
     "make_proxy_app",
     "server_settings",
+    "strip_shadow_suffix",
 ]
 
 logger = logging.getLogger(__name__)
@@ -101,6 +109,23 @@ _GC_THRESHOLD: Final = (50_000, 10, 10)
 
 SKIP_UPGRADE: Final = SkipReason.UPGRADE_NOT_MIRRORED
 SKIP_CLIENT_ABORTED: Final = SkipReason.CLIENT_ABORTED  # the client broke off its request body
+SKIP_METHOD_NOT_MIRRORED: Final = SkipReason.METHOD_NOT_MIRRORED  # shadow mode: not fanned out
+_SHADOW_SUFFIX: Final = "-shadow"
+
+
+def strip_shadow_suffix(host: str | None) -> str | None:
+    """``Host``/authority without the ``-shadow`` that Envoy appends to a mirrored request's
+    (``orders.svc-shadow`` and ``orders.svc-shadow:8080`` are ``orders.svc`` and
+    ``orders.svc:8080``); any other host as it is."""
+    if not host:
+        return host
+    name, port = host, ""
+    head, colon, tail = host.rpartition(":")
+    if colon and tail.isdigit() and (":" not in head or head.endswith("]")):
+        name, port = head, ":" + tail
+    if name.endswith(_SHADOW_SUFFIX) and len(name) > len(_SHADOW_SUFFIX):
+        return name[: -len(_SHADOW_SUFFIX)] + port
+    return host
 
 
 class RecordSink(Protocol):
@@ -139,6 +164,7 @@ class Proxy:
         self._upstreams: dict[str, Upstream] = {}
         self._prefixed = False
         self._targets: dict[str, tuple[Upstream, ...]] = {}
+        self._shadow_targets: tuple[Upstream, ...] = ()
         self._tracing: Tracing | None = None
         self._mirror: Mirror | None = None
 
@@ -167,6 +193,7 @@ class Proxy:
             PRIMARY: (ups[CANARY], *secondary),
             CANARY: (ups[PRIMARY], *secondary),
         }
+        self._shadow_targets = (ups[PRIMARY], ups[CANARY], *secondary)
         self._tracing = app[TRACING_KEY]
         self._mirror = Mirror(
             app[MIRROR_TASKS_KEY],
@@ -289,6 +316,88 @@ class Proxy:
                     served.set_result(None)
             else:
                 self._finish(ex)
+
+    async def handle_shadow(self, request: web.Request) -> web.StreamResponse:
+        """Shadow mode: ``request`` is a mirrored copy (nginx ``mirror``, Envoy/Istio). It is
+        answered 202 at once, before anything else is asked (the mirror source never waits
+        on graygate); then graygate itself sends it to the primary, the canary (and the
+        secondary) at once, through the mirror (bounded by ``mirror.max_in_flight`` and
+        ``mirror.timeout_ms``), and records the exchange as inline mode does, the primary's
+        answer as the served side. A method not in the mirrored ones, a body over
+        ``mirror.max_body_bytes``, a full mirror: answered, counted, not sent."""
+        received = time.time()
+        headers = request.headers
+        size = 0
+        for name, value in request.raw_headers:
+            size += len(name) + len(value)
+        if size > self._max_header_bytes:
+            return web.Response(
+                status=431,
+                text=f"request header fields total more than {self._max_header_bytes} bytes\n",
+            )
+        tags = tag_request(headers, self._gray_header)
+        method = request.method
+        path, query = split_target(request)
+        if self._prefixed and leaves_root(path):
+            return web.Response(status=400, text="the path leaves the root\n")
+        skip = self._router.mirror_skip(method, tags.trace_id)
+        if skip == SKIP_METHOD:
+            skip = SKIP_METHOD_NOT_MIRRORED
+        elif skip is None and asks_upgrade(request) is not None:
+            skip = SKIP_UPGRADE
+        body: bytes | None = None
+        if skip is None and request.body_exists:
+            length = request.content_length
+            limit = self._mirror_max_body
+            try:
+                if length is not None and length > limit:
+                    skip = SKIP_BODY_TOO_LARGE
+                else:
+                    body = await request.content.read(limit + 1)
+                    while len(body) <= limit and not request.content.at_eof():
+                        more = await request.content.read(limit + 1 - len(body))
+                        if not more:
+                            break
+                        body += more
+                    if len(body) > limit:
+                        skip, body = SKIP_BODY_TOO_LARGE, None
+            except (ConnectionError, ClientError, HttpProcessingError):
+                count_mirror_skip(SKIP_CLIENT_ABORTED)
+                return web.Response(status=400)
+        answer = web.Response(status=202)
+        await answer.prepare(request)
+        await answer.write_eof()  # the mirror source has its answer: now fan out
+        if skip is not None:
+            count_mirror_skip(skip)
+            return answer
+        label = self._router.label_for(tags.label, PRIMARY)
+        out_headers = upstream_headers(
+            request, tags, self._gray_header, label, self._drop, trusted=self._trusted
+        )
+        ex = Exchange(
+            received_at=received,
+            tags=tags,
+            label=label,
+            method=method,
+            path=path,
+            query=query,
+            headers=out_headers,
+            served_by=PRIMARY,
+            host=strip_shadow_suffix(headers.get("Host")),
+        )
+        if body is not None:
+            ex.request_encoding = headers.get("Content-Encoding")
+            ex.request_type = headers.get("Content-Type")
+            ex.request = Capture(self._record_limit)
+            ex.request.add(body)
+        assert self._mirror is not None
+        if not self._mirror.try_start(ex, self._shadow_targets, body):
+            count_mirror_skip(SKIP_SATURATED)
+            return answer
+        served = ex.served
+        assert served is not None
+        served.set_result(None)  # nobody is served in shadow mode: record when all are in
+        return answer
 
     async def _read_body(
         self, request: web.Request, ex: Exchange, out_headers: list[tuple[str, str]]
@@ -655,7 +764,8 @@ def make_proxy_app(
     app.cleanup_ctx.append(tracing_ctx(cfg.tracing, span_exporter))
     app.cleanup_ctx.append(mirror_tasks_ctx(cfg.mirror.timeout_ms / 1000 + 1.0))
     app.cleanup_ctx.append(proxy.ctx)
-    app.router.register_resource(_EveryTarget(proxy.handle))
+    handler = proxy.handle_shadow if cfg.mode == "shadow" else proxy.handle
+    app.router.register_resource(_EveryTarget(handler))
     return app
 
 

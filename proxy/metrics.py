@@ -12,7 +12,7 @@ can be scraped as one. Metric names:
   refused | reset | error; ``ok`` is any HTTP answer)
 - ``graygate_mirror_skipped_total{reason}``: exchanges not mirrored, by reason
   (``graygate.vocabulary.SkipReason``: disabled | method | sampled_out | body_too_large |
-  saturated | upgrade_not_mirrored)
+  saturated | upgrade_not_mirrored | method_not_mirrored)
 - ``graygate_mirror_in_flight``: mirrors running now
 - ``graygate_client_closed_total{reason}``: client connections the proxy closed itself
   (``header_timeout``: a head not complete in ``timeouts.client_header_s``; ``stalled``: a

@@ -25,6 +25,7 @@ def test_every_skip_reason_the_proxy_records_is_a_skip_reason() -> None:
         routing.SKIP_SATURATED,
         app.SKIP_UPGRADE,
         app.SKIP_CLIENT_ABORTED,
+        app.SKIP_METHOD_NOT_MIRRORED,
     }
     assert named == set(SkipReason)
 
