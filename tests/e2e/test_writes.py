@@ -136,16 +136,21 @@ def _scenario(
     check: Callable[[str], dict[str, Any]],
     wait_records: bool = True,
     verdict_timeout: int = VERDICT_TIMEOUT_S,
+    go_canary: Path | None = None,
 ) -> tuple[dict[str, Any], str, str]:
-    """Run one scenario; (the verdict, the service database's URL, graygate's database)."""
+    """Run one scenario; (the verdict, the service database's URL, graygate's database).
+    The canary is the Python stand-in, or the Go canary's binary ``go_canary``."""
     service_db = fresh_database()
     graygate_db = migrated_database()
     base = [sys.executable, str(ORDERS_PY), "--listen", "127.0.0.1:0",
             "--database", service_db, "--db-schema", SCHEMA]  # fmt: skip
     primary = procs.service("primary", base)
-    canary = procs.service(
-        "canary", [*base, "--role", "canary-standin", *(["--fault", fault] if fault else [])]
-    )
+    if go_canary is None:
+        argv = [*base, "--role", "canary-standin", *(["--fault", fault] if fault else [])]
+    else:
+        argv = [str(go_canary), "-listen", "127.0.0.1:0", "-database", service_db,
+                "-db-schema", SCHEMA, *(["-fault", fault] if fault else [])]  # fmt: skip
+    canary = procs.service("canary", argv)
     run = f"writes-{uuid.uuid4().hex[:8]}"
     listen, admin = procs.free_port(), procs.free_port()
     config = graygate_config(
@@ -280,3 +285,53 @@ def test_write_queries_run_read_only(
         )
     )
     assert read_only == ORDERS
+
+
+@pytest.fixture(scope="module")
+def go_canary_pq(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This checkout's Go canary, built with its PostgreSQL writes (lib/pq, offline)."""
+    import shutil
+
+    from graygate.demo import build_go_canary, pq_available
+
+    if shutil.which("go") is None:
+        pytest.skip("the Go toolchain (`go`) is not on PATH: cannot build examples/canary")
+    if not pq_available():
+        pytest.skip("lib/pq is not installed (apt-get install golang-github-lib-pq-dev)")
+    binary = build_go_canary(tmp_path_factory.mktemp("canary-pq"), src=ORDERS_PY.parent / "canary")
+    assert binary.name.endswith("-pq")
+    return binary
+
+
+def test_the_go_canary_writing_the_wrong_qty_is_no_go(
+    procs: Procs,
+    graygate_config: Callable[..., Path],
+    fresh_database: Callable[[], str],
+    migrated_database: Callable[[], str],
+    go_canary_pq: Path,
+) -> None:
+    verdict, _, _ = _scenario(
+        procs, graygate_config, fresh_database, migrated_database,
+        fault="stock_write=0.5", check=_write_check, go_canary=go_canary_pq,
+    )  # fmt: skip
+    assert verdict["verdict"] == "NO_GO", verdict
+    strict = _check(verdict, "strict")
+    assert "WRITE stock_moves" in strict["detail"] and "$[*].qty (" in strict["detail"], strict
+    assert "POST /api/orders" not in strict["detail"], strict["detail"]
+
+
+def test_the_go_canary_writing_right_is_go(
+    procs: Procs,
+    graygate_config: Callable[..., Path],
+    fresh_database: Callable[[], str],
+    migrated_database: Callable[[], str],
+    go_canary_pq: Path,
+) -> None:
+    verdict, service_db, _ = _scenario(
+        procs, graygate_config, fresh_database, migrated_database,
+        fault=None, check=_write_check, go_canary=go_canary_pq,
+    )  # fmt: skip
+    assert verdict["verdict"] == "GO", verdict
+    assert _check(verdict, "writes")["passed"] is True
+    moved = asyncio.run(_count(service_db, f"SELECT count(*) FROM {SCHEMA}.shadow_stock_moves"))
+    assert moved == 2 * ORDERS
