@@ -466,14 +466,14 @@ def _build(
 
 def _write_ruleset(prefix: str, w: WriteRules, max_body_bytes: int | None) -> RuleSet:
     """A write check's rules: its rows (a JSON array of objects) strict by default, paired
-    by ``key`` (else by position), compared as JSON whatever the content type; no status or
-    header is compared (both sides' are the same: the rows are all there is)."""
+    by ``key`` in any order (else by position), compared as JSON whatever the content
+    type; no status or header is compared (both sides' are the same: the rows are all)."""
     spec = RuleSpec(
         default="strict",
         strict=w.strict,
         ignore=w.ignore,
         tolerance=w.tolerance,
-        arrays={"$": ArrayRule(key=w.key)} if w.key else {},
+        arrays={"$": ArrayRule(key=w.key, unordered=True)} if w.key else {},
         status="ignore",
         body="json",
     )
