@@ -137,6 +137,7 @@ def _scenario(
     wait_records: bool = True,
     verdict_timeout: int = VERDICT_TIMEOUT_S,
     go_canary: Path | None = None,
+    seen: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], str, str]:
     """Run one scenario; (the verdict, the service database's URL, graygate's database).
     The canary is the Python stand-in, or the Go canary's binary ``go_canary``."""
@@ -166,7 +167,9 @@ def _scenario(
         },
     )
     procs.serve(config, graygate_db, f"http://127.0.0.1:{admin}")
-    _post_orders(f"http://127.0.0.1:{listen}", ORDERS)
+    traces = _post_orders(f"http://127.0.0.1:{listen}", ORDERS)
+    if seen is not None:
+        seen.update(admin=f"http://127.0.0.1:{admin}", traces=traces, run=run)
     if wait_records:
         _wait_for_write_records(graygate_db, ORDERS)
     return _verdict(run, graygate_db, verdict_timeout), service_db, graygate_db
@@ -216,11 +219,15 @@ def test_a_correct_canary_is_go_with_the_write_check_passing(
     fresh_database: Callable[[], str],
     migrated_database: Callable[[], str],
 ) -> None:
+    seen: dict[str, Any] = {}
     verdict, service_db, graygate_db = _scenario(
         procs, graygate_config, fresh_database, migrated_database,
-        fault=None, check=_write_check,
+        fault=None, check=_write_check, seen=seen,
     )  # fmt: skip
     assert verdict["verdict"] == "GO", verdict
+    # The API's exchange for a trace id is the request's own, not its write check's record.
+    status, body = procs.http_get(f"{seen['admin']}/api/v1/exchanges/{seen['traces'][0]}")
+    assert status == 200 and json.loads(body)["endpoint"] == "POST /api/orders", body[:300]
     writes = _check(verdict, "writes")
     assert writes["passed"] is True, writes
     # The write check compared rows (not two empty sets): both sides wrote 2 per order.
