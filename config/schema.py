@@ -382,6 +382,7 @@ class WriteRules(_Frozen):
     strict: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     tolerance: dict[str, Tolerance] = Field(default_factory=dict)
+    methods: tuple[str, ...] = ("POST", "PUT", "PATCH", "DELETE")  # the exchanges checked
 
     @property
     def endpoint(self) -> str:
@@ -540,6 +541,7 @@ class WriteCheck(_Frozen):
             strict=self.strict,
             ignore=self.ignore,
             tolerance=self.tolerance,
+            methods=self.methods,
         )
 
 

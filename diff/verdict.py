@@ -27,7 +27,8 @@ judgeable  no         exchanges whose truncated body could not be judged / (pair
                       exceeds ``max_unjudgeable_rate`` (the worst endpoint is named)
 writes     no         (with ``writes:``) a write check's failed reads / its checks
                       exceed ``max_write_failure_rate``; undecided (INCONCLUSIVE) while
-                      a configured write check has checked nothing
+                      a configured write check has compared nothing, or has not
+                      recorded more than ``max_backlog_rate`` of what it covers
 runtime    by config  see ``diff.runtime_checks``
 ========== ========== =================================================================
 
@@ -40,7 +41,7 @@ runtime source) is informational and changes nothing.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from config.schema import (
@@ -321,17 +322,37 @@ def _errors_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
     return Check("errors", not failing, round(worst, 6), threshold, detail)
 
 
-def _writes_check(a: RunAggregates, cfg: VerdictConfig, configured: Sequence[str]) -> Check:
+def _write_backlog(a: RunAggregates, endpoint: str, methods: Sequence[str]) -> tuple[int, int]:
+    """(exchanges a write check covers, of them not recorded by it yet): the attempted
+    exchanges of the endpoints with one of ``methods``, against the check's records."""
+    covered = sum(
+        e.attempted
+        for e in a.endpoints
+        if not e.endpoint.startswith(WRITE_ENDPOINT_PREFIX)
+        and e.endpoint.partition(" ")[0] in methods
+    )
+    done = sum(e.recorded for e in a.endpoints if e.endpoint == endpoint)
+    return covered, max(0, covered - done)
+
+
+def _writes_check(
+    a: RunAggregates, cfg: VerdictConfig, configured: Mapping[str, Sequence[str]]
+) -> Check:
     """The write checks (``WRITE <name>`` pseudo-endpoints): reads that failed (database
     away, query error, timeout: outcome ``error``) / write checks attempted, per check;
     above ``max_write_failure_rate`` the verdict is INCONCLUSIVE (not blocking: a failed
-    read says nothing against the canary, and nothing for it either). A configured check
-    with nothing checked yet leaves the check undecided (INCONCLUSIVE, never GO)."""
+    read says nothing against the canary, and nothing for it either). Undecided (never GO)
+    while a configured check has compared nothing, or has not yet recorded more than
+    ``max_backlog_rate`` of the exchanges it covers (``configured``: endpoint -> methods)."""
     threshold = cfg.max_write_failure_rate
     by_name = {e.endpoint: e for e in a.endpoints if e.endpoint.startswith(WRITE_ENDPOINT_PREFIX)}
     names = sorted(set(configured) | set(by_name))
     rows = [(by_name[n].errors, by_name[n].attempted, n) for n in names if n in by_name]
     unchecked = [n for n in names if n not in by_name or by_name[n].attempted == 0]
+    for n in sorted(configured):
+        covered, pending = _write_backlog(a, n, configured[n])
+        if n not in unchecked and pending > cfg.max_backlog_rate * covered + 1e-12:
+            unchecked.append(f"{n} ({pending} of {covered} exchange(s) not checked yet)")
     rates = [(_rate(bad, att), n, bad, att) for bad, att, n in rows if att > 0]
     rates.sort(key=lambda t: (-t[0], t[1]))
     observed = round(rates[0][0], 6) if rates else None
@@ -346,7 +367,7 @@ def _writes_check(a: RunAggregates, cfg: VerdictConfig, configured: Sequence[str
         )
         return Check("writes", False, observed, threshold, detail, blocking=False)
     if unchecked:
-        detail = "nothing checked yet: " + ", ".join(unchecked[:5])
+        detail = "not all checked yet: " + ", ".join(unchecked[:5])
         if rates:
             detail += "; " + "; ".join(line(r) for r in rates[:5])
         return Check("writes", None, observed, threshold, detail)
@@ -617,12 +638,12 @@ def decide(
     field's mismatches too (never more lenient). ``runtime`` is the runtime check, when
     there is one.
     """
-    writes: tuple[str, ...] = ()
+    writes: dict[str, tuple[str, ...]] = {}
     if isinstance(cfg, VerdictConfig):
         vcfg, ncfg = cfg, NoiseConfig()
     else:
         vcfg, ncfg = cfg.verdict, cfg.compare.noise
-        writes = tuple(w.endpoint for w in cfg.compare.writes)
+        writes = {w.endpoint: w.methods for w in cfg.compare.writes}
     if noise is None:
         noise = find_noise(aggregates, ncfg)
     noise_keys = frozenset((n.endpoint, n.field, n.kind) for n in noise)

@@ -93,6 +93,12 @@ async def _read(
 async def _check_one(
     run_id: int, check: WriteCheck, readers: _Readers, x: DueExchange
 ) -> RecordedExchange:
+    if not x.comparable:
+        return write_record(
+            run_id=run_id, name=check.name, span_id=write_span_id(check.name),
+            trace_id=x.trace_id, received_at=x.received_at, source=x.endpoint,
+            primary=None, canary=None,
+        )  # fmt: skip
     primary, canary = await asyncio.gather(
         _read(
             readers.get(check.primary, check.timeout_ms),

@@ -25,7 +25,7 @@ import orjson
 
 from config.schema import WRITE_ENDPOINT_PREFIX
 from graygate.values import Answer, RecordedExchange
-from graygate.vocabulary import ErrorKind, Role
+from graygate.vocabulary import ErrorKind, Role, SkipReason
 
 __all__ = [
     "WRITE_ENDPOINT_PREFIX",
@@ -117,14 +117,17 @@ def write_record(
     trace_id: str,
     received_at: datetime,
     source: str,
-    primary: SideRead,
-    canary: SideRead,
+    primary: SideRead | None,
+    canary: SideRead | None,
 ) -> RecordedExchange:
     """The record of write check ``name`` for one exchange (``source``: its endpoint, e.g.
     ``POST /api/orders``): same trace id and time, the pseudo-endpoint ``WRITE <name>``,
     each side's rows as its answer's body, or the error of a read that failed (its reason
     as the body, never a URL); the exchange's endpoint is the request header
-    ``x-graygate-write-of``."""
+    ``x-graygate-write-of``. Without reads (``None``) the record says the exchange was
+    not compared (``mirror_skipped`` ``not_write_checked``): the verdict sees every
+    exchange the check covers."""
+    skipped = primary is None or canary is None
     return RecordedExchange(
         run_id=run_id,
         trace_id=trace_id,
@@ -139,7 +142,7 @@ def write_record(
         request_body_truncated=False,
         gray_label=None,
         served_by=Role.PRIMARY,
-        mirror_skipped=None,
-        primary=_answer(primary),
-        canary=_answer(canary),
+        mirror_skipped=SkipReason.NOT_WRITE_CHECKED if skipped else None,
+        primary=None if primary is None or skipped else _answer(primary),
+        canary=None if canary is None or skipped else _answer(canary),
     )

@@ -136,3 +136,6 @@ class SkipReason(StrEnum):
     SATURATED = "saturated"
     UPGRADE_NOT_MIRRORED = "upgrade_not_mirrored"  # a protocol upgrade (WebSocket) tunnel
     CLIENT_ABORTED = "client_aborted"  # the client broke off its request body
+    # A write check's record (WRITE <name>) of an exchange it did not compare: the canary
+    # served it (its writes went to the real tables), or a side failed in transport.
+    NOT_WRITE_CHECKED = "not_write_checked"

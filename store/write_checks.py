@@ -50,6 +50,8 @@ class DueExchange:
     received_at: datetime
     method: str
     endpoint: str
+    # Both sides answered and the primary served it: its writes can be compared.
+    comparable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +73,10 @@ async def fetch_due(
     limit: int,
 ) -> list[DueExchange]:
     """The run's exchanges that write check ``name`` has not stored yet, oldest first after
-    ``after_id``: the request was mirrored (no skip), both sides answered, the primary
-    served it (a canary that served the client wrote the real tables), its method is one
-    of ``methods``, and it was recorded at least ``settle_ms`` ago."""
+    ``after_id``: the request was mirrored (no skip) and both sides left a trace, its
+    method is one of ``methods``, and it was recorded at least ``settle_ms`` ago. It is
+    ``comparable`` when both sides answered and the primary served it (a canary that
+    served the client wrote the real tables)."""
     e = exchanges.c
     w = exchanges.alias("w")
     done = sa.exists().where(
@@ -82,17 +85,27 @@ async def fetch_due(
         w.c.span_id == write_span_id(name),
     )
     stmt = (
-        sa.select(e.id, e.trace_id, e.received_at, e.method, e.endpoint)
+        sa.select(
+            e.id,
+            e.trace_id,
+            e.received_at,
+            e.method,
+            e.endpoint,
+            (
+                (e.served_by == Role.PRIMARY.value)
+                & e.primary_status.is_not(None)
+                & e.canary_status.is_not(None)
+                & e.primary_error.is_(None)
+                & e.canary_error.is_(None)
+            ).label("comparable"),
+        )
         .where(
             e.run_id == run_id,
             e.id > after_id,
             e.mirror_skipped.is_(None),
-            e.served_by == Role.PRIMARY.value,
             e.method.in_(list(methods)),
-            e.primary_status.is_not(None),
-            e.canary_status.is_not(None),
-            e.primary_error.is_(None),
-            e.canary_error.is_(None),
+            e.primary_status.is_not(None) | e.primary_error.is_not(None),
+            e.canary_status.is_not(None) | e.canary_error.is_not(None),
             e.recorded_at <= sa.func.now() - sa.literal(timedelta(milliseconds=settle_ms)),
             ~done,
         )
@@ -101,7 +114,10 @@ async def fetch_due(
     )
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
-    return [DueExchange(r.id, r.trace_id, r.received_at, r.method, r.endpoint) for r in rows]
+    return [
+        DueExchange(r.id, r.trace_id, r.received_at, r.method, r.endpoint, bool(r.comparable))
+        for r in rows
+    ]
 
 
 def create_reader(url: str, *, timeout_ms: int, pool_size: int = 2) -> AsyncEngine:

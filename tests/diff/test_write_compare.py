@@ -135,3 +135,34 @@ def test_writes_check_bound_and_inconclusive() -> None:
     assert r.verdict.value == "INCONCLUSIVE"
     # No writes configured and none recorded: no such check.
     assert all(c.name != "writes" for c in decide(_aggregates(http), VerdictConfig()).checks)
+
+
+def test_writes_check_waits_for_the_exchanges_it_covers() -> None:
+    cfg = _config()
+    http = EndpointCounts("POST /api/orders", recorded=100, judged=100, pairs=100, match=100,
+                          attempted=100)  # fmt: skip
+    gets = EndpointCounts("GET /api/orders/{id}", recorded=500, judged=500, pairs=500,
+                          match=500, attempted=500)  # fmt: skip
+
+    def write(recorded: int) -> EndpointCounts:
+        return EndpointCounts("WRITE stock_moves", recorded=recorded, judged=recorded,
+                              pairs=recorded, match=recorded, attempted=recorded)  # fmt: skip
+
+    # 99 of the 100 POSTs checked: 1% behind, at the backlog bound (GETs are not covered).
+    w = _writes(decide(_aggregates(http, gets, write(99)), cfg).checks)
+    assert w.passed is True, w  # type: ignore[attr-defined]
+    # 98: above it, undecided (INCONCLUSIVE, never GO), saying how many are behind.
+    r = decide(_aggregates(http, gets, write(98)), cfg)
+    w = _writes(r.checks)
+    assert w.passed is None and w.blocking, w  # type: ignore[attr-defined]
+    assert "2 of 100 exchange(s) not checked yet" in w.detail  # type: ignore[attr-defined]
+    assert r.verdict.value == "INCONCLUSIVE"
+
+
+def test_an_exchange_not_compared_is_recorded_as_skipped() -> None:
+    rec = write_record(
+        run_id=1, name="w", span_id="write:w", trace_id="t", received_at=WHEN, source="POST /x",
+        primary=None, canary=None,
+    )  # fmt: skip
+    assert rec.mirror_skipped == "not_write_checked"
+    assert rec.primary is None and rec.canary is None
