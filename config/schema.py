@@ -16,6 +16,7 @@ from yarl import URL
 
 __all__ = [
     "SIDE_EFFECT_METHODS",
+    "WRITE_ENDPOINT_PREFIX",
     "AdminConfig",
     "AdminToken",
     "ArrayRule",
@@ -45,6 +46,9 @@ __all__ = [
     "VerdictConfig",
     "VersionsConfig",
     "WaiverSpec",
+    "WriteCheck",
+    "WriteRules",
+    "WriteSide",
     "check_database_url",
     "is_loopback_listen",
     "parse_listen",
@@ -397,9 +401,33 @@ class NoiseConfig(_Frozen):
     min_secondary_pairs: int = Field(default=20, ge=1, le=1_000_000)
 
 
+# The pseudo-endpoint of a write check: "WRITE stock_moves".
+WRITE_ENDPOINT_PREFIX = "WRITE "
+_WRITE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+
+
+class WriteRules(_Frozen):
+    """A write check's comparison rules (derived from ``writes:``; never written by hand):
+    the rows of both sides as a JSON array of objects, paired by ``key`` or by position."""
+
+    name: str = Field(pattern=_WRITE_NAME)
+    key: str | None = None
+    strict: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    tolerance: dict[str, Tolerance] = Field(default_factory=dict)
+    methods: tuple[str, ...] = ("POST", "PUT", "PATCH", "DELETE")  # the exchanges checked
+
+    @property
+    def endpoint(self) -> str:
+        return WRITE_ENDPOINT_PREFIX + self.name
+
+
 class CompareConfig(_Frozen):
     defaults: RuleSpec = Field(default_factory=RuleSpec)
     endpoints: tuple[EndpointRules, ...] = ()
+    # Filled from the top-level ``writes:`` (one per write check), so that every RuleBook
+    # compiled from a stored ``compare`` section judges the WRITE pseudo-endpoints alike.
+    writes: tuple[WriteRules, ...] = Field(default=(), max_length=64)
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
     max_body_bytes: int = Field(default=1_048_576, ge=0, le=268_435_456)
 
@@ -452,6 +480,9 @@ class VerdictConfig(_Frozen):
     # share of compared exchanges (pairs + unjudgeable) a truncated body left unjudged above
     # which the verdict is INCONCLUSIVE (never GO)
     max_unjudgeable_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    # Write checks that could not run (database away, query error, timeout) / write checks
+    # attempted; above it the verdict is INCONCLUSIVE (the ``writes`` check).
+    max_write_failure_rate: float = Field(default=0.01, ge=0.0, le=1.0)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
 
 
@@ -543,6 +574,65 @@ class ShutdownConfig(_Frozen):
     grace_s: float = Field(default=5.0, ge=0.0, le=300.0)
 
 
+class WriteSide(_Frozen):
+    """One side of a write check: where to read, and the read (``:trace_id`` bound)."""
+
+    url: str = Field(repr=False)  # a secret: censored wherever a configuration is shown
+    query: str = Field(min_length=1, max_length=10_000)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_database_url(value)
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str) -> str:
+        if ":trace_id" not in value:
+            raise ValueError("the query must use the parameter :trace_id")
+        if ";" in value.strip().rstrip(";"):
+            raise ValueError("one statement only (no ';' inside the query)")
+        return value.strip().rstrip(";")
+
+
+class WriteCheck(_Frozen):
+    """``writes:`` one shadow-write comparison: after an exchange whose request was mirrored,
+    the rows each side wrote (read by trace id) compared under the usual rules, as the
+    pseudo-endpoint ``WRITE <name>``. graygate only reads, in READ ONLY transactions."""
+
+    name: str = Field(pattern=_WRITE_NAME)
+    primary: WriteSide
+    canary: WriteSide
+    key: str | None = Field(default=None, min_length=1)  # rows paired by it; else by position
+    strict: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    tolerance: dict[str, Tolerance] = Field(default_factory=dict)
+    # Only exchanges with these methods are checked (a GET writes nothing to compare).
+    methods: tuple[str, ...] = ("POST", "PUT", "PATCH", "DELETE")
+    settle_ms: int = Field(default=500, ge=0, le=600_000)
+    timeout_ms: int = Field(default=2_000, gt=0, le=600_000)
+    max_rows: int = Field(default=1_000, ge=1, le=100_000)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out = tuple(m.upper() for m in value)
+        bad = [m for m in out if m not in _KNOWN_METHODS]
+        if bad:
+            raise ValueError(f"unknown HTTP method {bad[0]!r}")
+        return out
+
+    def rules(self) -> WriteRules:
+        return WriteRules(
+            name=self.name,
+            key=self.key,
+            strict=self.strict,
+            ignore=self.ignore,
+            tolerance=self.tolerance,
+            methods=self.methods,
+        )
+
+
 class GraygateConfig(_Frozen):
     run: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
     # inline: graygate stands in front of the primary and serves the clients; shadow: it
@@ -572,6 +662,8 @@ class GraygateConfig(_Frozen):
     # audit trail as source "config".
     waivers: tuple[WaiverSpec, ...] = Field(default=(), max_length=1_000)
     versions: VersionsConfig = Field(default_factory=VersionsConfig)
+    # Shadow-write comparisons (README "Comparing writes").
+    writes: tuple[WriteCheck, ...] = Field(default=(), max_length=64)
 
     _v_listen = field_validator("listen")(_check_listen)
 
@@ -589,6 +681,29 @@ class GraygateConfig(_Frozen):
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP network (CIDR)") from None
         return out
+
+    @model_validator(mode="after")
+    def _writes(self) -> GraygateConfig:
+        names = [w.name for w in self.writes]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"writes: the name {dup[0]!r} is used twice")
+        unmirrored = [
+            w.name
+            for w in self.writes
+            if not set(w.methods) & (self.mirror.mirrored_methods or frozenset())
+        ]
+        if unmirrored:
+            raise ValueError(
+                f"writes: {unmirrored[0]!r} checks methods that are never mirrored "
+                "(POST/PUT/PATCH/DELETE need mirror.allow_side_effects: true and the "
+                "method in mirror.methods)"
+            )
+        rules = tuple(w.rules() for w in self.writes)
+        if rules != self.compare.writes:
+            # Frozen: set once here, while validating (the derived section, not user input).
+            object.__setattr__(self, "compare", self.compare.model_copy(update={"writes": rules}))
+        return self
 
 
 class JudgingConfig(_Frozen):

@@ -51,7 +51,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Literal
 
-from config.schema import ArrayRule, CompareConfig, HeaderRules, RuleSpec, Tolerance
+from config.schema import ArrayRule, CompareConfig, HeaderRules, RuleSpec, Tolerance, WriteRules
 from diff.endpoints import EndpointMatcher, normalise_pattern
 from diff.paths import DEEP, Location, MatchState, Path, PathMatcher, compile_path
 from graygate.errors import ConfigError
@@ -372,6 +372,8 @@ class RuleBook:
             for p in patterns
         )
         self._lookup = lru_cache(maxsize=4096)(self._resolve)
+        # The write checks' pseudo-endpoints ("WRITE stock_moves"), looked up by name.
+        self._writes: dict[str, RuleSet] = {}
 
     @classmethod
     def from_config(cls, cfg: CompareConfig) -> RuleBook:
@@ -395,7 +397,10 @@ class RuleBook:
                 normalised, d, ep, d_rules + e_rules, {**d_arrays, **e_arrays}, cfg.max_body_bytes
             )
             patterns.append(normalised)
-        return cls(defaults, endpoints, tuple(patterns), cfg)
+        book = cls(defaults, endpoints, tuple(patterns), cfg)
+        for i, w in enumerate(cfg.writes):
+            book._writes[w.endpoint] = _write_ruleset(f"writes[{i}]", w, cfg.max_body_bytes)
+        return book
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         if self.config is not None:
@@ -407,6 +412,8 @@ class RuleBook:
         return self._lookup(endpoint)
 
     def _resolve(self, endpoint: str) -> RuleSet:
+        if endpoint in self._writes:
+            return self._writes[endpoint]
         if not self._templates:
             return self.defaults
         method, _, path = endpoint.partition(" ")
@@ -455,3 +462,20 @@ def _build(
         body=pick("body", "auto"),
         max_body_bytes=max_body_bytes,
     )
+
+
+def _write_ruleset(prefix: str, w: WriteRules, max_body_bytes: int | None) -> RuleSet:
+    """A write check's rules: its rows (a JSON array of objects) strict by default, paired
+    by ``key`` in any order (else by position), compared as JSON whatever the content
+    type; no status or header is compared (both sides' are the same: the rows are all)."""
+    spec = RuleSpec(
+        default="strict",
+        strict=w.strict,
+        ignore=w.ignore,
+        tolerance=w.tolerance,
+        arrays={"$": ArrayRule(key=w.key, unordered=True)} if w.key else {},
+        status="ignore",
+        body="json",
+    )
+    rules, arrays = _compile_spec(prefix, spec, 1)
+    return _build(w.endpoint, RuleSpec(), spec, rules, arrays, max_body_bytes)

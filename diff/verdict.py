@@ -25,6 +25,10 @@ recording  no         unrecorded / (recorded + unrecorded) exceeds ``max_unrecor
 backlog    no         recorded but not yet judged exceeds ``max_backlog_rate``
 judgeable  no         exchanges whose truncated body could not be judged / (pairs + those)
                       exceeds ``max_unjudgeable_rate`` (the worst endpoint is named)
+writes     no         (with ``writes:``) a write check's failed reads / its checks
+                      exceed ``max_write_failure_rate``; undecided (INCONCLUSIVE) while
+                      a configured write check has compared nothing, or has not
+                      recorded more than ``max_backlog_rate`` of what it covers
 runtime    by config  see ``diff.runtime_checks``
 ========== ========== =================================================================
 
@@ -37,10 +41,11 @@ runtime source) is informational and changes nothing.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from config.schema import (
+    WRITE_ENDPOINT_PREFIX,
     GraygateConfig,
     JudgingConfig,
     LatencyConfig,
@@ -285,7 +290,7 @@ def _errors_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
     rows = [
         (_rate(e.canary_failures, e.attempted) - _rate(e.primary_failures, e.attempted), e)
         for e in a.endpoints
-        if e.attempted > 0
+        if e.attempted > 0 and not e.endpoint.startswith(WRITE_ENDPOINT_PREFIX)
     ]
     if not rows:
         return Check("errors", None, None, threshold, "no mirrored exchanges judged yet")
@@ -315,6 +320,59 @@ def _errors_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
             f"errors; worst endpoint {line(*rows[0])}"
         )
     return Check("errors", not failing, round(worst, 6), threshold, detail)
+
+
+def _write_backlog(a: RunAggregates, endpoint: str, methods: Sequence[str]) -> tuple[int, int]:
+    """(exchanges a write check covers, of them not recorded by it yet): the attempted
+    exchanges of the endpoints with one of ``methods``, against the check's records."""
+    covered = sum(
+        e.attempted
+        for e in a.endpoints
+        if not e.endpoint.startswith(WRITE_ENDPOINT_PREFIX)
+        and e.endpoint.partition(" ")[0] in methods
+    )
+    done = sum(e.recorded for e in a.endpoints if e.endpoint == endpoint)
+    return covered, max(0, covered - done)
+
+
+def _writes_check(
+    a: RunAggregates, cfg: VerdictConfig, configured: Mapping[str, Sequence[str]]
+) -> Check:
+    """The write checks (``WRITE <name>`` pseudo-endpoints): reads that failed (database
+    away, query error, timeout: outcome ``error``) / write checks attempted, per check;
+    above ``max_write_failure_rate`` the verdict is INCONCLUSIVE (not blocking: a failed
+    read says nothing against the canary, and nothing for it either). Undecided (never GO)
+    while a configured check has compared nothing, or has not yet recorded more than
+    ``max_backlog_rate`` of the exchanges it covers (``configured``: endpoint -> methods)."""
+    threshold = cfg.max_write_failure_rate
+    by_name = {e.endpoint: e for e in a.endpoints if e.endpoint.startswith(WRITE_ENDPOINT_PREFIX)}
+    names = sorted(set(configured) | set(by_name))
+    rows = [(by_name[n].errors, by_name[n].attempted, n) for n in names if n in by_name]
+    unchecked = [n for n in names if n not in by_name or by_name[n].attempted == 0]
+    for n in sorted(configured):
+        covered, pending = _write_backlog(a, n, configured[n])
+        if n not in unchecked and pending > cfg.max_backlog_rate * covered + 1e-12:
+            unchecked.append(f"{n} ({pending} of {covered} exchange(s) not checked yet)")
+    rates = [(_rate(bad, att), n, bad, att) for bad, att, n in rows if att > 0]
+    rates.sort(key=lambda t: (-t[0], t[1]))
+    observed = round(rates[0][0], 6) if rates else None
+    failing = [r for r in rates if r[0] > threshold + 1e-12]
+
+    def line(r: tuple[float, str, int, int]) -> str:
+        return f"{r[1]} {r[2]}/{r[3]} read(s) failed ({_pct(r[0])})"
+
+    if failing:
+        detail = f"write checks that could not run above {_pct(threshold)}: " + "; ".join(
+            line(r) for r in failing[:5]
+        )
+        return Check("writes", False, observed, threshold, detail, blocking=False)
+    if unchecked:
+        detail = "not all checked yet: " + ", ".join(unchecked[:5])
+        if rates:
+            detail += "; " + "; ".join(line(r) for r in rates[:5])
+        return Check("writes", None, observed, threshold, detail)
+    detail = f"{len(rates)} write check(s) ran; worst {line(rates[0])}"
+    return Check("writes", True, observed, threshold, detail)
 
 
 def _latency_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
@@ -582,10 +640,12 @@ def decide(
     field's mismatches too (never more lenient). ``runtime`` is the runtime check, when
     there is one.
     """
+    writes: dict[str, tuple[str, ...]] = {}
     if isinstance(cfg, VerdictConfig):
         vcfg, ncfg = cfg, NoiseConfig()
     else:
         vcfg, ncfg = cfg.verdict, cfg.compare.noise
+        writes = {w.endpoint: w.methods for w in cfg.compare.writes}
     if noise is None:
         noise = find_noise(aggregates, ncfg)
     noise_keys = frozenset((n.endpoint, n.field, n.kind) for n in noise)
@@ -612,6 +672,8 @@ def decide(
         _backlog_check(aggregates, vcfg),
         _judgeable_check(aggregates, vcfg),
     ]
+    if writes or any(e.endpoint.startswith(WRITE_ENDPOINT_PREFIX) for e in aggregates.endpoints):
+        checks.append(_writes_check(aggregates, vcfg, writes))
     if runtime is not None:
         checks.append(runtime)
     if preflight is not None:

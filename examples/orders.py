@@ -20,7 +20,17 @@ as Go's encoding/json prints it).
 
 Faults (the stand-in only; env ``ORDERS_FAULTS=a,b=1`` and/or repeated ``--fault a``):
 ``rounding``, ``timestamp_format``, ``item_order``, ``stock_deduction[=0.2]``,
-``latency[=20ms]``, ``goroutine_leak``, ``gc_pressure[=20ms]``, ``pprof_on_serving_port``.
+``latency[=20ms]``, ``goroutine_leak``, ``gc_pressure[=20ms]``, ``pprof_on_serving_port``;
+with a database, the write faults (the answer stays the primary's): ``stock_write[=0.2]``
+(the Go canary has it too), and, this module only, ``stock_write_missing[=0.2]``,
+``stock_write_extra[=0.2]``, ``shadow_ignored``.
+
+Writes (``--database URL``, env ``ORDERS_DATABASE_URL``; ``--db-schema``, env
+``ORDERS_DB_SCHEMA``, default ``orders_demo``): each order a POST creates is written, in one
+transaction, as one row of ``orders`` and one row of ``stock_moves`` per line (``qty`` the
+stock change, negative), both carrying the request's ``X-Trace-ID`` in ``trace_id``; a
+request with ``X-Gray-Shadow: 1`` writes ``shadow_orders`` and ``shadow_stock_moves``
+instead. The service creates its schema and the four tables when they are missing.
 """
 
 from __future__ import annotations
@@ -81,6 +91,11 @@ SALT_SKU = 0x736B755F63617461
 SALT_CUSTOMER = 0x637573746F6D6572
 SALT_CREATED = 0x637265617465645F
 SALT_FAULT = 0x6661756C745F7374
+SALT_WRITE = 0x77726974655F7174  # the write faults' draw
+
+DB_SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+DB_TABLES = ("orders", "stock_moves", "shadow_orders", "shadow_stock_moves")
+DB_LOCK_KEY = 0x6F7264657273  # advisory lock: one service creates the tables at a time
 
 FIRST_NAMES = (
     "Ada", "Alan", "Barbara", "Claude", "Donald", "Edsger", "Frances", "Grace",
@@ -188,14 +203,20 @@ def _customer(customer_id: str) -> tuple[str, str]:
 
 FAULT_NAMES = (
     "gc_pressure",
+    "shadow_ignored",
     "goroutine_leak",
     "item_order",
     "latency",
     "pprof_on_serving_port",
     "rounding",
     "stock_deduction",
+    "stock_write",
+    "stock_write_extra",
+    "stock_write_missing",
     "timestamp_format",
 )
+# The faults whose value is a fraction of orders (default 0.2).
+_FRACTION_FAULTS = ("stock_deduction", "stock_write", "stock_write_extra", "stock_write_missing")
 
 
 class FaultError(ValueError):
@@ -215,6 +236,11 @@ class Faults:
     goroutine_leak: bool = False
     gc_pressure: float = 0.0  # seconds each forced collection should take at least
     pprof_on_serving_port: bool = False
+    # Write faults (with a database): the answer is the primary's, the rows are not.
+    stock_write: float = 0.0  # a stock move with the wrong qty (one more deducted)
+    stock_write_missing: float = 0.0  # an order's last stock move not written
+    stock_write_extra: float = 0.0  # an order's first stock move written twice
+    shadow_ignored: bool = False  # shadow requests written to the real tables
 
     @property
     def stock_deduction_threshold(self) -> int:
@@ -243,7 +269,7 @@ def parse_faults(specs: Iterable[str]) -> Faults:
             name, value = name.strip(), value.strip()
             if name not in FAULT_NAMES:
                 raise FaultError(f'unknown fault "{name}" (known: {", ".join(FAULT_NAMES)})')
-            if name == "stock_deduction":
+            if name in _FRACTION_FAULTS:
                 if not eq:
                     values[name] = 0.2
                     continue
@@ -344,6 +370,9 @@ class State:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     never: asyncio.Event = field(default_factory=asyncio.Event)
     gc: GcStats = field(default_factory=GcStats)
+    database_url: str | None = None
+    db_schema: str = "orders_demo"
+    db: Any = None  # asyncpg pool, when database_url is set
 
     def store(self, shadow: bool) -> Store:
         return self.shadow if shadow else self.real
@@ -597,8 +626,100 @@ async def create_order(request: web.Request) -> web.Response:
         store.updated[sku] = max(store.updated[sku], created)
     order = Order(order_id, customer_id, "pending", "USD", tuple(items), created, created,
                   not faulty)  # fmt: skip
+    if st.db is not None and trace:
+        await write_order(st, order, trace, shadow=shadow)
     store.orders[order_id] = order
     return _json(render_order(order, st), 201)
+
+
+# --------------------------------------------------------------------------- database
+
+
+def _fraction_hit(order_id: int, fraction: float) -> bool:
+    return SplitMix64(SALT_WRITE ^ order_id).next() % 10000 < math.floor(fraction * 10000 + 0.5)
+
+
+def stock_moves(order: Order, faults: Faults) -> list[tuple[str, int, str]]:
+    """The stock moves an order writes: (sku, qty, reason), qty negative (a deduction);
+    the write faults change them (the answer does not change)."""
+    moves = [(it.sku, -it.qty, "order") for it in order.items]
+    if faults.stock_write and _fraction_hit(order.id, faults.stock_write):
+        sku, qty, reason = moves[0]
+        moves[0] = (sku, qty - 1, reason)
+    if faults.stock_write_missing and _fraction_hit(order.id, faults.stock_write_missing):
+        moves = moves[:-1]
+    if faults.stock_write_extra and _fraction_hit(order.id, faults.stock_write_extra):
+        moves.append(moves[0])
+    return moves
+
+
+async def write_order(st: State, order: Order, trace: str, *, shadow: bool) -> None:
+    """The order's rows, in one transaction: ``orders`` and ``stock_moves`` (``shadow_``
+    tables for a shadow request)."""
+    prefix = "shadow_" if shadow and not st.faults.shadow_ignored else ""
+    schema = st.db_schema
+    total = sum(it.qty * it.price_cents for it in order.items)
+    try:
+        async with st.db.acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"INSERT INTO {schema}.{prefix}orders (trace_id, order_id, customer_id, "
+                "total_cents, items) VALUES ($1, $2, $3, $4, $5)",
+                trace, order.id, order.customer_id, total, len(order.items),
+            )  # fmt: skip
+            await conn.executemany(
+                f"INSERT INTO {schema}.{prefix}stock_moves (trace_id, order_id, sku, qty, "
+                "reason) VALUES ($1, $2, $3, $4, $5)",
+                [(trace, order.id, sku, qty, reason) for sku, qty, reason in
+                 stock_moves(order, st.faults)],
+            )  # fmt: skip
+    except (TimeoutError, OSError) as exc:
+        raise ApiError(503, "database unavailable") from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("asyncpg"):
+            log.warning("writing order %s failed: %s", order.id, exc)
+            raise ApiError(503, "database unavailable") from exc
+        raise
+
+
+def schema_ddl(schema: str) -> list[str]:
+    """The statements that create the service's schema and tables when missing."""
+    out = [f"CREATE SCHEMA IF NOT EXISTS {schema}"]
+    for prefix in ("", "shadow_"):
+        out += [
+            f"CREATE TABLE IF NOT EXISTS {schema}.{prefix}orders (id bigserial PRIMARY KEY, "
+            "trace_id text NOT NULL, order_id bigint NOT NULL, customer_id text NOT NULL, "
+            "total_cents bigint NOT NULL, items integer NOT NULL, "
+            "created_at timestamptz NOT NULL DEFAULT now())",
+            f"CREATE INDEX IF NOT EXISTS {prefix}orders_trace_id ON {schema}.{prefix}orders "
+            "(trace_id)",
+            f"CREATE TABLE IF NOT EXISTS {schema}.{prefix}stock_moves (id bigserial PRIMARY "
+            "KEY, trace_id text NOT NULL, order_id bigint NOT NULL, sku text NOT NULL, "
+            "qty integer NOT NULL, reason text NOT NULL, "
+            "created_at timestamptz NOT NULL DEFAULT now())",
+            f"CREATE INDEX IF NOT EXISTS {prefix}stock_moves_trace_id ON "
+            f"{schema}.{prefix}stock_moves (trace_id)",
+        ]
+    return out
+
+
+async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
+    st = app[STATE]
+    if st.database_url is None:
+        yield
+        return
+    import asyncpg  # only with a database: the service runs without it
+
+    dsn = st.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    st.db = await asyncpg.create_pool(dsn, min_size=1, max_size=8, timeout=10)
+    try:
+        async with st.db.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", DB_LOCK_KEY)
+            for stmt in schema_ddl(st.db_schema):
+                await conn.execute(stmt)
+        yield
+    finally:
+        await st.db.close()
+        st.db = None
 
 
 async def get_inventory(request: web.Request) -> web.Response:
@@ -750,14 +871,23 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_app(
-    impl: str = "python", faults: Faults = Faults(), *, debug_vars: bool = False
+    impl: str = "python",
+    faults: Faults = Faults(),
+    *,
+    debug_vars: bool = False,
+    database_url: str | None = None,
+    db_schema: str = "orders_demo",
 ) -> web.Application:
     """The order service. ``impl`` goes into ``meta.served_by``; ``debug_vars`` adds the
-    stand-in's expvar-shaped ``/debug/vars``."""
+    stand-in's expvar-shaped ``/debug/vars``; ``database_url`` makes it write its orders
+    and stock moves to PostgreSQL, in ``db_schema``."""
+    if DB_SCHEMA_RE.fullmatch(db_schema) is None:
+        raise ValueError(f'--db-schema: "{db_schema}" is not a lower-case SQL identifier')
     app = web.Application(middlewares=[fault_middleware, error_middleware],
                           client_max_size=MAX_BODY_BYTES)  # fmt: skip
-    app[STATE] = State(impl=impl, faults=faults)
+    app[STATE] = State(impl=impl, faults=faults, database_url=database_url, db_schema=db_schema)
     app.cleanup_ctx.append(_runtime_ctx)
+    app.cleanup_ctx.append(_db_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/api/orders", create_order)
     app.router.add_get("/api/orders/{id}", get_order)
@@ -818,6 +948,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"plant a fault (canary-standin only; repeatable; also env ORDERS_FAULTS): "
         f"{', '.join(FAULT_NAMES)}",
     )
+    parser.add_argument(
+        "--database",
+        default=os.environ.get("ORDERS_DATABASE_URL") or None,
+        metavar="URL",
+        help="write orders and stock moves to this PostgreSQL (env ORDERS_DATABASE_URL)",
+    )
+    parser.add_argument(
+        "--db-schema",
+        default=os.environ.get("ORDERS_DB_SCHEMA") or "orders_demo",
+        help="the schema of its tables (env ORDERS_DB_SCHEMA; default orders_demo)",
+    )
     args = parser.parse_args(argv)
     standin = args.role == "canary-standin"
     try:
@@ -825,11 +966,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not standin and args.fault:
             raise FaultError("faults apply only to --role canary-standin")
         host, port = _split_listen(args.listen)
+        app = make_app(
+            "python-standin" if standin else "python",
+            faults,
+            debug_vars=standin,
+            database_url=args.database,
+            db_schema=args.db_schema,
+        )
     except ValueError as e:
         print(f"orders: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = make_app("python-standin" if standin else "python", faults, debug_vars=standin)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(app, host, port))
     return 0

@@ -419,7 +419,7 @@ def config_check(config_path: str | None) -> None:
     metavar="NAME[=VALUE]",
     help="Plant one fault in the canary: rounding, timestamp_format, item_order, "
     "stock_deduction[=0.2], latency[=20ms], goroutine_leak, gc_pressure[=20ms], "
-    "pprof_on_serving_port.",
+    "pprof_on_serving_port, stock_write[=0.2].",
 )
 @click.option(
     "--rate",

@@ -265,15 +265,28 @@ def _source_hash(src: Path) -> str:
     return h.hexdigest()[:16]
 
 
+# GOPATH holding github.com/lib/pq (Debian's golang-github-lib-pq-dev): the canary is built
+# with it, offline, in GOPATH mode with the pq tag, so that it can write to PostgreSQL.
+PQ_GOPATH = Path("/usr/share/gocode")
+
+
+def pq_available(gopath: Path = PQ_GOPATH) -> bool:
+    """Whether the Go PostgreSQL driver lib/pq is in ``gopath`` (the canary's writes)."""
+    return (gopath / "src" / "github.com" / "lib" / "pq" / "conn.go").is_file()
+
+
 def build_go_canary(bin_dir: Path, *, go: str | None = None, src: Path = CANARY_SRC) -> Path:
     """The Go canary's binary in ``bin_dir``, built unless one from the same sources is
-    there. Raises DemoError when ``go`` is missing or the build fails."""
+    there; with PostgreSQL writes (``-tags pq``, GOPATH mode, no module fetched) when
+    lib/pq is installed (:func:`pq_available`). Raises DemoError when ``go`` is missing or
+    the build fails."""
     go = go or shutil.which("go")
     if go is None:
         raise DemoError("the Go toolchain (`go`) is not on PATH")
     if not src.is_dir():
         raise DemoError(f"the Go canary's sources are not at {src}")
-    target = bin_dir / f"canary-{_source_hash(src)}"
+    pq = pq_available()
+    target = bin_dir / f"canary-{_source_hash(src)}{'-pq' if pq else ''}"
     if target.is_file() and os.access(target, os.X_OK):
         return target
     bin_dir.mkdir(parents=True, exist_ok=True)
@@ -281,9 +294,13 @@ def build_go_canary(bin_dir: Path, *, go: str | None = None, src: Path = CANARY_
     env = dict(os.environ)
     if not env.get("GOCACHE") and not env.get("HOME") and not env.get("XDG_CACHE_HOME"):
         env["GOCACHE"] = str(bin_dir / "go-cache")
+    argv = [go, "build", "-o", str(tmp), "."]
+    if pq:
+        env.update(GO111MODULE="off", GOPATH=str(PQ_GOPATH), GOFLAGS="")
+        argv[2:2] = ["-tags", "pq"]
     try:
         proc = subprocess.run(
-            [go, "build", "-o", str(tmp), "."],
+            argv,
             cwd=src,
             env=env,
             capture_output=True,
@@ -349,7 +366,17 @@ def _check_fault(fault: str | None) -> None:
         raise DemoError(f"--fault: {exc}") from None
 
 
-def _write_config(plan: _Plan, primary: str, canary: str, listen: str, admin: str) -> Path:
+DEMO_SCHEMA = "orders_demo"  # the demo services' tables, in the demo's database
+
+
+def _write_config(
+    plan: _Plan,
+    primary: str,
+    canary: str,
+    listen: str,
+    admin: str,
+    writes_url: str | None = None,
+) -> Path:
     from config.schema import GraygateConfig
 
     try:
@@ -363,6 +390,13 @@ def _write_config(plan: _Plan, primary: str, canary: str, listen: str, admin: st
     runtime = data.setdefault("runtime", {})
     runtime.setdefault("canary", {})["expvar"] = f"{canary}/debug/vars"
     data.pop("database", None)  # serve gets --database-url
+    if writes_url is None:
+        data.pop("writes", None)  # the canary cannot write: nothing to compare
+    else:
+        # The services write to the demo's database (DEMO_SCHEMA): the checks read it.
+        for check in data.get("writes") or ():
+            for side in ("primary", "canary"):
+                check.setdefault(side, {})["url"] = writes_url
     try:
         GraygateConfig.model_validate(data)
     except ValueError as exc:
@@ -568,23 +602,28 @@ async def _write_report(plan: _Plan, session: aiohttp.ClientSession, admin: str)
 async def _demo(plan: _Plan, database_url: str) -> int:
     env = _child_env()
     fault_args: list[str] = []
-    # 1. primary and canary
+    # 1. primary and canary, writing their orders to the demo's database (the Go canary
+    # when it was built with the PostgreSQL driver)
+    writes = plan.canary_bin is None or plan.canary_bin.name.endswith("-pq")
+    db_args = ["--database", database_url, "--db-schema", DEMO_SCHEMA]
     _, primary = await _start_service(
         plan,
         "primary",
-        [sys.executable, "-m", "graygate.examples.orders", "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "graygate.examples.orders", "--listen", "127.0.0.1:0", *db_args],
     )
     plan.step("primary", f"{primary}  (Python, pid {plan.children[-1].pid})")
     if plan.canary_bin is not None:
         if plan.fault:
             fault_args = ["-fault", plan.fault]
         argv = [str(plan.canary_bin), "-listen", "127.0.0.1:0", *fault_args]
+        if writes:
+            argv += ["-database", database_url, "-db-schema", DEMO_SCHEMA]
         kind = "Go"
     else:
         if plan.fault:
             fault_args = ["--fault", plan.fault]
         argv = [sys.executable, "-m", "graygate.examples.orders", "--listen", "127.0.0.1:0",
-                "--role", "canary-standin", *fault_args]  # fmt: skip
+                "--role", "canary-standin", *fault_args, *db_args]  # fmt: skip
         kind = "Python stand-in"
     _, canary = await _start_service(plan, "canary", argv)
     planted = f", fault {plan.fault}" if plan.fault else ", no fault"
@@ -593,7 +632,17 @@ async def _demo(plan: _Plan, database_url: str) -> int:
     # 2. graygate serve
     listen = f"127.0.0.1:{free_port()}"
     admin_listen = f"127.0.0.1:{free_port()}"
-    cfg = _write_config(plan, primary, canary, listen, admin_listen)
+    cfg = _write_config(
+        plan, primary, canary, listen, admin_listen, database_url if writes else None
+    )
+    if not writes:
+        plan.say(
+            Text(
+                f"{'writes':<10}not compared: the Go canary was built without lib/pq "
+                "(golang-github-lib-pq-dev)",
+                style="yellow",
+            )
+        )
     proxy, admin = f"http://{listen}", f"http://{admin_listen}"
     serve = _spawn(
         "graygate serve",

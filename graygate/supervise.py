@@ -322,6 +322,7 @@ async def _serve(
 ) -> int:
     from diff.rules import RuleBook
     from diff.worker import run_workers
+    from diff.write_checker import write_checker
     from graygate.admin.app import make_admin_app
     from graygate.preflight import preflight
     from graygate.runtime_sampler import runtime_sampler_ctx
@@ -381,6 +382,7 @@ async def _serve(
                 await stack.enter_async_context(
                     run_workers(engine, run_id, RuleBook.from_config(cfg.compare), count=1)
                 )
+                await stack.enter_async_context(write_checker(engine, run_id, cfg.writes))
                 if cfg.runtime.canary is not None or cfg.runtime.primary is not None:
                     sampler_app = web.Application()
                     sampler_app.cleanup_ctx.append(runtime_sampler_ctx(cfg, engine, run_id))

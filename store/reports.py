@@ -480,7 +480,8 @@ async def list_differences(
 async def exchange_by_trace(
     engine: AsyncEngine, trace_id: str, *, run: str | None = None
 ) -> ExchangeDetail | None:
-    """The latest exchange recorded under ``trace_id`` (in ``run`` when given), or None."""
+    """The latest exchange recorded under ``trace_id`` (in ``run`` when given), or None; a
+    write check's record (``WRITE <name>``) only when the request's own is not there."""
     e = exchanges
     async with _connect(engine) as conn:
         query = (
@@ -490,7 +491,9 @@ async def exchange_by_trace(
         )
         if run is not None:
             query = query.where(e.c.run_id == await _run_id(conn, run))
-        row = (await conn.execute(query.order_by(e.c.id.desc()).limit(1))).one_or_none()
+        # The request's own exchange before a write check's record of it (method WRITE).
+        first = sa.case((e.c.method == "WRITE", 1), else_=0)
+        row = (await conn.execute(query.order_by(first, e.c.id.desc()).limit(1))).one_or_none()
         if row is None:
             return None
         diffs = (

@@ -27,6 +27,7 @@ DIFF_CORE = (
     "diff.stats",
     "diff.verdict",
     "diff.runtime_checks",
+    "diff.write_compare",
     "diff.endpoints",
 )
 IO_LIBRARIES = frozenset({"aiohttp", "sqlalchemy", "asyncpg", "alembic", "store"})

@@ -15,7 +15,14 @@
 //
 // Faults: env ORDERS_FAULTS=a,b=v and/or repeated -fault a -fault b=v:
 // rounding, timestamp_format, item_order, stock_deduction[=0.2], latency[=20ms],
-// goroutine_leak, gc_pressure[=20ms], pprof_on_serving_port.
+// goroutine_leak, gc_pressure[=20ms], pprof_on_serving_port, stock_write[=0.2] (with a
+// database: the answer is the primary's, the first stock move of a fraction of orders
+// deducts one more).
+//
+// Writes: -database URL (env ORDERS_DATABASE_URL) and -db-schema (env ORDERS_DB_SCHEMA,
+// default orders_demo): each order a POST creates is written as a row of orders and one row
+// of stock_moves per line, with the request's X-Trace-ID; X-Gray-Shadow: 1 writes
+// shadow_orders and shadow_stock_moves instead. Needs the pq build tag (db_pq.go).
 package main
 
 import (
@@ -64,6 +71,7 @@ const (
 	saltCustomer    = 0x637573746F6D6572
 	saltCreated     = 0x637265617465645F
 	saltFault       = 0x6661756C745F7374
+	saltWrite       = 0x77726974655F7174 // the write faults' draw
 	contentTypeJSON = "application/json; charset=utf-8"
 )
 
@@ -142,7 +150,7 @@ func customer(id string) (name, tier string) {
 // ---------------------------------------------------------------------------- faults
 
 var faultNames = []string{"gc_pressure", "goroutine_leak", "item_order", "latency",
-	"pprof_on_serving_port", "rounding", "stock_deduction", "timestamp_format"}
+	"pprof_on_serving_port", "rounding", "stock_deduction", "stock_write", "timestamp_format"}
 
 // faults are the planted bugs; all off by default.
 type faults struct {
@@ -154,6 +162,7 @@ type faults struct {
 	GoroutineLeak      bool
 	GCPressure         time.Duration // how long each collection's stop-the-world is held up
 	PprofOnServingPort bool
+	StockWrite         float64 // fraction of orders whose stock move has the wrong qty
 }
 
 // stockDeductionThreshold is out of 10000: an order is faulty when its draw is below it.
@@ -190,13 +199,18 @@ func parseFaults(specs []string) (faults, error) {
 				return f, fmt.Errorf("unknown fault %q (known: %s)", name, strings.Join(faultNames, ", "))
 			}
 			switch name {
-			case "stock_deduction":
-				f.StockDeduction = 0.2
+			case "stock_deduction", "stock_write":
+				v := 0.2
 				if hasValue {
-					v, err := strconv.ParseFloat(value, 64)
+					var err error
+					v, err = strconv.ParseFloat(value, 64)
 					if !fractionRe.MatchString(value) || err != nil || v > 1 {
 						return f, fmt.Errorf("fault %q: value %q must be a number between 0 and 1", name, value)
 					}
+				}
+				if name == "stock_write" {
+					f.StockWrite = v
+				} else {
 					f.StockDeduction = v
 				}
 			case "latency":
@@ -290,6 +304,7 @@ type app struct {
 	real   *store
 	shadow *store
 	never  chan struct{} // never closed: what leaked goroutines wait on
+	db     orderWriter   // nil: orders are kept in memory only
 }
 
 func newApp(f faults) *app {
@@ -644,8 +659,41 @@ func (a *app) createOrder(r *http.Request, cid string, lines []line) (int, order
 	}
 	o := &order{ID: id, CustomerID: cid, Status: "pending", Currency: "USD", Items: items,
 		Created: created, Updated: created, StockDeducted: !faulty}
+	if trace := strings.TrimSpace(r.Header.Get("X-Trace-ID")); a.db != nil && trace != "" {
+		if err := a.db.writeOrder(trace, o, a.stockMoves(o), isShadow(r)); err != nil {
+			log.Printf("canary: writing order %d: %v", id, err)
+			return 0, orderJSON{}, &apiError{http.StatusServiceUnavailable, "database unavailable"}
+		}
+	}
 	st.orders[id] = o
 	return http.StatusCreated, a.render(o), nil
+}
+
+// stockMove is one row of stock_moves: qty is the stock change (negative: a deduction).
+type stockMove struct {
+	SKU    string
+	Qty    int64
+	Reason string
+}
+
+// stockMoves are the rows an order writes; the stock_write fault makes the first one
+// deduct one more on a fraction of orders (the answer does not change).
+func (a *app) stockMoves(o *order) []stockMove {
+	moves := make([]stockMove, 0, len(o.Items))
+	for _, it := range o.Items {
+		moves = append(moves, stockMove{it.SKU, -it.Qty, "order"})
+	}
+	wr := splitMix64{saltWrite ^ uint64(o.ID)}
+	if a.faults.StockWrite > 0 && len(moves) > 0 &&
+		wr.next()%10000 < uint64(math.Floor(a.faults.StockWrite*10000+0.5)) {
+		moves[0].Qty--
+	}
+	return moves
+}
+
+// orderWriter writes an order's rows (db_pq.go; without the pq build tag, none).
+type orderWriter interface {
+	writeOrder(trace string, o *order, moves []stockMove, shadow bool) error
 }
 
 func (a *app) inventory(w http.ResponseWriter, r *http.Request) {
@@ -812,7 +860,7 @@ func serve(addr string, h http.Handler, label string, out io.Writer) (*http.Serv
 	return srv, done, nil
 }
 
-func run(ctx context.Context, listen, debugListen string, f faults, out io.Writer) error {
+func run(ctx context.Context, listen, debugListen string, f faults, db orderWriter, out io.Writer) error {
 	servers := []*http.Server{}
 	var debugDone <-chan error
 	if debugListen != "" {
@@ -822,7 +870,9 @@ func run(ctx context.Context, listen, debugListen string, f faults, out io.Write
 		}
 		servers, debugDone = append(servers, dsrv), d
 	}
-	srv, done, err := serve(listen, newApp(f).handler(), "", out)
+	a := newApp(f)
+	a.db = db
+	srv, done, err := serve(listen, a.handler(), "", out)
 	if err != nil {
 		return err
 	}
@@ -858,6 +908,10 @@ func main() {
 	var ff faultFlags
 	flag.Var(&ff, "fault", "plant a fault, name or name=value (repeatable; also env ORDERS_FAULTS): "+
 		strings.Join(faultNames, ", "))
+	database := flag.String("database", os.Getenv("ORDERS_DATABASE_URL"),
+		"write orders and stock moves to this PostgreSQL (env ORDERS_DATABASE_URL)")
+	schema := flag.String("db-schema", envOr("ORDERS_DB_SCHEMA", "orders_demo"),
+		"the schema of its tables (env ORDERS_DB_SCHEMA)")
 	flag.Parse()
 	specs := append([]string{os.Getenv("ORDERS_FAULTS")}, ff...)
 	f, err := parseFaults(specs)
@@ -865,10 +919,30 @@ func main() {
 		fmt.Fprintf(os.Stderr, "canary: %v\n", err)
 		os.Exit(2)
 	}
+	var db orderWriter
+	if *database != "" {
+		if !schemaRe.MatchString(*schema) {
+			fmt.Fprintf(os.Stderr, "canary: -db-schema: %q is not a lower-case SQL identifier\n", *schema)
+			os.Exit(2)
+		}
+		if db, err = openDB(*database, *schema); err != nil {
+			fmt.Fprintf(os.Stderr, "canary: database: %v\n", err)
+			os.Exit(2)
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *listen, *debugListen, f, os.Stdout); err != nil {
+	if err := run(ctx, *listen, *debugListen, f, db, os.Stdout); err != nil {
 		log.Printf("canary: %v", err)
 		os.Exit(1)
 	}
+}
+
+var schemaRe = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+func envOr(name, fallback string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return fallback
 }

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from graygate.demo import pq_available
+
 if TYPE_CHECKING:
     from tests.e2e.conftest import Proc, Procs
 
@@ -89,8 +91,13 @@ def _report(out: str) -> Path:
 
 @pytest.mark.parametrize(
     ("fault", "code", "verdict"),
-    [(None, 0, "GO"), ("stock_deduction", 1, "NO_GO"), ("gc_pressure", 1, "NO_GO")],
-    ids=["no-fault", "stock_deduction", "gc_pressure"],
+    [
+        (None, 0, "GO"),
+        ("stock_deduction", 1, "NO_GO"),
+        ("gc_pressure", 1, "NO_GO"),
+        ("stock_write", 1, "NO_GO"),
+    ],
+    ids=["no-fault", "stock_deduction", "gc_pressure", "stock_write"],
 )
 def test_demo_with_a_database_url(
     fault: str | None,
@@ -101,6 +108,10 @@ def test_demo_with_a_database_url(
     fresh_database: Callable[[], str],
     tmp_path: Path,
 ) -> None:
+    if fault == "stock_write" and not pq_available():
+        pytest.skip(
+            "lib/pq is not installed: the Go canary cannot write (golang-github-lib-pq-dev)"
+        )
     url = fresh_database()  # empty: the demo applies the migrations itself
     data = tmp_path / "data"
     args = ["--duration", "8", "--database-url", url, "--data-dir", str(data)]
@@ -117,6 +128,13 @@ def test_demo_with_a_database_url(
     if fault == "stock_deduction":
         strict = r"^\s+FAIL\s+strict\b.*POST /api/orders.*stock_(after|deducted)"
         assert re.search(strict, out, re.M), out
+    if fault == "stock_write":
+        # The answers all match: only the shadow write's stock move differs (issue 11).
+        strict = r"^\s+FAIL\s+strict\b.*WRITE stock_moves: .*\$\[\*\]\.qty \("
+        assert re.search(strict, out, re.M), out
+        assert not re.search(r"^\s+FAIL\s+strict\b.*POST /api/orders", out, re.M), out
+    if fault is None and pq_available():
+        assert re.search(r"^\s+PASS\s+writes\b.*WRITE stock_moves", out, re.M), out
     if fault == "gc_pressure":
         # The runtime check, the windows and the threshold: the demo's pause budget.
         gc = r"^\s+FAIL\s+runtime\b.*GC pause p99 above 10 ms \(budget\).*windows \d+-\d+ of 2s"
