@@ -531,7 +531,7 @@ def beyond_margin(
     ``floor_ms`` (absolute): a sub-millisecond shift on a fast endpoint is no regression."""
     for primary, canary in (p50, p99):
         delta = canary - primary
-        if delta <= floor_ms:
+        if delta <= floor_ms + 1e-9:  # at the floor passes, whatever the float subtraction left
             continue
         if ratio(canary, primary) - 1.0 > max_increase * (1 + _LATENCY_ROUNDING) + 1e-12:
             return True

@@ -177,3 +177,10 @@ def test_max_body_bytes_compares_large_bodies_as_bytes() -> None:
     exact = CompareConfig.model_validate({"max_body_bytes": len(big_a)})
     rs = RuleBook.from_config(exact).defaults
     assert [d.path for d in compare(Answer(200, h, big_a), Answer(200, h, big_b), rs)] == ["$.r"]
+
+
+def test_a_shift_of_exactly_the_floor_passes_despite_float_rounding() -> None:
+    # 0.8331... + 0.5 - 0.8331... is 0.5000000000000001 in binary floating point.
+    base = 0.8331617227626408
+    assert (base + 0.5) - base > 0.5
+    assert not beyond_margin((base, base + 0.5), (base, base + 0.5), 0.05, 0.5)
