@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import shutil
+import os
 import sys
 from typing import Any, TextIO
 
@@ -116,9 +116,14 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-def _fit(line: str) -> str:
-    width = shutil.get_terminal_size((100, 24)).columns
-    return line if len(line) < width else line[: max(10, width - 2)] + "…"
+def _fit(line: str, stream: TextIO) -> str:
+    """``line`` cut to the width of the terminal ``stream`` is (the progress line must not
+    wrap, or rewriting it in place would leave copies); uncut when that width is unknown."""
+    try:
+        width = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        width = 0
+    return line if width <= 0 or len(line) < width else line[: max(10, width - 2)] + "…"
 
 
 def progress_line(result: VerdictResult, remaining: float) -> str:
@@ -195,7 +200,7 @@ async def verdict_command(
         if last_error is None and last is not None:
             if tty:
                 # One line, rewritten in place: carriage return, the line, clear to its end.
-                err.write("\r" + _fit(progress_line(last, remaining)) + "\x1b[K")
+                err.write("\r" + _fit(progress_line(last, remaining), err) + "\x1b[K")
                 err.flush()
                 on_line = True
             else:

@@ -3,8 +3,11 @@ pseudo-terminal), plain lines when piped."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import struct
+import termios
 import uuid
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,9 +30,16 @@ def _drain(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-async def test_progress_is_one_updating_line_on_a_terminal(engine: AsyncEngine) -> None:
-    seeded = await seed_inconclusive(engine, f"progress-{uuid.uuid4().hex[:8]}")
+def _openpty(columns: int) -> tuple[int, int]:
+    """A pseudo-terminal whose window is ``columns`` wide (as a real terminal reports)."""
     master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    return master, slave
+
+
+async def _progress_on_terminal(engine: AsyncEngine, columns: int) -> tuple[int, str, str]:
+    seeded = await seed_inconclusive(engine, f"progress-{uuid.uuid4().hex[:8]}")
+    master, slave = _openpty(columns)
     try:
         with open(slave, "w", encoding="utf-8", closefd=False) as tty:  # noqa: ASYNC230 - a pty fd
             assert tty.isatty()
@@ -48,7 +58,12 @@ async def test_progress_is_one_updating_line_on_a_terminal(engine: AsyncEngine) 
     finally:
         os.close(slave)
         os.close(master)
-    assert code == 2 and "INCONCLUSIVE" in out.getvalue()
+    return code, out.getvalue(), raw
+
+
+async def test_progress_is_one_updating_line_on_a_terminal(engine: AsyncEngine) -> None:
+    code, out, raw = await _progress_on_terminal(engine, 200)
+    assert code == 2 and "INCONCLUSIVE" in out
     updates = raw.count("\r") - raw.count("\r\n")  # the tty turns "\n" into "\r\n"
     assert updates >= 2, raw
     assert raw.count("\n") == 1 and raw.endswith("\n")  # one line, ended once
@@ -72,3 +87,11 @@ async def test_progress_is_plain_lines_when_piped(engine: AsyncEngine) -> None:
     text = err.getvalue()
     assert "\r" not in text and "\x1b" not in text
     assert text.startswith(f"graygate: {seeded.run} INCONCLUSIVE") and text.endswith("\n")
+
+
+async def test_progress_never_wraps_on_a_narrow_terminal(engine: AsyncEngine) -> None:
+    code, _, raw = await _progress_on_terminal(engine, 40)
+    assert code == 2
+    lines = [part.removesuffix("\x1b[K") for part in raw.strip().split("\r") if part]
+    assert lines, raw
+    assert all(len(line) <= 40 for line in lines), lines
