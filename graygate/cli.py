@@ -197,7 +197,7 @@ def serve(
             cfg = cfg.model_copy(update={"mode": mode})
         RuleBook.from_config(cfg.compare)  # a bad rule path fails here, before anything runs
         if "admin" in roles:
-            from graygate.admin.app import check_admin_exposure
+            from graygate.admin.exposure import check_admin_exposure
 
             check_admin_exposure(cfg)
         with _database(None, database_url or cfg.database.url, data_dir) as handle:

@@ -121,6 +121,10 @@ def serve_forever(
         argvs.append([*base_argv, "--role", "worker"])
     metrics_dir: str | None = None
     if argvs and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if "prometheus_client" in sys.modules:
+            # Too late: its values were made in-process, and this process's series would be
+            # missing from the admin port's scrape. A bug in what imports what.
+            raise RuntimeError("prometheus_client was imported before serve chose its mode")
         # Several processes (more proxies, the worker child): one scrape of the admin port
         # shows every process's series. Set before proxy.metrics and diff.verdict_metrics
         # are imported, here and in the children (they inherit it).

@@ -35,8 +35,11 @@ from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
+from graygate.vocabulary import ErrorKind, SkipReason
+
 __all__ = [
     "CLIENT_CLOSED",
+    "CLIENT_CLOSED_REASONS",
     "CLIENT_CONNECTIONS",
     "MIRROR_IN_FLIGHT",
     "MIRROR_OUTCOMES",
@@ -151,3 +154,21 @@ def count_client_closed(reason: str) -> None:
     if child is None:
         child = _closed[reason] = CLIENT_CLOSED.labels(reason)
     child.inc()
+
+
+CLIENT_CLOSED_REASONS: Final = ("header_timeout", "stalled", "evicted", "refused")
+
+
+def _zero_known_labels() -> None:
+    """Every reason and outcome known in advance starts as a 0 series, as Prometheus
+    advises: ``rate()`` and ``increase()`` see the first event, and a scrape (one process or
+    several) lists each metric before anything happened."""
+    for skip in SkipReason:
+        _skipped[skip.value] = MIRROR_SKIPPED.labels(skip.value)
+    for outcome in ("ok", *(kind.value for kind in ErrorKind)):
+        _outcomes[outcome] = MIRROR_OUTCOMES.labels(outcome)
+    for closed in CLIENT_CLOSED_REASONS:
+        _closed[closed] = CLIENT_CLOSED.labels(closed)
+
+
+_zero_known_labels()

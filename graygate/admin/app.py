@@ -62,13 +62,14 @@ from prometheus_client.exposition import choose_encoder
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.schema import AdminConfig, GraygateConfig, is_loopback_listen
+from config.schema import AdminConfig, GraygateConfig
 from diff import verdict_metrics as _verdict_metrics  # noqa: F401  (its metrics, no _created)
 from graygate import __version__
 from graygate.admin.api import ENGINE_KEY, add_api_routes, json_response
+from graygate.admin.exposure import check_admin_exposure
 from graygate.admin.governance import IDENTITY_KEY, add_governance_routes
 from graygate.admin.pages import add_page_routes
-from graygate.errors import ConfigError, StoreUnavailable, UnknownRun, one_line
+from graygate.errors import StoreUnavailable, UnknownRun, one_line
 from graygate.vocabulary import TokenRole
 from store.engine import ping, schema_revision
 from store.migrate import head_revision
@@ -338,19 +339,6 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 # --------------------------------------------------------------------------- factory
-
-
-def check_admin_exposure(cfg: GraygateConfig) -> None:
-    """ConfigError when the admin API would listen beyond loopback without a token (and
-    ``admin.allow_open`` is not set): called at start, before anything is opened."""
-    admin = cfg.admin
-    if admin.any_token or admin.allow_open or is_loopback_listen(admin.listen):
-        return
-    raise ConfigError(
-        "admin.listen",
-        f"{admin.listen!r} is reachable from other hosts and no admin token is set: "
-        f"set {admin.token_env}, listen on 127.0.0.1, or set admin.allow_open: true",
-    )
 
 
 def make_admin_app(cfg: GraygateConfig, engine: AsyncEngine) -> web.Application:

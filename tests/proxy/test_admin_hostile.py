@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.load import config_from_mapping
 from config.schema import GraygateConfig
-from graygate.admin.app import check_admin_exposure
+from graygate.admin.exposure import check_admin_exposure
 from graygate.errors import ConfigError
 from tests.diff.reportseed import Seeded, seed_go, serve_admin
 
