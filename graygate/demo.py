@@ -533,7 +533,12 @@ async def _wait_judged(
                 f"[bold cyan]judging[/]  {judged} of {recorded} recorded exchanges judged"
                 f" ({answered} answered)"
             )
-            if last is not None and judged >= recorded and recorded + unrecorded >= answered:
+            if (
+                last is not None
+                and judged >= recorded
+                and recorded + unrecorded >= answered
+                and _settled(last)
+            ):
                 return last
             if time.monotonic() > deadline:
                 plan.step(
@@ -543,6 +548,17 @@ async def _wait_judged(
                 )
                 return last
             await asyncio.sleep(POLL_S * 2)
+
+
+def _settled(doc: dict[str, Any]) -> bool:
+    """Nothing the verdict waits for is still on its way: no judging backlog, and the write
+    checks (which record their reads ``settle_ms`` after each exchange) have caught up."""
+    checks = {c.get("name"): c for c in doc.get("checks") or []}
+    backlog = checks.get("backlog")
+    writes = checks.get("writes")
+    return (backlog is None or backlog.get("passed") is not False) and (
+        writes is None or writes.get("passed") is not None
+    )
 
 
 _STATUS_STYLE = {"PASS": "green", "FAIL": "bold red", "FAIL*": "yellow", "WAIT": "yellow",
