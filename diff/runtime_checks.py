@@ -737,6 +737,7 @@ def runtime_check(
     failures: list[str] = []
     notes: list[str] = []
     decided = 0
+    pending_gc: str | None = None
 
     # GC pauses.
     judged = [w for w in a.windows if w.failed is not None]
@@ -767,6 +768,18 @@ def runtime_check(
                 f"GC pause p99 {worst:.3g} ms worst window vs {base}; "
                 f"{a.failing_windows} of {len(judged)} windows over"
             )
+            trailing = 0
+            for w in sorted(judged, key=lambda w: w.index, reverse=True):
+                if not w.failed:
+                    break
+                trailing += 1
+            if trailing:
+                # The latest windows are over the threshold and the run of them is not yet
+                # long enough to fail: the next window may make it so. Not a pass.
+                pending_gc = (
+                    f"GC pauses over {base} in the last {trailing} window(s), "
+                    f"{cfg.failing_windows} in a row fail: waiting for the next window"
+                )
     if a.pauses_lost:
         notes.append(f"{a.pauses_lost} pauses not seen (more than {PAUSE_RING} GCs per poll)")
 
@@ -827,6 +840,10 @@ def runtime_check(
 
     if failures:
         return Check("runtime", False, observed, threshold, "; ".join(failures + notes))
+    if pending_gc is not None:
+        # Evidence of a failure in the making: never a pass, whether or not the runtime
+        # check is required.
+        return Check("runtime", None, observed, threshold, "; ".join([pending_gc, *notes]))
     if decided == 0:
         return Check(
             "runtime",

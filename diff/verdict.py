@@ -388,11 +388,17 @@ def _latency_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
     so)."""
     check = _latency_against_control(a, cfg)
     if a.latency.control == "primary":
+        if a.latency.served_by_canary:
+            return replace(check, detail=f"{_CANARY_SERVING_TEXT}: {check.detail}")
         return check
     return replace(check, detail=f"{_CONTROL_TEXT}: {check.detail}")
 
 
 _CONTROL_TEXT = "canary vs secondary (both mirrored the same way, primary serving)"
+_CANARY_SERVING_TEXT = (
+    "canary serving vs the mirrored primary (a mirrored side reads slower: a regression "
+    "smaller than that bias is not seen; bench/bench_latency_symmetry.py measures it)"
+)
 
 
 def _latency_against_control(a: RunAggregates, cfg: VerdictConfig) -> Check:

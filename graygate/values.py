@@ -209,6 +209,9 @@ class LatencySample:
     # Whose latencies ``primary_ms`` holds: "primary", or "secondary" when the run has a
     # secondary (a second primary, mirrored like the canary: the fair control).
     control: str = "primary"
+    # True when the pairs are exchanges the canary served (gray serving): the control side
+    # was the mirrored one.
+    served_by_canary: bool = False
 
     @classmethod
     def of(

@@ -333,6 +333,19 @@ async def fetch_mismatch_counts(
     }
 
 
+async def _latency_sample(
+    conn: AsyncConnection, run_id: int, with_secondary: bool
+) -> LatencySample:
+    """With a secondary, the canary's latency is judged against it (both mirrored) over the
+    exchanges the primary served; when there are none (the canary served everything), or
+    with no secondary, against the primary."""
+    if with_secondary:
+        sample = await fetch_latency_sample(conn, run_id, control="secondary")
+        if sample.canary_ms:
+            return sample
+    return await fetch_latency_sample(conn, run_id, control="primary")
+
+
 async def fetch_latency_sample(
     conn: AsyncConnection,
     run_id: int,
@@ -360,7 +373,12 @@ async def fetch_latency_sample(
     if control == "secondary":
         where += [e.served_by == "primary", e.secondary_error.is_(None)]
     recent = (
-        sa.select(control_ms.label("p"), e.canary_latency_ms.label("c"), e.endpoint.label("ep"))
+        sa.select(
+            control_ms.label("p"),
+            e.canary_latency_ms.label("c"),
+            e.endpoint.label("ep"),
+            e.served_by.label("sb"),
+        )
         .where(*where)
         .order_by(e.id.desc())
         .limit(limit)
@@ -379,10 +397,13 @@ async def fetch_latency_sample(
         pct(s.c, 0.5),
         pct(s.c, 0.99),
         sa.func.array_agg(s.ep),
+        sa.func.count().filter(s.sb == "canary"),
+        sa.func.count(),
     )
     row = (await conn.execute(stmt)).one()
     return LatencySample(
         control=control,
+        served_by_canary=bool(row[8]) and row[7] * 2 > row[8],
         primary_ms=tuple(row[0] or ()),
         canary_ms=tuple(row[1] or ()),
         primary_p50=row[2],
@@ -444,10 +465,7 @@ async def fetch_aggregates(
         fields=fields,
         three_way=three_way,
         losses=await fetch_losses(conn, run.id),
-        # With a secondary, the canary's latency is judged against it (both mirrored).
-        latency=await fetch_latency_sample(
-            conn, run.id, control="secondary" if with_secondary else "primary"
-        ),
+        latency=await _latency_sample(conn, run.id, with_secondary),
         endpoint_latency=await fetch_endpoint_latency(conn, run.id) if endpoint_latency else {},
     )
 

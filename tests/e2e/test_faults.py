@@ -106,11 +106,13 @@ def _scenario(
     migrated_database: Callable[[], str],
     graygate_config: Callable[..., Path],
     standin: bool = False,
+    secondary: bool = False,
     overrides: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Run one scenario end to end; (verdict exit code, verdict JSON). ``standin``: the
-    canary is the Python stand-in (the primary's own code: an A/A pair); ``overrides``
-    are merged over :data:`OVERRIDES`."""
+    canary is the Python stand-in (the primary's own code: an A/A pair); ``secondary``: a
+    second primary process is the run's secondary (noise, and the latency control);
+    ``overrides`` are merged over :data:`OVERRIDES`."""
     started = time.monotonic()
     url = migrated_database()
     primary = procs.primary()
@@ -129,6 +131,13 @@ def _scenario(
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
+    if secondary:
+        second = procs.service(
+            "secondary",
+            [sys.executable, "-m", "graygate.examples.orders", "--listen", "127.0.0.1:0"],
+        )
+        assert second.url
+        merged.setdefault("upstreams", {})["secondary"] = second.url
     cfg = graygate_config(
         run=run,
         primary=primary.url,
@@ -171,7 +180,11 @@ def scenario(
     ``graygate verdict --wait --json`` while it runs."""
 
     def run(
-        fault: str | None, *, standin: bool = False, overrides: dict[str, Any] | None = None
+        fault: str | None,
+        *,
+        standin: bool = False,
+        secondary: bool = False,
+        overrides: dict[str, Any] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         return _scenario(
             fault,
@@ -180,6 +193,7 @@ def scenario(
             migrated_database=migrated_database,
             graygate_config=graygate_config,
             standin=standin,
+            secondary=secondary,
             overrides=overrides,
         )
 
@@ -274,8 +288,11 @@ def test_latency_is_no_go_from_the_latency_check(
 
 
 # An A/A pair: the canary is the primary's own code (the Python stand-in), under the
-# concurrent load (8 clients). Whichever side serves and whichever is mirrored, an
-# identical canary is GO: the mirror path's timing must not read as a regression.
+# concurrent load (8 clients), with a secondary (a second primary) as the latency control,
+# as the README advises: canary vs secondary are both mirrored the same way. Whichever side
+# serves, an identical canary is GO: the mirror path's timing must not read as a
+# regression. (Without a secondary, a loaded proxy host reads the mirrored side slower:
+# bench/bench_latency_symmetry.py measures by how much.)
 SERVE_ALL_ON_CANARY: dict[str, Any] = {"gray": {"serve_canary": [{"percent": 100}]}}
 
 
@@ -285,7 +302,7 @@ def test_identical_canary_under_concurrent_load_is_go_in_both_serving_modes(
     scenario: Scenario,
 ) -> None:
     overrides = SERVE_ALL_ON_CANARY if serving == "canary" else None
-    code, doc = scenario(None, standin=True, overrides=overrides)
+    code, doc = scenario(None, standin=True, secondary=True, overrides=overrides)
     checks = {c["name"]: c for c in doc["checks"]}
     assert (code, doc["verdict"]) == (0, "GO"), _failed(doc)
     for name in ("evidence", "strict", "tolerance", "errors", "latency"):
