@@ -22,65 +22,16 @@ import asyncio
 import contextlib
 import os
 import platform
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from graygate.processes import free_port
-from tests.proxy.harness import Sink, make_cfg, proxy_for
+from tests.proxy.harness import LOAD_SCRIPT, Sink, delayed_upstream, make_cfg, proxy_for
 
 __all__ = ["main"]
 
 TARGET = 1.25
-
-_DELAYED = """
-import asyncio, sys
-from aiohttp import web
-
-async def delayed(request):
-    await asyncio.sleep(0.02)
-    return web.Response(body=b"z" * 200_000)
-
-app = web.Application()
-app.router.add_route("*", "/{tail:.*}", delayed)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
-"""
-
-_LOAD = """
-import asyncio, sys
-from aiohttp import ClientSession
-
-async def main(url, n, concurrency):
-    async with ClientSession() as session:
-        async def one():
-            async with session.get(url) as resp:
-                assert resp.status == 200
-                await resp.read()
-        for _ in range(n // concurrency):
-            await asyncio.gather(*(one() for _ in range(concurrency)))
-
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
-"""
-
-
-@contextlib.contextmanager
-def _delayed_server() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", _DELAYED, str(port)])
-    try:
-        for _ in range(200):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
-                break
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def _measure(primary: str, canary: str, n: int, concurrency: int) -> tuple[float, float]:
@@ -88,7 +39,7 @@ async def _measure(primary: str, canary: str, n: int, concurrency: int) -> tuple
     sink = Sink()
     async with proxy_for(cfg, sink) as url:
         load = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _LOAD, f"{url}/d", str(n), str(concurrency)
+            sys.executable, "-c", LOAD_SCRIPT, f"{url}/d", str(n), str(concurrency)
         )
         await load.wait()
         await sink.wait(n - n % concurrency)
@@ -111,7 +62,7 @@ async def _run(n: int, levels: list[int]) -> int:
     ok = True
     print(f"machine: {_cpu()}, {os.cpu_count()} cores; {n} requests per level")
     print(f"{'concurrency':>11s} {'served p50 ms':>14s} {'mirrored p50 ms':>16s} {'ratio':>6s}")
-    with _delayed_server() as primary, _delayed_server() as canary:
+    with delayed_upstream() as primary, delayed_upstream() as canary:
         for c in levels:
             served, mirrored = await _measure(primary, canary, n, c)
             ratio = mirrored / served

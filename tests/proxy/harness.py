@@ -4,7 +4,12 @@ front of them, and a sink in place of the recorder (the proxy calls only its sub
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,10 +23,13 @@ from graygate.values import RecordedExchange
 from proxy.app import ProxyRunner, make_proxy_app, server_settings
 
 __all__ = [
+    "DELAYED_SCRIPT",
+    "LOAD_SCRIPT",
     "Handler",
     "Sink",
     "closed_port",
     "counting_echo",
+    "delayed_upstream",
     "echo",
     "handler_app",
     "make_cfg",
@@ -156,3 +164,53 @@ async def proxy_between(
         proxy_for(make_cfg(p, c, **extra), sink) as proxy,
     ):
         yield proxy
+
+
+# Identical slow upstreams in processes of their own, and a load process (the latency
+# timing test and bench/bench_latency_symmetry.py).
+DELAYED_SCRIPT = """
+import asyncio, sys
+from aiohttp import web
+
+async def delayed(request):
+    await asyncio.sleep(0.02)
+    return web.Response(body=b"z" * 200_000)
+
+app = web.Application()
+app.router.add_route("*", "/{tail:.*}", delayed)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+LOAD_SCRIPT = """
+import asyncio, sys
+from aiohttp import ClientSession
+
+async def main(url, n, concurrency):
+    async with ClientSession() as session:
+        async def one():
+            async with session.get(url) as resp:
+                assert resp.status == 200
+                await resp.read()
+        for _ in range(n // concurrency):
+            await asyncio.gather(*(one() for _ in range(concurrency)))
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+"""
+
+
+@contextlib.contextmanager
+def delayed_upstream() -> Iterator[str]:
+    """An upstream process answering every request after 20 ms with 200 kB (its own
+    process: timed by the proxy, never slowed by the test's event loop)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", DELAYED_SCRIPT, str(port)])
+    try:
+        for _ in range(200):  # up to 20 s for it to listen
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+                break
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -6,18 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 from aiohttp import ClientSession, web
 
-from graygate.processes import free_port
 from proxy.forward import Capture
 from proxy.upstream import _Connection
-from tests.proxy.harness import Sink, handler_app, make_cfg, proxy_for, serve_app
+from tests.proxy.harness import (
+    LOAD_SCRIPT,
+    Sink,
+    delayed_upstream,
+    handler_app,
+    make_cfg,
+    proxy_for,
+    serve_app,
+)
 
 CHUNK = b"y" * 65_536
 MAX_CHUNKS = 200_000  # 12.5 GiB: far more than any mirror may read (bounded nonetheless)
@@ -143,53 +147,6 @@ async def _get(session: ClientSession, url: str) -> None:
         await resp.read()
 
 
-_DELAYED = """
-import asyncio, sys
-from aiohttp import web
-
-async def delayed(request):
-    await asyncio.sleep(0.02)
-    return web.Response(body=b"z" * 200_000)
-
-app = web.Application()
-app.router.add_route("*", "/{tail:.*}", delayed)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
-"""
-
-
-_LOAD = """
-import asyncio, sys
-from aiohttp import ClientSession
-
-async def main(url, n, concurrency):
-    async with ClientSession() as session:
-        async def one():
-            async with session.get(url) as resp:
-                assert resp.status == 200
-                await resp.read()
-        for _ in range(n // concurrency):
-            await asyncio.gather(*(one() for _ in range(concurrency)))
-
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
-"""
-
-
-@contextlib.contextmanager
-def _delayed_server() -> Iterator[str]:
-    """An upstream process answering every request after 20 ms with 200 kB."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", _DELAYED, str(port)])
-    try:
-        for _ in range(200):  # up to 20 s for it to listen
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
-                break
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 async def test_both_sides_are_timed_the_same_way() -> None:
     # Identical services in processes of their own: the served side and the mirrored side
     # are timed from the request's first byte written to the answer's last byte read, in
@@ -197,12 +154,12 @@ async def test_both_sides_are_timed_the_same_way() -> None:
     # exchange has both. How closely the two medians agree under load is a timing figure:
     # bench/bench_latency_symmetry.py measures it (no timing assertion in a test).
     n, concurrency = 150, 10
-    with _delayed_server() as primary, _delayed_server() as canary:
+    with delayed_upstream() as primary, delayed_upstream() as canary:
         cfg = make_cfg(primary, canary, mirror={"timeout_ms": 10_000})
         sink = Sink()
         async with proxy_for(cfg, sink) as url:
             load = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _LOAD, f"{url}/d", str(n), str(concurrency)
+                sys.executable, "-c", LOAD_SCRIPT, f"{url}/d", str(n), str(concurrency)
             )  # fmt: skip
             async with asyncio.timeout(120):
                 assert await load.wait() == 0
