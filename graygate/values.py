@@ -136,6 +136,20 @@ class VerdictResult:
     computed_at: str = ""  # ISO 8601
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def reason(self) -> str:
+        """The verdict in one line: ``every check passed`` for GO, else the failed checks
+        (or, when none failed, the undecided ones) with their details. The gate's JSON and
+        ``graygate verdict --json`` carry it."""
+        if self.verdict is Verdict.GO:
+            return "every check passed"
+        failed = [c for c in self.checks if c.passed is False]
+        named = failed or [c for c in self.checks if c.passed is None]
+        return (
+            "; ".join(f"{c.name}: {c.detail}" if c.detail else c.name for c in named)
+            or self.verdict.value
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "run": self.run,

@@ -84,7 +84,8 @@ def format_verdict(result: VerdictResult) -> str:
 
 def _print_result(result: VerdictResult, as_json: bool, out: TextIO) -> None:
     if as_json:
-        out.write(orjson.dumps(result.as_dict(), default=str).decode() + "\n")
+        body = {**result.as_dict(), "reason": result.reason}  # the gate's reason, too
+        out.write(orjson.dumps(body, default=str).decode() + "\n")
     else:
         out.write(format_verdict(result))
     out.flush()

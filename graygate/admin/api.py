@@ -194,18 +194,9 @@ async def verdict(request: web.Request) -> web.Response:
 
 
 def gate_body(result: VerdictResult) -> dict[str, Any]:
-    """The verdict, plus ``gate`` (open | closed | wait) and a one-line ``reason``."""
-    failed = [c for c in result.checks if c.passed is False]
-    undecided = [c for c in result.checks if c.passed is None]
-    if result.verdict is Verdict.GO:
-        reason = "every check passed"
-    else:
-        named = failed or undecided
-        reason = (
-            "; ".join(f"{c.name}: {c.detail}" if c.detail else c.name for c in named)
-            or result.verdict.value
-        )
-    return {**result.as_dict(), "gate": _GATE_WORD[result.verdict], "reason": reason}
+    """The verdict, plus ``gate`` (open | closed | wait) and a one-line ``reason``
+    (``VerdictResult.reason``, as ``graygate verdict --json`` gives it)."""
+    return {**result.as_dict(), "gate": _GATE_WORD[result.verdict], "reason": result.reason}
 
 
 async def gate(request: web.Request) -> web.Response:
