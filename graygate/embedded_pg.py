@@ -4,6 +4,10 @@ With ``database.url`` (or ``GRAYGATE_DATABASE_URL``) graygate uses that server a
 starts one. Without it, an embedded PostgreSQL (the ``pgserver`` package) runs from a data
 directory, by default under the user's data directory, and listens only on a unix socket
 inside it. It is stopped when the last graygate process using it exits.
+
+The embedded server prints nothing of its own: ``pgserver`` logs every ``initdb`` and
+``pg_ctl`` run with its output, which shows only under ``--log-level debug``; PostgreSQL's
+own log is the file ``log`` in the data directory.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ __all__ = ["DatabaseHandle", "default_data_dir", "open_database"]
 logger = logging.getLogger(__name__)
 
 EMBEDDED_DB_NAME = "graygate"
+_PGSERVER_LOGGER = "pgserver"
+
+
+def _quiet_unless_debug() -> None:
+    """Silence pgserver's logger unless the process logs at DEBUG."""
+    quiet = logging.getLogger().getEffectiveLevel() > logging.DEBUG
+    logging.getLogger(_PGSERVER_LOGGER).setLevel(logging.CRITICAL + 1 if quiet else logging.NOTSET)
 
 
 def default_data_dir() -> Path:
@@ -48,6 +59,7 @@ def open_database(url: str | None, data_dir: Path | None = None) -> Iterator[Dat
         return
     root = (data_dir or default_data_dir()).expanduser().resolve()
     pgdata = root / "pgdata"
+    _quiet_unless_debug()
     try:
         from pgserver.postgres_server import get_server
     except ImportError as exc:  # pragma: no cover - pgserver is a dependency
@@ -59,7 +71,8 @@ def open_database(url: str | None, data_dir: Path | None = None) -> Iterator[Dat
         server = get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:
         raise StoreUnavailable(
-            f"cannot start the embedded PostgreSQL in {pgdata}: {one_line(exc)}"
+            f"cannot start the embedded PostgreSQL in {pgdata}: {one_line(exc)} (its log: "
+            f"{pgdata / 'log'}; --log-level debug shows initdb's and pg_ctl's output)"
         ) from None
     try:
         exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DB_NAME}';")
