@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from yarl import URL
 
 __all__ = [
+    "KNOWN_METHODS",
     "SIDE_EFFECT_METHODS",
     "WRITE_ENDPOINT_PREFIX",
     "AdminConfig",
@@ -29,6 +30,8 @@ __all__ = [
     "JudgingConfig",
     "LatencyConfig",
     "ListenLimits",
+    "LogConfig",
+    "MetricsConfig",
     "MirrorConfig",
     "NoiseConfig",
     "PreflightConfig",
@@ -55,7 +58,7 @@ __all__ = [
 ]
 
 SIDE_EFFECT_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_KNOWN_METHODS = frozenset(
+KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT", "POST", "PUT", "PATCH", "DELETE"}
 )
 
@@ -264,7 +267,7 @@ class MirrorConfig(_Frozen):
             return None
         upper = tuple(m.upper() for m in value)
         for m in upper:
-            if m not in _KNOWN_METHODS:
+            if m not in KNOWN_METHODS:
                 raise ValueError(f"unknown HTTP method {m!r}")
         return upper
 
@@ -285,7 +288,7 @@ class MirrorConfig(_Frozen):
         if self.methods is not None:
             return frozenset(self.methods)
         if self.allow_side_effects:
-            return _KNOWN_METHODS - {"CONNECT", "TRACE"}
+            return KNOWN_METHODS - {"CONNECT", "TRACE"}
         return frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -387,7 +390,7 @@ class EndpointRules(RuleSpec):
         path = path.strip()
         if not method or not path.startswith("/"):
             raise ValueError("expected 'METHOD /path/{param}'")
-        if method != "*" and method.upper() not in _KNOWN_METHODS:
+        if method != "*" and method.upper() not in KNOWN_METHODS:
             raise ValueError(f"unknown HTTP method {method!r}")
         return f"{method.upper()} {path}"
 
@@ -522,6 +525,20 @@ class TracingConfig(_Frozen):
     service_name: str = "graygate"
 
 
+class MetricsConfig(_Frozen):
+    """The request path's Prometheus series. ``max_endpoints``: distinct values of the
+    upstream latency histogram's ``endpoint`` label (configured endpoint templates) per
+    process; requests of further templates, and unmatched paths, are counted as ``other``."""
+
+    max_endpoints: int = Field(default=50, ge=1, le=1_000)
+
+
+class LogConfig(_Frozen):
+    """``access``: one log line per proxied request (``graygate serve --access-log``)."""
+
+    access: bool = False
+
+
 class WaiverSpec(_Frozen):
     """A standing exemption declared in the configuration (reviewed as code): differences
     at ``field`` of the endpoints matching ``endpoint`` (a glob: ``GET /api/orders/*``) are
@@ -617,7 +634,7 @@ class WriteCheck(_Frozen):
     @classmethod
     def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         out = tuple(m.upper() for m in value)
-        bad = [m for m in out if m not in _KNOWN_METHODS]
+        bad = [m for m in out if m not in KNOWN_METHODS]
         if bad:
             raise ValueError(f"unknown HTTP method {bad[0]!r}")
         return out
@@ -654,6 +671,8 @@ class GraygateConfig(_Frozen):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     preflight: PreflightConfig = Field(default_factory=PreflightConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     # Peers (CIDRs) whose Forwarded / X-Forwarded-* / X-Real-IP / X-Original-URL ... headers
     # are believed; from any other peer they are dropped. Default: nobody.

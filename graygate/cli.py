@@ -167,6 +167,12 @@ def cli(log_level: str, log_format: str) -> None:
     default=None,
     help="inline: in front of the primary; shadow: behind a mirror (overrides `mode`).",
 )
+@click.option(
+    "--access-log",
+    is_flag=True,
+    default=False,
+    help="One log line per proxied request (sets `log.access`); JSON with --log-format json.",
+)
 @click.option("--reuse-port", is_flag=True, hidden=True)
 @click.option("--no-preflight", is_flag=True, hidden=True)
 @click.option("--no-probes", is_flag=True, hidden=True)
@@ -177,6 +183,7 @@ def serve(
     database_url: str | None,
     data_dir: str | None,
     mode: str | None,
+    access_log: bool,
     reuse_port: bool,
     no_preflight: bool,
     no_probes: bool,
@@ -195,6 +202,8 @@ def serve(
         cfg = _load(config_path)
         if mode is not None:
             cfg = cfg.model_copy(update={"mode": mode})
+        if access_log:
+            cfg = cfg.model_copy(update={"log": cfg.log.model_copy(update={"access": True})})
         RuleBook.from_config(cfg.compare)  # a bad rule path fails here, before anything runs
         if "admin" in roles:
             from graygate.admin.exposure import check_admin_exposure

@@ -109,7 +109,7 @@ def serve_forever(
         )
     base_argv = [
         sys.executable, "-m", "graygate", "serve", "-c", config_path, "--no-preflight",
-        "--no-probes", "--mode", cfg.mode,
+        "--no-probes", "--mode", cfg.mode, *(["--access-log"] if cfg.log.access else []),
         *(["--data-dir", str(data_dir)] if data_dir else []),
     ]  # fmt: skip
     argvs = [[*base_argv, "--role", "proxy", "--reuse-port"]] * (processes - 1)

@@ -42,6 +42,7 @@ from config.schema import GraygateConfig
 from diff.endpoints import EndpointMatcher
 from graygate.values import Answer, RecordedExchange
 from graygate.vocabulary import ErrorKind, Role, SkipReason
+from proxy.access_log import AccessLog
 from proxy.codec import decode_body
 from proxy.forward import (
     HOP_BY_HOP,
@@ -62,10 +63,12 @@ from proxy.metrics import (
     CLIENT_CONNECTIONS,
     count_client_closed,
     count_mirror_skip,
+    observe_proxy_added,
     observe_upstream,
 )
 from proxy.mirror import MIRROR_TASKS_KEY, Exchange, Mirror, mirror_tasks_ctx
 from proxy.redact import Redactor
+from proxy.route_match import RouteMatcher
 from proxy.routing import (
     CANARY,
     PRIMARY,
@@ -151,6 +154,8 @@ class Proxy:
         self._router = Router(cfg.gray, cfg.mirror)
         self._redactor = Redactor(cfg.redact)
         self._matcher = EndpointMatcher([e.match for e in cfg.compare.endpoints])
+        self._routes = RouteMatcher(self._matcher, cfg.metrics.max_endpoints)
+        self._access_log = AccessLog(self._redactor) if cfg.log.access else None
         self._gray_header = cfg.gray.header
         self._drop = request_drop(cfg.gray.header)
         self._trusted = cfg.trusted_proxies
@@ -216,6 +221,7 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         received = time.time()
+        began = time.perf_counter()  # for graygate_proxy_added_seconds
         headers = request.headers
         size = 0
         for name, value in request.raw_headers:
@@ -251,12 +257,15 @@ class Proxy:
             headers=out_headers,
             served_by=served_by,
             host=headers.get("Host"),
+            route=self._routes.route(method, path),
         )
         body: bytes | None = None
         data: RequestBody = None
         if request.body_exists:
             try:
+                reading = time.perf_counter()
                 body, stream = await self._read_body(request, ex, out_headers)
+                began += time.perf_counter() - reading  # the client's pace, not graygate's
             except (ConnectionError, ClientError, HttpProcessingError):
                 # The client went away (or broke off its body): nobody reads this answer,
                 # and no upstream was asked; the exchange is recorded as what happened.
@@ -280,7 +289,7 @@ class Proxy:
         assert tracing is not None and self._mirror is not None
         span = fspan = None
         if tracing.enabled:
-            span = ex.span = tracing.server_span(tags, method, path)
+            span = ex.span = tracing.server_span(tags, method, path, ex.route.template)
             fspan = tracing.child_span(span, "forward", served_by)
         if skip is None and not self._mirror.try_start(ex, self._targets[served_by], body):
             skip = SKIP_SATURATED
@@ -298,12 +307,15 @@ class Proxy:
             if cap.status is None and cap.error is None:
                 cap.error = ErrorKind.ERROR  # cancelled before an answer
             ex.captures[served_by] = cap
+            ex.answered_at = time.time()
             observe_upstream(
                 served_by,
                 "serve",
+                ex.route.endpoint,
                 cap.error or cap.status or ErrorKind.ERROR,
                 cap.latency if cap.error is None else None,
             )
+            observe_proxy_added(began, cap.head_sent, cap.upstream_head)
             if span is not None and fspan is not None:
                 Tracing.finish(fspan, cap.status, cap.error)
                 client_status = cap.status
@@ -384,6 +396,7 @@ class Proxy:
             headers=out_headers,
             served_by=PRIMARY,
             host=strip_shadow_suffix(headers.get("Host")),
+            route=self._routes.route(method, path),
         )
         if body is not None:
             ex.request_encoding = headers.get("Content-Encoding")
@@ -435,7 +448,13 @@ class Proxy:
         return None, _stream(chunks, content, copy)
 
     def _finish(self, ex: Exchange) -> None:
-        """Build the exchange's record and hand it to the recorder (once)."""
+        """Build the exchange's record and hand it to the recorder (once); write its access
+        log line when the log is on."""
+        if self._access_log is not None:
+            try:
+                self._access_log.write(ex)
+            except Exception:
+                logger.exception("cannot write the access log line of %s", ex.tags.trace_id)
         try:
             record = self._record(ex)
         except Exception:
@@ -761,7 +780,7 @@ def make_proxy_app(
     app[PROXY_KEY] = proxy
     app[CLIENT_LIMITS_KEY] = ClientLimits.from_config(cfg)
     app.cleanup_ctx.append(upstreams_ctx(cfg.upstreams, cfg.mirror))
-    app.cleanup_ctx.append(tracing_ctx(cfg.tracing, span_exporter))
+    app.cleanup_ctx.append(tracing_ctx(cfg.tracing, span_exporter, run=cfg.run))
     app.cleanup_ctx.append(mirror_tasks_ctx(cfg.mirror.timeout_ms / 1000 + 1.0))
     app.cleanup_ctx.append(proxy.ctx)
     handler = proxy.handle_shadow if cfg.mode == "shadow" else proxy.handle

@@ -385,12 +385,15 @@ class Capture:
         "client_gone",
         "client_stalled",
         "error",
+        "head_sent",
         "headers",
         "latency",
         "limit",
         "size",
         "status",
+        "total",
         "truncated",
+        "upstream_head",
     )
 
     def __init__(self, limit: int) -> None:
@@ -399,11 +402,14 @@ class Capture:
         self.headers: CIMultiDictProxy[str] | None = None
         self.chunks: list[bytes] = []
         self.size = 0
+        self.total = 0  # body bytes seen (the copy keeps up to limit of them)
         self.truncated = False
         self.latency: float | None = None  # seconds
         self.error: str | None = None
         self.client_gone = False
         self.client_stalled = False  # the client was cut off: it took no bytes in time
+        self.upstream_head: float | None = None  # seconds: first byte written to head parsed
+        self.head_sent: float | None = None  # perf_counter() when the client's head went out
 
     def encoded(self, headers: Mapping[str, str]) -> None:
         """The body is compressed (``Content-Encoding``): keep up to ``ENCODED_FACTOR``
@@ -414,6 +420,7 @@ class Capture:
             self.limit *= ENCODED_FACTOR
 
     def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
         room = self.limit - self.size
         if len(chunk) > room:
             self.truncated = True
@@ -592,6 +599,7 @@ async def forward(
         logger.debug("%s %s failed: %s: %r", upstream.role, request.method, kind, exc)
         return error_response(kind, upstream.role, trace_id)
     try:
+        capture.upstream_head = _perf() - resp.sent_at
         capture.status = resp.status
         capture.headers = up_headers = resp.headers
         capture.encoded(up_headers)
@@ -626,6 +634,7 @@ async def forward(
             _client_gone(capture, exc)
             capture.truncated = bool(first)
             return out
+        capture.head_sent = _perf()
         while True:
             try:
                 chunk = await resp.read()

@@ -7,7 +7,19 @@ can be scraped as one. Metric names:
 - ``graygate_upstream_requests_total{role, mode, status}``: requests sent to an upstream
   (``role`` primary | canary | secondary; ``mode`` serve | mirror; ``status`` the HTTP
   status code, or the error kind: timeout | refused | reset | error)
-- ``graygate_upstream_latency_seconds{role, mode}``: time to an upstream's full answer
+- ``graygate_upstream_latency_seconds{role, mode, endpoint}``: time to an upstream's full
+  answer; ``endpoint`` the configured template the request matched (``GET
+  /api/orders/{id}``), ``other`` for a path no template matches and past
+  ``metrics.max_endpoints`` templates (``proxy.route_match``): never a raw path
+- ``graygate_proxy_added_seconds``: what graygate itself adds to a served request on the
+  proxied port (inline mode): from the handler's start (aiohttp has parsed the request's
+  head) to the answer's head handed to the client's connection, less the time spent reading
+  a request body (the client's pace) and less the serving upstream's time to its answer's
+  head (from the request's first byte written to the head parsed). What remains is
+  graygate's own work: tagging, routing, starting the mirror, taking a pooled connection
+  (or connecting), writing the request and the answer's head, and any wait for the event
+  loop. Requests without an upstream answer (502/504, a client gone before the head) are
+  not observed.
 - ``graygate_mirror_outcomes_total{outcome}``: mirrors sent, by outcome (ok | timeout |
   refused | reset | error; ``ok`` is any HTTP answer)
 - ``graygate_mirror_skipped_total{reason}``: exchanges not mirrored, by reason
@@ -44,11 +56,13 @@ __all__ = [
     "MIRROR_IN_FLIGHT",
     "MIRROR_OUTCOMES",
     "MIRROR_SKIPPED",
+    "PROXY_ADDED",
     "UPSTREAM_LATENCY",
     "UPSTREAM_REQUESTS",
     "count_client_closed",
     "count_mirror_outcome",
     "count_mirror_skip",
+    "observe_proxy_added",
     "observe_upstream",
 ]
 
@@ -64,8 +78,9 @@ UPSTREAM_REQUESTS: Final = Counter(
 )
 UPSTREAM_LATENCY: Final = Histogram(
     "graygate_upstream_latency_seconds",
-    "Time from sending a request to an upstream to the end of its answer.",
-    ("role", "mode"),
+    "Time from sending a request to an upstream to the end of its answer, by role, mode and "
+    "endpoint template (other: unmatched, or past metrics.max_endpoints).",
+    ("role", "mode", "endpoint"),
     buckets=(
         0.0005,
         0.001,
@@ -82,6 +97,27 @@ UPSTREAM_LATENCY: Final = Histogram(
         5.0,
         10.0,
         30.0,
+    ),
+)
+PROXY_ADDED: Final = Histogram(
+    "graygate_proxy_added_seconds",
+    "Time graygate adds to a served request: head received to answer head sent, less body "
+    "reading and the upstream's time to its answer's head.",
+    buckets=(
+        0.00005,
+        0.0001,
+        0.00025,
+        0.0005,
+        0.00075,
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        1.0,
     ),
 )
 MIRROR_OUTCOMES: Final = Counter(
@@ -112,24 +148,39 @@ CLIENT_CONNECTIONS: Final = Gauge(
 )
 
 _requests: dict[tuple[str, str, str], Counter] = {}
-_latency: dict[tuple[str, str], Histogram] = {}
+_latency: dict[tuple[str, str, str], Histogram] = {}
 _outcomes: dict[str, Counter] = {}
 _skipped: dict[str, Counter] = {}
 
 
-def observe_upstream(role: str, mode: str, status: int | str, seconds: float | None) -> None:
-    """Count one upstream request (``status``: the HTTP status or the error kind)."""
+def observe_upstream(
+    role: str, mode: str, endpoint: str, status: int | str, seconds: float | None
+) -> None:
+    """Count one upstream request (``status``: the HTTP status or the error kind;
+    ``endpoint``: a ``proxy.route_match.Route.endpoint``, bounded, never a raw path)."""
     key = (role, mode, str(status))
     child = _requests.get(key)
     if child is None:
         child = _requests[key] = UPSTREAM_REQUESTS.labels(*key)
     child.inc()
     if seconds is not None:
-        lkey = (role, mode)
+        lkey = (role, mode, endpoint)
         hist = _latency.get(lkey)
         if hist is None:
             hist = _latency[lkey] = UPSTREAM_LATENCY.labels(*lkey)
         hist.observe(seconds)
+
+
+def observe_proxy_added(
+    started: float, head_sent: float | None, upstream_head: float | None
+) -> None:
+    """Observe graygate's added time for one served request: ``started`` (``perf_counter``
+    at the handler's start, moved on by the time spent reading the request body),
+    ``head_sent`` (when the answer's head went to the client) and ``upstream_head`` (the
+    upstream's seconds to its answer's head). Nothing when either is unknown."""
+    if head_sent is None or upstream_head is None:
+        return
+    PROXY_ADDED.observe(max(0.0, head_sent - started - upstream_head))
 
 
 def count_mirror_outcome(outcome: str) -> None:

@@ -25,6 +25,7 @@ from graygate.tasks import TaskSet
 from graygate.vocabulary import ErrorKind
 from proxy.forward import X_GRAY_SHADOW, Capture, Upstream, fetch
 from proxy.metrics import MIRROR_IN_FLIGHT, count_mirror_outcome, observe_upstream
+from proxy.route_match import UNMATCHED, Route
 from proxy.tagging import Tags
 from proxy.tracing import Tracing
 
@@ -39,6 +40,7 @@ class Exchange:
     """One request in flight: what the record will be built from."""
 
     __slots__ = (
+        "answered_at",
         "captures",
         "headers",
         "host",
@@ -51,6 +53,7 @@ class Exchange:
         "request",
         "request_encoding",
         "request_type",
+        "route",
         "served",
         "served_by",
         "span",
@@ -69,6 +72,7 @@ class Exchange:
         headers: list[tuple[str, str]],
         served_by: str,
         host: str | None = None,
+        route: Route = UNMATCHED,
     ) -> None:
         self.received_at = received_at  # time.time()
         self.tags = tags
@@ -86,6 +90,8 @@ class Exchange:
         self.captures: dict[str, Capture] = {}  # role -> what it answered
         self.served: asyncio.Future[None] | None = None  # done when the client was answered
         self.span: Span | None = None  # the request's server span, when tracing
+        self.route = route  # the endpoint template, for metrics and spans
+        self.answered_at: float | None = None  # time.time() when the client had its answer
 
 
 class Mirror:
@@ -161,6 +167,7 @@ class Mirror:
         observe_upstream(
             upstream.role,
             "mirror",
+            exchange.route.endpoint,
             cap.error or cap.status or ErrorKind.ERROR,
             cap.latency if cap.error is None else None,
         )

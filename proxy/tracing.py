@@ -1,10 +1,14 @@
 """OpenTelemetry spans of the request path, whose trace id IS the exchange's trace id.
 
 A server span per request, a child span for the forward and one per mirror. The server
-span's trace id is the one in ``traceparent``/``X-Trace-ID`` and its span id is the
-proxy's span id from tagging (the parent-id sent upstream): the ids are decided by tagging,
-and handed to the SDK through an id generator that returns them for the one span being
-started (the event loop's thread starts every span, so there is no race).
+span carries ``graygate.run`` (the run's name) and, when a configured ``compare.endpoints``
+pattern matches the request, ``http.route`` (its path template, ``/api/orders/{id}``;
+absent otherwise, never the raw path: ``proxy.route_match``); it is then named
+``METHOD /template``, else ``METHOD``. Its trace id is the one in ``traceparent`` /
+``X-Trace-ID`` and its span id is the proxy's span id from tagging (the parent-id sent
+upstream): the ids are decided by tagging, and handed to the SDK through an id generator
+that returns them for the one span being started (the event loop's thread starts every
+span, so there is no race).
 
 The ``TracerProvider`` belongs to the application (``tracing_ctx``), never to the global
 API, and is shut down (flushed) on cleanup. With ``tracing.exporter: none`` no provider
@@ -78,12 +82,15 @@ class _PresetIds(IdGenerator):
 class Tracing:
     """The app's tracer, or nothing at all when ``enabled`` is false."""
 
-    __slots__ = ("_ids", "_provider", "_tracer", "enabled")
+    __slots__ = ("_ids", "_provider", "_run", "_tracer", "enabled")
 
-    def __init__(self, cfg: TracingConfig, exporter: SpanExporter | None = None) -> None:
+    def __init__(
+        self, cfg: TracingConfig, exporter: SpanExporter | None = None, *, run: str = ""
+    ) -> None:
         """``exporter`` overrides ``cfg.exporter`` (and is flushed span by span): for tests
-        and for embedding."""
+        and for embedding. ``run``: the run's name, on every server span."""
         self._ids = _PresetIds()
+        self._run = run
         self._provider: TracerProvider | None = None
         self._tracer: Tracer | None = None
         self.enabled = False
@@ -105,8 +112,9 @@ class Tracing:
         self._tracer = self._provider.get_tracer("graygate.proxy")
         self.enabled = True
 
-    def server_span(self, tags: Tags, method: str, path: str) -> Span:
-        """Start the request's span: trace id and span id as tagging decided them."""
+    def server_span(self, tags: Tags, method: str, path: str, route: str | None = None) -> Span:
+        """Start the request's span: trace id and span id as tagging decided them;
+        ``route``: the matched endpoint template (``http.route``), None when none matched."""
         assert self._tracer is not None
         if tags.parent_id is not None:
             parent = SpanContext(
@@ -118,15 +126,19 @@ class Tracing:
             context = set_span_in_context(NonRecordingSpan(parent), Context())
         else:
             context = Context()
+        attributes = {"http.request.method": method, "url.path": path}
+        if self._run:
+            attributes["graygate.run"] = self._run
+        name = method
+        if route is not None:
+            attributes["http.route"] = route
+            name = f"{method} {route}"  # the semantic conventions' name for a server span
         ids = self._ids
         ids.trace_id = int(tags.trace_id, 16)
         ids.span_id = int(tags.span_id, 16)
         try:
             return self._tracer.start_span(
-                method,
-                context=context,
-                kind=SpanKind.SERVER,
-                attributes={"http.request.method": method, "url.path": path},
+                name, context=context, kind=SpanKind.SERVER, attributes=attributes
             )
         finally:
             ids.trace_id = 0
@@ -165,12 +177,12 @@ TRACING_KEY: web.AppKey[Tracing] = web.AppKey("graygate.proxy.tracing", Tracing)
 
 
 def tracing_ctx(
-    cfg: TracingConfig, exporter: SpanExporter | None = None
+    cfg: TracingConfig, exporter: SpanExporter | None = None, *, run: str = ""
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context: the app's :class:`Tracing` under ``TRACING_KEY``, shut down after."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        tracing = Tracing(cfg, exporter)
+        tracing = Tracing(cfg, exporter, run=run)
         app[TRACING_KEY] = tracing
         yield
         await asyncio.to_thread(tracing.shutdown)

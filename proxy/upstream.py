@@ -573,7 +573,7 @@ class UpstreamAnswer:
     when the body was read to the end, else it is closed.
     """
 
-    __slots__ = ("_conn", "headers", "latency", "reason", "status", "trailers")
+    __slots__ = ("_conn", "headers", "latency", "reason", "sent_at", "status", "trailers")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn: _Connection | None = conn
@@ -587,6 +587,8 @@ class UpstreamAnswer:
         # Seconds from the request's first byte written to the answer's last byte read,
         # once the body was read to its end (taken in the connection's callbacks).
         self.latency: float | None = conn.latency
+        # perf_counter() when the request's first byte was written (its head then parsed).
+        self.sent_at = conn.sent_at
 
     @property
     def at_eof(self) -> bool:

@@ -1,5 +1,6 @@
-"""The verdict, its checks, the diff workers and the build on /metrics: scraped live from
-the real admin application after a verdict is computed through it."""
+"""The verdict, its checks, the diff workers, the build and the request path on /metrics:
+scraped live from the real admin application after a verdict is computed through it (and,
+for promtool, after traffic through the real proxy)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.diff.reportseed import seed_go, seed_no_go, serve_admin
+from tests.proxy.harness import Sink, proxy_between
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -55,12 +57,33 @@ async def test_verdict_and_check_gauges(engine: AsyncEngine) -> None:
     assert "_created" not in text
 
 
+async def _proxy_traffic() -> None:
+    """Requests through the real proxy (in this process: its series are on the registry
+    the admin app serves): a matched endpoint template, an unmatched path, a 502."""
+    sink = Sink()
+    endpoints = {"endpoints": [{"match": "GET /promtool/orders/{id}"}]}
+    async with proxy_between(sink, compare=endpoints) as proxy, aiohttp.ClientSession() as http:
+        for target in ("/promtool/orders/1", "/promtool/orders/2", "/promtool/elsewhere"):
+            async with http.get(proxy + target) as resp:
+                assert resp.status == 200
+        await sink.wait(3)
+
+
 async def test_promtool_accepts_a_live_scrape(engine: AsyncEngine) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not on PATH (Debian's prometheus package provides it)")
     seeded = await seed_no_go(engine, f"metrics-promtool-{uuid.uuid4().hex[:8]}")
+    await _proxy_traffic()
     text = await _scrape(engine, seeded.run)
+    s = _samples(text)
+    # the request path's series are in this scrape: promtool judges them too
+    for mode, role in (("serve", "primary"), ("mirror", "canary")):
+        for endpoint in ("GET /promtool/orders/{id}", "other"):
+            key = (("endpoint", endpoint), ("mode", mode), ("role", role))
+            assert s[("graygate_upstream_latency_seconds_count", key)] >= 1
+    assert s[("graygate_proxy_added_seconds_count", ())] >= 3
+    assert any(n == "graygate_proxy_added_seconds_bucket" for n, _ in s)
     done = await asyncio.to_thread(
         subprocess.run,
         [promtool, "check", "metrics"],

@@ -170,3 +170,39 @@ def test_ids_are_only_preset_for_the_server_span() -> None:
         Tracing.finish(span, 200)
     tracing.shutdown()
     assert len(exporter.get_finished_spans()) == 3
+
+
+async def test_server_span_carries_the_route_and_the_run(client: ClientSession) -> None:
+    sink = Sink()
+    cfg_extra = {
+        "run": "traced-run-1",
+        "compare": {
+            "endpoints": [{"match": "GET /api/orders/{id}"}, {"match": "* /api/stock/{sku}"}]
+        },
+    }
+    async with (
+        serve_app(handler_app(echo)) as p,
+        serve_app(handler_app(echo)) as c,
+        traced_proxy(make_cfg(p, c, mirror={"enabled": False}, **cfg_extra), sink) as (
+            proxy,
+            exporter,
+        ),
+    ):
+        for target in ("/api/orders/1042", "/api/users/7", "/api/stock/A-1"):
+            method = "PUT" if "stock" in target else "GET"
+            async with client.request(method, proxy + target) as resp:
+                assert resp.status == 200
+        spans = await spans_for(exporter, 6)
+    servers = {dict(s.attributes or {})["url.path"]: s for s in spans if s.kind == SpanKind.SERVER}
+    order = dict(servers["/api/orders/1042"].attributes or {})
+    assert order["http.route"] == "/api/orders/{id}"
+    assert order["graygate.run"] == "traced-run-1"
+    assert servers["/api/orders/1042"].name == "GET /api/orders/{id}"
+    stock = dict(servers["/api/stock/A-1"].attributes or {})
+    assert stock["http.route"] == "/api/stock/{sku}" and stock["http.request.method"] == "PUT"
+    assert servers["/api/stock/A-1"].name == "PUT /api/stock/{sku}"
+    # no template matches: no http.route (never the raw path); the run all the same
+    users = dict(servers["/api/users/7"].attributes or {})
+    assert "http.route" not in users
+    assert users["graygate.run"] == "traced-run-1"
+    assert servers["/api/users/7"].name == "GET"
