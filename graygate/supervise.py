@@ -366,7 +366,6 @@ async def _serve(
     from diff.rules import RuleBook
     from diff.worker import run_workers
     from diff.write_checker import write_checker
-    from graygate.admin.app import PULSE_KEY, make_admin_app
     from graygate.preflight import preflight
     from graygate.runtime_sampler import runtime_sampler_ctx
     from proxy.app import ProxyRunner, make_proxy_app, server_settings
@@ -406,6 +405,9 @@ async def _serve(
         children.start()
         async with contextlib.AsyncExitStack() as stack:
             if "admin" in roles:
+                # Imported here: the verdict's statistics stay out of a proxy-only process.
+                from graygate.admin.app import PULSE_KEY, make_admin_app
+
                 admin = make_admin_app(cfg, engine)
                 admin.middlewares.insert(0, _draining_middleware(draining))
                 if heartbeat_fd is not None:
