@@ -176,6 +176,7 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option("--reuse-port", is_flag=True, hidden=True)
 @click.option("--no-preflight", is_flag=True, hidden=True)
 @click.option("--no-probes", is_flag=True, hidden=True)
+@click.option("--heartbeat-fd", type=int, default=None, hidden=True)
 def serve(
     config_path: str | None,
     role: str,
@@ -187,6 +188,7 @@ def serve(
     reuse_port: bool,
     no_preflight: bool,
     no_probes: bool,
+    heartbeat_fd: int | None,
 ) -> None:
     """Run the proxy, the diff workers and the admin API."""
     if config_path is None:
@@ -220,6 +222,7 @@ def serve(
                 data_dir=Path(data_dir) if data_dir else None,
                 run_preflight=not no_preflight,
                 probes=not no_probes,
+                heartbeat_fd=heartbeat_fd,
             )
     sys.exit(code)
 

@@ -12,11 +12,16 @@ closes.
 
 ``--processes N`` starts N-1 more processes that run only the proxy role on the same port
 (SO_REUSEPORT; a named port, not 0), once this process has checked the schema. When this
-process is a proxy and the worker role is asked for too, the diff workers and the runtime
-sampler run in one more child process (``--role worker``): nothing CPU-heavy shares the
-proxy's event loop or GIL. This process runs the other roles, sends the children SIGTERM
-when it stops, and stops (exit code of the child, else 1) when one of them exits; should it
-die, the kernel sends them SIGTERM (Linux).
+process is a proxy and the worker or admin role is asked for too, those run in one more
+child process (``--role worker,admin``): the diff workers, the runtime sampler, the admin
+API with its verdicts, reports and the verdict gauge. Nothing CPU-heavy shares the proxy's
+event loop or GIL, and no one reading a report costs a user a millisecond. The admin port's
+probes then speak for the proxy through its heartbeat (``graygate.heartbeat``): ``/readyz``
+is 200 once the proxy listens, and both probes fail when its beats stop. On SIGTERM that
+child answers ``/readyz`` 503 and keeps the admin port open for the same grace period.
+This process runs the proxy, sends the children SIGTERM when it stops, and stops (exit
+code of the child, else 1) when one of them exits; should it die, the kernel sends them
+SIGTERM (Linux).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from config.schema import GraygateConfig, parse_listen
 from graygate.embedded_pg import DatabaseHandle, default_data_dir
 from graygate.errors import ConfigError, StoreUnavailable
+from graygate.heartbeat import Pulse, beat
 from graygate.processes import parent_death_signal, run_async
 
 __all__ = ["Draining", "probes_app", "raise_fd_limit", "serve_forever"]
@@ -84,10 +90,12 @@ def serve_forever(
     data_dir: Path | None,
     run_preflight: bool = True,
     probes: bool = True,
+    heartbeat_fd: int | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; the exit code. ``probes``: a proxy without the admin
     role serves ``/healthz`` and ``/readyz`` on the admin port (off in the extra proxy
-    processes of ``--processes N``: the first process has them)."""
+    processes of ``--processes N``: the first process has them). ``heartbeat_fd``: this
+    process's admin port speaks for the proxy process beating on that pipe."""
     from store import migrate
 
     if processes > 1 and "proxy" in roles and parse_listen(cfg.listen)[1] == 0:
@@ -114,11 +122,21 @@ def serve_forever(
     ]  # fmt: skip
     argvs = [[*base_argv, "--role", "proxy", "--reuse-port"]] * (processes - 1)
     local_roles = roles
-    if "proxy" in roles and "worker" in roles:
+    pass_fds: tuple[int, ...] = ()
+    beat_fd: int | None = None
+    off_loop = roles & {"worker", "admin"} if "proxy" in roles else frozenset()
+    if off_loop:
         # Nothing CPU-heavy shares the proxy's event loop or GIL: the diff workers (and the
-        # runtime sampler that goes with them) run in a process of their own.
-        local_roles = roles - {"worker"}
-        argvs.append([*base_argv, "--role", "worker"])
+        # runtime sampler that goes with them), the admin API (verdicts, reports, the
+        # verdict gauge) run in a process of their own.
+        local_roles = roles - off_loop
+        child = [*base_argv, "--role", ",".join(sorted(off_loop))]
+        if "admin" in off_loop:
+            probes = False  # the child holds the admin port, probes included
+            read_fd, beat_fd = os.pipe()
+            pass_fds = (read_fd,)
+            child += ["--heartbeat-fd", str(read_fd)]
+        argvs.append(child)
     metrics_dir: str | None = None
     if argvs and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         if "prometheus_client" in sys.modules:
@@ -141,10 +159,15 @@ def serve_forever(
                 data_dir=data_dir,
                 run_preflight=run_preflight,
                 probes=probes,
-                children=_Children(argvs, handle.url, cfg.shutdown.grace_s),
+                children=_Children(argvs, handle.url, cfg.shutdown.grace_s, pass_fds),
+                beat_fd=beat_fd,
+                heartbeat_fd=heartbeat_fd,
             )
         )
     finally:
+        for fd in pass_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         if metrics_dir is not None:
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -160,16 +183,30 @@ class _Children:
     none behind; stopped with SIGTERM, killed after the grace period; sent SIGTERM by the
     kernel should this process die without stopping them (Linux)."""
 
-    def __init__(self, argvs: list[list[str]], database_url: str, grace_s: float) -> None:
+    def __init__(
+        self,
+        argvs: list[list[str]],
+        database_url: str,
+        grace_s: float,
+        pass_fds: tuple[int, ...] = (),
+    ) -> None:
         self.argvs = argvs
         self.grace_s = grace_s
+        self.pass_fds = pass_fds  # the heartbeat pipe's reading end, for the admin child
         # The URL goes by environment (config override), not argv: argv is world-readable.
         self.env = {**os.environ, "GRAYGATE_DATABASE_URL": database_url}
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
         for argv in self.argvs:
-            self.procs.append(subprocess.Popen(argv, env=self.env, preexec_fn=_PDEATHSIG))
+            self.procs.append(
+                subprocess.Popen(
+                    argv,
+                    env=self.env,
+                    preexec_fn=_PDEATHSIG,
+                    pass_fds=self.pass_fds if "--heartbeat-fd" in argv else (),
+                )
+            )
 
     def exited(self) -> subprocess.Popen[bytes] | None:
         """The first child that has exited, if any."""
@@ -323,11 +360,12 @@ async def _serve(
     run_preflight: bool,
     probes: bool,
     children: _Children,
+    beat_fd: int | None,
+    heartbeat_fd: int | None,
 ) -> int:
     from diff.rules import RuleBook
     from diff.worker import run_workers
     from diff.write_checker import write_checker
-    from graygate.admin.app import make_admin_app
     from graygate.preflight import preflight
     from graygate.runtime_sampler import runtime_sampler_ctx
     from proxy.app import ProxyRunner, make_proxy_app, server_settings
@@ -367,8 +405,16 @@ async def _serve(
         children.start()
         async with contextlib.AsyncExitStack() as stack:
             if "admin" in roles:
+                # Imported here: the verdict's statistics stay out of a proxy-only process.
+                from graygate.admin.app import PULSE_KEY, make_admin_app
+
                 admin = make_admin_app(cfg, engine)
                 admin.middlewares.insert(0, _draining_middleware(draining))
+                if heartbeat_fd is not None:
+                    pulse = Pulse(heartbeat_fd)
+                    pulse.start()
+                    stack.callback(pulse.stop)
+                    admin[PULSE_KEY] = pulse
                 url = await stack.enter_async_context(
                     _site(admin, cfg.admin.listen, reuse_port=False)
                 )
@@ -409,6 +455,17 @@ async def _serve(
                         runner_cls=ProxyRunner,
                     )
                 )
+                if beat_fd is not None:
+                    # From now on the admin child's probes say the proxy is listening.
+                    beating = asyncio.Event()
+                    beat_task = loop.create_task(beat(beat_fd, beating), name="heartbeat")
+                    beat_fd = None  # the task closes it
+
+                    async def stop_beating() -> None:
+                        beating.set()
+                        await beat_task
+
+                    stack.push_async_callback(stop_beating)
                 if cfg.mode == "shadow":
                     logger.info(
                         "shadow proxy on %s: mirrored requests answered 202, sent to "
@@ -438,12 +495,16 @@ async def _serve(
             draining.start()
             children.terminate()
             grace = cfg.shutdown.grace_s
-            if "proxy" in roles and code == 0 and grace > 0 and not hurry.is_set():
+            speaks_for_proxy = "proxy" in roles or heartbeat_fd is not None
+            if speaks_for_proxy and code == 0 and grace > 0 and not hurry.is_set():
                 logger.info("stopping: /readyz answers 503; serving on for %g s", grace)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(hurry.wait(), timeout=grace)
             logger.info("stopping: finishing in-flight requests and flushing records")
     finally:
+        if beat_fd is not None:  # never started beating (a failure before listening)
+            with contextlib.suppress(OSError):
+                os.close(beat_fd)
         await asyncio.to_thread(children.stop)
         await engine.dispose()
     return code

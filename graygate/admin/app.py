@@ -2,10 +2,13 @@
 
 It listens on its own port (``admin.listen``), never on the proxied one.
 
-- ``GET /healthz``: the process is alive and serving: always 200 (a liveness probe must not
+- ``GET /healthz``: the process is alive and serving: 200 (a liveness probe must not
   fail because PostgreSQL does: restarting graygate would not bring the database back).
+  When the admin port speaks for a proxy in another process (``PULSE_KEY``, see
+  ``graygate.heartbeat``), 503 once that proxy's heartbeats stop.
 - ``GET /readyz``: 200 when the database answers AND its schema is at this graygate's
-  migration head; else 503 with ``{"ready": false, "error": ..., "status": 503, ...}``.
+  migration head (AND, with ``PULSE_KEY``, the proxy is listening and beating); else 503
+  with ``{"ready": false, "error": ..., "status": 503, ...}``.
 - ``GET /metrics``: Prometheus exposition of the default registry, or, when
   ``PROMETHEUS_MULTIPROC_DIR`` is set (several proxy processes), of every process's metrics
   through ``MultiProcessCollector``. OpenMetrics when the scraper asks for it.
@@ -70,6 +73,7 @@ from graygate.admin.exposure import check_admin_exposure
 from graygate.admin.governance import IDENTITY_KEY, add_governance_routes
 from graygate.admin.pages import add_page_routes
 from graygate.errors import StoreUnavailable, UnknownRun, one_line
+from graygate.heartbeat import Pulse
 from graygate.vocabulary import TokenRole
 from store.engine import ping, schema_revision
 from store.migrate import head_revision
@@ -80,6 +84,7 @@ __all__ = [
     "HEAD_REVISION_KEY",
     "METRICS_REGISTRY_KEY",
     "OPEN_PATHS",
+    "PULSE_KEY",
     "READY_TIMEOUT_S",
     "READ_POSTS",
     "check_admin_exposure",
@@ -102,6 +107,8 @@ READY_TIMEOUT_S = 3.0
 
 HEAD_REVISION_KEY = web.AppKey("graygate_head_revision", str)
 METRICS_REGISTRY_KEY = web.AppKey("graygate_metrics_registry", CollectorRegistry)
+# The heartbeat of the proxy this admin port speaks for, when it runs in another process.
+PULSE_KEY = web.AppKey("graygate_proxy_pulse", Pulse)
 
 _CHALLENGES = (
     ("WWW-Authenticate", 'Bearer realm="graygate"'),
@@ -273,12 +280,20 @@ def _auth_middleware(credentials: list[tuple[str, TokenRole, bytes]]) -> Middlew
 
 
 async def healthz(request: web.Request) -> web.Response:
+    pulse = request.app.get(PULSE_KEY)
+    why = pulse.not_alive() if pulse is not None else None
+    if why is not None:
+        return json_response({"status": "failing", "error": why}, status=503)
     return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
     head = request.app[HEAD_REVISION_KEY]
+    pulse = request.app.get(PULSE_KEY)
+    why = pulse.not_ready() if pulse is not None else None
+    if why is not None:
+        return _not_ready(why, None, head)
     revision: str | None = None
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):

@@ -269,10 +269,11 @@ def _child_cmdlines(pid: int) -> list[list[str]]:
     return out
 
 
-async def test_serve_runs_the_diff_workers_in_a_process_of_their_own(
+async def test_serve_runs_the_diff_workers_and_admin_in_a_process_of_their_own(
     tmp_path: Path, database_url: str
 ) -> None:
-    """Issue: nothing CPU-heavy shares the proxy's process; one `serve` still starts all."""
+    """Issue: nothing CPU-heavy shares the proxy's process (judging, verdicts, reports);
+    one `serve` still starts all."""
     cfg = _config(tmp_path)
     url = database_url.replace("+asyncpg", "")
     proc = await asyncio.create_subprocess_exec(
@@ -290,9 +291,13 @@ async def test_serve_runs_the_diff_workers_in_a_process_of_their_own(
                 seen.append(line)
             workers: list[list[str]] = []
             while not workers:
-                workers = [c for c in _child_cmdlines(proc.pid) if "worker" in c]
+                workers = [
+                    c
+                    for c in _child_cmdlines(proc.pid)
+                    if "--role" in c and "worker" in c[c.index("--role") + 1].split(",")
+                ]
                 await asyncio.sleep(0.1)
-        assert workers[0][workers[0].index("--role") + 1] == "worker"
+        assert set(workers[0][workers[0].index("--role") + 1].split(",")) == {"worker", "admin"}
         # The worker child judges (it logs so); the parent proxy does not.
         async with asyncio.timeout(60):
             while not any("diff worker judging" in line for line in seen):
