@@ -54,6 +54,7 @@ __all__ = ["Draining", "probes_app", "raise_fd_limit", "serve_forever"]
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 15.0
+_LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 
 
 def raise_fd_limit() -> int:
@@ -115,8 +116,12 @@ def serve_forever(
             processes,
             cores,
         )
+    # The children log as this process does: the level by argv (an environment variable
+    # would outlive this command in a process that runs several), the format by environment.
+    level = logging.getLevelName(logging.getLogger().level)
+    level_argv = ["--log-level", level] if level in _LOG_LEVELS else []
     base_argv = [
-        sys.executable, "-m", "graygate", "serve", "-c", config_path, "--no-preflight",
+        sys.executable, "-m", "graygate", *level_argv, "serve", "-c", config_path, "--no-preflight",
         "--no-probes", "--mode", cfg.mode, *(["--access-log"] if cfg.log.access else []),
         *(["--data-dir", str(data_dir)] if data_dir else []),
     ]  # fmt: skip
