@@ -7,7 +7,7 @@ bodies as sent, ``listen_limits``); serve it with :class:`ProxyRunner` for 414/4
 each in a cleanup context, in this order (cleanup runs in reverse, so mirrors are drained
 before the tracer and the pools go):
 
-1. ``UPSTREAMS_KEY``: one connection ``Pool`` per upstream (``proxy.forward``)
+1. ``UPSTREAMS_KEY``: one connection ``Pool`` per upstream (``proxy.upstream_pools``)
 2. ``TRACING_KEY``: the ``TracerProvider``, or nothing (``proxy.tracing``)
 3. ``MIRROR_TASKS_KEY``: the mirrors' ``TaskSet``, drained on cleanup (``proxy.mirror``)
 4. the proxy itself (``PROXY_KEY``), bound to the above on startup (and, unless
@@ -42,21 +42,17 @@ from config.schema import GraygateConfig
 from diff.endpoints import EndpointMatcher
 from graygate.values import Answer, RecordedExchange
 from graygate.vocabulary import ErrorKind, Role, SkipReason
+from proxy.capture import Capture
 from proxy.codec import decode_body
-from proxy.forward import (
+from proxy.error_mapping import ClientStalled
+from proxy.forward import RequestBody, forward
+from proxy.headers import (
     HOP_BY_HOP,
-    UPSTREAMS_KEY,
-    Capture,
-    ClientStalled,
-    RequestBody,
-    Upstream,
     asks_upgrade,
-    forward,
     leaves_root,
     request_drop,
     split_target,
     upstream_headers,
-    upstreams_ctx,
 )
 from proxy.metrics import (
     CLIENT_CONNECTIONS,
@@ -76,6 +72,7 @@ from proxy.routing import (
 )
 from proxy.tagging import tag_request
 from proxy.tracing import TRACING_KEY, Tracing, tracing_ctx
+from proxy.upstream_pools import UPSTREAMS_KEY, Upstream, upstreams_ctx
 
 if TYPE_CHECKING:
     from aiohttp.web_urldispatcher import _InfoDict

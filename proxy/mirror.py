@@ -23,10 +23,13 @@ from opentelemetry.trace import Span
 
 from graygate.tasks import TaskSet
 from graygate.vocabulary import ErrorKind
-from proxy.forward import X_GRAY_SHADOW, Capture, Upstream, fetch
+from proxy.capture import Capture
+from proxy.forward import fetch
+from proxy.headers import X_GRAY_SHADOW
 from proxy.metrics import MIRROR_IN_FLIGHT, count_mirror_outcome, observe_upstream
 from proxy.tagging import Tags
 from proxy.tracing import Tracing
+from proxy.upstream_pools import Upstream
 
 __all__ = ["MIRROR_TASKS_KEY", "Exchange", "Mirror", "mirror_tasks_ctx"]
 
