@@ -15,9 +15,10 @@ before the tracer and the pools go):
 
 Per request: tag (trace ids, gray label), route (who serves, is it mirrored), read the body
 up to ``mirror.max_body_bytes`` (beyond: streamed, not mirrored), spawn the mirror, forward
-to the serving side streaming its answer, then record the exchange: once, when both answers
-are in, from the mirror's task (or right away when there is no mirror). Decoding, redaction
-and building the record happen after the client has its answer.
+to the serving side streaming its answer, then record the exchange: once, when both the
+serving side and the mirror are done (``proxy.exchange.Completion``: from the handler or
+from the mirror's task, whichever ends last). Decoding, redaction and building the record
+happen after the serving side is done.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from graygate.vocabulary import ErrorKind, Role, SkipReason
 from proxy.capture import Capture
 from proxy.codec import decode_body
 from proxy.error_mapping import ClientStalled
+from proxy.exchange import Completion, Exchange
 from proxy.forward import RequestBody, forward
 from proxy.headers import (
     HOP_BY_HOP,
@@ -60,7 +62,7 @@ from proxy.metrics import (
     count_mirror_skip,
     observe_upstream,
 )
-from proxy.mirror import MIRROR_TASKS_KEY, Exchange, Mirror, mirror_tasks_ctx
+from proxy.mirror import MIRROR_TASKS_KEY, Mirror, mirror_tasks_ctx
 from proxy.redact import Redactor
 from proxy.routing import (
     CANARY,
@@ -197,7 +199,6 @@ class Proxy:
             max_in_flight=self._max_in_flight,
             record_limit=self._record_limit,
             tracing=self._tracing,
-            finish=self._finish,
         )
         if not self._tune_gc:
             yield
@@ -249,6 +250,7 @@ class Proxy:
             served_by=served_by,
             host=headers.get("Host"),
         )
+        done = Completion(ex, self._finish)
         body: bytes | None = None
         data: RequestBody = None
         if request.body_exists:
@@ -264,7 +266,7 @@ class Proxy:
                 if ex.request is not None:
                     ex.request.truncated = True
                 ex.mirror_skipped = SKIP_CLIENT_ABORTED
-                self._finish(ex)
+                done.served()  # no mirror was started: recorded now
                 return web.Response(status=400)
             if stream is not None:
                 data = stream
@@ -277,9 +279,9 @@ class Proxy:
         assert tracing is not None and self._mirror is not None
         span = fspan = None
         if tracing.enabled:
-            span = ex.span = tracing.server_span(tags, method, path)
+            span = tracing.server_span(tags, method, path)
             fspan = tracing.child_span(span, "forward", served_by)
-        if skip is None and not self._mirror.try_start(ex, self._targets[served_by], body):
+        if skip is None and not self._mirror.try_start(done, self._targets[served_by], body, span):
             skip = SKIP_SATURATED
         if skip is not None:
             ex.mirror_skipped = skip
@@ -307,12 +309,7 @@ class Proxy:
                 if client_status is None:
                     client_status = 504 if cap.error == ErrorKind.TIMEOUT else 502
                 Tracing.finish(span, client_status, cap.error)
-            served = ex.served
-            if served is not None:
-                if not served.done():
-                    served.set_result(None)
-            else:
-                self._finish(ex)
+            done.served()
 
     async def handle_shadow(self, request: web.Request) -> web.StreamResponse:
         """Shadow mode: ``request`` is a mirrored copy (nginx ``mirror``, Envoy/Istio). It is
@@ -388,12 +385,11 @@ class Proxy:
             ex.request = Capture(self._record_limit)
             ex.request.add(body)
         assert self._mirror is not None
-        if not self._mirror.try_start(ex, self._shadow_targets, body):
+        done = Completion(ex, self._finish)
+        if not self._mirror.try_start(done, self._shadow_targets, body):
             count_mirror_skip(SKIP_SATURATED)
             return answer
-        served = ex.served
-        assert served is not None
-        served.set_result(None)  # nobody is served in shadow mode: record when all are in
+        done.served()  # nobody is served in shadow mode: recorded when all are in
         return answer
 
     async def _read_body(
@@ -432,7 +428,8 @@ class Proxy:
         return None, _stream(chunks, content, copy)
 
     def _finish(self, ex: Exchange) -> None:
-        """Build the exchange's record and hand it to the recorder (once)."""
+        """Build the exchange's record and hand it to the recorder (its ``Completion``
+        calls this once)."""
         try:
             record = self._record(ex)
         except Exception:
