@@ -27,8 +27,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from aiohttp import ClientError, web
@@ -40,16 +39,13 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from yarl import URL
 
 from config.schema import GraygateConfig
-from diff.endpoints import EndpointMatcher
-from graygate.values import Answer, RecordedExchange
+from graygate.values import RecordedExchange
 from graygate.vocabulary import ErrorKind, Role, SkipReason
 from proxy.capture import Capture
-from proxy.codec import decode_body
 from proxy.error_mapping import ClientStalled
 from proxy.exchange import Completion, Exchange
 from proxy.forward import RequestBody, forward
 from proxy.headers import (
-    HOP_BY_HOP,
     asks_upgrade,
     leaves_root,
     request_drop,
@@ -63,7 +59,7 @@ from proxy.metrics import (
     observe_upstream,
 )
 from proxy.mirror import MIRROR_TASKS_KEY, Mirror, mirror_tasks_ctx
-from proxy.redact import Redactor
+from proxy.recording.building import RecordBuilder
 from proxy.routing import (
     CANARY,
     PRIMARY,
@@ -148,8 +144,7 @@ class Proxy:
     ) -> None:
         self._tune_gc = tune_gc
         self._router = Router(cfg.gray, cfg.mirror)
-        self._redactor = Redactor(cfg.redact)
-        self._matcher = EndpointMatcher([e.match for e in cfg.compare.endpoints])
+        self._builder = RecordBuilder(cfg, run_id)
         self._gray_header = cfg.gray.header
         self._drop = request_drop(cfg.gray.header)
         self._trusted = cfg.trusted_proxies
@@ -158,7 +153,6 @@ class Proxy:
         self._record_limit = cfg.record.max_body_bytes
         self._max_header_bytes = cfg.listen_limits.max_header_bytes
         self._recorder = recorder
-        self._run_id = run_id
         # Bound on startup (ctx).
         self._upstreams: dict[str, Upstream] = {}
         self._prefixed = False
@@ -431,7 +425,7 @@ class Proxy:
         """Build the exchange's record and hand it to the recorder (its ``Completion``
         calls this once)."""
         try:
-            record = self._record(ex)
+            record = self._builder.build(ex)
         except Exception:
             logger.exception("cannot build the record of exchange %s", ex.tags.trace_id)
             return
@@ -441,83 +435,6 @@ class Proxy:
             recorder.submit(record)  # a refusal is counted by the recorder
         except Exception:
             logger.exception("the recorder refused exchange %s", ex.tags.trace_id)
-
-    def _record(self, ex: Exchange) -> RecordedExchange:
-        tags = ex.tags
-        redact = self._redactor
-        req_body: bytes | None = None
-        req_truncated = False
-        if ex.request is not None:
-            decoded, cut = decode_body(ex.request.body, ex.request_encoding, self._record_limit)
-            req_body = redact.body(decoded, ex.request_type)
-            req_truncated = ex.request.truncated or cut
-        caps = ex.captures
-        served = caps.get(ex.served_by)
-        return RecordedExchange(
-            run_id=self._run_id,
-            trace_id=tags.trace_id,
-            span_id=tags.span_id,
-            received_at=datetime.fromtimestamp(ex.received_at, UTC),
-            endpoint=self._matcher.endpoint(ex.method, ex.path),
-            method=ex.method,
-            path=ex.path,
-            query=redact.query(ex.query),
-            request_headers=redact.headers(_storable(ex.headers)),
-            request_body=req_body,
-            request_body_truncated=req_truncated,
-            gray_label=ex.label,
-            served_by=ex.served_by,
-            mirror_skipped=ex.mirror_skipped,
-            primary=self._response(caps.get(PRIMARY)),
-            canary=self._response(caps.get(CANARY)),
-            secondary=self._response(caps.get(Role.SECONDARY)),
-            extra=_served_extra(served),
-        )
-
-    def _response(self, cap: Capture | None) -> Answer | None:
-        if cap is None:
-            return None
-        latency_ms = None if cap.latency is None else cap.latency * 1000.0
-        headers = cap.headers
-        if headers is None:
-            return Answer(latency_ms=latency_ms, error=cap.error)
-        decoded, cut = decode_body(cap.body, headers.get("Content-Encoding"), self._record_limit)
-        redact = self._redactor
-        return Answer(
-            status=cap.status,
-            headers=redact.headers(_storable(headers.items()), HOP_BY_HOP),
-            body=redact.body(decoded, headers.get("Content-Type")),
-            body_truncated=cap.truncated or cut,
-            latency_ms=latency_ms,
-            error=cap.error,
-        )
-
-
-def _served_extra(served: Capture | None) -> dict[str, str]:
-    """What the record says of the client: it went away, or it was cut off for taking no
-    bytes of its answer in time (``timeouts.client_write_s``)."""
-    if served is None or not served.client_gone:
-        return {}
-    if served.client_stalled:
-        return {"client_disconnected": "true", "client_stalled": "true"}
-    return {"client_disconnected": "true"}
-
-
-def _storable(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Header fields as they can be stored (UTF-8 text): bytes outside UTF-8, which travel
-    as surrogate escapes, are written ``\\xNN`` (``caf\\xe9``), so that every exchange is
-    recordable whatever bytes a client or an upstream sends."""
-    return [(_text(k), _text(v)) for k, v in pairs]
-
-
-def _text(value: str) -> str:
-    if value.isascii():
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return value
 
 
 async def _stream(head: list[bytes], content: StreamReader, copy: Capture) -> AsyncIterator[bytes]:
