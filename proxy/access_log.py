@@ -30,8 +30,8 @@ import time
 from typing import Final
 
 from graygate.vocabulary import ErrorKind, Role
-from proxy.forward import Capture
-from proxy.mirror import Exchange
+from proxy.capture import Capture
+from proxy.exchange import Exchange
 from proxy.redact import Redactor
 
 __all__ = ["AccessLog", "mirror_outcome"]

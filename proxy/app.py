@@ -7,7 +7,7 @@ bodies as sent, ``listen_limits``); serve it with :class:`ProxyRunner` for 414/4
 each in a cleanup context, in this order (cleanup runs in reverse, so mirrors are drained
 before the tracer and the pools go):
 
-1. ``UPSTREAMS_KEY``: one connection ``Pool`` per upstream (``proxy.forward``)
+1. ``UPSTREAMS_KEY``: one connection ``Pool`` per upstream (``proxy.upstream_pools``)
 2. ``TRACING_KEY``: the ``TracerProvider``, or nothing (``proxy.tracing``)
 3. ``MIRROR_TASKS_KEY``: the mirrors' ``TaskSet``, drained on cleanup (``proxy.mirror``)
 4. the proxy itself (``PROXY_KEY``), bound to the above on startup (and, unless
@@ -15,9 +15,10 @@ before the tracer and the pools go):
 
 Per request: tag (trace ids, gray label), route (who serves, is it mirrored), read the body
 up to ``mirror.max_body_bytes`` (beyond: streamed, not mirrored), spawn the mirror, forward
-to the serving side streaming its answer, then record the exchange: once, when both answers
-are in, from the mirror's task (or right away when there is no mirror). Decoding, redaction
-and building the record happen after the client has its answer.
+to the serving side streaming its answer, then record the exchange: once, when both the
+serving side and the mirror are done (``proxy.exchange.Completion``: from the handler or
+from the mirror's task, whichever ends last). Decoding, redaction and building the record
+happen after the serving side is done.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from aiohttp import ClientError, web
@@ -40,24 +40,19 @@ from yarl import URL
 
 from config.schema import GraygateConfig
 from diff.endpoints import EndpointMatcher
-from graygate.values import Answer, RecordedExchange
+from graygate.values import RecordedExchange
 from graygate.vocabulary import ErrorKind, Role, SkipReason
 from proxy.access_log import AccessLog
-from proxy.codec import decode_body
-from proxy.forward import (
-    HOP_BY_HOP,
-    UPSTREAMS_KEY,
-    Capture,
-    ClientStalled,
-    RequestBody,
-    Upstream,
+from proxy.capture import Capture
+from proxy.error_mapping import ClientStalled
+from proxy.exchange import Completion, Exchange
+from proxy.forward import RequestBody, forward
+from proxy.headers import (
     asks_upgrade,
-    forward,
     leaves_root,
     request_drop,
     split_target,
     upstream_headers,
-    upstreams_ctx,
 )
 from proxy.metrics import (
     CLIENT_CONNECTIONS,
@@ -66,7 +61,8 @@ from proxy.metrics import (
     observe_proxy_added,
     observe_upstream,
 )
-from proxy.mirror import MIRROR_TASKS_KEY, Exchange, Mirror, mirror_tasks_ctx
+from proxy.mirror import MIRROR_TASKS_KEY, Mirror, mirror_tasks_ctx
+from proxy.recording.building import RecordBuilder
 from proxy.redact import Redactor
 from proxy.route_match import RouteMatcher
 from proxy.routing import (
@@ -79,6 +75,7 @@ from proxy.routing import (
 )
 from proxy.tagging import tag_request
 from proxy.tracing import TRACING_KEY, Tracing, tracing_ctx
+from proxy.upstream_pools import UPSTREAMS_KEY, Upstream, upstreams_ctx
 
 if TYPE_CHECKING:
     from aiohttp.web_urldispatcher import _InfoDict
@@ -152,10 +149,11 @@ class Proxy:
     ) -> None:
         self._tune_gc = tune_gc
         self._router = Router(cfg.gray, cfg.mirror)
-        self._redactor = Redactor(cfg.redact)
-        self._matcher = EndpointMatcher([e.match for e in cfg.compare.endpoints])
-        self._routes = RouteMatcher(self._matcher, cfg.metrics.max_endpoints)
-        self._access_log = AccessLog(self._redactor) if cfg.log.access else None
+        self._builder = RecordBuilder(cfg, run_id)
+        self._routes = RouteMatcher(
+            EndpointMatcher([e.match for e in cfg.compare.endpoints]), cfg.metrics.max_endpoints
+        )
+        self._access_log = AccessLog(Redactor(cfg.redact)) if cfg.log.access else None
         self._gray_header = cfg.gray.header
         self._drop = request_drop(cfg.gray.header)
         self._trusted = cfg.trusted_proxies
@@ -164,7 +162,6 @@ class Proxy:
         self._record_limit = cfg.record.max_body_bytes
         self._max_header_bytes = cfg.listen_limits.max_header_bytes
         self._recorder = recorder
-        self._run_id = run_id
         # Bound on startup (ctx).
         self._upstreams: dict[str, Upstream] = {}
         self._prefixed = False
@@ -205,7 +202,6 @@ class Proxy:
             max_in_flight=self._max_in_flight,
             record_limit=self._record_limit,
             tracing=self._tracing,
-            finish=self._finish,
         )
         if not self._tune_gc:
             yield
@@ -259,6 +255,7 @@ class Proxy:
             host=headers.get("Host"),
             route=self._routes.route(method, path),
         )
+        done = Completion(ex, self._finish)
         body: bytes | None = None
         data: RequestBody = None
         if request.body_exists:
@@ -276,7 +273,7 @@ class Proxy:
                 if ex.request is not None:
                     ex.request.truncated = True
                 ex.mirror_skipped = SKIP_CLIENT_ABORTED
-                self._finish(ex)
+                done.served()  # no mirror was started: recorded now
                 return web.Response(status=400)
             if stream is not None:
                 data = stream
@@ -289,9 +286,9 @@ class Proxy:
         assert tracing is not None and self._mirror is not None
         span = fspan = None
         if tracing.enabled:
-            span = ex.span = tracing.server_span(tags, method, path, ex.route.template)
+            span = tracing.server_span(tags, method, path, ex.route.template)
             fspan = tracing.child_span(span, "forward", served_by)
-        if skip is None and not self._mirror.try_start(ex, self._targets[served_by], body):
+        if skip is None and not self._mirror.try_start(done, self._targets[served_by], body, span):
             skip = SKIP_SATURATED
         if skip is not None:
             ex.mirror_skipped = skip
@@ -322,12 +319,7 @@ class Proxy:
                 if client_status is None:
                     client_status = 504 if cap.error == ErrorKind.TIMEOUT else 502
                 Tracing.finish(span, client_status, cap.error)
-            served = ex.served
-            if served is not None:
-                if not served.done():
-                    served.set_result(None)
-            else:
-                self._finish(ex)
+            done.served()
 
     async def handle_shadow(self, request: web.Request) -> web.StreamResponse:
         """Shadow mode: ``request`` is a mirrored copy (nginx ``mirror``, Envoy/Istio). It is
@@ -404,12 +396,11 @@ class Proxy:
             ex.request = Capture(self._record_limit)
             ex.request.add(body)
         assert self._mirror is not None
-        if not self._mirror.try_start(ex, self._shadow_targets, body):
+        done = Completion(ex, self._finish)
+        if not self._mirror.try_start(done, self._shadow_targets, body):
             count_mirror_skip(SKIP_SATURATED)
             return answer
-        served = ex.served
-        assert served is not None
-        served.set_result(None)  # nobody is served in shadow mode: record when all are in
+        done.served()  # nobody is served in shadow mode: recorded when all are in
         return answer
 
     async def _read_body(
@@ -448,15 +439,15 @@ class Proxy:
         return None, _stream(chunks, content, copy)
 
     def _finish(self, ex: Exchange) -> None:
-        """Build the exchange's record and hand it to the recorder (once); write its access
-        log line when the log is on."""
+        """Build the exchange's record and hand it to the recorder (its ``Completion``
+        calls this once); write its access log line when the log is on."""
         if self._access_log is not None:
             try:
                 self._access_log.write(ex)
             except Exception:
                 logger.exception("cannot write the access log line of %s", ex.tags.trace_id)
         try:
-            record = self._record(ex)
+            record = self._builder.build(ex)
         except Exception:
             logger.exception("cannot build the record of exchange %s", ex.tags.trace_id)
             return
@@ -466,83 +457,6 @@ class Proxy:
             recorder.submit(record)  # a refusal is counted by the recorder
         except Exception:
             logger.exception("the recorder refused exchange %s", ex.tags.trace_id)
-
-    def _record(self, ex: Exchange) -> RecordedExchange:
-        tags = ex.tags
-        redact = self._redactor
-        req_body: bytes | None = None
-        req_truncated = False
-        if ex.request is not None:
-            decoded, cut = decode_body(ex.request.body, ex.request_encoding, self._record_limit)
-            req_body = redact.body(decoded, ex.request_type)
-            req_truncated = ex.request.truncated or cut
-        caps = ex.captures
-        served = caps.get(ex.served_by)
-        return RecordedExchange(
-            run_id=self._run_id,
-            trace_id=tags.trace_id,
-            span_id=tags.span_id,
-            received_at=datetime.fromtimestamp(ex.received_at, UTC),
-            endpoint=self._matcher.endpoint(ex.method, ex.path),
-            method=ex.method,
-            path=ex.path,
-            query=redact.query(ex.query),
-            request_headers=redact.headers(_storable(ex.headers)),
-            request_body=req_body,
-            request_body_truncated=req_truncated,
-            gray_label=ex.label,
-            served_by=ex.served_by,
-            mirror_skipped=ex.mirror_skipped,
-            primary=self._response(caps.get(PRIMARY)),
-            canary=self._response(caps.get(CANARY)),
-            secondary=self._response(caps.get(Role.SECONDARY)),
-            extra=_served_extra(served),
-        )
-
-    def _response(self, cap: Capture | None) -> Answer | None:
-        if cap is None:
-            return None
-        latency_ms = None if cap.latency is None else cap.latency * 1000.0
-        headers = cap.headers
-        if headers is None:
-            return Answer(latency_ms=latency_ms, error=cap.error)
-        decoded, cut = decode_body(cap.body, headers.get("Content-Encoding"), self._record_limit)
-        redact = self._redactor
-        return Answer(
-            status=cap.status,
-            headers=redact.headers(_storable(headers.items()), HOP_BY_HOP),
-            body=redact.body(decoded, headers.get("Content-Type")),
-            body_truncated=cap.truncated or cut,
-            latency_ms=latency_ms,
-            error=cap.error,
-        )
-
-
-def _served_extra(served: Capture | None) -> dict[str, str]:
-    """What the record says of the client: it went away, or it was cut off for taking no
-    bytes of its answer in time (``timeouts.client_write_s``)."""
-    if served is None or not served.client_gone:
-        return {}
-    if served.client_stalled:
-        return {"client_disconnected": "true", "client_stalled": "true"}
-    return {"client_disconnected": "true"}
-
-
-def _storable(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Header fields as they can be stored (UTF-8 text): bytes outside UTF-8, which travel
-    as surrogate escapes, are written ``\\xNN`` (``caf\\xe9``), so that every exchange is
-    recordable whatever bytes a client or an upstream sends."""
-    return [(_text(k), _text(v)) for k, v in pairs]
-
-
-def _text(value: str) -> str:
-    if value.isascii():
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return value
 
 
 async def _stream(head: list[bytes], content: StreamReader, copy: Capture) -> AsyncIterator[bytes]:

@@ -1,15 +1,15 @@
 """Mirroring (request path step 5): the copy to the other side, in the background.
 
 A mirror is spawned (``TaskSet``) before the serving upstream is even asked, and the client
-never waits for it: the handler hands it an :class:`Exchange` and goes on. At most
+never waits for it: the handler hands it the exchange's ``Completion`` and goes on. At most
 ``mirror.max_in_flight`` mirrors run at once; one more is not queued but skipped
 (``saturated``). Each is bounded by ``mirror.timeout_ms`` (the whole exchange, one timer),
 marked ``X-Gray-Shadow: 1``, and carries the request's trace id and gray label. The optional
 ``secondary`` upstream gets the same copy at the same time (the noise baseline).
 
-When the mirror's answers (or errors) are in, the task waits for the serving side to be done
-(``Exchange.served``), then calls ``finish(exchange)``: the exchange is recorded once, with
-both answers.
+When the mirror's answers (or errors) are in, the task tells the exchange's
+``proxy.exchange.Completion``: the exchange is recorded once, when the serving side is done
+too, with every answer.
 """
 
 from __future__ import annotations
@@ -23,81 +23,26 @@ from opentelemetry.trace import Span
 
 from graygate.tasks import TaskSet
 from graygate.vocabulary import ErrorKind
-from proxy.forward import X_GRAY_SHADOW, Capture, Upstream, fetch
+from proxy.capture import Capture
+from proxy.exchange import Completion, Exchange
+from proxy.forward import fetch
+from proxy.headers import X_GRAY_SHADOW
 from proxy.metrics import MIRROR_IN_FLIGHT, count_mirror_outcome, observe_upstream
-from proxy.route_match import UNMATCHED, Route
-from proxy.tagging import Tags
 from proxy.tracing import Tracing
+from proxy.upstream_pools import Upstream
 
-__all__ = ["MIRROR_TASKS_KEY", "Exchange", "Mirror", "mirror_tasks_ctx"]
+__all__ = ["MIRROR_TASKS_KEY", "Mirror", "mirror_tasks_ctx"]
 
 logger = logging.getLogger(__name__)
 
 _SHADOW = (X_GRAY_SHADOW, "1")
 
 
-class Exchange:
-    """One request in flight: what the record will be built from."""
-
-    __slots__ = (
-        "answered_at",
-        "captures",
-        "headers",
-        "host",
-        "label",
-        "method",
-        "mirror_skipped",
-        "path",
-        "query",
-        "received_at",
-        "request",
-        "request_encoding",
-        "request_type",
-        "route",
-        "served",
-        "served_by",
-        "span",
-        "tags",
-    )
-
-    def __init__(
-        self,
-        *,
-        received_at: float,
-        tags: Tags,
-        label: str,
-        method: str,
-        path: str,
-        query: str,
-        headers: list[tuple[str, str]],
-        served_by: str,
-        host: str | None = None,
-        route: Route = UNMATCHED,
-    ) -> None:
-        self.received_at = received_at  # time.time()
-        self.tags = tags
-        self.label = label
-        self.method = method
-        self.path = path
-        self.query = query
-        self.headers = headers  # as sent upstream (before the shadow mark)
-        self.host = host  # the client's Host header
-        self.served_by = served_by
-        self.request: Capture | None = None  # the request body: bounded copy, still encoded
-        self.request_encoding: str | None = None  # the request's Content-Encoding
-        self.request_type: str | None = None  # the request's Content-Type
-        self.mirror_skipped: str | None = None
-        self.captures: dict[str, Capture] = {}  # role -> what it answered
-        self.served: asyncio.Future[None] | None = None  # done when the client was answered
-        self.span: Span | None = None  # the request's server span, when tracing
-        self.route = route  # the endpoint template, for metrics and spans
-        self.answered_at: float | None = None  # time.time() when the client had its answer
-
-
 class Mirror:
-    """Sends mirrors, bounded in number; completes exchanges through ``finish``."""
+    """Sends mirrors, bounded in number; each tells its exchange's ``Completion`` when it
+    is done."""
 
-    __slots__ = ("_finish", "_limit", "_tasks", "_tracing", "in_flight", "max_in_flight")
+    __slots__ = ("_limit", "_tasks", "_tracing", "in_flight", "max_in_flight")
 
     def __init__(
         self,
@@ -106,46 +51,51 @@ class Mirror:
         max_in_flight: int,
         record_limit: int,
         tracing: Tracing,
-        finish: Callable[[Exchange], None],
     ) -> None:
         self._tasks = tasks
         self._limit = record_limit
         self._tracing = tracing
-        self._finish = finish
         self.max_in_flight = max_in_flight
         self.in_flight = 0
 
     def try_start(
         self,
-        exchange: Exchange,
+        done: Completion,
         targets: tuple[Upstream, ...],
         body: bytes | None,
+        span: Span | None = None,
     ) -> bool:
-        """Spawn the mirror of ``exchange`` to ``targets``; False when saturated."""
+        """Spawn the mirror of ``done.exchange`` to ``targets`` (its spans children of
+        ``span``, the request's server span when tracing); False when saturated."""
         if self.in_flight >= self.max_in_flight:
             return False
         self.in_flight += 1
         MIRROR_IN_FLIGHT.inc()
-        exchange.served = asyncio.get_running_loop().create_future()
-        self._tasks.spawn(self._run(exchange, targets, body), name=exchange.tags.trace_id)
+        done.mirror_started()
+        exchange = done.exchange
+        self._tasks.spawn(self._run(done, targets, body, span), name=exchange.tags.trace_id)
         return True
 
     async def _run(
-        self, exchange: Exchange, targets: tuple[Upstream, ...], body: bytes | None
+        self,
+        done: Completion,
+        targets: tuple[Upstream, ...],
+        body: bytes | None,
+        span: Span | None,
     ) -> None:
+        exchange = done.exchange
         try:
             headers = [*exchange.headers, _SHADOW]
             if len(targets) == 1:
-                await self._one(exchange, targets[0], headers, body)
+                await self._one(exchange, targets[0], headers, body, span)
             else:
-                await asyncio.gather(*(self._one(exchange, up, headers, body) for up in targets))
+                await asyncio.gather(
+                    *(self._one(exchange, up, headers, body, span) for up in targets)
+                )
         finally:
             self.in_flight -= 1
             MIRROR_IN_FLIGHT.dec()
-        served = exchange.served
-        if served is not None:
-            await served
-        self._finish(exchange)
+        done.mirrored()  # not when cancelled: a record without the mirror's side is no record
 
     async def _one(
         self,
@@ -153,10 +103,11 @@ class Mirror:
         upstream: Upstream,
         headers: list[tuple[str, str]],
         body: bytes | None,
+        parent: Span | None,
     ) -> None:
         span = None
-        if self._tracing.enabled and exchange.span is not None:
-            span = self._tracing.child_span(exchange.span, "mirror", upstream.role)
+        if self._tracing.enabled and parent is not None:
+            span = self._tracing.child_span(parent, "mirror", upstream.role)
         target = upstream.target(exchange.path, exchange.query)
         cap = await fetch(
             upstream, exchange.method, target, headers, body, Capture(self._limit), exchange.host

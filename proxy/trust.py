@@ -3,7 +3,7 @@
 A client can send ``Forwarded``, ``X-Forwarded-For``, ``X-Real-IP``, ``X-Original-URL``...
 itself. They are believed (passed upstream, ``X-Forwarded-For`` appended to) only when the
 peer that connected to graygate is in ``trusted_proxies`` (a list of CIDRs); from any other
-peer ``proxy.forward.upstream_headers`` drops them and starts ``X-Forwarded-For`` afresh.
+peer ``proxy.headers.upstream_headers`` drops them and starts ``X-Forwarded-For`` afresh.
 """
 
 from __future__ import annotations

@@ -7,5 +7,7 @@ composes, each testable without PostgreSQL:
 - ``spilling``: rows to the spill while the database is away, and their replay
 - ``intents``: what this process accepted but has not yet written, on disk, so that the next
   process counts what a killed one lost
-- ``metrics``: the Prometheus series they share
+- ``series``: the Prometheus series they share
+- ``building``: an exchange's record, built from what the request path captured (plain
+  values in, no I/O)
 """

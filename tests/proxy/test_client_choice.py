@@ -9,7 +9,7 @@ from ipaddress import ip_network
 
 from aiohttp import ClientSession, web
 
-from proxy.forward import request_drop, upstream_headers
+from proxy.headers import request_drop, upstream_headers
 from proxy.tagging import tag_request
 from proxy.trust import peer_is_trusted
 from tests.proxy.harness import Handler, Sink, echo, handler_app, make_cfg, proxy_for, serve_app

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import ClientSession, web
 
-from proxy.forward import Capture
+from proxy.capture import Capture
 from proxy.upstream import _Connection
 from tests.proxy.harness import (
     LOAD_SCRIPT,

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 import sqlalchemy as sa
 from aiohttp import ClientSession, web
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -123,6 +127,55 @@ async def test_slow_canary_does_not_delay_the_client(client: ClientSession) -> N
             assert rec.canary is not None and rec.canary.status == 200
     finally:
         canary.release.set()
+
+
+class MirrorEnded(InMemorySpanExporter):
+    """Spans as they end (tracing on); ``mirrored`` is set when a mirror's span ends, the
+    last thing its task does before it ends the mirror."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mirrored = asyncio.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if any(s.name == "mirror" for s in spans):
+            self.mirrored.set()
+        return super().export(spans)
+
+
+async def test_mirror_done_first_is_recorded_when_the_client_is_served(
+    client: ClientSession,
+) -> None:
+    """The mirror ends while the primary still holds the client's answer: nothing is
+    recorded until the serving side ends, then the exchange is, once, with both sides."""
+    sink = Sink()
+    exporter = MirrorEnded()
+    seen_while_serving: list[int] = []
+
+    async def primary(request: web.Request) -> web.Response:
+        # The upstreams share the proxy's event loop: once the mirror's span has ended,
+        # its task ends the mirror before this handler runs on.
+        async with asyncio.timeout(10):
+            await exporter.mirrored.wait()
+        seen_while_serving.append(len(sink.records))
+        return web.json_response({"role": "primary"})
+
+    canary = Recording("canary")
+    async with (
+        serve_app(handler_app(primary)) as p,
+        serve_app(handler_app(canary.handle)) as c,
+    ):
+        cfg = make_cfg(p, c)
+        app = make_proxy_app(cfg, recorder=sink, run_id=7, span_exporter=exporter)
+        async with serve_app(app) as proxy:
+            async with client.get(proxy + "/mirror-first") as resp:
+                assert (await resp.json())["role"] == "primary"
+            (rec,) = await sink.wait()
+            await asyncio.sleep(0.05)
+            assert len(sink.records) == 1  # once
+    assert seen_while_serving == [0]  # the mirror had ended; the exchange was not recorded
+    assert rec.primary is not None and rec.primary.status == 200
+    assert rec.canary is not None and orjson.loads(rec.canary.body or b"")["role"] == "canary"
 
 
 async def test_dead_canary_client_served_exchange_refused(client: ClientSession) -> None:

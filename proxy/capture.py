@@ -1,0 +1,82 @@
+"""What one upstream answered, as it came, with a bounded copy of its body for the record.
+
+A :class:`Capture` is filled by forwarding (the serving side), by a mirror, and for the
+request body by the handler; the record is built from it once the exchange is done
+(``proxy.recording.building``). Plain values only: status, the header fields as the
+upstream sent them, the body's chunks (still encoded), latency, the error kind, and what
+became of the client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from multidict import CIMultiDictProxy
+
+__all__ = ["ENCODED_FACTOR", "Capture"]
+
+ENCODED_FACTOR: Final = 4
+
+
+class Capture:
+    """What one upstream answered, as it came (headers as sent, body still encoded),
+    with a copy of the body bounded at ``limit`` bytes."""
+
+    __slots__ = (
+        "chunks",
+        "client_gone",
+        "client_stalled",
+        "error",
+        "head_sent",
+        "headers",
+        "latency",
+        "limit",
+        "size",
+        "status",
+        "total",
+        "truncated",
+        "upstream_head",
+    )
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.status: int | None = None
+        self.headers: CIMultiDictProxy[str] | None = None
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.total = 0  # body bytes seen (the copy keeps up to limit of them)
+        self.truncated = False
+        self.latency: float | None = None  # seconds
+        self.error: str | None = None
+        self.client_gone = False
+        self.client_stalled = False  # the client was cut off: it took no bytes in time
+        self.upstream_head: float | None = None  # seconds: first byte written to head parsed
+        self.head_sent: float | None = None  # perf_counter() when the client's head went out
+
+    def encoded(self, headers: Mapping[str, str]) -> None:
+        """The body is compressed (``Content-Encoding``): keep up to ``ENCODED_FACTOR``
+        times the bound of it, so that the decoded copy can fill the bound (a compressed
+        stream cut at the bound decodes to far less, brotli to nothing of its last block)."""
+        coding = headers.get("Content-Encoding")
+        if coding and coding.strip().lower() != "identity":
+            self.limit *= ENCODED_FACTOR
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.limit - self.size
+        if len(chunk) > room:
+            self.truncated = True
+            if room <= 0:
+                return
+            chunk = chunk[:room]
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+
+    @property
+    def body(self) -> bytes:
+        chunks = self.chunks
+        if len(chunks) == 1:
+            return chunks[0]
+        return b"".join(chunks)
