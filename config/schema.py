@@ -198,6 +198,12 @@ class UpstreamsConfig(_Frozen):
     timeout_ms: int = Field(default=30_000, gt=0, le=3_600_000)
     connect_timeout_ms: int = Field(default=2_000, gt=0, le=600_000)
     max_connections: int = Field(default=512, ge=1, le=65_536)
+    # An answer's head (status line, header fields, interim 1xx heads; trailers and chunk
+    # framing too): beyond either bound the answer is an error (502 when serving) and its
+    # connection dropped. As Envoy's default (60 KiB); each mirror reads at most this much
+    # of a canary's head, so a hostile canary costs the proxy little.
+    max_head_bytes: int = Field(default=65_536, ge=1_024, le=16_777_216)
+    max_head_fields: int = Field(default=1_000, ge=10, le=100_000)
     # The Host header each upstream gets: absent, the client's (as Envoy and Caddy do);
     # "upstream", the upstream's own host:port; else the value given.
     host_header: dict[Literal["primary", "canary", "secondary"], str] = Field(default_factory=dict)

@@ -92,8 +92,9 @@ _BODYLESS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 _HIGH_WATER: Final = 256 * 1024  # buffered answer bytes before reading pauses
 # Bounds of an answer's head (status line and header fields, interim 1xx heads included)
 # and, separately, of its trailer section: beyond either the answer fails ("error").
-# Go's net/http accepts 1 MiB of header by default; nginx's proxy buffers 4-8 KiB.
-MAX_HEAD_BYTES: Final = 1024 * 1024
+# The defaults of ``upstreams.max_head_bytes`` and ``max_head_fields``: Envoy's 60 KiB of
+# response headers (Go's net/http accepts 1 MiB; nginx's proxy buffers 4-8 KiB).
+MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_HEAD_FIELDS: Final = 1000
 _LOW_WATER: Final = 64 * 1024
 

@@ -98,6 +98,8 @@ def _pool(base: str, cfg: UpstreamsConfig) -> Pool:
         url.raw_authority,
         max_connections=cfg.max_connections,
         connect_timeout=cfg.connect_timeout_ms / 1000,
+        max_head_bytes=cfg.max_head_bytes,
+        max_head_fields=cfg.max_head_fields,
     )
 
 

@@ -21,6 +21,8 @@ BOUNDS: list[tuple[str, float, float]] = [
     ("upstreams.timeout_ms", 3_600_000, 3_600_001),
     ("upstreams.connect_timeout_ms", 600_000, 600_001),
     ("upstreams.max_connections", 65_536, 65_537),
+    ("upstreams.max_head_bytes", 16_777_216, 16_777_217),
+    ("upstreams.max_head_fields", 100_000, 100_001),
     ("mirror.sample", 1.0, 1.000001),
     ("mirror.max_body_bytes", 67_108_864, 67_108_865),
     ("mirror.timeout_ms", 600_000, 600_001),

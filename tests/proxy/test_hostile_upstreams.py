@@ -171,3 +171,49 @@ async def test_both_sides_are_timed_the_same_way() -> None:
     assert len(served) == len(mirrored) == n
     p50_served, p50_mirrored = served[n // 2], mirrored[n // 2]
     assert p50_served >= 20.0 and p50_mirrored >= 20.0  # the delay is in both
+
+
+@contextlib.asynccontextmanager
+async def head_of(size: int) -> AsyncIterator[str]:
+    """A server whose every answer's head is exactly ``size`` bytes (padded in one field)."""
+    base = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad: \r\n\r\n"
+    head = base.replace(b"X-Pad: ", b"X-Pad: " + b"p" * (size - len(base)))
+    assert len(head) == size
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(head + b"ok")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+async def test_upstream_head_bound_is_the_configured_one() -> None:
+    """``upstreams.max_head_bytes``: a head of exactly the bound is served, one byte more
+    is a 502 for the client and an ``error`` for the mirror."""
+    bound = 2_048
+    for size, status in ((bound, 200), (bound + 1, 502)):
+        async with head_of(size) as primary, head_of(size) as canary:
+            cfg = make_cfg(primary, canary, upstreams={"max_head_bytes": bound})
+            sink = Sink()
+            async with proxy_for(cfg, sink) as url, ClientSession() as session:
+                async with session.get(f"{url}/x") as resp:
+                    assert resp.status == status
+                    if status == 200:
+                        assert await resp.read() == b"ok"
+                (record,) = await sink.wait(1)
+            assert record.canary is not None
+            if status == 200:
+                assert record.canary.status == 200 and record.canary.error is None
+            else:
+                assert record.canary.error == "error" and record.canary.status is None

@@ -631,7 +631,7 @@ async def test_endless_header_line_fails_at_the_bound() -> None:
     async with raw_server(handler) as port, pool_for(port) as pool:
         with pytest.raises(UpstreamError) as info:
             await pool.send("GET", "/", [], None, limit=30, idle=True)
-        assert "over 1048576 bytes" in str(info.value)
+        assert "over 65536 bytes" in str(info.value)
     assert sent < 8 * 1024 * 1024
 
 
