@@ -164,18 +164,20 @@ def _top_fields(
     noise: frozenset[tuple[str, str, str]],
     n: int = 3,
 ) -> str:
-    top = sorted(
-        (
-            f
-            for f in fields
-            if f.endpoint == endpoint
+    """The ``n`` fields of ``endpoint`` with the most exchanges so judged, each named once
+    (a field that differs in two kinds, missing and extra, is one field: its count is the
+    larger kind's, a lower bound of its exchanges)."""
+    counts: dict[str, int] = {}
+    for f in fields:
+        if (
+            f.endpoint == endpoint
             and f.against == "canary"
             and f.judgement == judgement
             and (f.endpoint, f.field, f.kind) not in noise
-        ),
-        key=lambda f: (-f.exchanges, f.field, f.kind),
-    )[:n]
-    return ", ".join(f"{f.field} ({f.exchanges})" for f in top)
+        ):
+            counts[f.field] = max(counts.get(f.field, 0), f.exchanges)
+    top = sorted(counts.items(), key=lambda t: (-t[1], t[0]))[:n]
+    return ", ".join(f"{name} ({k})" for name, k in top)
 
 
 def _evidence(a: RunAggregates, cfg: VerdictConfig) -> Check:

@@ -204,6 +204,23 @@ def test_tolerance_violations() -> None:
     assert check(r, "tolerance").passed is True and r.verdict is Verdict.GO
 
 
+def test_a_failing_endpoint_names_its_top_fields_once_each() -> None:
+    # An unordered array element that changed is a missing and an extra difference: one
+    # field, named once (with the larger kind's count), so that three fields fit.
+    fields = (
+        FieldCount(A, "$.xs[*]", "canary", "strict", 30, kind="missing"),
+        FieldCount(A, "$.xs[*]", "canary", "strict", 28, kind="extra"),
+        FieldCount(A, "$.ys[*]", "canary", "strict", 30, kind="missing"),
+        FieldCount(A, "$.ys[*]", "canary", "strict", 30, kind="extra"),
+        FieldCount(A, "$.zs", "canary", "strict", 29, kind="type"),
+        FieldCount(A, "$.ws", "canary", "strict", 1, kind="value"),
+    )
+    r = decide(aggregates(ep(A, 150, strict=30), ep(B, 60), fields=fields), CFG)
+    c = check(r, "strict")
+    assert c.passed is False
+    assert c.detail.endswith(f"{A}: 30/150 pairs (20%): $.xs[*] (30), $.ys[*] (30), $.zs (29)")
+
+
 # --------------------------------------------------------------------------- noise
 
 
