@@ -105,7 +105,7 @@ MAX_HEAD_FIELDS: Final = 1000
 _LOW_WATER: Final = 64 * 1024
 # What ``UpstreamAnswer.discard`` reads of a body, without keeping it, by default: past
 # what a mirror records, the rest is read (up to this) only to time the answer's end.
-MAX_DISCARD_BYTES: Final = 8 * 1024 * 1024
+MAX_DISCARD_BYTES: Final = 1024 * 1024
 
 # Connection states.
 _IDLE: Final = 0
