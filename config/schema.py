@@ -468,12 +468,13 @@ class LatencyConfig(_Frozen):
     # A shift smaller than this many milliseconds is never a regression (a 2 ms endpoint
     # 0.3 ms slower passes whatever the ratio).
     min_increase_ms: float = Field(default=0.5, ge=0.0, le=60_000.0)
-    # Each endpoint with min_samples pairs is judged on its own; endpoints with fewer are
-    # reported, and make the check INCONCLUSIVE only when they carry more than this share
-    # of the sampled pairs.
+    # Each endpoint with min_samples timed pairs is judged on its own; endpoints with fewer
+    # (too little traffic, or answers not timed) are reported, and make the check
+    # INCONCLUSIVE when they carry more than this share of the answered pairs.
     max_unjudged_share: float = Field(default=0.05, ge=0.0, le=1.0)
-    # When set, the latency check is skipped and says why (a replay run: the new build ran
-    # on another host at another time than the recorded primary).
+    # When set, the latency check is off and says why (a replay run: the new build ran on
+    # another host at another time than the recorded primary); the only way to a GO
+    # without latency judged.
     skip: str | None = Field(default=None, max_length=500)
 
 

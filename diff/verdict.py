@@ -15,12 +15,13 @@ noise      no         never: reports the fields that differ by nature (a seconda
                       them), which the two checks above leave out
 errors     yes        the canary's 5xx + transport-error rate exceeds the primary's by
                       more than ``max_error_rate_increase``
-latency    yes        per endpoint with ``min_samples`` pairs: the canary is slower with
-                      Mann-Whitney p < ``alpha`` AND its p50 or p99 exceeds the primary's
-                      by more than ``max_increase``; endpoints with fewer pairs undecided
-                      (INCONCLUSIVE) above ``max_unjudged_share`` of the pairs; skipped
-                      under ``min_samples`` pairs in all. With a secondary, its latency
-                      is the control instead of the primary's (both mirrored alike)
+latency    yes        per endpoint with ``min_samples`` timed pairs: the canary is slower
+                      with Mann-Whitney p < ``alpha`` AND its p50 or p99 exceeds the
+                      primary's by more than ``max_increase``; endpoints with fewer timed
+                      pairs undecided (INCONCLUSIVE) above ``max_unjudged_share`` of the
+                      answered pairs (so too few timed pairs in all is INCONCLUSIVE);
+                      off only with ``latency.skip``. With a secondary, its latency is
+                      the control instead of the primary's (both mirrored alike)
 recording  no         unrecorded / (recorded + unrecorded) exceeds ``max_unrecorded_rate``
 backlog    no         recorded but not yet judged exceeds ``max_backlog_rate``
 judgeable  no         exchanges whose truncated body could not be judged / (pairs + those)
@@ -34,8 +35,8 @@ runtime    by config  see ``diff.runtime_checks``
 
 The verdict: any blocking check failed -> NO_GO; else any non-blocking check failed, or a
 blocking check could not be decided (``passed=None``) -> INCONCLUSIVE; else GO. A
-non-blocking check that could not be decided (no secondary, too few latency samples, no
-runtime source) is informational and changes nothing.
+non-blocking check that could not be decided (no secondary, latency turned off by
+``latency.skip``, no runtime source) is informational and changes nothing.
 """
 
 from __future__ import annotations
@@ -163,18 +164,20 @@ def _top_fields(
     noise: frozenset[tuple[str, str, str]],
     n: int = 3,
 ) -> str:
-    top = sorted(
-        (
-            f
-            for f in fields
-            if f.endpoint == endpoint
+    """The ``n`` fields of ``endpoint`` with the most exchanges so judged, each named once
+    (a field that differs in two kinds, missing and extra, is one field: its count is the
+    larger kind's, a lower bound of its exchanges)."""
+    counts: dict[str, int] = {}
+    for f in fields:
+        if (
+            f.endpoint == endpoint
             and f.against == "canary"
             and f.judgement == judgement
             and (f.endpoint, f.field, f.kind) not in noise
-        ),
-        key=lambda f: (-f.exchanges, f.field, f.kind),
-    )[:n]
-    return ", ".join(f"{f.field} ({f.exchanges})" for f in top)
+        ):
+            counts[f.field] = max(counts.get(f.field, 0), f.exchanges)
+    top = sorted(counts.items(), key=lambda t: (-t[1], t[0]))[:n]
+    return ", ".join(f"{name} ({k})" for name, k in top)
 
 
 def _evidence(a: RunAggregates, cfg: VerdictConfig) -> Check:
@@ -376,12 +379,14 @@ def _writes_check(
 
 
 def _latency_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
-    """Latency per endpoint: each endpoint with ``min_samples`` pairs in the sample is
-    judged on its own (Mann-Whitney and the margin), so a slow endpoint carrying a tenth of
-    the traffic is not averaged away; the check fails naming the endpoints that fail.
-    Endpoints with fewer pairs are reported, and leave the check undecided (INCONCLUSIVE)
-    only when they carry more than ``max_unjudged_share`` of the sampled pairs. A sample
-    without endpoints (or with fewer than ``min_samples`` pairs in all) is judged pooled.
+    """Latency per endpoint: each endpoint with ``min_samples`` timed pairs in the sample
+    is judged on its own (Mann-Whitney and the margin), so a slow endpoint carrying a tenth
+    of the traffic is not averaged away; the check fails naming the endpoints that fail.
+    Endpoints with fewer timed pairs (too little traffic, or answers that could not be
+    timed) are reported, and leave the check undecided (INCONCLUSIVE) when they carry more
+    than ``max_unjudged_share`` of the run's answered pairs: a GO never rests on latency
+    that was not seen. Only ``latency.skip`` in the configuration turns the check off (it
+    then says so). A sample without endpoints (hand-built) is judged pooled.
 
     The control is the sample's: the primary, or, when the run has a secondary, the
     secondary (mirrored like the canary, so both are timed the same way; the detail says
@@ -410,42 +415,60 @@ def _latency_against_control(a: RunAggregates, cfg: VerdictConfig) -> Check:
         "max_unjudged_share": lat.max_unjudged_share,
     }
     if lat.skip is not None:
-        return Check("latency", None, None, threshold, f"skipped: {lat.skip}", blocking=False)
-    n = min(len(s.primary_ms), len(s.canary_ms))
-    if n < lat.min_samples:
         return Check(
             "latency",
             None,
             None,
             threshold,
-            f"skipped: {n} latency pairs, need {lat.min_samples}",
+            f"skipped by configuration (verdict.latency.skip): {lat.skip}",
             blocking=False,
         )
+    n = min(len(s.primary_ms), len(s.canary_ms))
     if len(s.endpoints) != n:
+        if n < lat.min_samples:
+            return Check(
+                "latency",
+                None,
+                None,
+                threshold,
+                f"{n} timed pairs, need {lat.min_samples}: latency not decided",
+            )
         return _latency_pooled(s, lat, threshold)
     groups: dict[str, tuple[list[float], list[float]]] = {}
     for ep, p, c in zip(s.endpoints, s.primary_ms, s.canary_ms, strict=False):
         g = groups.setdefault(ep, ([], []))
         g[0].append(p)
         g[1].append(c)
+    # Each endpoint's traffic: its answered pairs, timed or not (an answer that was not
+    # timed still carries the endpoint's share: a GO never rests on latency not seen).
+    traffic = {
+        e.endpoint: e.pairs
+        for e in a.endpoints
+        if e.pairs > 0 and not e.endpoint.startswith(WRITE_ENDPOINT_PREFIX)
+    }
+    for ep, (p_ms, _) in groups.items():
+        traffic[ep] = max(traffic.get(ep, 0), len(p_ms))
+    total = sum(traffic.values())
+    if total == 0:
+        return Check("latency", None, None, threshold, "no pairs yet: latency not decided")
     judged: list[tuple[str, bool, float, str]] = []  # endpoint, fails, increase, detail
-    small: list[tuple[str, int]] = []
-    for ep in sorted(groups):
-        p_ms, c_ms = groups[ep]
+    small: list[tuple[str, int, int]] = []  # endpoint, timed pairs, pairs
+    for ep in sorted(traffic):
+        p_ms, c_ms = groups.get(ep, ([], []))
         if len(p_ms) < lat.min_samples:
-            small.append((ep, len(p_ms)))
+            small.append((ep, len(p_ms), traffic[ep]))
             continue
         fails, increase, detail = _latency_of(p_ms, c_ms, lat)
         judged.append((ep, fails, increase, f"{ep}: {detail}"))
-    unjudged = sum(k for _, k in small)
-    share = unjudged / n
+    share = sum(k for _, _, k in small) / total
     small_text = ""
     if small:
-        shown = ", ".join(f"{ep} ({k})" for ep, k in small[:5])
+        small.sort(key=lambda t: (-t[2], t[0]))
+        shown = ", ".join(f"{ep} ({timed} of {k})" for ep, timed, k in small[:5])
         more = f" and {len(small) - 5} more" if len(small) > 5 else ""
         small_text = (
-            f"; too few pairs to judge (< {lat.min_samples}): {shown}{more}, "
-            f"{_pct(share)} of the sampled pairs"
+            f"; too few timed pairs to judge (< {lat.min_samples}): {shown}{more}, "
+            f"{_pct(share)} of the pairs"
         )
     increases = [x[2] for x in judged if math.isfinite(x[2])]
     observed = round(max(increases), 6) if increases else None

@@ -183,11 +183,12 @@ async def fetch(
     client_host: str | None = None,
 ) -> Capture:
     """Send a mirror to ``upstream`` and read its answer within the mirror timeout, up to
-    what is recorded (``capture``'s bound): past it the answer is cut, its connection
-    closed rather than drained, and it is recorded truncated with no latency (its end is
-    unknown). A mirror thus reads at most the record bound (times
-    ``proxy.capture.ENCODED_FACTOR`` for a compressed body) plus the pool's read buffer.
-    Never raises for an upstream failure: ``capture.error`` says it."""
+    what is recorded (``capture``'s bound): past it the answer is recorded truncated, and
+    the rest is read without being kept (``UpstreamAnswer.discard``), only to time its
+    end; past the pool's ``max_discard_bytes`` more the connection is closed and the
+    answer has no latency (its end is unknown). A mirror thus reads at most the record
+    bound (times ``proxy.capture.ENCODED_FACTOR`` for a compressed body) plus that, plus
+    the pool's read buffer. Never raises for an upstream failure: ``capture.error`` says it."""
     start = _perf()
     cut = False
     resp: UpstreamAnswer | None = None
@@ -207,8 +208,8 @@ async def fetch(
             capture.encoded(resp.headers)
             while chunk := await resp.read():
                 capture.add(chunk)
-                if capture.truncated:  # past what is recorded: not read on
-                    cut = True
+                if capture.truncated:  # past what is recorded: read on, not kept, to time it
+                    cut = not await resp.discard()
                     break
         finally:
             resp.release()

@@ -52,7 +52,14 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from graygate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from graygate.vocabulary import ErrorKind
 
-__all__ = ["MAX_HEAD_BYTES", "MAX_HEAD_FIELDS", "Pool", "UpstreamAnswer", "UpstreamReset"]
+__all__ = [
+    "MAX_DISCARD_BYTES",
+    "MAX_HEAD_BYTES",
+    "MAX_HEAD_FIELDS",
+    "Pool",
+    "UpstreamAnswer",
+    "UpstreamReset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +104,9 @@ _HIGH_WATER: Final = 256 * 1024  # buffered answer bytes before reading pauses
 MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_HEAD_FIELDS: Final = 1000
 _LOW_WATER: Final = 64 * 1024
+# What ``UpstreamAnswer.discard`` reads of a body, without keeping it, by default: past
+# what a mirror records, the rest is read (up to this) only to time the answer's end.
+MAX_DISCARD_BYTES: Final = 1024 * 1024
 
 # Connection states.
 _IDLE: Final = 0
@@ -112,6 +122,8 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_buffered",
         "_deadline_idle",
+        "_discard_left",
+        "_discarding",
         "_drain",
         "_head_buf",
         "_head_total",
@@ -163,6 +175,8 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._paused_at = 0.0
         self._paused_for = 0.0  # seconds reading was paused because the caller lagged
+        self._discarding = False  # the body is read on but not kept (discard)
+        self._discard_left = 0  # bytes discard may still read; below 0: over its bound
         self.sent_at = 0.0  # perf_counter() when the request's first byte was written
         self.latency: float | None = None  # seconds: first byte written to last byte read
         self._waiter: asyncio.Future[None] | None = None
@@ -253,10 +267,11 @@ class _Connection(asyncio.Protocol):
             data = rest
 
     def _feed_body(self, data: bytes) -> None:
-        before = self._buffered
+        # Body bytes are kept (``_buffered`` grows) or discarded (``_discard_left`` falls).
+        before = self._buffered - self._discard_left
         self.parser.feed_data(data)
         # Bytes of a chunked body that were not body: chunk lines, extensions, trailers.
-        self._overhead += len(data) - max(0, self._buffered - before)
+        self._overhead += len(data) - max(0, self._buffered - self._discard_left - before)
         if self._overhead > self.pool.max_head_bytes and self.state == _BODY:
             self._fail(
                 UpstreamError(f"chunk framing or trailers over {self.pool.max_head_bytes} bytes")
@@ -350,6 +365,18 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.state != _BODY:
             self.keep_alive = False
+            return
+        if self._discarding:
+            was = self._discard_left
+            left = self._discard_left = was - len(body)
+            if self._deadline_idle:
+                self._wait_start = self.loop.time()  # bytes keep coming: not idle
+            if left < 0 <= was:
+                # Past the bound: read no more; discard gives up, the connection closes.
+                self.keep_alive = False
+                if self.transport is not None:
+                    self.transport.pause_reading()
+                self._wake()
             return
         self.chunks.append(body)
         self._buffered += len(body)
@@ -468,6 +495,7 @@ class _Connection(asyncio.Protocol):
         self.latency = None
         self.sent_at = 0.0
         self._paused_for = 0.0
+        self._discarding = False
         self._timeout = timeout
         self._deadline_idle = idle
         self._timer = self.loop.call_at(deadline, self._on_timer)
@@ -535,6 +563,19 @@ class _Connection(asyncio.Protocol):
                 raise self.error
             await self._wait()
         return self.take()
+
+    async def discard(self, limit: int) -> bool:
+        """Read the rest of the body without keeping it, up to ``limit`` bytes (those
+        already buffered count): True when the answer ended within them (``latency`` is
+        set, in the callbacks as always), False when it goes on past them (not timed; the
+        connection is then not reused). Raises ``UpstreamError`` as :meth:`read` does."""
+        self._discard_left = limit - len(self.take())
+        self._discarding = True
+        while self._discard_left >= 0 and self.state == _BODY:
+            await self._wait()
+        if self.error is not None:
+            raise self.error
+        return self._discard_left >= 0 and self.state == _DONE
 
     def close(self) -> None:
         self.keep_alive = False
@@ -623,6 +664,24 @@ class UpstreamAnswer:
             self.release()
         return data
 
+    async def discard(self, limit: int | None = None) -> bool:
+        """Read the rest of the body without keeping it, to time its end: True when it
+        ended within ``limit`` more bytes (default: the pool's ``max_discard_bytes``), and
+        :attr:`latency` is then set; False past them (the answer stays untimed and its
+        connection is closed). Releases the answer. Raises ``UpstreamError`` as
+        :meth:`read` does (a body that breaks off or outlasts the deadline)."""
+        conn = self._conn
+        if conn is None:
+            return self.latency is not None
+        timed = False
+        try:
+            timed = await conn.discard(conn.pool.max_discard_bytes if limit is None else limit)
+        finally:
+            self.release()
+            if not timed:
+                self.latency = None
+        return timed
+
     def release(self) -> None:
         conn = self._conn
         if conn is not None:
@@ -678,6 +737,7 @@ class Pool:
         idle_timeout: float = 30.0,
         max_head_bytes: int = MAX_HEAD_BYTES,
         max_head_fields: int = MAX_HEAD_FIELDS,
+        max_discard_bytes: int = MAX_DISCARD_BYTES,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.host = host
@@ -688,6 +748,7 @@ class Pool:
         self.idle_timeout = idle_timeout
         self.max_head_bytes = max_head_bytes
         self.max_head_fields = max_head_fields
+        self.max_discard_bytes = max_discard_bytes
         self._ssl: ssl.SSLContext | None = (
             ssl.create_default_context() if scheme == "https" else None
         )

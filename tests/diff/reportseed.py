@@ -48,14 +48,16 @@ USERS = "GET /api/users/{id}"
 LOGO = "GET /static/logo.png"
 PING = "GET /ping"
 
-# Small thresholds so a handful of rows decides; latency is left out (too few samples).
+# Small thresholds so a handful of rows decides. The latency check is turned off (the
+# seeded latencies are there for the report's charts, a handful per endpoint, the canary's
+# a few ms above the primary's): the verdict says it was skipped, and why.
 VERDICT = {
     "min_pairs": 10,
     "min_pairs_per_endpoint": 2,
     "max_strict_mismatch_rate": 0.0,
     "max_tolerance_violation_rate": 0.0,
     "max_error_rate_increase": 0.0,
-    "latency": {"min_samples": 100_000},
+    "latency": {"skip": "report tests: latencies seeded for the charts only"},
 }
 
 

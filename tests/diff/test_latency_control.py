@@ -95,5 +95,6 @@ def test_the_detail_names_the_control_in_every_outcome() -> None:
     few = LatencySample.of([10.0] * 50, [10.0] * 50, [ORDERS] * 50, control="secondary")
     check = next(c for c in decide(RunAggregates("r", endpoints=(ep,), latency=few), cfg).checks
                  if c.name == "latency")  # fmt: skip
-    assert check.passed is None
-    assert check.detail.startswith("canary vs secondary") and "skipped" in check.detail
+    assert check.passed is None and check.blocking
+    assert check.detail.startswith("canary vs secondary"), check.detail
+    assert f"{ORDERS} (50 of 50)" in check.detail and "latency not decided" in check.detail

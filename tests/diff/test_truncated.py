@@ -20,7 +20,17 @@ from diff.verdict import decide
 from diff.worker import judge_pending
 from graygate.values import EndpointCounts, RunAggregates, Verdict
 from graygate.vocabulary import Outcome
-from tests.diff.judgeseed import ORDERS, SMALL_VERDICT, Ex, add, matching, new_run, order, rulebook
+from tests.diff.judgeseed import (
+    ORDERS,
+    SMALL_VERDICT,
+    Ex,
+    add,
+    matching,
+    new_run,
+    order,
+    rulebook,
+    timed,
+)
 
 BOOK = rulebook()
 PAD = "x" * 200  # a long field first, so that the cut falls before "status"
@@ -80,7 +90,7 @@ def test_judgeable_check_bound() -> None:
             unjudgeable=unjudgeable,
             attempted=pairs + unjudgeable,
         )
-        return decide(RunAggregates("r", endpoints=(e,)), cfg).verdict
+        return decide(RunAggregates("r", endpoints=(e,), latency=timed(e)), cfg).verdict
 
     assert verdict(99, 1) == Verdict.GO  # exactly 1%: at the bound
     assert verdict(98, 2) == Verdict.INCONCLUSIVE  # 2%: never GO

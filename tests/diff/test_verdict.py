@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from config.schema import GraygateConfig, VerdictConfig
+from config.schema import GraygateConfig, LatencyConfig, VerdictConfig
 from diff.verdict import decide, find_noise, outcome
 from graygate.values import Check, Verdict, VerdictResult
 from store.aggregates import (
@@ -18,6 +18,7 @@ from store.aggregates import (
     MismatchCounts,
     RunAggregates,
 )
+from tests.diff.judgeseed import timed
 
 A = "GET /api/orders/{id}"
 B = "GET /api/items/{id}"
@@ -55,6 +56,8 @@ def ep(
 
 
 def aggregates(*endpoints: EndpointCounts, **kw: Any) -> RunAggregates:
+    """The run's aggregates; unless ``latency`` is given, every pair timed alike."""
+    kw.setdefault("latency", timed(*endpoints))
     return RunAggregates(run="r", run_id=1, endpoints=tuple(endpoints), **kw)
 
 
@@ -201,6 +204,23 @@ def test_tolerance_violations() -> None:
     assert check(r, "tolerance").passed is True and r.verdict is Verdict.GO
 
 
+def test_a_failing_endpoint_names_its_top_fields_once_each() -> None:
+    # An unordered array element that changed is a missing and an extra difference: one
+    # field, named once (with the larger kind's count), so that three fields fit.
+    fields = (
+        FieldCount(A, "$.xs[*]", "canary", "strict", 30, kind="missing"),
+        FieldCount(A, "$.xs[*]", "canary", "strict", 28, kind="extra"),
+        FieldCount(A, "$.ys[*]", "canary", "strict", 30, kind="missing"),
+        FieldCount(A, "$.ys[*]", "canary", "strict", 30, kind="extra"),
+        FieldCount(A, "$.zs", "canary", "strict", 29, kind="type"),
+        FieldCount(A, "$.ws", "canary", "strict", 1, kind="value"),
+    )
+    r = decide(aggregates(ep(A, 150, strict=30), ep(B, 60), fields=fields), CFG)
+    c = check(r, "strict")
+    assert c.passed is False
+    assert c.detail.endswith(f"{A}: 30/150 pairs (20%): $.xs[*] (30), $.ys[*] (30), $.zs (29)")
+
+
 # --------------------------------------------------------------------------- noise
 
 
@@ -327,10 +347,27 @@ def test_latency_large_but_not_significant_passes() -> None:
     assert c.passed is True and "not significant" in c.detail
 
 
-def test_latency_under_min_samples_is_skipped() -> None:
+def test_latency_under_min_samples_is_undecided_never_go() -> None:
+    # 20 timed pairs in all: a GO never rests on latency not seen.
     r = decide(aggregates(*good(), latency=_latency(1.5, n=20)), CFG)
     c = check(r, "latency")
-    assert c.passed is None and not c.blocking and "need 50" in c.detail
+    assert c.passed is None and c.blocking and "need 50" in c.detail
+    assert r.verdict is Verdict.INCONCLUSIVE
+    # The same with the endpoints known: none has enough timed pairs.
+    eps = [A] * 10 + [B] * 10
+    few = LatencySample.of([10.0] * 20, [30.0] * 20, eps)
+    r = decide(aggregates(*good(), latency=few), CFG)
+    c = check(r, "latency")
+    assert c.passed is None and c.blocking and r.verdict is Verdict.INCONCLUSIVE
+    assert f"{A} (10 of 150)" in c.detail and f"{B} (10 of 60)" in c.detail
+
+
+def test_latency_turned_off_by_configuration_says_so() -> None:
+    off = CFG.model_copy(update={"latency": LatencyConfig(skip="replayed on another host")})
+    r = decide(aggregates(*good(), latency=LatencySample()), off)
+    c = check(r, "latency")
+    assert c.passed is None and not c.blocking
+    assert c.detail == "skipped by configuration (verdict.latency.skip): replayed on another host"
     assert r.verdict is Verdict.GO
 
 

@@ -16,6 +16,7 @@ from diff.worker import judge_exchange
 from graygate.values import Answer, Check, Verdict, VerdictResult
 from store.aggregates import EndpointCounts, FieldCount, LatencySample, RunAggregates
 from store.judgement import ClaimedExchange
+from tests.diff.judgeseed import timed
 
 A = "GET /a"
 B = "GET /b"
@@ -43,6 +44,8 @@ def check(r: VerdictResult, name: str) -> Check:
 
 
 def agg(*eps: EndpointCounts, **kw: Any) -> RunAggregates:
+    """The run's aggregates; unless ``latency`` is given, every pair timed alike."""
+    kw.setdefault("latency", timed(*eps))
     return RunAggregates(run="r", run_id=1, endpoints=eps, **kw)
 
 

@@ -23,7 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -253,10 +253,10 @@ def write_config(
     canary: str,
     listen_port: int,
     admin_port: int,
-    overrides: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
 ) -> Path:
     """graygate.yaml from config/demo.yaml with real addresses; ``overrides`` merged in
-    (dicts deeply, anything else replaced)."""
+    (dicts deeply, anything else replaced; several, in order)."""
     data: dict[str, Any] = yaml.safe_load(DEMO_YAML.read_text())
     data["run"] = run
     data["listen"] = f"127.0.0.1:{listen_port}"
@@ -264,7 +264,8 @@ def write_config(
     data["upstreams"] = {"primary": primary, "canary": canary}
     data.setdefault("runtime", {})["canary"] = {"expvar": f"{canary}/debug/vars"}
     data.pop("writes", None)  # the demo's write check reads the demo's database: give one
-    _merge(data, overrides or {})
+    for layer in [overrides or {}] if isinstance(overrides, dict) else overrides or []:
+        _merge(data, layer)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 

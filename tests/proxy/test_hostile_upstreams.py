@@ -65,8 +65,10 @@ async def _ok(request: web.Request) -> web.Response:
 
 
 async def test_an_endless_mirrored_body_is_cut_at_the_record_bound() -> None:
-    # The mirror stops reading past record.max_body_bytes and closes the connection: the
-    # canary's answer is recorded truncated, not as a timeout after mirror.timeout_ms.
+    # The mirror keeps what record.max_body_bytes allows, reads on (not keeping it) up to
+    # the pool's max_discard_bytes to time the end, then closes the connection: the
+    # canary's answer is recorded truncated and untimed, not as a timeout after
+    # mirror.timeout_ms.
     async with serve_app(handler_app(_ok)) as primary, endless_body() as canary:
         cfg = make_cfg(
             primary,
@@ -90,6 +92,30 @@ async def test_an_endless_mirrored_body_is_cut_at_the_record_bound() -> None:
             assert canary_answer.body is not None and len(canary_answer.body) == 65_536
             assert canary_answer.latency_ms is None  # its end is unknown
             assert record.primary is not None and record.primary.latency_ms is not None
+
+
+async def test_a_mirrored_body_over_the_record_bound_is_timed_to_its_end() -> None:
+    # 1 MB answers, 64 KiB recorded: the rest is read without being kept, so the answer is
+    # recorded truncated and timed (first byte written to last byte read) like the served
+    # side, not left out of the latency check.
+    big = b"[" + b"1," * 500_000 + b"1]"
+
+    async def _big(request: web.Request) -> web.Response:
+        return web.Response(body=big, content_type="application/json")
+
+    async with serve_app(handler_app(_ok)) as primary, serve_app(handler_app(_big)) as canary:
+        cfg = make_cfg(primary, canary, record={"max_body_bytes": 65_536})
+        sink = Sink()
+        async with proxy_for(cfg, sink) as url, ClientSession() as session:
+            for _ in range(3):
+                await _get(session, f"{url}/x")
+            records = await sink.wait(3)
+    for record in records:
+        canary_answer = record.canary
+        assert canary_answer is not None and canary_answer.error is None
+        assert canary_answer.body_truncated
+        assert canary_answer.body is not None and len(canary_answer.body) == 65_536
+        assert canary_answer.latency_ms is not None and canary_answer.latency_ms > 0
 
 
 def _alive(kind: type) -> int:

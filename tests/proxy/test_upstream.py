@@ -652,3 +652,105 @@ async def test_endless_trailers_fail_at_the_bound() -> None:
             # The head may find the answer failed already.
             await read_all(await pool.send("GET", "/", [], None, limit=5, idle=True))
         assert "trailers over 4096" in str(info.value)
+
+
+# --- discard: the rest of a body read, not kept, to time its end -----------------------
+
+
+@asynccontextmanager
+async def body_server(size: int, *, chunked: bool, repeat: int = 1) -> AsyncIterator[int]:
+    body = b"z" * size
+    if chunked:  # 1000-byte chunks: the framing is not body
+        frames = b"".join(
+            b"%x\r\n%b\r\n" % (len(body[i : i + 1000]), body[i : i + 1000])
+            for i in range(0, size, 1000)
+        )
+        answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + frames + b"0\r\n\r\n"
+    else:
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (size, body)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(repeat):
+            await read_head(reader)
+            writer.write(answer)
+            await writer.drain()
+        await reader.read()
+
+    async with raw_server(handler) as port:
+        yield port
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_discard_times_a_body_that_ends_within_its_bound(chunked: bool) -> None:
+    # 3 MB read, 1000 bytes kept: the rest, exactly the bound, is read to its end and timed
+    # in the callbacks; the connection is reused. Chunk framing (MBs of it) is not body.
+    size, kept = 3_000_000, 1000
+    async with (
+        body_server(size, chunked=chunked, repeat=2) as port,
+        pool_for(port, max_discard_bytes=size - kept) as pool,
+    ):
+        for _ in range(2):
+            resp = await pool.send("GET", "/", [], None, limit=5, idle=False)
+            got = b""
+            while len(got) < kept:
+                got += await resp.read()
+            assert resp.latency is None
+            assert await resp.discard(size - len(got)) is True
+            assert resp.latency is not None and resp.latency > 0
+            assert (pool.size, pool.idle) == (1, 1)  # read to the end: kept
+
+
+async def test_discard_past_its_bound_leaves_the_answer_untimed() -> None:
+    # One byte more than the bound: not timed, and the connection is closed.
+    size = 3_000_000
+    async with body_server(size, chunked=False) as port, pool_for(port) as pool:
+        resp = await pool.send("GET", "/", [], None, limit=5, idle=False)
+        got = await resp.read()
+        assert await resp.discard(size - len(got) - 1) is False
+        assert resp.latency is None
+        assert (pool.size, pool.idle) == (0, 0)
+    # The pool's bound is the default: a body over it is not read to its end.
+    async with body_server(size, chunked=True) as port, pool_for(port) as pool:
+        pool.max_discard_bytes = 1_000_000
+        resp = await pool.send("GET", "/", [], None, limit=5, idle=False)
+        await resp.read()
+        assert await resp.discard() is False
+        assert resp.latency is None
+        assert await resp.discard() is False  # released: nothing more to read
+
+
+async def test_discard_raises_when_the_body_breaks_off_or_outlasts_the_deadline() -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"a" * 5000)
+        await writer.drain()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # 1.5 s in all, never 0.15 s without a byte
+        for _ in range(2):
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6000\r\n\r\n" + b"a" * 5000)
+            for _ in range(10):
+                await writer.drain()
+                await asyncio.sleep(0.15)
+                writer.write(b"b" * 100)
+            await writer.drain()
+
+    async with raw_server(cut) as port, pool_for(port) as pool:
+        resp = await pool.send("GET", "/", [], None, limit=5, idle=False)
+        await resp.read()
+        with pytest.raises(UpstreamReset):
+            await resp.discard()
+        assert resp.latency is None and pool.size == 0
+    async with raw_server(slow) as port, pool_for(port) as pool:
+        # the whole exchange bounded (the mirror path): it outlasts the bound
+        resp = await pool.send("GET", "/", [], None, limit=0.6, idle=False)
+        await resp.read()
+        with pytest.raises(UpstreamTimeout):
+            await resp.discard()
+        assert resp.latency is None and pool.size == 0
+        # each wait bounded: discarded bytes that keep coming are not idleness
+        resp = await pool.send("GET", "/", [], None, limit=0.6, idle=True)
+        await resp.read()
+        assert await resp.discard() is True
+        assert resp.latency is not None
