@@ -301,6 +301,7 @@ def render_html(
 <h1>graygate report: {_e(run.name)}</h1>
 <p class="meta">{_e(versions(run))} · {_e(summary_line(report))} ·
 first exchange {_e(when(run.first_received_at))}, last {_e(when(run.last_received_at))}</p>
+{"".join(f'<p class="meta version-change">{_e(c)}</p>' for c in run.version_changes)}
 {body}
 <footer>Verdict computed {_e(when(verdict.computed_at))};
 report generated {_e(when(report.generated_at))}.</footer>
