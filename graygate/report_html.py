@@ -658,7 +658,13 @@ def render_exchange(x: ExchangeDetail) -> str:
         cols.append(
             f'<div class="side"><h4>{role}: {status_html} <small>in {_e(ms_unit(a.latency_ms))}'
             f"</small></h4>{_html_headers(a.headers)}"
-            f"{_html_body(a.body, marks)}</div>"
+            + (
+                f'<p class="empty">body not kept (record.bodies.sample): sha256 '
+                f"<code>{_e(a.body_sha256.hex())}</code></p>"
+                if a.body_sha256 is not None
+                else _html_body(a.body, marks)
+            )
+            + "</div>"
         )
     rows = [
         (

@@ -17,9 +17,12 @@ from config.schema import BodiesConfig, RecordConfig
 from diff.compare import compare
 from diff.evaluate import assess_run
 from diff.worker import judge_pending
+from graygate.admin.api import exchange_json
+from graygate.report_html import render_exchange
 from graygate.values import Answer, RecordedExchange, Verdict
 from proxy.recorder import Recorder
 from store.exchanges import COLUMNS, exchange_row, fetch_exchanges
+from store.reports import exchange_by_trace
 from store.tables import exchanges
 from tests.diff.judgeseed import SMALL_VERDICT, Ex, add, matching, new_run, order, rulebook
 from tests.proxy.recording.rows import BODY, record
@@ -173,6 +176,14 @@ async def test_the_recorder_samples_bodies_with_its_own_randomness(
             )
         ).all()
     assert dict(outcomes) == {"match": 400}
+    # The API and the exchange page say the body was not kept, and show its digest.
+    detail = await exchange_by_trace(engine, digested[0]["trace_id"], run=run_name)
+    assert detail is not None
+    shown = exchange_json(detail)["responses"]["canary"]
+    assert shown["body"] is None and shown["body_sha256"] == _digest(BODY).hex()
+    assert f"body not kept (record.bodies.sample): sha256 <code>{_digest(BODY).hex()}" in (
+        render_exchange(detail)
+    )
 
 
 async def test_sample_one_keeps_every_body(engine: AsyncEngine, run_name: str) -> None:
@@ -182,3 +193,13 @@ async def test_sample_one_keeps_every_body(engine: AsyncEngine, run_name: str) -
             rec.submit(record(run_id, i))
         await rec.flush()
     assert not any(r["body_digest_only"] for r in await fetch_exchanges(engine, run_id))
+
+
+def test_a_digest_read_back_is_written_again() -> None:
+    # A replay re-records a sampled run's answers as they were read: digest, no body.
+    rec = record(1, 0)
+    rec.primary = Answer(200, JSON, None, body_sha256=_digest(BODY))
+    row = dict(zip(COLUMNS, exchange_row(rec), strict=True))
+    assert row["primary_body"] is None and row["primary_body_sha256"] == _digest(BODY)
+    assert row["canary_body"] == BODY and row["canary_body_sha256"] is None
+    assert row["body_digest_only"] is True
