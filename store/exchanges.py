@@ -3,11 +3,14 @@
 An exchange is unique by ``(trace_id, run_id, span_id)``. A batch goes in with one binary
 ``COPY`` straight into ``exchanges``; when that trips the unique key (a batch replayed after an
 outage, or after a crash in the middle of a replay) the same rows go through a temporary table
-and ``INSERT ... ON CONFLICT DO NOTHING``, so a row is never stored twice.
+and ``INSERT ... ON CONFLICT DO NOTHING``, so a row is never stored twice. ``exchanges`` is
+partitioned by run: the COPY into the parent routes each row to its run's partition, and a
+row whose run has none makes the open run's partitions (``store.partitions``) or is refused.
 
 The writer (``proxy.recorder``) works on rows, not records: ``exchange_row`` turns an
-``RecordedExchange`` into the tuple that ``COPY`` takes (bodies bounded again, headers as JSON
-text), and the spill stores those tuples.
+``RecordedExchange`` into the tuple that ``COPY`` takes (bodies bounded again, or replaced by
+their digests for an exchange body sampling left out; headers as JSON text), and the spill
+stores those tuples.
 """
 
 from __future__ import annotations
