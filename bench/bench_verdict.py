@@ -39,6 +39,7 @@ from store.engine import create_engine
 from store.exchanges import COLUMNS, exchange_row
 from store.judgement import DIFFERENCE_COLUMNS
 from store.migrate import upgrade
+from store.partitions import ensure_partitions
 
 ADMIN_DSN = os.environ.get("GRAYGATE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -190,6 +191,13 @@ async def load(dsn: str, run: str, n: int, *, noise_rate: float = 0.05) -> int:
             run,
             orjson.dumps(config).decode(),
         )
+        # The run's partitions of exchanges and differences (store.runs.ensure_run makes
+        # them for a run it creates).
+        engine = create_engine("postgresql+asyncpg://" + dsn.split("://", 1)[1], pool_size=1)
+        try:
+            await ensure_partitions(engine, [int(run_id)])
+        finally:
+            await engine.dispose()
         # A fresh database: ids 1..n are free (identity BY DEFAULT), and differences can
         # point at them; the sequence is moved past them afterwards.
         first_id = 1

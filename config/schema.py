@@ -7,6 +7,7 @@ silently turns into a default.
 
 from __future__ import annotations
 
+import re
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -21,6 +22,7 @@ __all__ = [
     "AdminConfig",
     "AdminToken",
     "ArrayRule",
+    "BodiesConfig",
     "CompareConfig",
     "DatabaseConfig",
     "EndpointRules",
@@ -452,6 +454,19 @@ class RedactConfig(_Frozen):
     _v_lower = field_validator("headers")(lambda v: tuple(h.lower() for h in v))
 
 
+class BodiesConfig(_Frozen):
+    """``record.bodies``: which answers' bodies are stored. ``sample`` is the fraction of
+    exchanges whose bodies are kept in full (0 < sample <= 1, chosen at random per
+    exchange); for the others each body is replaced by its sha256, and the judge compares
+    the digests (equal: equal bodies; unequal: the pair is ``unjudgeable``). With
+    ``keep_differing`` (the default) bodies whose digests differ are kept anyway, so every
+    pair that differs is still judged in full and only equal bodies are reduced to digests.
+    Empty and truncated bodies and the request's body are always kept."""
+
+    sample: float = Field(default=1.0, gt=0.0, le=1.0)
+    keep_differing: bool = True
+
+
 class RecordConfig(_Frozen):
     queue_size: int = Field(default=20_000, ge=1, le=10_000_000)
     batch_size: int = Field(default=500, ge=1, le=100_000)
@@ -459,6 +474,7 @@ class RecordConfig(_Frozen):
     max_body_bytes: int = Field(default=262_144, ge=0, le=67_108_864)
     spill_dir: str | None = None  # default: under the data directory
     spill_max_bytes: int = Field(default=1_073_741_824, ge=0, le=1_099_511_627_776)
+    bodies: BodiesConfig = Field(default_factory=BodiesConfig)
 
 
 class LatencyConfig(_Frozen):
@@ -574,12 +590,27 @@ class WaiverSpec(_Frozen):
         return value
 
 
+# An HTTP field name (RFC 9110 token).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
 class VersionsConfig(_Frozen):
     """What the run compares (shown by the report and the API); from the environment too,
-    e.g. ``GRAYGATE_VERSIONS_CANARY=2.0.0-rc1`` set by the deployment pipeline."""
+    e.g. ``GRAYGATE_VERSIONS_CANARY=2.0.0-rc1`` set by the deployment pipeline. With
+    ``header`` (e.g. ``X-Build-Version``), the versions the answers name in that response
+    header are recorded too: the first seen of each side is the run's version when none is
+    configured, and a side whose version changes during the run is reported."""
 
     primary: str | None = Field(default=None, min_length=1, max_length=200)
     canary: str | None = Field(default=None, min_length=1, max_length=200)
+    header: str | None = Field(default=None, max_length=256)
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, value: str | None) -> str | None:
+        if value is not None and not _HEADER_NAME.fullmatch(value):
+            raise ValueError("not an HTTP header name (e.g. X-Build-Version)")
+        return value
 
     @field_validator("primary", "canary", mode="before")
     @classmethod

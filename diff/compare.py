@@ -21,10 +21,14 @@ is judged only where that is certain: a text or bytes body whose kept bytes diff
 whose complete side ended first, is one ``strict`` difference; anything else (a JSON body,
 whose path rules cannot apply to a partial document; equal prefixes of cut bodies) is one
 ``unjudgeable`` body difference, which makes the exchange ``unjudgeable`` (never a match,
-never a mismatch; the verdict's ``judgeable`` check bounds how many there may be). If the
-recorder ever stores a digest (and length) of the complete bodies, equal digests would
-make a truncated pair a certain match and could refine this. Text and bytes bodies are
-judged by the judge of ``$`` (``ignore: ["$"]`` or ``default: ignore`` skips them).
+never a mismatch; the verdict's ``judgeable`` check bounds how many there may be). Text and
+bytes bodies are judged by the judge of ``$`` (``ignore: ["$"]`` or ``default: ignore``
+skips them).
+
+A body the recorder did not keep (``record.bodies.sample``) is known by its sha256
+(``Answer.body_sha256``): equal digests are equal bodies, nothing differs; unequal ones
+are one ``unjudgeable`` body difference, as above (what differs, and whether a rule
+excuses it, is unknown).
 
 JSON: parsing
 -------------
@@ -978,15 +982,53 @@ def _walk(a: Any, b: Any, rules: RuleSet, out: list[Difference], guard: bool = F
         )
 
 
+def _digest(side: Answer) -> bytes | None:
+    """The sha256 of the side's whole body: stored in its place, or of the body kept;
+    None for a body recorded truncated (its digest is not the answer's)."""
+    if side.body_sha256 is not None:
+        return side.body_sha256
+    if side.body_truncated:
+        return None
+    return hashlib.sha256(side.body or b"").digest()
+
+
+def _compare_digests(primary: Answer, other: Answer, out: list[Difference]) -> None:
+    """A body was not kept, only its digest (``record.bodies.sample``): equal digests are
+    equal bodies; unequal ones say that something differs, not what, nor whether a rule
+    excuses it: one ``unjudgeable`` body difference (the verdict's ``judgeable`` check
+    bounds how many there may be)."""
+    a, b = _digest(primary), _digest(other)
+    if a is not None and a == b:
+        return
+
+    def show(side: Answer, digest: bytes | None) -> dict[str, Any]:
+        kept = side.body_sha256 is None
+        return {"sha256": digest.hex() if digest else None, "body_kept": kept}
+
+    out.append(
+        _body_diff(
+            show(primary, a),
+            show(other, b),
+            "unjudgeable",
+            "body not kept, only its digest (record.bodies.sample): the digests differ, "
+            "not judgeable",
+        )
+    )
+
+
 def _compare_body(primary: Answer, other: Answer, rules: RuleSet, out: list[Difference]) -> None:
     a_raw = primary.body or b""
     b_raw = other.body or b""
     truncated = primary.body_truncated or other.body_truncated
-    if a_raw == b_raw and not truncated:
+    digests = primary.body_sha256 is not None or other.body_sha256 is not None
+    if a_raw == b_raw and not truncated and not digests:
         return
     root_info = rules.root.info
     root_judge: Judge = root_info.judge or rules.default
     if root_judge.kind == "ignore" and not root_info.unignore:
+        return
+    if digests:
+        _compare_digests(primary, other, out)
         return
     ct_a = _header(primary.headers, "content-type")
     ct_b = _header(other.headers, "content-type")

@@ -24,7 +24,8 @@ latency    yes        per endpoint with ``min_samples`` timed pairs: the canary 
                       the control instead of the primary's (both mirrored alike)
 recording  no         unrecorded / (recorded + unrecorded) exceeds ``max_unrecorded_rate``
 backlog    no         recorded but not yet judged exceeds ``max_backlog_rate``
-judgeable  no         exchanges whose truncated body could not be judged / (pairs + those)
+judgeable  no         exchanges whose truncated body (or differing body digests, with
+                      ``record.bodies.sample``) could not be judged / (pairs + those)
                       exceeds ``max_unjudgeable_rate`` (the worst endpoint is named)
 writes     no         (with ``writes:``) a write check's failed reads / its checks
                       exceed ``max_write_failure_rate``; undecided (INCONCLUSIVE) while
@@ -602,17 +603,29 @@ def _backlog_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
 
 
 def _judgeable_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
-    """Exchanges a truncated body left not judgeable (``diff.compare``): they are neither
+    """Exchanges a truncated body, or bodies kept only as digests that differ
+    (``record.bodies.sample``), left not judgeable (``diff.compare``): they are neither
     matches nor mismatches; above ``max_unjudgeable_rate`` of the compared exchanges
-    (pairs + unjudgeable) the judged ones may hide what was cut, so INCONCLUSIVE, never GO."""
+    (pairs + unjudgeable) the judged ones may hide what was cut, so INCONCLUSIVE, never GO.
+    The detail also says how many pairs were judged from the bodies' digests."""
     threshold = cfg.max_unjudgeable_rate
     bad = sum(e.unjudgeable for e in a.endpoints)
+    by_digest = sum(e.digest_unjudgeable for e in a.endpoints)
+    from_digests = sum(e.digest_pairs for e in a.endpoints)
     compared = a.pairs + bad
     if compared == 0:
         return Check("judgeable", None, 0, threshold, "nothing compared yet", blocking=False)
     rate = bad / compared
-    detail = f"{bad} of {compared} compared exchanges not judgeable (truncated body)"
+    if by_digest == 0:
+        why = "truncated body"
+    elif by_digest == bad:
+        why = "body digests differ"
+    else:
+        why = f"truncated body; body digests differ in {by_digest}"
+    detail = f"{bad} of {compared} compared exchanges not judgeable ({why})"
     detail += f" ({_pct(rate)})"
+    if from_digests:
+        detail += f"; {from_digests} pairs judged from body digests (record.bodies.sample)"
     passed = rate <= threshold + 1e-12
     if not passed:
         worst = max(

@@ -260,8 +260,10 @@ def _runs_group(h: Helpers) -> click.Group:
                     f"{r.name}  created {when(r.created_at)}  last exchange "
                     f"{when(r.last_exchange_at) if r.last_exchange_at else '-'}  "
                     f"{r.exchanges:,} exchanges ({r.judged:,} judged, {r.unrecorded:,} "
-                    f"unrecorded)  verdict {r.verdict or '-'}  ~{byte_size(r.size_bytes)}{closed}"
+                    f"unrecorded)  verdict {r.verdict or '-'}  {byte_size(r.size_bytes)}{closed}"
                 )
+                for change in r.version_changes:
+                    click.echo(f"  {change}")
             return 0
 
         sys.exit(h.run(config_path, database_url, data_dir, go))

@@ -301,6 +301,7 @@ def render_html(
 <h1>graygate report: {_e(run.name)}</h1>
 <p class="meta">{_e(versions(run))} · {_e(summary_line(report))} ·
 first exchange {_e(when(run.first_received_at))}, last {_e(when(run.last_received_at))}</p>
+{"".join(f'<p class="meta version-change">{_e(c)}</p>' for c in run.version_changes)}
 {body}
 <footer>Verdict computed {_e(when(verdict.computed_at))};
 report generated {_e(when(report.generated_at))}.</footer>
@@ -657,7 +658,13 @@ def render_exchange(x: ExchangeDetail) -> str:
         cols.append(
             f'<div class="side"><h4>{role}: {status_html} <small>in {_e(ms_unit(a.latency_ms))}'
             f"</small></h4>{_html_headers(a.headers)}"
-            f"{_html_body(a.body, marks)}</div>"
+            + (
+                f'<p class="empty">body not kept (record.bodies.sample): sha256 '
+                f"<code>{_e(a.body_sha256.hex())}</code></p>"
+                if a.body_sha256 is not None
+                else _html_body(a.body, marks)
+            )
+            + "</div>"
         )
     rows = [
         (

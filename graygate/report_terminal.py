@@ -241,6 +241,7 @@ def render_terminal(report: Report, console: Console) -> None:
         safe_text(f"  {versions(run)}"),
         "\n",
         escape_control(f"{summary_line(report)}; verdict computed {when(verdict.computed_at)}"),
+        *(part for change in run.version_changes for part in ("\n", safe_text(change, "yellow"))),
     )
     console.print(Panel(head, title="graygate report", title_align="left", expand=False))
     if console.width < NARROW:

@@ -448,7 +448,12 @@ async def _serve(
             if "proxy" in roles:
                 spill_dir = Path(cfg.record.spill_dir or (data_dir or default_data_dir()) / "spill")
                 recorder = await stack.enter_async_context(
-                    Recorder(engine, cfg.record, default_spill_dir=spill_dir)
+                    Recorder(
+                        engine,
+                        cfg.record,
+                        default_spill_dir=spill_dir,
+                        version_header=cfg.versions.header,
+                    )
                 )
                 app = make_proxy_app(cfg, recorder=recorder, run_id=run_id)
                 url = await stack.enter_async_context(

@@ -40,6 +40,9 @@ class Answer:
     body_truncated: bool = False
     latency_ms: float | None = None
     error: str | None = None  # ErrorKind: timeout | refused | reset | error
+    # The body was not kept (record.bodies.sample): the sha256 of the whole body, in its
+    # place (``body`` is None).
+    body_sha256: bytes | None = None
 
     @property
     def answered(self) -> bool:
@@ -174,7 +177,11 @@ class EndpointCounts:
     match: int = 0
     differ: int = 0
     noise_only: int = 0  # every difference was noise in that exchange
-    unjudgeable: int = 0  # both answered, but a truncated body left part of it unjudged
+    unjudgeable: int = 0  # both answered, but a truncated or digest-only body left it unjudged
+    # Judged with the bodies' digests only (record.bodies.sample): pairs (equal digests,
+    # or a certain difference elsewhere), and unjudgeable ones (unequal digests).
+    digest_pairs: int = 0
+    digest_unjudgeable: int = 0
     secondary_pairs: int = 0  # pairs also compared with a secondary
     skipped: int = 0
     errors: int = 0  # outcome error: a transport failure on one side

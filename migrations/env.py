@@ -9,10 +9,17 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from store.partitions import PARTITION_NAME
 from store.tables import metadata
 
 config = context.config
 target_metadata = metadata
+
+
+def _include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Leave the runs' partitions (exchanges_r1, ...) out of autogenerate: they are made
+    and dropped at run time (store.partitions), not by migrations."""
+    return not (type_ == "table" and name is not None and PARTITION_NAME.match(name))
 
 
 def _url() -> str:
@@ -26,6 +33,7 @@ def run_migrations_offline() -> None:
     context.configure(
         url=_url(),
         target_metadata=target_metadata,
+        include_name=_include_name,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
     )
@@ -34,7 +42,9 @@ def run_migrations_offline() -> None:
 
 
 def _do_run_migrations(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata)
+    context.configure(
+        connection=connection, target_metadata=target_metadata, include_name=_include_name
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -15,6 +15,12 @@ once stored (``proxy.recording.spilling``). Replay is idempotent: rows already s
 skipped (unique ``(trace_id, run_id, span_id)``), and a segment's loss counters are added once
 (``spill_replays``).
 
+With ``record.bodies.sample`` below 1, an exchange's answers keep their bodies with that
+probability (graygate's own randomness, as routing's sampling); the others' bodies are
+replaced by their sha256 (``store.exchanges.exchange_row``) and judged from it. With
+``versions.header``, the versions the answers name are tallied
+(``proxy.recording.version_tally``) and stored with the loss counters.
+
 Losses are counted per run in ``run_losses`` (``proxy.recording.ledger``, which lists the
 reasons; flushed every ``loss_flush_interval`` seconds and at close; spilled when the database
 is away), and in Prometheus (``proxy.recording.series``).
@@ -71,6 +77,8 @@ from proxy.recording.series import (
     SPILLED,
 )
 from proxy.recording.spilling import Replayer, SpillWriter
+from proxy.recording.version_tally import VersionTally
+from proxy.routing import BUCKETS, random_bucket
 from proxy.spill import Spill
 from store.engine import censor_dsn, ping
 from store.exchanges import (
@@ -82,6 +90,7 @@ from store.exchanges import (
     is_unavailable,
     write_exchanges,
 )
+from store.run_versions import add_versions
 
 __all__ = [
     "BATCH_SECONDS",
@@ -130,10 +139,15 @@ class Recorder:
         drain_timeout: float = 10.0,
         write_timeout: float = 5.0,
         loss_flush_interval: float = 1.0,
+        version_header: str | None = None,
     ) -> None:
         self._engine = engine
         self._config = config
         self._max_body = config.max_body_bytes
+        # record.bodies.sample: the buckets (of routing's BUCKETS) whose bodies are kept.
+        self._body_buckets = round(config.bodies.sample * BUCKETS)
+        self._keep_differing = config.bodies.keep_differing
+        self._versions = VersionTally(version_header) if version_header else None
         spill_dir = config.spill_dir or default_spill_dir
         self._spill: Spill | None = (
             Spill(spill_dir, config.spill_max_bytes)
@@ -321,6 +335,7 @@ class Recorder:
 
     async def _final_losses(self) -> None:
         if not self._ledger:
+            await self._store_versions()
             return
         if self._health.up:
             try:
@@ -378,9 +393,21 @@ class Recorder:
         limit = self._max_body
         failed = 0
         first = ""
+        sample = self._body_buckets
+        versions = self._versions
         for record in records:
+            if versions is not None:
+                versions.note(record)
             try:
-                rows.append(exchange_row(record, max_body_bytes=limit))
+                keep = sample >= BUCKETS or random_bucket() < sample
+                rows.append(
+                    exchange_row(
+                        record,
+                        max_body_bytes=limit,
+                        keep_bodies=keep,
+                        keep_differing=self._keep_differing,
+                    )
+                )
             except Exception as exc:
                 self._ledger.lose(record.run_id, ENCODE_ERROR, accepted=True)
                 if not failed:
@@ -488,7 +515,7 @@ class Recorder:
         now = loop.time()
         if self._health.claim_probe(now):
             self._tasks.spawn(self._probe(), name="probe")
-        if self._ledger and now >= self._next_loss_flush:
+        if (self._ledger or self._versions) and now >= self._next_loss_flush:
             self._next_loss_flush = now + self._loss_interval
             await self._store_losses()
         killed = self._killed
@@ -513,9 +540,25 @@ class Recorder:
                 self._mark_down(exc)
                 break
 
+    async def _store_versions(self) -> None:
+        """Add the versions tallied since the last flush to run_versions; kept for the next
+        flush when the database cannot take them (never spilled: they are no loss)."""
+        versions = self._versions
+        if not versions or not self._health.up:
+            return
+        seen = versions.take()
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                await add_versions(self._engine, seen)
+        except Exception as exc:
+            versions.restore(seen)
+            logger.warning("cannot store the versions seen yet: %s", one_line(exc))
+
     async def _store_losses(self) -> None:
-        """Add the pending loss counters to run_losses; while the database is away, spill
-        them. Never raises: what cannot be stored or spilled stays pending."""
+        """Add the pending loss counters to run_losses (and the versions seen to
+        run_versions); while the database is away, spill the counters. Never raises: what
+        cannot be stored or spilled stays pending."""
+        await self._store_versions()
         ledger = self._ledger
         if not ledger:
             return
@@ -552,6 +595,7 @@ def recorder_ctx(
     engine: AsyncEngine | web.AppKey[AsyncEngine],
     default_spill_dir: str | Path | None = None,
     drain_timeout: float = 10.0,
+    version_header: str | None = None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """An aiohttp ``cleanup_ctx`` that owns the recorder: started at startup and stored
     under ``RECORDER_KEY``; at cleanup, it stops accepting, drains and closes.
@@ -563,7 +607,11 @@ def recorder_ctx(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         eng = app[engine] if isinstance(engine, web.AppKey) else engine
         recorder = Recorder(
-            eng, config, default_spill_dir=default_spill_dir, drain_timeout=drain_timeout
+            eng,
+            config,
+            default_spill_dir=default_spill_dir,
+            drain_timeout=drain_timeout,
+            version_header=version_header,
         )
         await recorder.start()
         app[RECORDER_KEY] = recorder

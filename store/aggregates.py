@@ -13,7 +13,9 @@ Outcome vocabulary (set by the diff workers, ``store.judgement``):
   and were compared (``noise_only``: every difference was noise in that exchange, the
   secondary differing at the same field);
 - ``unjudgeable``: both answered and nothing certain differs, but a body was recorded
-  truncated, so part of the answer could not be judged (not a pair, never a match);
+  truncated, or only its digest was kept and the digests differ
+  (``record.bodies.sample``), so part of the answer could not be judged (not a pair,
+  never a match);
 - ``skipped``: nothing to compare (the mirror was skipped, or the other side left no trace);
 - ``error``: one side failed in transport (timeout, refused, reset), so no pair.
 """
@@ -134,7 +136,7 @@ async def fetch_run(conn: AsyncConnection, name: str) -> RunInfo:
 async def fetch_endpoint_counts(conn: AsyncConnection, run_id: int) -> list[EndpointCounts]:
     """Every endpoint's counts, in one scan of the run's exchanges.
 
-    The scan only classifies (endpoint, outcome and five flags -> count), reading nothing
+    The scan only classifies (endpoint, outcome and six flags -> count), reading nothing
     but ix_exchanges_verdict_counts (an index-only scan); the FILTERed sums then run over
     those few dozen groups instead of evaluating ten FILTER clauses on every row.
     """
@@ -153,6 +155,7 @@ async def fetch_endpoint_counts(conn: AsyncConnection, run_id: int) -> list[Endp
         "canary_failed": flag(e.canary_error.is_not(None) | (e.canary_status >= http_5xx)),
         "strict": flag(e.strict_mismatches > zero),
         "tolerance": flag(e.tolerance_violations > zero),
+        "digest_only": e.body_digest_only,
     }
     classes = (
         sa.select(*(v.label(k) for k, v in keys.items()), sa.func.count().label("n"))
@@ -186,6 +189,8 @@ async def fetch_endpoint_counts(conn: AsyncConnection, run_id: int) -> list[Endp
             n(attempted & c.canary_failed).label("canary_failures"),
             n(pair & c.strict).label("strict_pairs"),
             n(pair & c.tolerance).label("tolerance_pairs"),
+            n(pair & c.digest_only).label("digest_pairs"),
+            n((c.outcome == Outcome.UNJUDGEABLE) & c.digest_only).label("digest_unjudgeable"),
         )
         .group_by(c.endpoint)
         .order_by(c.endpoint)

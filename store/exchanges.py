@@ -3,15 +3,19 @@
 An exchange is unique by ``(trace_id, run_id, span_id)``. A batch goes in with one binary
 ``COPY`` straight into ``exchanges``; when that trips the unique key (a batch replayed after an
 outage, or after a crash in the middle of a replay) the same rows go through a temporary table
-and ``INSERT ... ON CONFLICT DO NOTHING``, so a row is never stored twice.
+and ``INSERT ... ON CONFLICT DO NOTHING``, so a row is never stored twice. ``exchanges`` is
+partitioned by run: the COPY into the parent routes each row to its run's partition, and a
+row whose run has none makes the open run's partitions (``store.partitions``) or is refused.
 
 The writer (``proxy.recorder``) works on rows, not records: ``exchange_row`` turns an
-``RecordedExchange`` into the tuple that ``COPY`` takes (bodies bounded again, headers as JSON
-text), and the spill stores those tuples.
+``RecordedExchange`` into the tuple that ``COPY`` takes (bodies bounded again, or replaced by
+their digests for an exchange body sampling left out; headers as JSON text), and the spill
+stores those tuples.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from graygate.errors import one_line
 from graygate.values import Answer, RecordedExchange
 from graygate.vocabulary import LossReason
+from store.partitions import ensure_partitions, is_missing_partition
 from store.tables import ROLES, exchanges, run_losses, runs, spill_replays
 
 __all__ = [
@@ -70,11 +75,20 @@ COLUMNS: Final[tuple[str, ...]] = (
     *(
         f"{role}_{name}"
         for role in ROLES
-        for name in ("status", "headers", "body", "body_truncated", "latency_ms", "error")
+        for name in (
+            "status",
+            "headers",
+            "body",
+            "body_truncated",
+            "body_sha256",
+            "latency_ms",
+            "error",
+        )
     ),
+    "body_digest_only",
 )
 BYTES_COLUMNS: Final[frozenset[str]] = frozenset(
-    ("request_body", *(f"{role}_body" for role in ROLES))
+    ("request_body", *(f"{role}_{c}" for role in ROLES for c in ("body", "body_sha256")))
 )
 TIME_COLUMNS: Final[frozenset[str]] = frozenset(("received_at",))
 
@@ -82,7 +96,7 @@ _TABLE = "exchanges"
 _STAGE = "gg_stage_exchanges"
 _KEY = "(trace_id, run_id, span_id)"
 _SMALLINT_MAX = 32767
-_EMPTY_RESPONSE: Final[Row] = (None, None, None, False, None, None)
+_EMPTY_RESPONSE: Final[Row] = (None, None, None, False, None, None, None)
 
 
 # ---------------------------------------------------------------------------------------
@@ -119,21 +133,50 @@ def _body(body: bytes | None, truncated: bool, limit: int | None) -> tuple[bytes
     return body, bool(truncated)
 
 
-def _response(resp: Answer | None, limit: int | None) -> Row:
+def _response(
+    resp: Answer | None, body: bytes | None, truncated: bool, digest: bytes | None
+) -> Row:
     if resp is None:
         return _EMPTY_RESPONSE
     status = resp.status
     if status is not None and not 0 <= status <= _SMALLINT_MAX:
         raise ValueError(f"status {status!r} out of range")
-    body, truncated = _body(resp.body, resp.body_truncated, limit)
     latency = None if resp.latency_ms is None else float(resp.latency_ms)
     # An answer without a head (an error) has no headers: stored as NULL, not {}.
     headers = _headers(resp.headers if resp.headers or status is not None else None)
-    return (status, headers, body, truncated, latency, _opt_text(resp.error))
+    if digest is not None:
+        body = None
+    return (status, headers, body, truncated, digest, latency, _opt_text(resp.error))
 
 
-def exchange_row(record: RecordedExchange, *, max_body_bytes: int | None = None) -> Row:
+def _digests(
+    bodies: Sequence[tuple[bytes | None, bool]], keep_differing: bool
+) -> list[bytes | None] | None:
+    """The sha256 of each side's body, to store in its place; None when the bodies must be
+    kept: a body was cut (its digest would not be the answer's), or, with
+    ``keep_differing``, the bodies differ (so that the judge can compare them)."""
+    if any(truncated for body, truncated in bodies if body):
+        return None
+    digests = [hashlib.sha256(body).digest() if body else None for body, _ in bodies]
+    present = {d for d in digests if d is not None}
+    if not present or (keep_differing and len(present) > 1):
+        return None
+    return digests
+
+
+def exchange_row(
+    record: RecordedExchange,
+    *,
+    max_body_bytes: int | None = None,
+    keep_bodies: bool = True,
+    keep_differing: bool = True,
+) -> Row:
     """The ``COLUMNS``-ordered tuple for one record; bodies cut to ``max_body_bytes``.
+
+    ``keep_bodies=False`` (an exchange ``record.bodies.sample`` left out) stores each
+    answer's sha256 in place of its body (``<side>_body_sha256``, ``body_digest_only``),
+    unless a body was cut, or ``keep_differing`` and the bodies differ: then they are
+    kept. Empty bodies and the request's body are always kept (replay sends the latter).
 
     Raises ``ValueError``/``TypeError`` for a record that cannot be stored (the caller counts
     it as an ``encode_error`` loss).
@@ -142,6 +185,19 @@ def exchange_row(record: RecordedExchange, *, max_body_bytes: int | None = None)
     if received.tzinfo is None:
         received = received.replace(tzinfo=UTC)
     body, truncated = _body(record.request_body, record.request_body_truncated, max_body_bytes)
+    answers = (record.primary, record.canary, record.secondary)
+    bodies = [
+        _body(a.body, a.body_truncated, max_body_bytes) if a is not None else (None, False)
+        for a in answers
+    ]
+    # An answer read back from a digest-only row (a replay of a sampled run) stays one.
+    digests = [a.body_sha256 if a is not None and a.body is None else None for a in answers]
+    if not any(digests):
+        digests = (None if keep_bodies else _digests(bodies, keep_differing)) or []
+    sides = [
+        _response(a, b, t, d)
+        for a, (b, t), d in zip(answers, bodies, digests or (None, None, None), strict=True)
+    ]
     return (
         int(record.run_id),
         _text(record.trace_id),
@@ -157,9 +213,10 @@ def exchange_row(record: RecordedExchange, *, max_body_bytes: int | None = None)
         _opt_text(record.gray_label),
         _text(record.served_by),
         _opt_text(record.mirror_skipped),
-        *_response(record.primary, max_body_bytes),
-        *_response(record.canary, max_body_bytes),
-        *_response(record.secondary, max_body_bytes),
+        *sides[0],
+        *sides[1],
+        *sides[2],
+        any(digests),
     )
 
 
@@ -311,6 +368,9 @@ async def write_exchanges(
     Raises what the driver raised when the database is away (``is_unavailable``): the caller
     keeps the rows (spill) and retries; a retry never stores a row twice.
 
+    A row whose run has no partition (``store.partitions``) makes the run's partitions
+    when the run is open, and is written again; otherwise it is refused (``rejected``).
+
     Rows of a closed run (``graygate runs close``) are not stored: they are counted in
     ``run_losses`` as ``run_closed`` (one indexed read of ``runs`` per batch). A batch
     whose write began before the close committed may still land.
@@ -354,8 +414,16 @@ async def _split_closed(
 
 
 async def _write(
-    engine: AsyncEngine, rows: Sequence[Row], columns: Sequence[str], copy_timeout: float
+    engine: AsyncEngine,
+    rows: Sequence[Row],
+    columns: Sequence[str],
+    copy_timeout: float,
+    *,
+    heal: bool = True,
 ) -> WriteResult:
+    """Write ``rows``, isolating the rows the database refuses (by halving). With
+    ``heal``, rows some run has no partition for make the open runs' partitions first
+    (``store.runs.ensure_run`` made them, so this is rare) and are written again once."""
     if not rows:
         return WriteResult()
     try:
@@ -363,11 +431,17 @@ async def _write(
     except Exception as exc:
         if not is_rejection(exc):
             raise
+        if heal and is_missing_partition(exc):
+            i = list(columns).index("run_id")
+            made = await ensure_partitions(engine, {int(r[i]) for r in rows})
+            if made:
+                logger.warning("rows of runs without a partition: made those of runs %s", made)
+            return await _write(engine, rows, columns, copy_timeout, heal=False)
         if len(rows) == 1:
             return WriteResult(rejected=[rows[0]], rejected_reason=_reason(exc))
     mid = len(rows) // 2
-    result = await _write(engine, rows[:mid], columns, copy_timeout)
-    result += await _write(engine, rows[mid:], columns, copy_timeout)
+    result = await _write(engine, rows[:mid], columns, copy_timeout, heal=heal)
+    result += await _write(engine, rows[mid:], columns, copy_timeout, heal=heal)
     return result
 
 

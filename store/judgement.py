@@ -97,7 +97,15 @@ class ExchangeJudgement:
     differences: Sequence[StoredDifference] = field(default_factory=tuple)
 
 
-_SIDE_COLUMNS = ("status", "headers", "body", "body_truncated", "latency_ms", "error")
+_SIDE_COLUMNS = (
+    "status",
+    "headers",
+    "body",
+    "body_truncated",
+    "body_sha256",
+    "latency_ms",
+    "error",
+)
 
 
 def _side(row: Any, role: str) -> Answer:
@@ -107,6 +115,7 @@ def _side(row: Any, role: str) -> Answer:
         headers=m[f"{role}_headers"] or {},
         body=m[f"{role}_body"],
         body_truncated=bool(m[f"{role}_body_truncated"]),
+        body_sha256=m[f"{role}_body_sha256"],
         latency_ms=m[f"{role}_latency_ms"],
         error=m[f"{role}_error"],
     )
@@ -151,20 +160,7 @@ async def claim_batch(conn: AsyncConnection, run_id: int, limit: int) -> list[Cl
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    rows = (await conn.execute(stmt)).all()
-    return [
-        ClaimedExchange(
-            id=r.id,
-            run_id=r.run_id,
-            endpoint=r.endpoint,
-            served_by=r.served_by,
-            mirror_skipped=r.mirror_skipped,
-            primary=_side(r, Role.PRIMARY),
-            canary=_side(r, Role.CANARY),
-            secondary=_side(r, Role.SECONDARY),
-        )
-        for r in rows
-    ]
+    return [claimed(r) for r in (await conn.execute(stmt)).all()]
 
 
 def _json(value: Any) -> str:
@@ -179,10 +175,11 @@ _UPDATE = sa.text(
            strict_mismatches = v.strict,
            tolerance_violations = v.tolerance,
            noise_differences = v.noise
-      FROM unnest(CAST(:ids AS bigint[]), CAST(:outcomes AS text[]), CAST(:strict AS int[]),
+      FROM unnest(CAST(:run_ids AS bigint[]), CAST(:ids AS bigint[]),
+                  CAST(:outcomes AS text[]), CAST(:strict AS int[]),
                   CAST(:tolerance AS int[]), CAST(:noise AS int[]))
-           AS v(id, outcome, strict, tolerance, noise)
-     WHERE e.id = v.id
+           AS v(run_id, id, outcome, strict, tolerance, noise)
+     WHERE e.run_id = v.run_id AND e.id = v.id AND e.run_id = ANY(CAST(:runs AS bigint[]))
     """
 )
 
@@ -211,6 +208,10 @@ async def store_judgements(conn: AsyncConnection, judgements: Sequence[ExchangeJ
     await conn.execute(
         _UPDATE,
         {
+            # The run ids twice: per row (the key), and as the set of runs, which lets
+            # PostgreSQL open only those runs' partitions.
+            "runs": sorted({j.run_id for j in judgements}),
+            "run_ids": [j.run_id for j in judgements],
             "ids": [j.exchange_id for j in judgements],
             "outcomes": [j.outcome for j in judgements],
             "strict": [j.strict_mismatches for j in judgements],

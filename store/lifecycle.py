@@ -1,15 +1,18 @@
 """A run's lifecycle: listing with sizes, closing, deleting, pruning.
 
-Deleting a run deletes its row; its exchanges, differences, losses, verdicts, runtime
-samples and findings go with it (``ON DELETE CASCADE``), its scoped waivers stay (their
-``run_id`` becomes NULL) and the waivers' audit trail is never touched. Until exchanges are
-partitioned by run this is a row-by-row delete inside PostgreSQL (see
-docs/ARCHITECTURE.md, "Storage at production volume").
+Deleting a run closes it (writers drop its rows from then on), drops its partitions of
+exchanges and differences (``store.partitions.drop_partitions``: detached concurrently and
+dropped, never a row-by-row DELETE), then deletes its row: its losses, verdicts, runtime
+samples, findings, versions and re-judgement jobs go with it (``ON DELETE CASCADE``: small
+per-run tables), its scoped waivers stay (their ``run_id`` becomes NULL) and the waivers'
+audit trail is never touched. Each step can be done again: a delete that failed half-way
+is finished by the next one.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from graygate.errors import UnknownRun
 from store.failures import store_errors
-from store.tables import differences, exchanges, run_losses, runs, verdicts
+from store.partitions import count_rows, drop_partitions, partition_sizes
+from store.run_versions import version_changes, versions_seen
+from store.tables import exchanges, run_losses, runs, verdicts
 
 __all__ = [
     "MAX_KEEP_LAST",
@@ -48,9 +53,10 @@ class RunListing:
     judged: int
     unrecorded: int
     verdict: str | None  # the latest recorded verdict
-    size_bytes: int  # estimated: the run's share of the exchanges and differences tables
+    size_bytes: int  # its partitions of exchanges and differences, indexes and TOAST included
     primary_version: str | None = None
     canary_version: str | None = None
+    version_changes: tuple[str, ...] = ()  # versions.header: a side whose version changed
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -66,15 +72,14 @@ class RunListing:
             "verdict": self.verdict,
             "size_bytes": self.size_bytes,
             "versions": {"primary": self.primary_version, "canary": self.canary_version},
+            "version_changes": list(self.version_changes),
         }
 
 
 async def list_run_details(engine: AsyncEngine) -> list[RunListing]:
-    """Every run, most recently created first, with its counts, latest verdict and size.
-
-    The size is an estimate: the run's share, by rows, of ``pg_total_relation_size`` of
-    ``exchanges`` and ``differences`` (indexes and TOAST included)."""
-    x, d, r = exchanges.c, differences.c, runs.c
+    """Every run, most recently created first, with its counts, latest verdict and size
+    (``pg_total_relation_size`` of its partitions)."""
+    x, r = exchanges.c, runs.c
     ex = (
         sa.select(
             x.run_id,
@@ -85,7 +90,6 @@ async def list_run_details(engine: AsyncEngine) -> list[RunListing]:
         .group_by(x.run_id)
         .subquery()
     )
-    df = sa.select(d.run_id, sa.func.count().label("n")).group_by(d.run_id).subquery()
     lo = (
         sa.select(run_losses.c.run_id, sa.func.sum(run_losses.c.count).label("n"))
         .group_by(run_losses.c.run_id)
@@ -105,29 +109,20 @@ async def list_run_details(engine: AsyncEngine) -> list[RunListing]:
             r.closed_at,
             r.primary_version,
             r.canary_version,
+            r.id,
             sa.func.coalesce(ex.c.n, 0).label("exchanges"),
             sa.func.coalesce(ex.c.judged, 0).label("judged"),
             ex.c.last,
-            sa.func.coalesce(df.c.n, 0).label("differences"),
             sa.func.coalesce(lo.c.n, 0).label("unrecorded"),
             latest.label("verdict"),
         )
-        .select_from(
-            runs.outerjoin(ex, ex.c.run_id == r.id)
-            .outerjoin(df, df.c.run_id == r.id)
-            .outerjoin(lo, lo.c.run_id == r.id)
-        )
+        .select_from(runs.outerjoin(ex, ex.c.run_id == r.id).outerjoin(lo, lo.c.run_id == r.id))
         .order_by(r.created_at.desc(), r.id.desc())
-    )
-    sizes = sa.select(
-        sa.func.pg_total_relation_size(sa.literal("exchanges")),
-        sa.func.pg_total_relation_size(sa.literal("differences")),
     )
     async with store_errors(engine), engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
-        ex_bytes, diff_bytes = (await conn.execute(sizes)).one()
-    total_ex = sum(int(row.exchanges) for row in rows) or 1
-    total_diff = sum(int(row.differences) for row in rows) or 1
+        sizes = await partition_sizes(conn)
+        seen = await versions_seen(conn, [int(row.id) for row in rows])
     return [
         RunListing(
             name=row.name,
@@ -138,12 +133,10 @@ async def list_run_details(engine: AsyncEngine) -> list[RunListing]:
             judged=int(row.judged),
             unrecorded=int(row.unrecorded),
             verdict=row.verdict,
-            size_bytes=int(
-                ex_bytes * int(row.exchanges) / total_ex
-                + diff_bytes * int(row.differences) / total_diff
-            ),
+            size_bytes=sizes.get(int(row.id), 0),
             primary_version=row.primary_version,
             canary_version=row.canary_version,
+            version_changes=version_changes(seen.get(int(row.id), ())),
         )
         for row in rows
     ]
@@ -170,16 +163,32 @@ async def delete_run(engine: AsyncEngine, name: str) -> int:
     """Delete run ``name`` and everything recorded for it; returns how many exchanges it
     held. UnknownRun when there is none."""
     r = runs.c
-    async with store_errors(engine), engine.begin() as conn:
-        run_id = await conn.scalar(sa.select(r.id).where(r.name == name).with_for_update())
-        if run_id is None:
-            raise UnknownRun(name)
-        n = await conn.scalar(
-            sa.select(sa.func.count()).select_from(exchanges).where(exchanges.c.run_id == run_id)
-        )
-        await conn.execute(sa.delete(runs).where(r.id == run_id))
-    logger.info("run %s deleted (%d exchanges)", name, n or 0)
-    return int(n or 0)
+    started = time.perf_counter()
+    async with store_errors(engine):
+        async with engine.begin() as conn:
+            # Closed first (committed): from now on writers drop its rows and make it no
+            # partition.
+            run_id = await conn.scalar(
+                sa.update(runs)
+                .where(r.name == name)
+                .values(closed_at=sa.func.coalesce(r.closed_at, sa.func.now()))
+                .returning(r.id)
+            )
+            if run_id is None:
+                raise UnknownRun(name)
+            n = await count_rows(conn, int(run_id))
+        counted = time.perf_counter()
+        await drop_partitions(engine, int(run_id))
+        async with engine.begin() as conn:
+            await conn.execute(sa.delete(runs).where(r.id == run_id))
+    logger.info(
+        "run %s deleted (%d exchanges) in %.0f ms (closed and counted in %.0f ms)",
+        name,
+        n,
+        (time.perf_counter() - started) * 1000,
+        (counted - started) * 1000,
+    )
+    return n
 
 
 async def prune_candidates(

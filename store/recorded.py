@@ -45,6 +45,7 @@ def _answer(row: Mapping[str, Any], role: str) -> Answer | None:
         headers=dict(row[f"{role}_headers"] or {}),
         body=row[f"{role}_body"],
         body_truncated=bool(row[f"{role}_body_truncated"]),
+        body_sha256=row[f"{role}_body_sha256"],
         latency_ms=row[f"{role}_latency_ms"],
         error=error,
     )

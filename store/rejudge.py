@@ -170,6 +170,7 @@ async def stage(
         sa.insert(rejudge_outcomes),
         [
             {
+                "run_id": jd.run_id,
                 "rejudge_id": job.id,
                 "exchange_id": jd.exchange_id,
                 "outcome": jd.outcome,
@@ -228,7 +229,12 @@ async def finish(conn: AsyncConnection, job: RejudgeJob) -> None:
     )
     await conn.execute(
         sa.update(exchanges)
-        .where(x.id == ro.exchange_id, ro.rejudge_id == job.id)
+        .where(
+            x.run_id == job.run_id,
+            ro.run_id == job.run_id,
+            ro.rejudge_id == job.id,
+            x.id == ro.exchange_id,
+        )
         .values(
             judged_at=sa.func.now(),
             outcome=ro.outcome,
@@ -238,7 +244,9 @@ async def finish(conn: AsyncConnection, job: RejudgeJob) -> None:
         )
     )
     await conn.execute(sa.delete(rejudge_differences).where(rd.rejudge_id == job.id))
-    await conn.execute(sa.delete(rejudge_outcomes).where(ro.rejudge_id == job.id))
+    await conn.execute(
+        sa.delete(rejudge_outcomes).where(ro.run_id == job.run_id, ro.rejudge_id == job.id)
+    )
     await conn.execute(
         sa.update(runs)
         .where(runs.c.id == job.run_id)

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from graygate.errors import UnknownRun
 from graygate.vocabulary import FAILURE_JUDGEMENTS, PAIR_OUTCOMES, Against, Judgement, Role
 from store.failures import store_errors
-from store.tables import differences, exchanges, runs
+from store.tables import differences, exchange_of, exchanges, runs
 
 __all__ = [
     "CDF_FRACTIONS",
@@ -235,7 +235,7 @@ async def mismatch_series(
                 .filter(d.judgement == Judgement.TOLERANCE)
                 .label("tolerance"),
             )
-            .select_from(differences.join(exchanges, exchanges.c.id == d.exchange_id))
+            .select_from(differences.join(exchanges, exchange_of(differences)))
             .where(cond)
             .group_by(d.endpoint, sa.text("b"))
         )
@@ -281,7 +281,7 @@ async def field_stats(
                 sa.func.min(d.id).label("example_id"),
                 sa.func.min(d.rule).label("rule"),
             )
-            .select_from(differences.join(exchanges, exchanges.c.id == d.exchange_id))
+            .select_from(differences.join(exchanges, exchange_of(differences)))
             .where(cond)
             .group_by(d.endpoint, d.field, d.kind, d.judgement)
             .subquery("grouped")
@@ -301,9 +301,9 @@ async def field_stats(
                 example.c.other_value,
             )
             .select_from(
-                ranked.join(example, example.c.id == ranked.c.example_id).join(
-                    exchanges, exchanges.c.id == example.c.exchange_id
-                )
+                ranked.join(
+                    example, (example.c.run_id == run_id) & (example.c.id == ranked.c.example_id)
+                ).join(exchanges, exchange_of(example))
             )
             .where(ranked.c.rank <= MAX_FIELDS)
             .order_by(ranked.c.endpoint, ranked.c.first_at, ranked.c.field)
@@ -345,7 +345,7 @@ async def field_totals(
                 sa.func.count(sa.distinct(d.exchange_id)).label("n"),
                 sa.func.min(e.received_at).label("first_at"),
             )
-            .select_from(differences.join(exchanges, exchanges.c.id == d.exchange_id))
+            .select_from(differences.join(exchanges, exchange_of(differences)))
             .where(cond)
             .group_by(d.endpoint, d.field)
         )

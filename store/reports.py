@@ -28,9 +28,11 @@ from graygate.errors import UnknownRun
 from graygate.values import Answer, PreflightFinding, RecordedExchange
 from graygate.vocabulary import Against, Judgement, Outcome, Role
 from store.failures import store_errors
+from store.run_versions import version_changes, versions_seen
 from store.tables import (
     ROLES,
     differences,
+    exchange_of,
     exchanges,
     preflight_findings,
     run_losses,
@@ -81,6 +83,8 @@ class RunSummary:
     unrecorded: int  # exchanges lost before reaching the database (run_losses)
     last_verdict: str | None  # the latest recorded verdict, if any
     last_verdict_at: datetime | None
+    # "canary version changed: 2.0.0-rc1 -> 2.0.0-rc2 (...)" per side (versions.header)
+    version_changes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,8 @@ class RunOverview:
     first_received_at: datetime | None
     last_received_at: datetime | None
     losses: dict[str, int] = field(default_factory=dict)  # reason -> exchanges lost
+    # "canary version changed: 2.0.0-rc1 -> 2.0.0-rc2 (...)" per side (versions.header)
+    version_changes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +280,7 @@ async def list_runs(engine: AsyncEngine, *, limit: int = 100) -> list[RunSummary
     )
     query = (
         sa.select(
+            runs.c.id,
             runs.c.name,
             runs.c.created_at,
             runs.c.updated_at,
@@ -294,6 +301,7 @@ async def list_runs(engine: AsyncEngine, *, limit: int = 100) -> list[RunSummary
     )
     async with _connect(engine) as conn:
         rows = (await conn.execute(query)).all()
+        seen = await versions_seen(conn, [r.id for r in rows])
     return [
         RunSummary(
             name=r.name,
@@ -307,6 +315,7 @@ async def list_runs(engine: AsyncEngine, *, limit: int = 100) -> list[RunSummary
             unrecorded=int(r.unrecorded),
             last_verdict=r.verdict,
             last_verdict_at=r.computed_at,
+            version_changes=version_changes(seen.get(r.id, ())),
         )
         for r in rows
     ]
@@ -336,6 +345,7 @@ async def run_overview(engine: AsyncEngine, run: str) -> RunOverview:
                 .order_by(run_losses.c.reason)
             )
         ).all()
+        seen = await versions_seen(conn, [row.id])
     return RunOverview(
         name=row.name,
         created_at=row.created_at,
@@ -349,6 +359,7 @@ async def run_overview(engine: AsyncEngine, run: str) -> RunOverview:
         first_received_at=totals.first,
         last_received_at=totals.last,
         losses={r.reason: int(r.n) for r in losses},
+        version_changes=version_changes(seen.get(row.id, ())),
     )
 
 
@@ -410,9 +421,9 @@ async def top_fields(
                 example.c.other_value,
             )
             .select_from(
-                ranked.join(example, example.c.id == ranked.c.example_id).join(
-                    exchanges, exchanges.c.id == example.c.exchange_id
-                )
+                ranked.join(
+                    example, (example.c.run_id == run_id) & (example.c.id == ranked.c.example_id)
+                ).join(exchanges, exchange_of(example))
             )
             .where(ranked.c.rank <= per_endpoint)
             .order_by(ranked.c.endpoint, ranked.c.judgement, ranked.c.rank)
@@ -458,7 +469,7 @@ async def list_differences(
         run_id = await _run_id(conn, run)
         query = (
             sa.select(*_DIFFERENCE_COLUMNS)
-            .select_from(d.join(exchanges, exchanges.c.id == d.c.exchange_id))
+            .select_from(d.join(exchanges, exchange_of(d)))
             .where(d.c.run_id == run_id)
         )
         for column, value in (
@@ -499,10 +510,8 @@ async def exchange_by_trace(
         diffs = (
             await conn.execute(
                 sa.select(*_DIFFERENCE_COLUMNS)
-                .select_from(
-                    differences.join(exchanges, exchanges.c.id == differences.c.exchange_id)
-                )
-                .where(differences.c.exchange_id == row.id)
+                .select_from(differences.join(exchanges, exchange_of(differences)))
+                .where(differences.c.run_id == row.run_id, differences.c.exchange_id == row.id)
                 .order_by(differences.c.id)
             )
         ).all()
@@ -513,6 +522,7 @@ async def exchange_by_trace(
             headers=m[f"{role}_headers"] or {},
             body=m[f"{role}_body"],
             body_truncated=m[f"{role}_body_truncated"],
+            body_sha256=m[f"{role}_body_sha256"],
             latency_ms=m[f"{role}_latency_ms"],
             error=m[f"{role}_error"],
         )

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from config.censor import censor_config, censor_url
 from graygate.errors import UnknownRun
 from store.failures import store_errors
+from store.partitions import ensure_partitions
 from store.tables import runs
 from store.waivers import sync_config_waivers
 
@@ -34,7 +35,8 @@ async def ensure_run(
     (``config.censor``): no password, token or URL userinfo reaches ``runs``.
 
     One statement (``INSERT ... ON CONFLICT (name) DO UPDATE ... RETURNING id``): safe when
-    many processes on many hosts start the same run at once. Versions are kept when the
+    many processes on many hosts start the same run at once; then the run's partitions
+    (``store.partitions``), made once whoever asks. Versions are kept when the
     caller does not know them. Raises StoreUnavailable when the database cannot be reached.
     """
     if isinstance(config_json, str):
@@ -75,6 +77,11 @@ async def ensure_run(
             # The configuration's standing exemptions (reviewed as code), in the trail as
             # "config"; this transaction holds the run's row lock.
             await sync_config_waivers(conn, int(run_id), name, config.get("waivers") or [])
+    # Its partitions, in a transaction of their own: attaching one locks the runs table
+    # (the partition's foreign key), which two starts holding their run rows would
+    # deadlock on.
+    async with store_errors(engine):
+        await ensure_partitions(engine, [int(run_id)])
     return int(run_id)
 
 

@@ -24,8 +24,10 @@ from graygate.vocabulary import (
 )
 
 __all__ = [
+    "PARTITIONED",
     "ROLES",
     "differences",
+    "exchange_of",
     "exchanges",
     "metadata",
     "preflight_findings",
@@ -33,6 +35,7 @@ __all__ = [
     "rejudge_outcomes",
     "rejudges",
     "run_losses",
+    "run_versions",
     "runs",
     "runtime_samples",
     "spill_replays",
@@ -87,16 +90,25 @@ def _role_columns(role: str) -> list[sa.Column[object]]:
         sa.Column(f"{role}_headers", JSONB),
         sa.Column(f"{role}_body", sa.LargeBinary),
         sa.Column(f"{role}_body_truncated", sa.Boolean, nullable=False, server_default="false"),
+        # sha256 of the body when the body itself was not kept (record.bodies.sample,
+        # migration 0006); NULL when the body is stored.
+        sa.Column(f"{role}_body_sha256", sa.LargeBinary),
         sa.Column(f"{role}_latency_ms", sa.Float),
         # timeout | refused | reset | error; NULL when the upstream answered
         sa.Column(f"{role}_error", sa.Text),
     ]
 
 
+# Exchanges and their differences are partitioned by run (migration 0006): one partition
+# of each per run, named by store.partitions (exchanges_r<run id>), created when the run is
+# and dropped with it; a run's rows are never deleted one by one. A partitioned table's
+# unique keys must hold its partition key, so every key here holds run_id (which is also
+# what a distributed PostgreSQL, Citus, shards them by: docs/ARCHITECTURE.md); the
+# exchange's own key holds its trace id too.
 exchanges = sa.Table(
     "exchanges",
     metadata,
-    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("id", sa.BigInteger, sa.Identity(), nullable=False),
     sa.Column(
         "run_id", sa.BigInteger, sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
     ),
@@ -126,6 +138,10 @@ exchanges = sa.Table(
     sa.Column("strict_mismatches", sa.Integer),
     sa.Column("tolerance_violations", sa.Integer),
     sa.Column("noise_differences", sa.Integer),
+    # The answers' bodies were replaced by their digests (record.bodies.sample); the
+    # verdict counts the pairs judged that way.
+    sa.Column("body_digest_only", sa.Boolean, nullable=False, server_default="false"),
+    sa.PrimaryKeyConstraint("run_id", "id", name="pk_exchanges"),
     # One row per exchange (the span id is the proxy's own, new per request): the writer's
     # replay after a database outage, or after a crash mid-replay, inserts with ON CONFLICT
     # DO NOTHING on this key, so nothing is written twice. Led by trace_id, it also serves
@@ -142,7 +158,6 @@ exchanges = sa.Table(
         "id",
         postgresql_where=sa.text("judged_at IS NULL"),
     ),
-    sa.Index("ix_exchanges_run_id_id", "run_id", "id"),
     sa.Index(
         "ix_exchanges_verdict_counts",
         "run_id",
@@ -156,20 +171,20 @@ exchanges = sa.Table(
             "canary_status",
             "primary_error",
             "canary_error",
+            "body_digest_only",
         ],
     ),
+    postgresql_partition_by="LIST (run_id)",
 )
 
+# No foreign key to exchanges: a run's differences go with its exchanges (their partitions
+# are dropped together), and a key between two partitioned tables would make attaching and
+# detaching a partition lock and check the other table.
 differences = sa.Table(
     "differences",
     metadata,
-    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-    sa.Column(
-        "exchange_id",
-        sa.BigInteger,
-        sa.ForeignKey("exchanges.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    sa.Column("id", sa.BigInteger, sa.Identity(), nullable=False),
+    sa.Column("exchange_id", sa.BigInteger, nullable=False),
     sa.Column("run_id", sa.BigInteger, nullable=False),
     sa.Column("endpoint", sa.Text, nullable=False),
     # canary: primary vs canary; secondary: primary vs secondary (the noise baseline)
@@ -195,7 +210,19 @@ differences = sa.Table(
         "exchange_id",
     ),
     sa.Index("ix_differences_exchange_id", "exchange_id"),
+    sa.PrimaryKeyConstraint("run_id", "id", name="pk_differences"),
+    postgresql_partition_by="LIST (run_id)",
 )
+
+# The tables partitioned by run (store.partitions makes and drops their partitions).
+PARTITIONED: tuple[sa.Table, ...] = (exchanges, differences)
+
+
+def exchange_of(d: sa.FromClause, e: sa.FromClause = exchanges) -> sa.ColumnElement[bool]:
+    """The join of a difference (a row of ``d``) to its exchange: by run and id, so that
+    PostgreSQL reads one run's partition of each (the id alone would probe them all)."""
+    return sa.and_(e.c.run_id == d.c.run_id, e.c.id == d.c.exchange_id)
+
 
 run_losses = sa.Table(
     "run_losses",
@@ -344,6 +371,7 @@ rejudges = sa.Table(
 rejudge_outcomes = sa.Table(
     "rejudge_outcomes",
     metadata,
+    sa.Column("run_id", sa.BigInteger, primary_key=True),
     sa.Column(
         "rejudge_id",
         sa.BigInteger,
@@ -378,4 +406,22 @@ rejudge_differences = sa.Table(
     sa.Column("judgement", sa.Text, nullable=False),
     sa.Column("rule", sa.Text),
     sa.Index("ix_rejudge_differences_rejudge_id", "rejudge_id"),
+)
+
+# The versions each side's answers named in the response header ``versions.header``
+# (migration 0006): one row per run, side and version, with how many exchanges carried it
+# and when it was first and last seen. More than one version of a side means it changed
+# while the run was recorded (the report and the API say so); the first one seen fills
+# ``runs.<side>_version`` when the configuration named none.
+run_versions = sa.Table(
+    "run_versions",
+    metadata,
+    sa.Column(
+        "run_id", sa.BigInteger, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("role", sa.Text, primary_key=True, doc=_one_of(Role, "whose answers")),
+    sa.Column("version", sa.Text, primary_key=True),
+    sa.Column("exchanges", sa.BigInteger, nullable=False),
+    sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
 )

@@ -140,13 +140,16 @@ def render_body(body: bytes | None, *, truncated: bool = False) -> dict[str, Any
 
 
 def _response_json(r: Answer) -> dict[str, Any]:
-    return {
+    out = {
         "status": r.status,
         "error": r.error,
         "latency_ms": r.latency_ms,
         "headers": r.headers,
         "body": render_body(r.body, truncated=r.body_truncated),
     }
+    if r.body_sha256 is not None:  # record.bodies.sample left the body out
+        out["body_sha256"] = r.body_sha256.hex()
+    return out
 
 
 def exchange_json(detail: ExchangeDetail) -> dict[str, Any]:

@@ -10,4 +10,5 @@ composes, each testable without PostgreSQL:
 - ``series``: the Prometheus series they share
 - ``building``: an exchange's record, built from what the request path captured (plain
   values in, no I/O)
+- ``version_tally``: the versions the answers name in ``versions.header``, per run and side
 """

@@ -39,6 +39,7 @@ BOUNDS: list[tuple[str, float, float]] = [
     ("record.flush_interval_ms", 60_000, 60_001),
     ("record.max_body_bytes", 67_108_864, 67_108_865),
     ("record.spill_max_bytes", 1_099_511_627_776, 1_099_511_627_777),
+    ("record.bodies.sample", 1.0, 1.000001),
     ("verdict.min_pairs", 100_000_000, 100_000_001),
     ("verdict.min_pairs_per_endpoint", 100_000_000, 100_000_001),
     ("verdict.max_strict_mismatch_rate", 1.0, 1.001),
@@ -111,3 +112,37 @@ def test_every_numeric_key_has_an_upper_bound() -> None:
                 unbounded.append(f"{model.__name__}.{name}")
     assert unbounded == []
     assert len(seen) > 15  # the walk found the models
+
+
+@pytest.mark.parametrize("value", [0, 0.0, -0.1, "half"])
+def test_record_bodies_sample_is_above_zero(value: object) -> None:
+    # 0 < sample <= 1: 0 would keep no body at all (say so with a digest-only run).
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(_doc("record.bodies.sample", value), env={})  # type: ignore[arg-type]
+    assert str(info.value).startswith("record.bodies.sample"), str(info.value)
+    assert repr(value) in str(info.value) or str(value) in str(info.value)
+
+
+def test_record_bodies_sample_smallest_and_environment() -> None:
+    cfg = config_from_mapping(_doc("record.bodies.sample", 1e-9), env={})
+    assert cfg.record.bodies.sample == 1e-9 and cfg.record.bodies.keep_differing is True
+    cfg = config_from_mapping(_doc("record.bodies.sample", 1.0), env={
+        "GRAYGATE_RECORD_BODIES_SAMPLE": "0.1",
+    })  # fmt: skip
+    assert cfg.record.bodies.sample == 0.1
+
+
+@pytest.mark.parametrize("header", ["X-Build-Version", "x-version", "Build.Version_2", "a" * 256])
+def test_versions_header_names(header: str) -> None:
+    doc = {"run": "r", "upstreams": dict(UPSTREAMS), "versions": {"header": header}}
+    assert config_from_mapping(doc, env={}).versions.header == header
+
+
+@pytest.mark.parametrize("header", ["", "X Build", "X-Version:", "é", "a" * 257])
+def test_versions_header_must_be_a_header_name(header: str) -> None:
+    doc = {"run": "r", "upstreams": dict(UPSTREAMS), "versions": {"header": header}}
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(doc, env={})
+    assert str(info.value).startswith("versions.header"), str(info.value)
+    if header and len(header) <= 256:
+        assert "not an HTTP header name" in str(info.value)

@@ -162,8 +162,22 @@ def to_record(run_id: int, i: int, ex: Ex) -> RecordedExchange:
     )
 
 
-async def add(engine: AsyncEngine, run_id: int, exchanges: Sequence[Ex]) -> None:
-    rows = [exchange_row(to_record(run_id, i, ex)) for i, ex in enumerate(exchanges)]
+async def add(
+    engine: AsyncEngine,
+    run_id: int,
+    exchanges: Sequence[Ex],
+    *,
+    keep_bodies: bool = True,
+    keep_differing: bool = True,
+) -> None:
+    """Record ``exchanges``; ``keep_bodies=False``: as ``record.bodies.sample`` leaves an
+    exchange out (bodies kept as digests, unless they differ and ``keep_differing``)."""
+    rows = [
+        exchange_row(
+            to_record(run_id, i, ex), keep_bodies=keep_bodies, keep_differing=keep_differing
+        )
+        for i, ex in enumerate(exchanges)
+    ]
     result = await write_exchanges(engine, rows)
     assert result.inserted == len(rows) and not result.rejected
 

@@ -1,16 +1,18 @@
 """Governance end to end with real processes: the Go canary's timestamp_format fault behind
 a real `graygate serve` is NO_GO; waivers added with `graygate waiver add` make it GO and
 the report lists them; revoking one returns NO_GO; `graygate rejudge -c` under rules that
-ignore the fields gives GO and the config history shows both judgements."""
+ignore the fields gives GO and the config history shows both judgements. And storage: the
+versions the services name in a header, body sampling, close and delete by partition."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import yaml
@@ -111,3 +113,128 @@ def test_waive_revoke_and_rejudge_a_planted_timestamp_format(
     assert history[-1]["verdicts"][-1]["verdict"] == "GO"
     assert any(v["verdict"] == "NO_GO" for era in history[:-1] for v in era["verdicts"])
     assert "$..created_at" in history[-1]["compare"]["defaults"]["ignore"]
+
+
+# An order service that says which build it is in X-Build-Version: argv port, version,
+# and (optionally) from which order id on it answers as a second version.
+VERSIONED = """
+import asyncio, sys
+from aiohttp import web
+
+port, version = int(sys.argv[1]), sys.argv[2]
+switch = (int(sys.argv[3]), sys.argv[4]) if len(sys.argv) > 4 else None
+
+async def order(request):
+    i = int(request.match_info.get("id", "0"))
+    v = switch[1] if switch and i >= switch[0] else version
+    doc = {"id": i, "status": "paid", "total": 10.0 + i, "items": [{"sku": "A", "qty": 1}]}
+    return web.json_response(doc, headers={"X-Build-Version": v})
+
+async def main():
+    app = web.Application()
+    app.router.add_get("/api/orders/{id}", order)
+    app.router.add_route("*", "/{tail:.*}", order)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print(f"listening on http://127.0.0.1:{port}", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_header_versions_body_digests_close_and_delete_by_partition(
+    procs: Procs,
+    migrated_database: Callable[[], str],
+    graygate_config: Callable[..., Path],
+) -> None:
+    """A real `graygate serve` in front of two services that name their build in
+    X-Build-Version (the canary's changes half-way), with record.bodies.sample 0.5: the run
+    records both versions and the change, every pair is judged (from bodies or from
+    digests, and the verdict says how many), closing it counts what comes after, and
+    `graygate runs delete` drops its partitions."""
+    import asyncio
+
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = migrated_database()
+    db = ("--database-url", url)
+    primary = procs.service(
+        "primary", [sys.executable, "-c", VERSIONED, str(procs.free_port()), "1.14.2"]
+    )
+    canary = procs.service(
+        "canary",
+        [sys.executable, "-c", VERSIONED, str(procs.free_port()), "2.0.0-rc1", "20", "2.0.0-rc2"],
+    )
+    listen, admin = procs.free_port(), procs.free_port()
+    run = "versions-e2e"
+    config = graygate_config(
+        run=run,
+        primary=primary.url,
+        canary=canary.url,
+        listen_port=listen,
+        admin_port=admin,
+        overrides={
+            "versions": {"header": "X-Build-Version"},
+            "record": {"bodies": {"sample": 0.5}},
+            "runtime": {"canary": None, "required": False},
+        },
+    )
+    serve = procs.serve(config, url, f"http://127.0.0.1:{admin}")
+
+    def listed() -> dict[str, Any]:
+        code, out, err = graygate("runs", "list", "--json", *db)
+        assert code == 0, (out, err)
+        (mine,) = [r for r in orjson.loads(out)["runs"] if r["name"] == run]
+        return mine  # type: ignore[no-any-return]
+
+    def wait_for(pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        for _ in range(300):
+            mine = listed()
+            if pred(mine):
+                return mine
+            time.sleep(0.2)
+        raise AssertionError(f"run never got there: {listed()}")
+
+    for i in range(40):
+        status, _ = procs.http_get(f"http://127.0.0.1:{listen}/api/orders/{i}")
+        assert status == 200
+    mine = wait_for(
+        lambda r: r["exchanges"] == 40 and r["judged"] == 40 and len(r["version_changes"]) == 1
+    )
+    assert mine["versions"] == {"primary": "1.14.2", "canary": "2.0.0-rc1"}
+    assert mine["version_changes"] == [
+        "canary version changed: 2.0.0-rc1 -> 2.0.0-rc2 (20 then 20 exchanges)"
+    ]
+    code, out, err = graygate("verdict", run, "--json", *db)
+    checks = {c["name"]: c for c in orjson.loads(out.strip().splitlines()[-1])["checks"]}
+    assert "pairs judged from body digests" in checks["judgeable"]["detail"], checks
+    code, out, err = graygate("report", run, *db)
+    assert code in (0, 1, 2) and "canary version changed: 2.0.0-rc1 -> 2.0.0-rc2" in out, err
+
+    code, out, err = graygate("runs", "close", run, *db)
+    assert code == 0, (out, err)
+    for i in range(40, 45):
+        status, _ = procs.http_get(f"http://127.0.0.1:{listen}/api/orders/{i}")
+        assert status == 200  # still served
+    wait_for(lambda r: r["unrecorded"] == 5)
+    procs.stop(serve)
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def tables() -> list[str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT relname FROM pg_class WHERE relname ~ '^(exchanges|differences)_r[0-9]+$'"
+            )
+            return sorted(r["relname"] for r in rows)
+        finally:
+            await conn.close()
+
+    assert len(asyncio.run(tables())) == 2  # the run's two partitions
+    code, out, err = graygate("runs", "delete", run, "--yes", *db)
+    assert code == 0 and out.strip() == f"run {run} deleted (40 exchanges)", (out, err)
+    assert asyncio.run(tables()) == []

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.exchanges import fetch_losses, write_exchanges
+from store.partitions import partitions_of
 from store.tables import runs
 from tests.diff.judgeseed import add, matching, new_run
 from tests.graygate.test_admin_roles import ENV, bearer, serve
@@ -52,8 +53,10 @@ async def test_prune_dry_run_then_prune(engine: AsyncEngine, database_url: str) 
     db = ("--database-url", database_url)
     tag = uuid.uuid4().hex[:8]
     old, new = f"old-{tag}", f"new-{tag}"
+    ids = {}
     for name in (old, new):
-        await add(engine, await new_run(engine, name), matching(2))
+        ids[name] = await new_run(engine, name)
+        await add(engine, ids[name], matching(2))
     async with engine.begin() as conn:
         await conn.execute(
             sa.update(runs).where(runs.c.name == old).values(
@@ -79,6 +82,10 @@ async def test_prune_dry_run_then_prune(engine: AsyncEngine, database_url: str) 
     code, out, _ = await graygate("runs", "list", "--json", *db)
     names = {r["name"] for r in orjson.loads(out)["runs"]}
     assert old not in names and new in names
+    async with engine.connect() as conn:  # the pruned run's partitions are gone, not emptied
+        assert await partitions_of(conn, ids[old]) == {}
+        assert await conn.scalar(sa.text(f"SELECT to_regclass('exchanges_r{ids[old]}')")) is None
+        assert len(await partitions_of(conn, ids[new])) == 2
 
     code, _, err = await graygate("runs", "prune", "--older-than", "3661d", *db)
     assert code == 2 and "--older-than '3661d'" in err
