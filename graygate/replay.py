@@ -203,20 +203,18 @@ class _Replayer:
         redact: RedactConfig,
         record: RecordConfig,
     ) -> None:
-        from proxy.redact import Redactor
+        from proxy.recording.building import RecordBuilder
 
         self.session = session
         self.opts = opts
         self.base = opts.to.rstrip("/")
         self.run_id = new_run_id
-        self.redactor = Redactor(redact)
+        self.builder = RecordBuilder(new_run_id, redact, record)  # as the proxy records
         self.placeholder = redact.placeholder
         self.redacted = frozenset(h.lower() for h in redact.headers)
         self.limit = record.max_body_bytes
 
     async def send(self, rec: RecordedExchange) -> RecordedExchange:
-        from proxy.codec import decode_body
-
         url = self.base + rec.path + (f"?{rec.query}" if rec.query else "")
         headers = replay_headers(
             rec.request_headers,
@@ -244,14 +242,8 @@ class _Replayer:
                         truncated = True
                         break
                 latency = None if truncated else (time.perf_counter() - start) * 1000.0
-                raw = {k.lower(): v for k, v in resp.headers.items()}
-                decoded, cut = decode_body(bytes(body), raw.get("content-encoding"), self.limit)
-                canary = Answer(
-                    status=resp.status,
-                    headers=self.redactor.headers(resp.headers.items(), _RESPONSE_DROP),
-                    body=self.redactor.body(decoded, raw.get("content-type")),
-                    body_truncated=truncated or cut,
-                    latency_ms=latency,
+                canary = self.builder.answer(
+                    resp.status, resp.headers, bytes(body), truncated, latency
                 )
         except TimeoutError:
             canary = Answer(error=ErrorKind.TIMEOUT, latency_ms=None)
@@ -281,9 +273,6 @@ class _Replayer:
 
 
 _RUN_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_RESPONSE_DROP: Final = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "x-trace-id"}
-)
 
 
 def _new_run_config(stored: dict[str, Any], opts: ReplayOptions) -> dict[str, Any]:

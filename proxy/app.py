@@ -149,7 +149,7 @@ class Proxy:
     ) -> None:
         self._tune_gc = tune_gc
         self._router = Router(cfg.gray, cfg.mirror)
-        self._builder = RecordBuilder(cfg, run_id)
+        self._builder = RecordBuilder.from_config(cfg, run_id)
         self._routes = RouteMatcher(
             EndpointMatcher([e.match for e in cfg.compare.endpoints]), cfg.metrics.max_endpoints
         )

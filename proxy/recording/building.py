@@ -13,7 +13,7 @@ it once per exchange, after the serving side is done (``proxy.exchange.Completio
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -25,7 +25,7 @@ from proxy.headers import HOP_BY_HOP
 from proxy.redact import Redactor
 
 if TYPE_CHECKING:
-    from config.schema import GraygateConfig
+    from config.schema import GraygateConfig, RecordConfig, RedactConfig
     from proxy.capture import Capture
     from proxy.exchange import Exchange
 
@@ -38,11 +38,21 @@ class RecordBuilder:
 
     __slots__ = ("_limit", "_matcher", "_redactor", "_run_id")
 
-    def __init__(self, cfg: GraygateConfig, run_id: int) -> None:
+    def __init__(
+        self,
+        run_id: int,
+        redact: RedactConfig,
+        record: RecordConfig,
+        endpoints: Sequence[str] = (),
+    ) -> None:
         self._run_id = run_id
-        self._redactor = Redactor(cfg.redact)
-        self._matcher = EndpointMatcher([e.match for e in cfg.compare.endpoints])
-        self._limit = cfg.record.max_body_bytes
+        self._redactor = Redactor(redact)
+        self._matcher = EndpointMatcher(list(endpoints))
+        self._limit = record.max_body_bytes
+
+    @classmethod
+    def from_config(cls, cfg: GraygateConfig, run_id: int) -> RecordBuilder:
+        return cls(run_id, cfg.redact, cfg.record, [e.match for e in cfg.compare.endpoints])
 
     def build(self, ex: Exchange) -> RecordedExchange:
         """The record of ``ex``."""
@@ -80,18 +90,34 @@ class RecordBuilder:
         if cap is None:
             return None
         latency_ms = None if cap.latency is None else cap.latency * 1000.0
-        headers = cap.headers
-        if headers is None:
+        if cap.headers is None:
             return Answer(latency_ms=latency_ms, error=cap.error)
-        decoded, cut = decode_body(cap.body, headers.get("Content-Encoding"), self._limit)
+        return self.answer(
+            cap.status, cap.headers, cap.body, cap.truncated, latency_ms, error=cap.error
+        )
+
+    def answer(
+        self,
+        status: int | None,
+        headers: Mapping[str, str],
+        body: bytes,
+        truncated: bool,
+        latency_ms: float | None,
+        *,
+        error: str | None = None,
+    ) -> Answer:
+        """One side's answer as stored: the body decoded (within the record's bound) and
+        redacted, header fields redacted and made storable text, hop-by-hop ones left out.
+        The proxy's captures and ``graygate replay``'s answers both come here."""
+        decoded, cut = decode_body(body, headers.get("Content-Encoding"), self._limit)
         redact = self._redactor
         return Answer(
-            status=cap.status,
+            status=status,
             headers=redact.headers(_storable(headers.items()), HOP_BY_HOP),
             body=redact.body(decoded, headers.get("Content-Type")),
-            body_truncated=cap.truncated or cut,
+            body_truncated=truncated or cut,
             latency_ms=latency_ms,
-            error=cap.error,
+            error=error,
         )
 
 

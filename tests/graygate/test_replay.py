@@ -325,3 +325,49 @@ def test_the_cli_replays_and_exits_with_the_verdict(database_url: str, run_name:
     assert "NO_GO" in done.stdout.decode()
     summary = json.loads(err.split(f"as {run_name + '-replay'!r}: ", 1)[1].splitlines()[0])
     assert summary["sent"] == N_GET and summary["skipped"]["body_truncated"] == 1
+
+
+async def test_the_new_builds_answers_are_stored_as_the_proxy_stores_them(
+    engine: AsyncEngine, run_name: str
+) -> None:
+    """One way to store an answer: header bytes outside UTF-8 become ``\\xNN`` text (the
+    exchange is recorded, not lost), secrets redacted, hop-by-hop fields left out, a
+    gzip body decoded, as for the proxy's own captures."""
+    import gzip
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                i = int(head.split(b" ", 2)[1].split(b"?")[0].rsplit(b"/", 1)[1])
+                body = gzip.compress(order(i))
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Encoding: gzip\r\nX-Name: caf\xe9\r\nSet-Cookie: s=hunter2\r\n"
+                    b"Keep-Alive: timeout=5\r\n"
+                    b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+                )
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    await store_recorded(engine, run_name)
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        _, stats = await replay_run(engine, opts(run_name, url, limit=3))
+    finally:
+        server.close()
+    assert stats.answered == 3 and stats.failed == 0
+    row = await fetch_run(engine, f"{run_name}-replay")
+    stored = await fetch_exchanges(engine, int(row["id"]))
+    assert len(stored) == 3
+    for r in stored:
+        headers = r["canary_headers"]
+        headers = headers if isinstance(headers, dict) else json.loads(headers)
+        assert headers["x-name"] == "caf\\xe9"
+        assert headers["set-cookie"] == "[REDACTED]"
+        assert "keep-alive" not in headers
+        assert json.loads(bytes(r["canary_body"]))["status"] == "paid"

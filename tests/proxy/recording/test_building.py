@@ -81,7 +81,7 @@ def test_an_exchange_becomes_its_record() -> None:
         status=201,
         latency=0.5,
     )
-    rec = RecordBuilder(_cfg(), run_id=7).build(ex)
+    rec = RecordBuilder.from_config(_cfg(), run_id=7).build(ex)
 
     assert (rec.run_id, rec.trace_id, rec.span_id) == (7, TRACE, SPAN)
     assert rec.received_at == datetime(2023, 11, 14, 22, 13, 20, 250000, tzinfo=UTC)
@@ -107,7 +107,7 @@ def test_an_exchange_becomes_its_record() -> None:
 
 
 def test_endpoint_from_id_like_segments_without_a_rule() -> None:
-    rec = RecordBuilder(_cfg(), run_id=1).build(_exchange(path="/api/users/77/cart"))
+    rec = RecordBuilder.from_config(_cfg(), run_id=1).build(_exchange(path="/api/users/77/cart"))
     assert rec.endpoint == "GET /api/users/{id}/cart"
 
 
@@ -121,7 +121,7 @@ def test_a_side_that_failed_has_its_error_and_no_answer() -> None:
     refused.error = ErrorKind.REFUSED
     refused.latency = 0.002
     ex.captures[Role.SECONDARY] = refused
-    rec = RecordBuilder(_cfg(), run_id=1).build(ex)
+    rec = RecordBuilder.from_config(_cfg(), run_id=1).build(ex)
     assert rec.canary is not None
     assert (rec.canary.status, rec.canary.error, rec.canary.latency_ms) == (None, "timeout", None)
     assert rec.canary.headers == {} and rec.canary.body is None
@@ -132,7 +132,7 @@ def test_a_side_that_failed_has_its_error_and_no_answer() -> None:
 def test_no_side_captured_records_none() -> None:
     ex = _exchange()
     ex.mirror_skipped = SkipReason.SAMPLED_OUT
-    rec = RecordBuilder(_cfg(), run_id=1).build(ex)
+    rec = RecordBuilder.from_config(_cfg(), run_id=1).build(ex)
     assert (rec.primary, rec.canary, rec.secondary) == (None, None, None)
     assert rec.mirror_skipped == "sampled_out"
     assert rec.request_body is None and rec.request_body_truncated is False
@@ -142,7 +142,7 @@ def test_body_at_the_bound_is_whole_one_byte_over_is_cut() -> None:
     ex = _exchange()
     ex.captures[Role.PRIMARY] = _capture(b"a" * LIMIT)
     ex.captures[Role.CANARY] = _capture(b"b" * (LIMIT + 1))
-    rec = RecordBuilder(_cfg(), run_id=1).build(ex)
+    rec = RecordBuilder.from_config(_cfg(), run_id=1).build(ex)
     assert rec.primary is not None and rec.canary is not None
     assert rec.primary.body == b"a" * LIMIT and rec.primary.body_truncated is False
     assert rec.canary.body == b"b" * LIMIT and rec.canary.body_truncated is True
@@ -156,14 +156,14 @@ def test_decoded_body_at_the_bound_is_whole_one_byte_over_is_cut() -> None:
     ex.captures[Role.PRIMARY] = _capture(gzip.compress(b"a" * LIMIT), gz)
     ex.captures[Role.CANARY] = _capture(gzip.compress(b"b" * (LIMIT + 1)), gz)
     assert ex.captures[Role.CANARY].limit == LIMIT * ENCODED_FACTOR
-    rec = RecordBuilder(_cfg(), run_id=1).build(ex)
+    rec = RecordBuilder.from_config(_cfg(), run_id=1).build(ex)
     assert rec.primary is not None and rec.canary is not None
     assert rec.primary.body == b"a" * LIMIT and rec.primary.body_truncated is False
     assert rec.canary.body == b"b" * LIMIT and rec.canary.body_truncated is True
 
 
 def test_request_body_cut_in_the_capture_or_in_decoding() -> None:
-    builder = RecordBuilder(_cfg(), run_id=1)
+    builder = RecordBuilder.from_config(_cfg(), run_id=1)
     whole = _exchange("POST")
     whole.request = Capture(LIMIT)
     whole.request.add(b"r" * LIMIT)
@@ -189,7 +189,7 @@ def test_header_bytes_outside_utf8_are_stored_escaped() -> None:
     ex.headers.append(("X-Name", raw))
     ex.headers.append(("X-Utf8", "caf\u00e9"))
     ex.captures[Role.PRIMARY] = _capture(b"{}", [("X-Name", raw)])
-    rec = RecordBuilder(_cfg(), run_id=1).build(ex)
+    rec = RecordBuilder.from_config(_cfg(), run_id=1).build(ex)
     assert rec.request_headers["x-name"] == "caf\\xe9"
     assert rec.request_headers["x-utf8"] == "caf\u00e9"  # valid UTF-8 stays as it is
     assert rec.primary is not None and rec.primary.headers["x-name"] == "caf\\xe9"
@@ -198,7 +198,7 @@ def test_header_bytes_outside_utf8_are_stored_escaped() -> None:
 
 
 def test_what_became_of_the_client_is_in_extra() -> None:
-    builder = RecordBuilder(_cfg(), run_id=1)
+    builder = RecordBuilder.from_config(_cfg(), run_id=1)
     gone = _exchange()
     gone.captures[Role.PRIMARY] = cap = _capture(b"{}")
     cap.client_gone = True
