@@ -1,7 +1,7 @@
 """Benchmark: graygate's request path against a direct upstream and nginx's ``mirror``.
 
     python bench/bench_proxy.py [--duration S] [--connections N] [--quick]
-                                [--repeats R] [--pinning split|shared] [--slow-ms MS]
+                                [--repeats R] [--pinning both|split|shared] [--slow-ms MS]
                                 [--nice N] [--quiet-wait S] [--source DIR]
 
 Starts everything itself on loopback, on random free ports, and removes it all at the end
@@ -25,18 +25,25 @@ graygate 1 process / graygate 2 processes / nginx mirror; p50 at one connection 
 added latency; graygate 2 processes (and nginx, for reference) with the slow canary, at
 the peak and, paced with a wrk ``delay()`` script, at half graygate-2p's peak rate; after
 each graygate run, the exchanges recorded in the scratch database against the requests wrk
-counted and ``run_losses`` by reason; CPU time per component (from /proc) and per core.
+counted and ``run_losses`` by reason; CPU time per component and per core. The proxy's
+CPU per request is its processes' ``utime + stime`` (``/proc/PID/stat``, every process of
+its tree: graygate's processes, nginx's master and workers) over the measured window,
+divided by the requests wrk counted in it.
 
-CPU pinning (the same for every variant of a run, printed in the output):
+CPU placement (printed in the output with the machine's CPU model and count):
 
-- ``split`` (default): the machine's CPUs are cut in two halves. The load side (wrk, the
-  primary, the canary, the slow canary) runs on the first half, the system under test
-  (graygate's processes, or nginx mirror's workers) on the second. On a 2-core machine:
-  wrk + upstreams on CPU 0, the proxy on CPU 1. The proxy under test gets a core of its
-  own, never fights the load generator, and each proxy gets the same core count.
-  PostgreSQL is the machine's service, not started here: it is not pinned (its CPU time
-  for the scratch database is reported).
-- ``shared``: nothing pinned, wrk with one thread per CPU: the scheduler decides.
+- ``split``: the machine's CPUs are cut in two halves. The load side (wrk, the primary,
+  the canary, the slow canary) runs on the first half, the system under test (graygate's
+  processes, or nginx mirror's workers) on the second. On a 2-core machine: wrk +
+  upstreams on CPU 0, the proxy on CPU 1. The proxy under test gets a core of its own,
+  never fights the load generator, and each proxy gets the same core count (graygate's 2
+  processes and nginx's 2 workers share one core). PostgreSQL is the machine's service,
+  not started here: it is not pinned (its CPU time for the scratch database is reported).
+- ``shared``: nothing pinned, wrk with one thread per CPU (up to 2): the scheduler decides,
+  and the proxy under test may use every core (which it shares with the load side).
+- ``both`` (default): every variant ``split``, then, in the same repeat, nginx mirror and
+  graygate 1 and 2 processes again ``shared`` (``*-unpinned``): whether ``--processes 2``
+  scales is only seen where the two processes can have two cores.
 
 Noise: other users' processes are measured too. Each variant waits (``--quiet-wait``) for
 their load to drop under 0.25 cores, and the figures are the medians of the samples during
@@ -48,10 +55,13 @@ Prints a table, the ratios against the targets and writes the figures to
 ``bench/results/proxy-<timestamp>.json``. Exit code 0 when every target is met, 1 when one
 is missed, 2 when the bench itself failed.
 
-Targets: graygate (2 processes, mirroring + recording) >= 0.45 x nginx mirror's
-requests/s (goal 0.6); added p50 at one connection <= 0.3 ms over direct; the 100x slower
-canary changes the primary path's p99 by < 10 %; no exchange dropped by the recorder at
-the peak rate.
+Targets (issue 15): graygate's CPU per request <= 2x nginx mirror's (1 process against
+nginx's 2 workers, pinned); graygate 2 processes >= 0.6 x nginx mirror's requests/s,
+unpinned (pinned: >= 0.45, printed for reference); 2 processes >= 1.7 x 1 process,
+unpinned; added p50 at one connection <= 0.3 ms over direct; the 100x slower canary changes
+graygate-2p's p99 by < 10 % at half its peak rate (use ``--repeats 5``: the median of the
+repeats, each repeat's change printed too); no exchange dropped by the recorder at the
+peak rate.
 """
 
 from __future__ import annotations
@@ -86,8 +96,10 @@ RESULTS_DIR = BENCH_DIR / "results"
 PG_ADMIN_DSN = os.environ.get("GRAYGATE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 PATH = "/api/orders/12345"
 
-TARGET_RPS_RATIO = 0.45
-GOAL_RPS_RATIO = 0.6
+TARGET_RPS_RATIO_PINNED = 0.45  # graygate 2p / nginx mirror, both on one core
+TARGET_RPS_RATIO = 0.6  # graygate 2p / nginx mirror, unpinned
+TARGET_SCALING = 1.7  # graygate 2p / graygate 1p, unpinned
+TARGET_CPU_RATIO = 2.0  # graygate's CPU per request / nginx mirror's
 TARGET_ADDED_P50_MS = 0.3
 TARGET_SLOW_P99_CHANGE = 0.10
 QUIET_CORES = 0.25  # other processes' load under which a measurement may start
@@ -321,15 +333,59 @@ def tree_pids(pid: int) -> list[int]:
         return []
 
 
-def cpu_seconds(pids: list[int]) -> dict[int, float]:
-    import psutil
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """``utime + stime`` of ``pid`` (every thread of it) from ``/proc/PID/stat``, seconds."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count after its last ")".
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
     out: dict[int, float] = {}
     for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            t = psutil.Process(pid).cpu_times()
-            out[pid] = t.user + t.system
+        t = proc_cpu_seconds(pid)
+        if t is not None:
+            out[pid] = t
     return out
+
+
+def machine() -> dict[str, Any]:
+    """The machine the figures come from: CPU model, CPU count, kernel, Python."""
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return {
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "usable_cpus": len(affinity) or os.cpu_count(),
+        "kernel": os.uname().release,
+        "python": sys.version.split()[0],
+    }
+
+
+def set_affinity(pids: list[int], cpus: str | None) -> None:
+    """Move every thread of ``pids`` to ``cpus`` (None: every CPU this process may use)."""
+    target = {int(c) for c in cpus.split(",")} if cpus is not None else os.sched_getaffinity(0)
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, target)
 
 
 def all_cpu_seconds(exclude: set[int]) -> dict[int, float]:
@@ -638,6 +694,16 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 # --------------------------------------------------------------------------- the bench
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where the load side (wrk, upstreams) and the proxy under test run."""
+
+    name: str  # "pinned" (split) or "unpinned" (shared)
+    load_cpus: str | None  # None: any CPU
+    sut_cpus: str | None
+    wrk_threads: int
+
+
 @dataclass
 class Settings:
     duration: float
@@ -650,9 +716,8 @@ class Settings:
     quiet_wait: float
     source: Path | None
     no_nginx: bool
-    load_cpus: str | None
-    sut_cpus: str | None
-    wrk_threads: int
+    main: Placement  # every variant
+    unpinned: Placement | None  # nginx mirror and graygate 1p/2p again, unpinned (--pinning both)
 
 
 @dataclass
@@ -675,6 +740,7 @@ class Bench:
         self.procs = Processes(workdir)
         self.db = ScratchDatabase(f"graygate_bench_{stamp}_{os.getpid()}")
         self.samples: list[Sample] = []
+        self.place = s.main
         has_nginx = shutil.which("nginx") or Path("/usr/sbin/nginx").exists()
         self.upstream_kind = "nginx" if has_nginx and not s.no_nginx else "aiohttp"
         self.nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -737,7 +803,7 @@ class Bench:
                 str(self.workdir / "www" / "order.json"),
                 *extra,
             ],
-            cpus=self.s.load_cpus,
+            cpus=self.place.load_cpus,
         )
         wait_listening(child, port, timeout=30)
         return child, port
@@ -754,7 +820,7 @@ class Bench:
         for role in ("primary", "canary"):
             if self.upstream_kind == "nginx":
                 self.upstreams[role] = self._nginx(
-                    role, "static.conf", self.s.load_cpus, workers=1, root=www
+                    role, "static.conf", self.place.load_cpus, workers=1, root=www
                 )
             else:
                 self.upstreams[role] = self._python_server(role, "static", [])
@@ -811,7 +877,7 @@ class Bench:
                 "--data-dir",
                 str(self.workdir / "data"),
             ],
-            cpus=self.s.sut_cpus,
+            cpus=self.place.sut_cpus,
             env=env,
         )
         wait_listening(child, port, sockets=processes, timeout=90)
@@ -831,10 +897,10 @@ class Bench:
             script.write_text(f"function delay()\n  return {delay_ms:.3f}\nend\n")
         return run_wrk(
             url,
-            threads=min(self.s.wrk_threads, connections),
+            threads=min(self.place.wrk_threads, connections),
             connections=connections,
             duration=duration,
-            cpus=self.s.load_cpus,
+            cpus=self.place.load_cpus,
             script=script,
         )
 
@@ -850,10 +916,11 @@ class Bench:
         paced: bool = False,
     ) -> Sample:
         s = self.s
+        ups = [pid for child, _ in self.upstreams.values() for pid in tree_pids(child.pid)]
+        set_affinity(ups, self.place.load_cpus)  # the upstreams follow the placement
         quiet = self.wait_quiet()
         self.wrk(url, s.connections, s.warmup)  # warm-up: pools, caches, JIT-less Python
         before = self.db.settle(run) if run else None
-        ups = [pid for child, _ in self.upstreams.values() for pid in tree_pids(child.pid)]
         meter = CpuMeter(
             {
                 "sut": sut,
@@ -867,6 +934,7 @@ class Bench:
         b = meter.snapshot()
         cpu = CpuMeter.delta(a, b)
         sample = Sample(variant, repeat, res, cpu)
+        sample.extra["placement"] = self.place.name
         sample.extra["foreign_load_before"] = round(quiet, 2)
         if run:
             after = self.db.settle(run)
@@ -920,7 +988,7 @@ class Bench:
         child, port = self._nginx(
             f"{variant}-r{repeat}",
             "mirror.conf",
-            self.s.sut_cpus,
+            self.place.sut_cpus,
             workers=2,
             primary_port=self.upstreams["primary"][1],
             canary_port=self.upstreams[canary][1],
@@ -1009,6 +1077,15 @@ class Bench:
             self.run_graygate(r, 2, "slow", "graygate-2p-slow", c1=False, paced=True)
             if has_nginx:
                 self.run_nginx_mirror(r, "slow", "nginx-mirror-slow", c1=False)
+            if s.unpinned is not None:
+                self.place = s.unpinned
+                try:
+                    if has_nginx:
+                        self.run_nginx_mirror(r, "canary", "nginx-mirror-unpinned", c1=False)
+                    self.run_graygate(r, 1, "canary", "graygate-1p-unpinned", c1=False)
+                    self.run_graygate(r, 2, "canary", "graygate-2p-unpinned", c1=False)
+                finally:
+                    self.place = s.main
 
     def cleanup(self) -> None:
         self.procs.stop_all()
@@ -1054,6 +1131,9 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
             "paced_rps": _stats([g.paced["rps"] for g in group if g.paced]),
             "paced_p50_ms": _stats([g.paced.get("p50_ms") for g in group if g.paced]),
             "paced_p99_ms": _stats([g.paced.get("p99_ms") for g in group if g.paced]),
+            "paced_p99_by_repeat": {
+                g.repeat: g.paced["p99_ms"] for g in everything if g.paced and g.paced.get("p99_ms")
+            },
             "errors": sum(g.wrk["socket_errors"] + g.wrk["non_2xx"] for g in group),
             "sut_cpu_us_per_req": _stats(
                 [
@@ -1095,78 +1175,114 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
     return out
 
 
-def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def _check(name: str, observed: Any, target: str, ok: bool | None, **more: Any) -> dict[str, Any]:
+    return {"check": name, "observed": observed, "target": target, "ok": ok, **more}
+
+
+def targets(summary: dict[str, Any], pinning: str = "both") -> list[dict[str, Any]]:
+    """The issue's targets as ratios within this run. ``ok`` None: not measured (SKIP), or
+    printed for reference only (``info``)."""
+
     def med(variant: str, key: str) -> float | None:
         st = summary.get(variant, {}).get(key)
         return st["median"] if st else None
 
+    def unpinned(variant: str) -> str:
+        # With --pinning shared every variant is unpinned and has no suffix.
+        return variant if pinning == "shared" else f"{variant}-unpinned"
+
     checks: list[dict[str, Any]] = []
-    gg, ng = med("graygate-2p", "rps"), med("nginx-mirror", "rps")
+    nginx = "nginx-mirror" in summary
+
+    gg, ng = med("graygate-1p", "sut_cpu_us_per_req"), med("nginx-mirror", "sut_cpu_us_per_req")
+    name = "proxy CPU per request, graygate 1p / nginx mirror (us/req, /proc utime+stime)"
     if gg and ng:
         ratio = gg / ng
         checks.append(
-            {
-                "check": "graygate 2p req/s / nginx mirror req/s",
-                "observed": round(ratio, 3),
-                "target": f">= {TARGET_RPS_RATIO} (goal {GOAL_RPS_RATIO})",
-                "ok": ratio >= TARGET_RPS_RATIO,
-                "goal_ok": ratio >= GOAL_RPS_RATIO,
-            }
-        )
+            _check(name, f"{ratio:.2f} ({gg:.0f} / {ng:.0f})", f"<= {TARGET_CPU_RATIO}",
+                   ratio <= TARGET_CPU_RATIO)
+        )  # fmt: skip
     elif gg:
-        checks.append(
-            {
-                "check": "graygate 2p req/s / nginx mirror req/s",
-                "observed": "not measured (no nginx)",
-                "target": f">= {TARGET_RPS_RATIO} (goal {GOAL_RPS_RATIO})",
-                "ok": None,
-            }
-        )
+        checks.append(_check(name, "not measured (no nginx)", f"<= {TARGET_CPU_RATIO}", None))
+    for variant, ref in (
+        ("graygate-2p", "nginx-mirror"),
+        (unpinned("graygate-1p"), unpinned("nginx-mirror")),
+        (unpinned("graygate-2p"), unpinned("nginx-mirror")),
+    ):
+        a, b = med(variant, "sut_cpu_us_per_req"), med(ref, "sut_cpu_us_per_req")
+        if a and b and variant != "graygate-1p":
+            checks.append(
+                _check(f"proxy CPU per request, {variant} / {ref}",
+                       f"{a / b:.2f} ({a:.0f} / {b:.0f})", "reference", None, info=True)
+            )  # fmt: skip
+
+    name = "req/s, graygate 2p / nginx mirror, unpinned"
+    gg, ng = med(unpinned("graygate-2p"), "rps"), med(unpinned("nginx-mirror"), "rps")
+    if gg and ng:
+        checks.append(_check(name, round(gg / ng, 3), f">= {TARGET_RPS_RATIO}",
+                             gg / ng >= TARGET_RPS_RATIO))  # fmt: skip
+    elif gg or not nginx:
+        checks.append(_check(name, "not measured", f">= {TARGET_RPS_RATIO}", None))
+    if pinning != "shared":
+        gg, ng = med("graygate-2p", "rps"), med("nginx-mirror", "rps")
+        if gg and ng:
+            checks.append(
+                _check("req/s, graygate 2p / nginx mirror, pinned (both on one core)",
+                       round(gg / ng, 3), f">= {TARGET_RPS_RATIO_PINNED}",
+                       gg / ng >= TARGET_RPS_RATIO_PINNED)
+            )  # fmt: skip
+    one, two = med(unpinned("graygate-1p"), "rps"), med(unpinned("graygate-2p"), "rps")
+    name = "req/s, graygate 2p / graygate 1p, unpinned (--processes scaling)"
+    if one and two:
+        checks.append(_check(name, round(two / one, 3), f">= {TARGET_SCALING}",
+                             two / one >= TARGET_SCALING))  # fmt: skip
+    else:
+        checks.append(_check(name, "not measured", f">= {TARGET_SCALING}", None))
+    if pinning != "shared":
+        one, two = med("graygate-1p", "rps"), med("graygate-2p", "rps")
+        if one and two:
+            checks.append(
+                _check("req/s, graygate 2p / graygate 1p, pinned (one core for both)",
+                       round(two / one, 3), "reference", None, info=True)
+            )  # fmt: skip
+
     d, g = med("direct", "c1_p50_ms"), med("graygate-2p", "c1_p50_ms")
     if d is not None and g is not None:
         added = g - d
         checks.append(
-            {
-                "check": "added p50 at 1 connection (graygate 2p - direct), ms",
-                "observed": round(added, 3),
-                "target": f"<= {TARGET_ADDED_P50_MS}",
-                "ok": added <= TARGET_ADDED_P50_MS,
-            }
-        )
+            _check("added p50 at 1 connection (graygate 2p - direct), ms", round(added, 3),
+                   f"<= {TARGET_ADDED_P50_MS}", added <= TARGET_ADDED_P50_MS)
+        )  # fmt: skip
+
     n, sl = med("graygate-2p", "paced_p99_ms"), med("graygate-2p-slow", "paced_p99_ms")
     if n and sl:
         change = sl / n - 1
+        # Each repeat's own change (the same repeat's normal and slow runs): p99 is noisy.
+        normal = summary["graygate-2p"].get("paced_p99_by_repeat", {})
+        slow = summary["graygate-2p-slow"].get("paced_p99_by_repeat", {})
+        each = [f"{slow[r] / normal[r] - 1:+.1%}" for r in sorted(normal) if r in slow]
         checks.append(
-            {
-                "check": "p99 change, 100x slower canary, graygate 2p at half its peak rate",
-                "observed": round(change, 3),
-                "target": f"< {TARGET_SLOW_P99_CHANGE}",
-                "ok": change < TARGET_SLOW_P99_CHANGE,
-            }
-        )
+            _check("p99 change, 100x slower canary, graygate 2p at half its peak rate",
+                   f"{change:+.3f} (medians; per repeat: {', '.join(each)})",
+                   f"< {TARGET_SLOW_P99_CHANGE}", change < TARGET_SLOW_P99_CHANGE)
+        )  # fmt: skip
     n, sl = med("graygate-2p", "p99_ms"), med("graygate-2p-slow", "p99_ms")
     if n and sl:
         change = sl / n - 1
         checks.append(
-            {
-                "check": "p99 change, 100x slower canary, graygate 2p at its peak (saturated)",
-                "observed": round(change, 3),
-                "target": f"< {TARGET_SLOW_P99_CHANGE}",
-                "ok": change < TARGET_SLOW_P99_CHANGE,
-            }
-        )
-    for variant in ("graygate-1p", "graygate-2p", "graygate-2p-slow"):
-        rec = summary.get(variant, {}).get("recording")
+            _check("p99 change, 100x slower canary, graygate 2p at its peak (saturated)",
+                   f"{change:+.3f}", "reference", None, info=True)
+        )  # fmt: skip
+    for variant, st in summary.items():
+        rec = st.get("recording")
         if rec:
             dropped = sum(rec["losses"].values())
             checks.append(
-                {
-                    "check": f"{variant}: exchanges dropped by the recorder (recorded/requests)",
-                    "observed": f"{dropped} ({rec['recorded']}/{rec['requests']})",
-                    "target": "0 dropped, recorded >= requests",
-                    "ok": dropped == 0 and rec["recorded"] >= rec["requests"],
-                }
-            )
+                _check(f"{variant}: exchanges dropped by the recorder (recorded/requests)",
+                       f"{dropped} ({rec['recorded']}/{rec['requests']})",
+                       "0 dropped, recorded >= requests",
+                       dropped == 0 and rec["recorded"] >= rec["requests"])
+            )  # fmt: skip
     return checks
 
 
@@ -1189,21 +1305,31 @@ def print_report(
         f"{meta['repeats']} repeat(s): median [min-max] of the quiet samples (other users' "
         f"processes under {NOISY_CORES} cores), of all when none was quiet"
     )
+    m = meta["machine"]
+    print(
+        f"machine: {m['cpu_model']}, {m['cpus']} CPUs ({m['usable_cpus']} usable), "
+        f"Linux {m['kernel']}, Python {m['python']}"
+    )
     print(
         f"pinning {meta['pinning']}: load side (wrk -t{meta['wrk_threads']}, upstreams) on "
         f"CPUs {meta['load_cpus'] or 'any'}, proxy under test on CPUs {meta['sut_cpus'] or 'any'}; "
         f"PostgreSQL unpinned; nice {meta['nice']}; slow canary {meta['slow_canary_ms']:.2f} ms"
     )
+    if meta.get("unpinned_wrk_threads"):
+        print(
+            f"*-unpinned: nothing pinned (wrk -t{meta['unpinned_wrk_threads']}): the proxy may "
+            "use every CPU, which it shares with wrk and the upstreams"
+        )
     print(f"graygate: {meta['graygate']}")
     head = (
-        f"{'variant':<19} {'req/s':>22} {'p50 ms':>22} {'p99 ms':>22} {'1-conn p50 ms':>22} "
+        f"{'variant':<22} {'req/s':>22} {'p50 ms':>22} {'p99 ms':>22} {'1-conn p50 ms':>22} "
         f"{'proxy CPU us/req':>17} {'pg us/req':>9} {'basis':>18}"
     )
     print(head)
     print("-" * len(head))
     for variant, st in summary.items():
         print(
-            f"{variant:<19} {_fmt(st['rps'], 0):>22} {_fmt(st['p50_ms']):>22} "
+            f"{variant:<22} {_fmt(st['rps'], 0):>22} {_fmt(st['p50_ms']):>22} "
             f"{_fmt(st['p99_ms']):>22} "
             f"{_fmt(st['c1_p50_ms']):>22} {_fmt(st['sut_cpu_us_per_req'], 0, False):>17} "
             f"{_fmt(st['pg_cpu_us_per_req'], 0, False):>9} {st['basis']:>18}"
@@ -1217,7 +1343,7 @@ def print_report(
         )
         for variant, st in paced:
             print(
-                f"{variant:<19} {_fmt(st['paced_rps'], 0):>22} req/s  "
+                f"{variant:<22} {_fmt(st['paced_rps'], 0):>22} req/s  "
                 f"p50 {_fmt(st['paced_p50_ms'])} ms  p99 {_fmt(st['paced_p99_ms'])} ms"
             )
     print()
@@ -1227,7 +1353,7 @@ def print_report(
         f"processes (noisy: > {NOISY_CORES})"
     )
     head = (
-        f"{'variant':<19} {'proxy':>6} {'upstr':>6} {'wrk':>6} {'pg':>6} {'others':>7} "
+        f"{'variant':<22} {'proxy':>6} {'upstr':>6} {'wrk':>6} {'pg':>6} {'others':>7} "
         f"{'noisy':>6} {'core busy %':>14}"
     )
     print(head)
@@ -1235,7 +1361,7 @@ def print_report(
     for variant, st in summary.items():
         cu = st["cores_used"]
         print(
-            f"{variant:<19} {cu['sut']:>6.2f} {cu['upstreams']:>6.2f} {cu['wrk']:>6.2f} "
+            f"{variant:<22} {cu['sut']:>6.2f} {cu['upstreams']:>6.2f} {cu['wrk']:>6.2f} "
             f"{cu['postgres']:>6.2f} {cu['others']:>7.2f} {st['noisy_samples']:>3}/{st['n']:<2} "
             f"{st['core_busy_pct']!s:>14}"
         )
@@ -1244,14 +1370,17 @@ def print_report(
         rec = st.get("recording")
         if rec:
             print(
-                f"{variant:<19} recorded {rec['recorded']} / wrk requests {rec['requests']}; "
+                f"{variant:<22} recorded {rec['recorded']} / wrk requests {rec['requests']}; "
                 f"losses {rec['losses'] or 'none'}; mirror skipped {rec['mirror_skipped']}; "
                 f"canary failed {rec['canary_failed']}"
             )
         if st["errors"]:
-            print(f"{variant:<19} wrk socket errors + non-2xx: {st['errors']}")
+            print(f"{variant:<22} wrk socket errors + non-2xx: {st['errors']}")
     print()
     for c in checks:
+        if c.get("info"):
+            print(f"[INFO] {c['check']}: {c['observed']}")
+            continue
         mark = {True: "PASS", False: "MISS", None: "SKIP"}[c["ok"]]
         goal = ""
         if "goal_ok" in c:
@@ -1262,13 +1391,17 @@ def print_report(
 # --------------------------------------------------------------------------- main
 
 
-def _cpu_split(pinning: str) -> tuple[str | None, str | None, int]:
+def placements(pinning: str) -> tuple[Placement, Placement | None]:
+    """The run's placement of every variant, and the unpinned one of ``both`` (else None).
+    Without two CPUs or ``taskset``, nothing can be pinned: one unpinned placement."""
     cpus = sorted(os.sched_getaffinity(0))
+    shared = Placement("unpinned", None, None, max(1, min(2, len(cpus))))
     if pinning == "shared" or len(cpus) < 2 or not shutil.which("taskset"):
-        return None, None, max(1, min(2, len(cpus)))
+        return shared, None
     half = len(cpus) // 2
     load, sut = cpus[:half], cpus[half:]
-    return ",".join(map(str, load)), ",".join(map(str, sut)), len(load)
+    split = Placement("pinned", ",".join(map(str, load)), ",".join(map(str, sut)), len(load))
+    return split, (shared if pinning == "both" else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1277,7 +1410,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every variant")
     ap.add_argument("--quick", action="store_true", help="3 s runs, one repeat")
-    ap.add_argument("--pinning", choices=("split", "shared"), default="split")
+    ap.add_argument(
+        "--pinning",
+        choices=("both", "split", "shared"),
+        default="both",
+        help="split: load side and proxy on separate halves of the CPUs; shared: nothing "
+        "pinned; both: split, plus nginx mirror and graygate 1p/2p unpinned",
+    )
     ap.add_argument(
         "--slow-ms",
         type=float,
@@ -1328,21 +1467,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     PRIORITY["nice"] = args.nice
     duration = 3.0 if args.quick else args.duration
-    load_cpus, sut_cpus, wrk_threads = _cpu_split(args.pinning)
+    main_place, unpinned = placements(args.pinning)
     settings = Settings(
         duration=duration,
         warmup=max(1.0, round(duration / 3)),
         c1_duration=max(2.0, round(duration / 2)),
         connections=args.connections,
         repeats=1 if args.quick else max(1, args.repeats),
-        pinning=args.pinning if load_cpus else "shared",
+        pinning=args.pinning if main_place.sut_cpus else "shared",
         slow_ms=args.slow_ms,
         quiet_wait=args.quiet_wait,
         source=Path(args.source).resolve() if args.source else None,
         no_nginx=args.no_nginx,
-        load_cpus=load_cpus,
-        sut_cpus=sut_cpus,
-        wrk_threads=wrk_threads,
+        main=main_place,
+        unpinned=unpinned,
     )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     workdir = Path(tempfile.mkdtemp(prefix="graygate-bench-proxy-"))
@@ -1370,7 +1508,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     summary = summarize(bench.samples)
-    checks = targets(summary)
+    checks = targets(summary, settings.pinning)
     meta = {
         "timestamp": stamp,
         "upstreams": bench.upstream_kind,
@@ -1383,15 +1521,15 @@ def main(argv: list[str] | None = None) -> int:
         "nice": args.nice,
         "graygate": " ".join(bench.graygate)
         + (f" (PYTHONPATH={settings.source})" if settings.source else ""),
-        "load_cpus": settings.load_cpus,
-        "sut_cpus": settings.sut_cpus,
-        "wrk_threads": settings.wrk_threads,
+        "load_cpus": settings.main.load_cpus,
+        "sut_cpus": settings.main.sut_cpus,
+        "wrk_threads": settings.main.wrk_threads,
+        "unpinned_wrk_threads": settings.unpinned.wrk_threads if settings.unpinned else None,
+        "machine": machine(),
         "slow_canary_ms": (bench.slow_delay_s or 0) * 1000,
         "paced_delay_ms": sorted(
             {smp.extra["paced_delay_ms"] for smp in bench.samples if "paced_delay_ms" in smp.extra}
         ),
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     print_report(meta, summary, checks)
