@@ -336,8 +336,8 @@ def tree_pids(pid: int) -> list[int]:
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def proc_cpu_seconds(pid: int) -> float | None:
-    """``utime + stime`` of ``pid`` (every thread of it) from ``/proc/PID/stat``, seconds."""
+def proc_cpu_split(pid: int) -> tuple[float, float] | None:
+    """``(utime, stime)`` of ``pid`` (every thread of it) from ``/proc/PID/stat``, seconds."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -345,7 +345,13 @@ def proc_cpu_seconds(pid: int) -> float | None:
         return None
     # The command name (field 2) may hold spaces and parentheses: count after its last ")".
     fields = stat[stat.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # fields 14 and 15 of stat(5)
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK  # fields 14, 15 of stat(5)
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """``utime + stime`` of ``pid`` from ``/proc/PID/stat``, seconds."""
+    split = proc_cpu_split(pid)
+    return None if split is None else split[0] + split[1]
 
 
 def cpu_seconds(pids: list[int]) -> dict[int, float]:
@@ -1041,8 +1047,8 @@ class Bench:
             f"canary failed {rec['canary_failed']}"
         )
 
-    def run(self) -> None:
-        s = self.s
+    def prepare(self) -> None:
+        """The scratch database with graygate's schema, and the primary and the canary."""
         self.db.create()
         log(f"scratch database {self.db.name}")
         up = subprocess.run(
@@ -1055,6 +1061,10 @@ class Bench:
         if up.returncode != 0:
             raise BenchError(f"graygate db upgrade failed: {up.stderr}")
         self.start_upstreams()
+
+    def run(self) -> None:
+        s = self.s
+        self.prepare()
         has_nginx = self.upstream_kind == "nginx"
         for r in range(1, s.repeats + 1):
             log(f"repeat {r}/{s.repeats}")
