@@ -422,6 +422,52 @@ async def test_no_head_in_time() -> None:
         assert pool.size == 0
 
 
+def _answers_after(delays: list[float | None]) -> tuple[RawHandler, list[int]]:
+    """A raw handler that answers the n-th request on a connection after ``delays[n]``
+    seconds (None: never), and the count of connections it saw."""
+    connections = [0]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections[0] += 1
+        for delay in delays:
+            await read_head(reader)
+            if delay is None:
+                await reader.read()
+                return
+            await asyncio.sleep(delay)
+            writer.write(OK)
+            await writer.drain()
+
+    return handler, connections
+
+
+async def test_a_kept_connection_times_its_next_request_at_that_request_s_deadline() -> None:
+    """A completed answer leaves its connection's timer running (no cancel per request):
+    a later request with a shorter limit still times out at its own deadline."""
+    handler, connections = _answers_after([0.0, None])
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        resp = await pool.send("GET", "/", [], None, limit=30.0, idle=True)
+        assert await read_all(resp) == b"ok"
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(UpstreamTimeout):
+            await pool.send("GET", "/", [], None, limit=0.2, idle=False)
+        assert 0.15 < loop.time() - start < 5.0  # its own 0.2 s, not the first one's 30 s
+        assert connections == [1]
+
+
+async def test_a_timer_left_from_an_earlier_request_does_not_time_out_the_next() -> None:
+    """The timer of a request that completed fires while a later one, with a longer limit,
+    waits on the same connection: the later one is answered."""
+    handler, connections = _answers_after([0.0, 0.5])
+    async with raw_server(handler) as port, pool_for(port) as pool:
+        resp = await pool.send("GET", "/", [], None, limit=0.2, idle=False)
+        assert await read_all(resp) == b"ok"
+        resp = await pool.send("GET", "/", [], None, limit=5.0, idle=False)  # 0.5 s to answer
+        assert await read_all(resp) == b"ok"
+        assert connections == [1]
+
+
 async def test_pool_limit_bounds_connections() -> None:
     active = peak = 0
 
