@@ -58,6 +58,7 @@ MAX_HEADER_VALUE: Final = 8192  # characters of one stored header value
 DROPPED_HEADERS: Final = "x-graygate-headers-dropped"
 _CUT_MARK: Final = "...[cut]"
 _secret_name = lru_cache(maxsize=4096)(named_like_a_secret)
+_NAMES_CACHED: Final = 1024  # header names (as sent) whose lower case and secrecy are kept
 
 # A whole body that is nothing but name=value pairs (no spaces, no newlines).
 _FORM_LIKE = re.compile(rb"[^=&\s]+=[^&\s]*(?:&[^=&\s]*=[^&\s]*|&)*")
@@ -109,6 +110,7 @@ class Redactor:
 
     __slots__ = (
         "_fallback",
+        "_header_names",
         "_headers",
         "_matcher",
         "_max_header_bytes",
@@ -119,6 +121,9 @@ class Redactor:
 
     def __init__(self, cfg: RedactConfig) -> None:
         self._headers = ALWAYS_REDACTED | frozenset(h.lower() for h in cfg.headers)
+        # A header name as sent -> (its lower case, whether its value is redacted): the
+        # same few names come with every exchange.
+        self._header_names: dict[str, tuple[str, bool]] = {}
         self._placeholder = cfg.placeholder
         self._placeholder_json = orjson.dumps(cfg.placeholder)
         self._placeholder_form = quote_plus(cfg.placeholder)
@@ -145,15 +150,18 @@ class Redactor:
         """Lower-case names, repeated headers joined with ``", "``, secrets replaced; the
         (lower-case) names in ``drop`` left out; bounded (see the module docstring)."""
         out: dict[str, str] = {}
-        sensitive = self._headers
+        names = self._header_names
         placeholder = self._placeholder
         budget = self._max_header_bytes
         dropped = 0
         for name, value in items:
-            key = name.lower()
+            known = names.get(name)
+            if known is None:
+                known = self._header_name(name)
+            key, secret = known
             if key in drop:
                 continue
-            if key in sensitive or _secret_name(key):
+            if secret:
                 value = placeholder
             elif len(value) > MAX_HEADER_VALUE:
                 value = value[: MAX_HEADER_VALUE - len(_CUT_MARK)] + _CUT_MARK
@@ -167,6 +175,15 @@ class Redactor:
         if dropped:
             out[DROPPED_HEADERS] = str(dropped)
         return out
+
+    def _header_name(self, name: str) -> tuple[str, bool]:
+        key = name.lower()
+        known = (key, key in self._headers or _secret_name(key))
+        names = self._header_names
+        if len(names) >= _NAMES_CACHED:  # a client inventing names: start over
+            names.clear()
+        names[name] = known
+        return known
 
     # --- names: form fields, query parameters ----------------------------------------------
 

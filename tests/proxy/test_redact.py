@@ -223,6 +223,27 @@ def test_header_budget_at_the_bound() -> None:
     assert over == {"x-graygate-headers-dropped": "1"}
 
 
+def test_header_names_remembered_up_to_the_bound_and_redacted_in_any_case() -> None:
+    """The lower case and secrecy of header names are kept for the next exchange, at most
+    ``_NAMES_CACHED`` names (a client inventing names starts the memory over); a name's
+    spelling does not change what is redacted."""
+    from proxy.redact import _NAMES_CACHED
+
+    r = Redactor(RedactConfig(headers=("X-Session",)))
+    for spelling in ("Authorization", "AUTHORIZATION", "authorization", "X-SESSION", "x-session"):
+        out = r.headers([(spelling, "secret"), ("Accept", "a")])
+        assert out == {spelling.lower(): "[REDACTED]", "accept": "a"}
+    invented = [(f"X-Name-{i}", "v") for i in range(_NAMES_CACHED + 10)]
+    for i in range(0, len(invented), 100):
+        r.headers(invented[i : i + 100])
+    assert len(r._header_names) <= _NAMES_CACHED
+    assert r.headers([("X-Name-1", "v"), ("X-Auth-Token", "t"), ("Cookie", "c")]) == {
+        "x-name-1": "v",
+        "x-auth-token": "[REDACTED]",
+        "cookie": "[REDACTED]",
+    }
+
+
 def test_form_sniff_is_linear_on_a_large_body() -> None:
     # a 256 KiB form-like body is matched by a regex without backtracking blow-up
     body = b"&".join(b"k%d=%s" % (i, b"v" * 20) for i in range(10_000)) + b"&password=x"
