@@ -15,9 +15,10 @@ stores those tuples.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, Final
@@ -315,42 +316,55 @@ def _copied(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+@contextlib.asynccontextmanager
+async def _connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """The pool's asyncpg connection, outside any transaction (each statement its own);
+    invalidated rather than given back when the database is away or the caller was
+    cancelled (it may be half-way through a COPY)."""
+    async with engine.connect() as conn:
+        try:
+            yield await _driver(conn)
+        except BaseException as exc:
+            if not isinstance(exc, Exception) or is_unavailable(exc):
+                await conn.invalidate()
+            raise
+
+
+async def _copy(
+    driver: asyncpg.Connection, rows: Sequence[Row], columns: Sequence[str], copy_timeout: float
+) -> WriteResult:
+    try:
+        status = await driver.copy_records_to_table(
+            _TABLE, records=rows, columns=columns, timeout=copy_timeout
+        )
+        return WriteResult(inserted=_copied(status), copies=1)
+    except asyncpg.UniqueViolationError:
+        pass
+    # Some rows are there already: stage, then insert what is missing.
+    cols = ", ".join(columns)
+    async with driver.transaction():
+        await driver.execute(
+            f"CREATE TEMP TABLE {_STAGE} ON COMMIT DROP AS "
+            f"SELECT {cols} FROM {_TABLE} WITH NO DATA",
+            timeout=copy_timeout,
+        )
+        await driver.copy_records_to_table(
+            _STAGE, records=rows, columns=columns, timeout=copy_timeout
+        )
+        status = await driver.execute(
+            f"INSERT INTO {_TABLE} ({cols}) SELECT {cols} FROM {_STAGE} "
+            f"ON CONFLICT {_KEY} DO NOTHING",
+            timeout=copy_timeout,
+        )
+    inserted = _copied(status)
+    return WriteResult(inserted=inserted, duplicates=len(rows) - inserted, copies=2)
+
+
 async def _copy_once(
     engine: AsyncEngine, rows: Sequence[Row], columns: Sequence[str], copy_timeout: float
 ) -> WriteResult:
-    async with engine.connect() as conn:
-        try:
-            driver = await _driver(conn)
-            try:
-                status = await driver.copy_records_to_table(
-                    _TABLE, records=rows, columns=columns, timeout=copy_timeout
-                )
-                return WriteResult(inserted=_copied(status), copies=1)
-            except asyncpg.UniqueViolationError:
-                pass
-            # Some rows are there already: stage, then insert what is missing.
-            cols = ", ".join(columns)
-            async with driver.transaction():
-                await driver.execute(
-                    f"CREATE TEMP TABLE {_STAGE} ON COMMIT DROP AS "
-                    f"SELECT {cols} FROM {_TABLE} WITH NO DATA",
-                    timeout=copy_timeout,
-                )
-                await driver.copy_records_to_table(
-                    _STAGE, records=rows, columns=columns, timeout=copy_timeout
-                )
-                status = await driver.execute(
-                    f"INSERT INTO {_TABLE} ({cols}) SELECT {cols} FROM {_STAGE} "
-                    f"ON CONFLICT {_KEY} DO NOTHING",
-                    timeout=copy_timeout,
-                )
-            inserted = _copied(status)
-            return WriteResult(inserted=inserted, duplicates=len(rows) - inserted, copies=2)
-        except BaseException as exc:
-            if not isinstance(exc, Exception) or is_unavailable(exc):
-                # The connection may be half-way through a COPY: never give it back.
-                await conn.invalidate()
-            raise
+    async with _connection(engine) as driver:
+        return await _copy(driver, rows, columns, copy_timeout)
 
 
 async def write_exchanges(
@@ -377,8 +391,20 @@ async def write_exchanges(
     """
     if not rows:
         return WriteResult()
-    rows, dropped = await _split_closed(engine, rows, columns)
-    result = await _write(engine, rows, columns, copy_timeout)
+    # The closed runs' check and the COPY on one connection (one checkout, one ping).
+    refused: Exception | None = None
+    async with _connection(engine) as driver:
+        rows, dropped = await _split_closed(driver, rows, columns, copy_timeout)
+        result = WriteResult()
+        if rows:
+            try:
+                result = await _copy(driver, rows, columns, copy_timeout)
+            except Exception as exc:
+                if not is_rejection(exc):
+                    raise
+                refused = exc
+    if refused is not None:
+        result = await _refused(engine, rows, columns, copy_timeout, refused, heal=True)
     if dropped:
         # Counted after the rest is stored: a failure before here leaves the whole batch
         # to the caller's retry, which counts them once.
@@ -388,20 +414,19 @@ async def write_exchanges(
     return result
 
 
+_CLOSED_RUNS: Final = (
+    f"SELECT {runs.c.id.name} FROM {runs.name} "
+    f"WHERE {runs.c.id.name} = ANY($1::bigint[]) AND {runs.c.closed_at.name} IS NOT NULL"
+)
+
+
 async def _split_closed(
-    engine: AsyncEngine, rows: Sequence[Row], columns: Sequence[str]
+    driver: asyncpg.Connection, rows: Sequence[Row], columns: Sequence[str], limit: float
 ) -> tuple[Sequence[Row], dict[tuple[int, str], int]]:
     """``rows`` without those of closed runs, and how many of those per run."""
     i = list(columns).index("run_id")
     ids = sorted({int(r[i]) for r in rows})
-    async with engine.connect() as conn:
-        closed = set(
-            (
-                await conn.scalars(
-                    sa.select(runs.c.id).where(runs.c.id.in_(ids), runs.c.closed_at.is_not(None))
-                )
-            ).all()
-        )
+    closed = {int(r[0]) for r in await driver.fetch(_CLOSED_RUNS, ids, timeout=limit)}
     if not closed:
         return rows, {}
     kept = [r for r in rows if int(r[i]) not in closed]
@@ -431,14 +456,29 @@ async def _write(
     except Exception as exc:
         if not is_rejection(exc):
             raise
-        if heal and is_missing_partition(exc):
-            i = list(columns).index("run_id")
-            made = await ensure_partitions(engine, {int(r[i]) for r in rows})
-            if made:
-                logger.warning("rows of runs without a partition: made those of runs %s", made)
-            return await _write(engine, rows, columns, copy_timeout, heal=False)
-        if len(rows) == 1:
-            return WriteResult(rejected=[rows[0]], rejected_reason=_reason(exc))
+        return await _refused(engine, rows, columns, copy_timeout, exc, heal=heal)
+
+
+async def _refused(
+    engine: AsyncEngine,
+    rows: Sequence[Row],
+    columns: Sequence[str],
+    copy_timeout: float,
+    refused: Exception,
+    *,
+    heal: bool,
+) -> WriteResult:
+    """``rows`` were refused together. Rows of runs without a partition (``heal``) make
+    the open runs' partitions and are written again once; else what the database takes is
+    stored, halving the batch until the refused rows stand alone."""
+    if heal and is_missing_partition(refused):
+        i = list(columns).index("run_id")
+        made = await ensure_partitions(engine, {int(r[i]) for r in rows})
+        if made:
+            logger.warning("rows of runs without a partition: made those of runs %s", made)
+        return await _write(engine, rows, columns, copy_timeout, heal=False)
+    if len(rows) == 1:
+        return WriteResult(rejected=[rows[0]], rejected_reason=_reason(refused))
     mid = len(rows) // 2
     result = await _write(engine, rows[:mid], columns, copy_timeout, heal=heal)
     result += await _write(engine, rows[mid:], columns, copy_timeout, heal=heal)

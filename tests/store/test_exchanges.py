@@ -160,6 +160,28 @@ async def test_rejected_rows_are_isolated(engine: AsyncEngine, run_name: str) ->
     assert await count_exchanges(engine, run_id) == 10
 
 
+async def test_closed_runs_dropped_and_refused_rows_isolated_in_one_batch(
+    engine: AsyncEngine, run_name: str
+) -> None:
+    """The closed runs' check and the COPY share one connection; a refused row found after
+    the check is isolated as alone, and the closed run's rows are still counted."""
+    from store.lifecycle import close_run
+
+    run_id = await new_run(engine, run_name)
+    closed = await new_run(engine, run_name + "-closed")
+    await close_run(engine, run_name + "-closed")
+    good = [exchange_row(record(run_id, i)) for i in range(6)]
+    late = [exchange_row(record(closed, i)) for i in range(4)]
+    bad = exchange_row(record(2**62, 9))  # no such run: a foreign-key violation
+    result = await write_exchanges(engine, [*good[:3], *late[:2], bad, *good[3:], *late[2:]])
+    assert (result.inserted, result.run_closed, result.rejected) == (6, 4, [bad])
+    assert await count_exchanges(engine, run_id) == 6
+    assert await count_exchanges(engine, closed) == 0
+    assert await fetch_losses(engine, closed) == {"run_closed": 4}
+    only_closed = await write_exchanges(engine, late[:1])
+    assert (only_closed.inserted, only_closed.run_closed, only_closed.copies) == (0, 1, 0)
+
+
 def test_exchange_row_refuses_what_cannot_be_stored() -> None:
     with pytest.raises(ValueError):
         exchange_row(record(1, primary=Answer(status=70000)))
