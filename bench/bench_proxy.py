@@ -100,6 +100,7 @@ TARGET_RPS_RATIO_PINNED = 0.45  # graygate 2p / nginx mirror, both on one core
 TARGET_RPS_RATIO = 0.6  # graygate 2p / nginx mirror, unpinned
 TARGET_SCALING = 1.7  # graygate 2p / graygate 1p, unpinned
 TARGET_CPU_RATIO = 2.0  # graygate's CPU per request / nginx mirror's
+BASELINE = "@base"  # the suffix of the variants run from --baseline's tree
 TARGET_ADDED_P50_MS = 0.3
 TARGET_SLOW_P99_CHANGE = 0.10
 QUIET_CORES = 0.25  # other processes' load under which a measurement may start
@@ -724,6 +725,7 @@ class Settings:
     no_nginx: bool
     main: Placement  # every variant
     unpinned: Placement | None  # nginx mirror and graygate 1p/2p again, unpinned (--pinning both)
+    baseline: Path | None = None  # every graygate variant again from this tree ("@base")
 
 
 @dataclass
@@ -764,6 +766,15 @@ class Bench:
             self.graygate_env = {"PYTHONPATH": str(s.source)}
         else:
             self.graygate = [shutil.which("graygate") or "graygate"]
+        # The trees graygate runs from, by variant suffix: this one, and --baseline's.
+        self.trees: dict[str, tuple[list[str], dict[str, str]]] = {
+            "": (self.graygate, self.graygate_env)
+        }
+        if s.baseline is not None:
+            self.trees[BASELINE] = (
+                [sys.executable, "-m", "graygate"],
+                {"PYTHONPATH": str(s.baseline)},
+            )
 
     # ---- starting things
 
@@ -840,7 +851,9 @@ class Bench:
     def url(self, role: str) -> str:
         return f"http://127.0.0.1:{self.upstreams[role][1]}"
 
-    def start_graygate(self, run: str, processes: int, canary: str) -> tuple[Child, int]:
+    def start_graygate(
+        self, run: str, processes: int, canary: str, tree: str = ""
+    ) -> tuple[Child, int]:
         port = free_port()
         cfg = self.workdir / f"{run}.yaml"
         cfg.write_text(
@@ -864,7 +877,8 @@ class Bench:
                 ]
             )
         )
-        env = {"GRAYGATE_LOG_LEVEL": "WARNING", **self.graygate_env}
+        command, tree_env = self.trees[tree]
+        env = {"GRAYGATE_LOG_LEVEL": "WARNING", **tree_env}
         if processes > 1:
             prom = self.workdir / f"prom-{run}"
             prom.mkdir()
@@ -872,7 +886,7 @@ class Bench:
         child = self.procs.start(
             run,
             [
-                *self.graygate,
+                *command,
                 "serve",
                 "-c",
                 str(cfg),
@@ -1019,8 +1033,26 @@ class Bench:
         c1: bool,
         paced: bool = False,
     ) -> None:
-        run = f"bench-{self.stamp}-{variant}-r{repeat}"
-        child, port = self.start_graygate(run, processes, canary)
+        # With --baseline, the same variant from both trees, in turn (which goes first
+        # alternates with the repeats).
+        trees = list(self.trees)
+        if repeat % 2 == 0:
+            trees.reverse()
+        for tree in trees:
+            self._run_graygate(repeat, processes, canary, variant + tree, c1, paced, tree)
+
+    def _run_graygate(
+        self,
+        repeat: int,
+        processes: int,
+        canary: str,
+        variant: str,
+        c1: bool,
+        paced: bool,
+        tree: str,
+    ) -> None:
+        run = f"bench-{self.stamp}-{variant.replace('@', '-')}-r{repeat}"
+        child, port = self.start_graygate(run, processes, canary, tree)
         try:
             sample = self.measure(
                 variant,
@@ -1189,7 +1221,9 @@ def _check(name: str, observed: Any, target: str, ok: bool | None, **more: Any) 
     return {"check": name, "observed": observed, "target": target, "ok": ok, **more}
 
 
-def targets(summary: dict[str, Any], pinning: str = "both") -> list[dict[str, Any]]:
+def targets(
+    summary: dict[str, Any], pinning: str = "both", cpus: int | None = None
+) -> list[dict[str, Any]]:
     """The issue's targets as ratios within this run. ``ok`` None: not measured (SKIP), or
     printed for reference only (``info``)."""
 
@@ -1248,6 +1282,21 @@ def targets(summary: dict[str, Any], pinning: str = "both") -> list[dict[str, An
                              two / one >= TARGET_SCALING))  # fmt: skip
     else:
         checks.append(_check(name, "not measured", f">= {TARGET_SCALING}", None))
+    one_st = summary.get(unpinned("graygate-1p"))
+    if one_st and cpus:
+        # Unpinned, the bench's own processes share the CPUs: per core of proxy, 1p needs
+        # (upstreams + wrk + postgres) / proxy more. With x cores of proxy at 2p, x plus
+        # that share of x must fit in the CPUs: x <= cpus * proxy / all (others aside).
+        used = one_st["cores_used"]
+        ours = sum(used[k] for k in ("sut", "upstreams", "wrk", "postgres"))
+        if ours > 0 and used["sut"] > 0:
+            ceiling = min(2.0, cpus * used["sut"] / ours)
+            checks.append(
+                _check(f"the most 2p can reach over 1p on {cpus} CPUs shared with the load "
+                       f"side (at 1p: proxy {used['sut']:.2f} cores of the bench's "
+                       f"{ours:.2f}; others' load aside)", f"{ceiling:.2f}", "", None,
+                       info=True)
+            )  # fmt: skip
     if pinning != "shared":
         one, two = med("graygate-1p", "rps"), med("graygate-2p", "rps")
         if one and two:
@@ -1331,15 +1380,17 @@ def print_report(
             "use every CPU, which it shares with wrk and the upstreams"
         )
     print(f"graygate: {meta['graygate']}")
+    if meta.get("baseline"):
+        print(f"baseline (VARIANT{BASELINE}): python -m graygate (PYTHONPATH={meta['baseline']})")
     head = (
-        f"{'variant':<22} {'req/s':>22} {'p50 ms':>22} {'p99 ms':>22} {'1-conn p50 ms':>22} "
+        f"{'variant':<26} {'req/s':>22} {'p50 ms':>22} {'p99 ms':>22} {'1-conn p50 ms':>22} "
         f"{'proxy CPU us/req':>17} {'pg us/req':>9} {'basis':>18}"
     )
     print(head)
     print("-" * len(head))
     for variant, st in summary.items():
         print(
-            f"{variant:<22} {_fmt(st['rps'], 0):>22} {_fmt(st['p50_ms']):>22} "
+            f"{variant:<26} {_fmt(st['rps'], 0):>22} {_fmt(st['p50_ms']):>22} "
             f"{_fmt(st['p99_ms']):>22} "
             f"{_fmt(st['c1_p50_ms']):>22} {_fmt(st['sut_cpu_us_per_req'], 0, False):>17} "
             f"{_fmt(st['pg_cpu_us_per_req'], 0, False):>9} {st['basis']:>18}"
@@ -1353,7 +1404,7 @@ def print_report(
         )
         for variant, st in paced:
             print(
-                f"{variant:<22} {_fmt(st['paced_rps'], 0):>22} req/s  "
+                f"{variant:<26} {_fmt(st['paced_rps'], 0):>22} req/s  "
                 f"p50 {_fmt(st['paced_p50_ms'])} ms  p99 {_fmt(st['paced_p99_ms'])} ms"
             )
     print()
@@ -1363,7 +1414,7 @@ def print_report(
         f"processes (noisy: > {NOISY_CORES})"
     )
     head = (
-        f"{'variant':<22} {'proxy':>6} {'upstr':>6} {'wrk':>6} {'pg':>6} {'others':>7} "
+        f"{'variant':<26} {'proxy':>6} {'upstr':>6} {'wrk':>6} {'pg':>6} {'others':>7} "
         f"{'noisy':>6} {'core busy %':>14}"
     )
     print(head)
@@ -1371,7 +1422,7 @@ def print_report(
     for variant, st in summary.items():
         cu = st["cores_used"]
         print(
-            f"{variant:<22} {cu['sut']:>6.2f} {cu['upstreams']:>6.2f} {cu['wrk']:>6.2f} "
+            f"{variant:<26} {cu['sut']:>6.2f} {cu['upstreams']:>6.2f} {cu['wrk']:>6.2f} "
             f"{cu['postgres']:>6.2f} {cu['others']:>7.2f} {st['noisy_samples']:>3}/{st['n']:<2} "
             f"{st['core_busy_pct']!s:>14}"
         )
@@ -1380,12 +1431,34 @@ def print_report(
         rec = st.get("recording")
         if rec:
             print(
-                f"{variant:<22} recorded {rec['recorded']} / wrk requests {rec['requests']}; "
+                f"{variant:<26} recorded {rec['recorded']} / wrk requests {rec['requests']}; "
                 f"losses {rec['losses'] or 'none'}; mirror skipped {rec['mirror_skipped']}; "
                 f"canary failed {rec['canary_failed']}"
             )
         if st["errors"]:
-            print(f"{variant:<22} wrk socket errors + non-2xx: {st['errors']}")
+            print(f"{variant:<26} wrk socket errors + non-2xx: {st['errors']}")
+    pairs = [
+        (v, v + BASELINE) for v in summary if not v.endswith(BASELINE) and v + BASELINE in summary
+    ]
+    if pairs:
+        print()
+        print("This tree against the baseline, in the same run: this tree's median / the base's")
+        head = (
+            f"{'variant':<26} {'req/s':>8} {'proxy CPU/req':>14} {'p99':>8} {'1-conn p50':>11} "
+            f"{'paced p99':>10}"
+        )
+        print(head)
+        print("-" * len(head))
+        for v, base in pairs:
+
+            def ratio(key: str, v: str = v, base: str = base) -> str:
+                x, y = summary[v].get(key), summary[base].get(key)
+                return f"{x['median'] / y['median']:.3f}" if x and y and y["median"] else "-"
+
+            print(
+                f"{v:<26} {ratio('rps'):>8} {ratio('sut_cpu_us_per_req'):>14} "
+                f"{ratio('p99_ms'):>8} {ratio('c1_p50_ms'):>11} {ratio('paced_p99_ms'):>10}"
+            )
     print()
     for c in checks:
         if c.get("info"):
@@ -1440,6 +1513,12 @@ def main(argv: list[str] | None = None) -> int:
         "installed command: to measure a change on a copy of the tree",
     )
     ap.add_argument(
+        "--baseline",
+        default=None,
+        help="run every graygate variant again from this source tree (named VARIANT@base), "
+        "interleaved: a change against its base in one run",
+    )
+    ap.add_argument(
         "--nice",
         type=int,
         default=0,
@@ -1491,6 +1570,7 @@ def main(argv: list[str] | None = None) -> int:
         no_nginx=args.no_nginx,
         main=main_place,
         unpinned=unpinned,
+        baseline=Path(args.baseline).resolve() if args.baseline else None,
     )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     workdir = Path(tempfile.mkdtemp(prefix="graygate-bench-proxy-"))
@@ -1518,7 +1598,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     summary = summarize(bench.samples)
-    checks = targets(summary, settings.pinning)
+    checks = targets(summary, settings.pinning, len(os.sched_getaffinity(0)))
     meta = {
         "timestamp": stamp,
         "upstreams": bench.upstream_kind,
@@ -1531,6 +1611,7 @@ def main(argv: list[str] | None = None) -> int:
         "nice": args.nice,
         "graygate": " ".join(bench.graygate)
         + (f" (PYTHONPATH={settings.source})" if settings.source else ""),
+        "baseline": str(settings.baseline) if settings.baseline else None,
         "load_cpus": settings.main.load_cpus,
         "sut_cpus": settings.main.sut_cpus,
         "wrk_threads": settings.main.wrk_threads,
