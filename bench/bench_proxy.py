@@ -1465,10 +1465,7 @@ def print_report(
             print(f"[INFO] {c['check']}: {c['observed']}")
             continue
         mark = {True: "PASS", False: "MISS", None: "SKIP"}[c["ok"]]
-        goal = ""
-        if "goal_ok" in c:
-            goal = " (goal met)" if c["goal_ok"] else " (goal not met)"
-        print(f"[{mark}] {c['check']}: {c['observed']}  target {c['target']}{goal}")
+        print(f"[{mark}] {c['check']}: {c['observed']}  target {c['target']}")
 
 
 # --------------------------------------------------------------------------- main
