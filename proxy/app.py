@@ -215,18 +215,26 @@ class Proxy:
             gc.set_threshold(*saved)
             gc.unfreeze()
 
+    def _head_too_large(self, request: web.Request) -> web.Response | None:
+        """A 431 when the request's header fields total more than
+        ``listen_limits.max_header_bytes`` (names and values), else None."""
+        size = 0
+        for name, value in request.raw_headers:
+            size += len(name) + len(value)
+        if size <= self._max_header_bytes:
+            return None
+        return web.Response(
+            status=431,
+            text=f"request header fields total more than {self._max_header_bytes} bytes\n",
+        )
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         received = time.time()
         began = time.perf_counter()  # for graygate_proxy_added_seconds
         headers = request.headers
-        size = 0
-        for name, value in request.raw_headers:
-            size += len(name) + len(value)
-        if size > self._max_header_bytes:
-            return web.Response(
-                status=431,
-                text=f"request header fields total more than {self._max_header_bytes} bytes\n",
-            )
+        too_large = self._head_too_large(request)
+        if too_large is not None:
+            return too_large
         tags = tag_request(headers, self._gray_header)
         trace_id = tags.trace_id
         router = self._router
@@ -331,14 +339,9 @@ class Proxy:
         ``mirror.max_body_bytes``, a full mirror: answered, counted, not sent."""
         received = time.time()
         headers = request.headers
-        size = 0
-        for name, value in request.raw_headers:
-            size += len(name) + len(value)
-        if size > self._max_header_bytes:
-            return web.Response(
-                status=431,
-                text=f"request header fields total more than {self._max_header_bytes} bytes\n",
-            )
+        too_large = self._head_too_large(request)
+        if too_large is not None:
+            return too_large
         tags = tag_request(headers, self._gray_header)
         method = request.method
         path, query = split_target(request)

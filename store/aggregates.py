@@ -209,20 +209,23 @@ async def fetch_field_counts(conn: AsyncConnection, run_id: int) -> list[FieldCo
     """Differences grouped by (endpoint, field, against, judgement, kind): distinct
     exchanges and rows. The kind of difference (value, type, missing...) is part of the
     key because noise is found per kind (a noisy value never excuses a type change)."""
+    return await _field_counts(conn, differences.c.run_id == run_id)
+
+
+async def _field_counts(conn: AsyncConnection, *where: Any) -> list[FieldCount]:
+    """The differences matching ``where``, counted per (endpoint, field, against,
+    judgement, kind)."""
     d = differences.c
+    key = (d.endpoint, d.field, d.against, d.judgement, d.kind)
     stmt = (
         sa.select(
-            d.endpoint,
-            d.field,
-            d.against,
-            d.judgement,
-            d.kind,
+            *key,
             sa.func.count(sa.distinct(d.exchange_id)).label("exchanges"),
             sa.func.count().label("differences"),
         )
-        .where(d.run_id == run_id)
-        .group_by(d.endpoint, d.field, d.against, d.judgement, d.kind)
-        .order_by(d.endpoint, d.field, d.against, d.judgement, d.kind)
+        .where(*where)
+        .group_by(*key)
+        .order_by(*key)
     )
     rows = (await conn.execute(stmt)).all()
     return [
@@ -258,33 +261,7 @@ async def fetch_three_way_fields(
     if endpoints is not None:
         three = three.where(e.endpoint.in_(sorted(endpoints)))
         where = [d.run_id == run_id, d.endpoint.in_(sorted(endpoints)), d.exchange_id.in_(three)]
-    stmt = (
-        sa.select(
-            d.endpoint,
-            d.field,
-            d.against,
-            d.judgement,
-            d.kind,
-            sa.func.count(sa.distinct(d.exchange_id)).label("exchanges"),
-            sa.func.count().label("differences"),
-        )
-        .where(*where)
-        .group_by(d.endpoint, d.field, d.against, d.judgement, d.kind)
-        .order_by(d.endpoint, d.field, d.against, d.judgement, d.kind)
-    )
-    rows = (await conn.execute(stmt)).all()
-    return [
-        FieldCount(
-            endpoint=r.endpoint,
-            field=r.field,
-            against=r.against,
-            judgement=r.judgement,
-            exchanges=int(r.exchanges),
-            differences=int(r.differences),
-            kind=r.kind,
-        )
-        for r in rows
-    ]
+    return await _field_counts(conn, *where)
 
 
 async def _three_way(

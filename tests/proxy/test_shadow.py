@@ -186,3 +186,26 @@ def test_mode_defaults_to_inline_and_rejects_others() -> None:
     assert make_cfg("http://127.0.0.1:1", "http://127.0.0.1:2").mode == "inline"
     with pytest.raises((ConfigError, ValueError), match="mode"):
         make_cfg("http://127.0.0.1:1", "http://127.0.0.1:2", mode="sideways")
+
+
+async def test_header_fields_total_at_the_bound_and_one_past_it() -> None:
+    """``listen_limits.max_header_bytes`` holds in shadow mode too: at the bound the copy
+    is answered 202 and sent on; one byte past it is a 431, and nothing is sent."""
+    sink = Sink()
+    primary, canary = Held("p"), Held("c")
+    limits = {"max_header_bytes": 2_000, "max_field_bytes": 2_000}
+    async with shadow(sink, primary, canary, listen_limits=limits) as (url, client):
+        # What aiohttp's client sends besides X-Pad: Host, Accept, Accept-Encoding,
+        # User-Agent; measured, so the pad makes names + values exactly the bound.
+        base = {"Accept": "*/*", "Accept-Encoding": "gzip", "User-Agent": "t"}
+        host = url.split("//", 1)[1]
+        used = sum(len(k) + len(v) for k, v in base.items()) + len("Host") + len(host)
+        pad = 2_000 - used - len("X-Pad")
+        for size, status in ((pad, 202), (pad + 1, 431)):
+            headers = {**base, "X-Pad": "v" * size}
+            async with client.get(f"{url}/o", headers=headers) as resp:
+                assert resp.status == status, (size, await resp.text())
+        async with asyncio.timeout(10):
+            await canary.arrived.wait()
+        await sink.wait(1)
+    assert len(primary.seen) == 1 and len(canary.seen) == 1  # the 431 was sent nowhere
