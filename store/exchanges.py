@@ -151,16 +151,23 @@ def _response(
 
 
 def _digests(
-    bodies: Sequence[tuple[bytes | None, bool]], keep_differing: bool
+    bodies: Sequence[tuple[bytes | None, bool] | None], keep_differing: bool
 ) -> list[bytes | None] | None:
-    """The sha256 of each side's body, to store in its place; None when the bodies must be
-    kept: a body was cut (its digest would not be the answer's), or, with
-    ``keep_differing``, the bodies differ (so that the judge can compare them)."""
-    if any(truncated for body, truncated in bodies if body):
+    """The sha256 of each side's body, to store in its place (None for a side with no
+    answer or an empty body, kept as it is); None when the bodies must be kept: a body was
+    cut (its digest would not be the answer's), or, with ``keep_differing``, the answers'
+    bodies differ (so that the judge can compare them). An empty body differs from a
+    non-empty one: a canary answering nothing is a difference the judge must see."""
+    if any(side[1] for side in bodies if side is not None and side[0]):
         return None
-    digests = [hashlib.sha256(body).digest() if body else None for body, _ in bodies]
-    present = {d for d in digests if d is not None}
-    if not present or (keep_differing and len(present) > 1):
+    whole = {hashlib.sha256(side[0] or b"").digest() for side in bodies if side is not None}
+    if keep_differing and len(whole) > 1:
+        return None
+    digests = [
+        hashlib.sha256(side[0]).digest() if side is not None and side[0] else None
+        for side in bodies
+    ]
+    if not any(digests):
         return None
     return digests
 
@@ -194,7 +201,8 @@ def exchange_row(
     # An answer read back from a digest-only row (a replay of a sampled run) stays one.
     digests = [a.body_sha256 if a is not None and a.body is None else None for a in answers]
     if not any(digests):
-        digests = (None if keep_bodies else _digests(bodies, keep_differing)) or []
+        present = [b if a is not None else None for a, b in zip(answers, bodies, strict=True)]
+        digests = (None if keep_bodies else _digests(present, keep_differing)) or []
     sides = [
         _response(a, b, t, d)
         for a, (b, t), d in zip(answers, bodies, digests or (None, None, None), strict=True)

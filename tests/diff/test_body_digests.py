@@ -65,6 +65,9 @@ def _two(primary: bytes, canary: bytes, *, truncated: bool) -> RecordedExchange:
         (b'{"a":1}', b'{"a":2}', False, False, True),  # kept only as digests
         (b'{"a":1}', b'{"a":1}', True, False, False),  # a cut body's digest is not the answer's
         (b"", b"", False, False, False),  # nothing to save
+        # A canary answering an empty body differs from the primary's: kept to be judged,
+        # not hidden behind the primary's digest.
+        (b'{"a":1}', b"", False, True, False),
     ],
 )
 def test_which_bodies_are_kept(
