@@ -629,6 +629,15 @@ class ShutdownConfig(_Frozen):
     grace_s: float = Field(default=5.0, ge=0.0, le=300.0)
 
 
+class WorkersConfig(_Frozen):
+    """The diff workers of ``graygate serve``'s worker role. ``nice``: the CPU priority of
+    the threads that compare pairs, lowered by this much (``nice(1)``'s scale: 0 keeps the
+    process's, 19 is the lowest), so that judging a burst of large documents yields the
+    CPU to the proxy (and its upstreams) on a shared host instead of competing with it."""
+
+    nice: int = Field(default=10, ge=0, le=19)
+
+
 class WriteSide(_Frozen):
     """One side of a write check: where to read, and the read (``:trace_id`` bound)."""
 
@@ -712,6 +721,7 @@ class GraygateConfig(_Frozen):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
     # Peers (CIDRs) whose Forwarded / X-Forwarded-* / X-Real-IP / X-Original-URL ... headers
     # are believed; from any other peer they are dropped. Default: nobody.
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = Field(default=(), max_length=1024)

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -59,6 +61,7 @@ __all__ = [
     "judge_batch",
     "judge_exchange",
     "judge_exchanges",
+    "judge_executor",
     "judge_pending",
     "rejudge_pending",
     "rejudge_step",
@@ -342,6 +345,29 @@ async def worker_loop(
         idle = min(idle_max, idle * 2)
 
 
+def judge_executor(threads: int, nice: int) -> ThreadPoolExecutor:
+    """``threads`` threads for the comparisons, each with its CPU priority lowered by
+    ``nice`` (Linux: a thread's nice value is its own; lowering it needs no privilege).
+    Where the platform has no per-thread priority, the threads run at the process's."""
+    if not 0 <= nice <= 19:
+        raise ValueError(f"nice must be within 0..19, not {nice}")
+    return ThreadPoolExecutor(
+        max_workers=threads,
+        thread_name_prefix="diff-judge",
+        initializer=_lower_priority,
+        initargs=(nice,),
+    )
+
+
+def _lower_priority(nice: int) -> None:
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + nice))
+    except (AttributeError, OSError) as exc:  # no per-thread priority here: judged as is
+        logger.warning("diff worker: cannot lower the judging thread's priority: %s", exc)
+
+
 async def _sleep(seconds: float, stop: asyncio.Event | None) -> None:
     if stop is None:
         await asyncio.sleep(seconds)
@@ -362,9 +388,14 @@ async def run_workers(
     batch_size: int = DEFAULT_BATCH_SIZE,
     grace: float = 5.0,
     stats: WorkerStats | None = None,
+    nice: int = 0,
 ) -> AsyncIterator[WorkerStats]:
     """Run ``count`` worker loops while the block runs; on exit let them finish their
     batch (up to ``grace`` seconds), then cancel them. Yields their shared stats.
+
+    ``nice`` > 0: the comparisons run in ``count`` threads of their own whose CPU priority
+    is lowered by ``nice`` (:func:`judge_executor`), so that a burst of large differing
+    documents yields the CPU to the proxy sharing the host (``workers.nice``).
 
     In the composition root::
 
@@ -379,9 +410,18 @@ async def run_workers(
     # Not graygate.tasks.TaskSet: diff must not import proxy (proxy imports diff). The list
     # keeps the references; the block's exit drains them.
     loop = asyncio.get_running_loop()
+    executor = judge_executor(count, nice) if nice > 0 else None
     tasks = [
         loop.create_task(
-            worker_loop(engine, run_id, rulebook, batch_size=batch_size, stop=stop, stats=stats),
+            worker_loop(
+                engine,
+                run_id,
+                rulebook,
+                batch_size=batch_size,
+                stop=stop,
+                stats=stats,
+                executor=executor,
+            ),
             name=f"diff-worker:{run_id}:{i}",
         )
         for i in range(count)
@@ -394,6 +434,8 @@ async def run_workers(
         for task in pending:
             task.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
         for task, result in zip(tasks, results, strict=True):
             if isinstance(result, Exception):
                 logger.error("%s failed", task.get_name(), exc_info=result)

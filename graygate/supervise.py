@@ -435,7 +435,13 @@ async def _serve(
                 logger.info("probes on %s (/healthz, /readyz)", url)
             if "worker" in roles:
                 await stack.enter_async_context(
-                    run_workers(engine, run_id, RuleBook.from_config(cfg.compare), count=1)
+                    run_workers(
+                        engine,
+                        run_id,
+                        RuleBook.from_config(cfg.compare),
+                        count=1,
+                        nice=cfg.workers.nice,
+                    )
                 )
                 await stack.enter_async_context(write_checker(engine, run_id, cfg.writes))
                 if cfg.runtime.canary is not None or cfg.runtime.primary is not None:

@@ -28,6 +28,7 @@ BOUNDS: list[tuple[str, float, float]] = [
     ("mirror.timeout_ms", 600_000, 600_001),
     ("mirror.max_in_flight", 65_536, 65_537),
     ("shutdown.grace_s", 300.0, 300.001),
+    ("workers.nice", 19, 20),
     ("compare.noise.relative", 100.0, 100.001),
     ("compare.noise.absolute", 1.0, 1.001),
     ("compare.max_body_bytes", 268_435_456, 268_435_457),

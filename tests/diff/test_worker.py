@@ -4,6 +4,7 @@ workers, nothing lost when a worker dies mid-batch, and how each exchange is jud
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import threading
@@ -16,10 +17,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import diff.worker
 from diff.worker import (
     WorkerStats,
     judge_batch,
     judge_exchange,
+    judge_executor,
     judge_pending,
     run_workers,
     worker_loop,
@@ -356,6 +359,54 @@ async def test_run_workers_judge_what_arrives_and_stop_on_exit(
     assert not tasks
     rows = await _outcomes(engine, run_id)
     assert {r.outcome for r in rows.values()} == {"match"}
+
+
+def _thread_nice(tid: int) -> int:
+    """A thread's nice value, from /proc (field 19 of its stat)."""
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
+def test_judge_executor_lowers_only_its_threads_priority() -> None:
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    for nice in (1, 7, 19):
+        with judge_executor(1, nice) as pool:
+            tid = pool.submit(threading.get_native_id).result()
+            assert _thread_nice(tid) == min(19, base + nice)
+    # The process (and the loop's thread) keep theirs.
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base
+    assert _thread_nice(threading.get_native_id()) == base
+
+
+@pytest.mark.parametrize("nice", [-1, 20])
+def test_judge_executor_refuses_a_priority_out_of_bounds(nice: int) -> None:
+    with pytest.raises(ValueError, match=r"nice must be within 0\.\.19"):
+        judge_executor(1, nice)
+
+
+async def test_run_workers_judge_in_lowered_threads(engine: AsyncEngine, run_name: str) -> None:
+    run_id = await new_run(engine, run_name)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    seen: set[int] = set()
+    real = diff.worker.judge_exchanges
+
+    def spying(batch: Any, book: Any) -> Any:
+        seen.add(_thread_nice(threading.get_native_id()))
+        return real(batch, book)
+
+    diff.worker.judge_exchanges = spying  # type: ignore[assignment]
+    try:
+        async with run_workers(engine, run_id, BOOK, count=1, batch_size=10, nice=5) as stats:
+            await add(engine, run_id, [Ex(primary=order(i), endpoint=ITEMS) for i in range(12)])
+            for _ in range(200):
+                if stats.judged >= 12:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        diff.worker.judge_exchanges = real
+    assert stats.judged == 12
+    assert seen == {min(19, base + 5)}
+    assert _thread_nice(threading.get_native_id()) == base
 
 
 async def test_worker_loop_stops_on_cancel_while_idle(engine: AsyncEngine, run_name: str) -> None:
