@@ -52,6 +52,7 @@ from store.judgement import (
     store_judgements,
 )
 from store.runs import get_run_id
+from store.trash import SWEEP_EVERY_S, trash_sweeper
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -362,9 +363,14 @@ async def run_workers(
     batch_size: int = DEFAULT_BATCH_SIZE,
     grace: float = 5.0,
     stats: WorkerStats | None = None,
+    sweep_every_s: float | None = SWEEP_EVERY_S,
 ) -> AsyncIterator[WorkerStats]:
     """Run ``count`` worker loops while the block runs; on exit let them finish their
     batch (up to ``grace`` seconds), then cancel them. Yields their shared stats.
+
+    With them, the trash sweeper (``store.trash.trash_sweeper``, every ``sweep_every_s``;
+    None: none): deleted runs' partitions that a crashed or never-started reaper left in
+    the trash are dropped by whichever process's workers sweep first.
 
     In the composition root::
 
@@ -386,6 +392,12 @@ async def run_workers(
         )
         for i in range(count)
     ]
+    if sweep_every_s is not None:
+        tasks.append(
+            loop.create_task(
+                trash_sweeper(engine, stop, every_s=sweep_every_s), name="trash-sweeper"
+            )
+        )
     try:
         yield stats
     finally:
