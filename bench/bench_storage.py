@@ -1,9 +1,11 @@
 """Storage at production volume, in one run: bytes per exchange, the sustained rate one
 PostgreSQL records at, and ``graygate runs delete`` against a plain ``DELETE``.
 
-Targets: deleting a run of 1M exchanges (``store.lifecycle.delete_run``: its partitions
-detached and dropped) takes under 1 s, and at least 100x less than a plain ``DELETE`` of
-the same rows.
+Targets: deleting a run of 1M exchanges (``store.lifecycle.delete_run``: the run removed
+and its partitions detached into the trash, in one transaction) returns in under 1 s, and
+at least 100x sooner than a plain ``DELETE`` of the same rows. The time until the space is
+reclaimed (the reaper dropping the trashed partitions, after the command returned) is
+printed beside it, not judged.
 
 1. **Recording rate** (the ceiling one database gives, to set against the proxies' rate):
    ``--writers`` processes (default 2), each a real ``proxy.recorder.Recorder`` (the
@@ -17,7 +19,9 @@ the same rows.
 3. **Delete**: two runs of ``--exchanges`` exchanges each (10% with one difference),
    seeded with ``INSERT ... SELECT generate_series`` and VACUUM ANALYZEd; then a plain
    ``DELETE`` of one run's rows (one transaction) and ``delete_run`` of the other, each
-   timed after a CHECKPOINT.
+   timed after a CHECKPOINT; then, as ``graygate runs delete`` does, a detached
+   ``graygate runs reap``, timed from the delete's start until the trash is empty and the
+   partitions' files are gone from the data directory (when it is readable here).
 
     python bench/bench_storage.py                  # 1M exchanges a run, 20 s of recording
     python bench/bench_storage.py --quick          # 20k exchanges, 3 s: a smoke test
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -55,6 +60,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from config.schema import BodiesConfig, RecordConfig
+from graygate.governance_cli import start_reaper
 from graygate.values import Answer, RecordedExchange
 from proxy.recorder import Recorder
 from store.engine import create_engine
@@ -63,6 +69,7 @@ from store.migrate import upgrade
 from store.partitions import partition_name, partition_sizes
 from store.runs import ensure_run
 from store.tables import PARTITIONED
+from store.trash import reap_trash
 
 ADMIN_DSN = os.environ.get("GRAYGATE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -361,8 +368,10 @@ class DeleteFigures:
     run_bytes: int
     plain_delete_s: float
     vacuum_after_s: float  # what the plain DELETE leaves to do before the space is reusable
-    runs_delete_s: float
-    phases: list[str]  # delete_run's own account of its phases (its log lines)
+    runs_delete_s: float  # delete_run's return: the run is gone for every reader
+    reclaimed_s: float  # from the delete's start until the trash is empty and the files gone
+    files_left_bytes: int  # what is left on disk of the partitions' files then (0)
+    phases: list[str]  # delete_run's own account (its log line)
 
 
 class _Phases(logging.Handler):
@@ -374,7 +383,40 @@ class _Phases(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-async def delete_race(db: str, n: int) -> DeleteFigures:
+async def partition_files(conn: asyncpg.Connection, run_id: int, data_dir: str) -> list[Path]:
+    """The files of the run's partitions (heaps, TOAST, indexes; their segments and forks)
+    under ``data_dir``; [] when the data directory cannot be read here."""
+    if not data_dir or not await asyncio.to_thread(os.path.isdir, data_dir):
+        return []
+    rels = [partition_name(t.name, run_id) for t in PARTITIONED]
+    rows = await conn.fetch(
+        """
+        WITH parts AS (SELECT oid, reltoastrelid FROM pg_class WHERE oid = ANY($1::regclass[])),
+             tables AS (SELECT oid FROM parts UNION SELECT reltoastrelid FROM parts
+                         WHERE reltoastrelid <> 0)
+        SELECT pg_relation_filepath(oid) AS path FROM tables
+        UNION ALL
+        SELECT pg_relation_filepath(indexrelid) FROM pg_index
+         WHERE indrelid IN (SELECT oid FROM tables)
+        """,
+        rels,
+    )
+    return [Path(data_dir) / r["path"] for r in rows if r["path"]]
+
+
+def bytes_on_disk(paths: list[Path]) -> int:
+    """The bytes of these relation files, every segment (.1, .2, ...) and fork (_fsm, _vm)
+    included. A dropped relation's first segment is truncated to 0 at the drop's commit and
+    unlinked at the next checkpoint: its bytes are back then."""
+    total = 0
+    for path in paths:
+        for f in [path, *path.parent.glob(path.name + ".*"), *path.parent.glob(path.name + "_*")]:
+            with contextlib.suppress(OSError):
+                total += f.stat().st_size
+    return total
+
+
+async def delete_race(db: str, n: int, data_dir: str) -> DeleteFigures:
     url = _url_for(db)
     engine = create_engine(url, pool_size=2)
     conn = await asyncpg.connect(_dsn_for(db))
@@ -394,6 +436,7 @@ async def delete_race(db: str, n: int) -> DeleteFigures:
         )
         async with engine.connect() as sa_conn:
             run_bytes = (await partition_sizes(sa_conn)).get(ids["runs-delete"], 0)
+        files = await partition_files(conn, ids["runs-delete"], data_dir)
 
         await conn.execute("CHECKPOINT")
         t = time.perf_counter()
@@ -422,9 +465,22 @@ async def delete_race(db: str, n: int) -> DeleteFigures:
         finally:
             for lg in loggers:
                 lg.removeHandler(phases)
-        assert deleted == n, deleted
+        # The space, as `graygate runs delete` reclaims it: a detached `graygate runs reap`.
+        reaper = start_reaper(None, url, None)
+        left_q = "SELECT count(*) FROM trash WHERE run_id = $1"
+        while await conn.fetchval(left_q, deleted.run_id) or bytes_on_disk(files):
+            if time.perf_counter() - t > 600:
+                raise RuntimeError("the trash was not reaped within 600 s")
+            await asyncio.sleep(0.01)
+        reclaimed = time.perf_counter() - t
+        await asyncio.to_thread(reaper.wait, 60)
+        assert deleted.exchanges == n, deleted
         await delete_run(engine, "plain-delete")  # its partitions, now empty (not timed)
-        return DeleteFigures(n, n_diff, run_bytes, plain, vacuum, fast, phases.lines)
+        await reap_trash(engine)
+        return DeleteFigures(
+            n, n_diff, run_bytes, plain, vacuum, fast, reclaimed, bytes_on_disk(files),
+            phases.lines,
+        )  # fmt: skip
     finally:
         await conn.close()
         await engine.dispose()
@@ -518,7 +574,7 @@ def run(args: argparse.Namespace) -> int:
             f"{full_bpe / max(sampled_bpe, 1):.1f}x smaller"
         )
         print(f"delete: two runs of {args.exchanges:,} exchanges", flush=True)
-        d = asyncio.run(delete_race(db, args.exchanges))
+        d = asyncio.run(delete_race(db, args.exchanges, pg_data))
         ratio = d.plain_delete_s / max(d.runs_delete_s, 1e-9)
         print(
             f"  run size {d.run_bytes / 1e6:,.0f} MB ({d.exchanges:,} exchanges, "
@@ -529,16 +585,26 @@ def run(args: argparse.Namespace) -> int:
             f"(and the VACUUM it leaves to do: {d.vacuum_after_s * 1000:,.0f} ms)"
         )
         print(
-            f"  runs delete (partitions detached and dropped): {d.runs_delete_s * 1000:,.0f} ms "
-            f"(target < {DELETE_TARGET_S * 1000:.0f} ms)"
+            f"  runs delete, until it returns (the run gone for every reader; its partitions "
+            f"detached into the trash): {d.runs_delete_s * 1000:,.1f} ms "
+            f"(target < {DELETE_TARGET_S * 1000:.0f} ms: "
+            f"{'met' if d.runs_delete_s < DELETE_TARGET_S else 'MISSED'})"
         )
         for line in d.phases:
             print(f"    {line}")
-        print(f"    data directory on: {data_filesystem(pg_data)}")
-        both = (d.plain_delete_s + d.vacuum_after_s) / max(d.runs_delete_s, 1e-9)
         print(
-            f"  ratio: {ratio:,.1f}x faster than the DELETE (target >= "
-            f"{DELETE_TARGET_RATIO:.0f}x); {both:,.1f}x than DELETE + VACUUM"
+            f"  runs delete, until the space is reclaimed (a detached `graygate runs reap` "
+            f"started, the trash empty, the partitions' files gone: "
+            f"{d.files_left_bytes:,} B left): {d.reclaimed_s * 1000:,.0f} ms "
+            f"(not part of the target: after the command returned)"
+        )
+        print(f"    data directory on: {data_filesystem(pg_data)}")
+        both = (d.plain_delete_s + d.vacuum_after_s) / max(d.reclaimed_s, 1e-9)
+        print(
+            f"  ratio: runs delete returns {ratio:,.1f}x sooner than the DELETE (target >= "
+            f"{DELETE_TARGET_RATIO:.0f}x: {'met' if ratio >= DELETE_TARGET_RATIO else 'MISSED'}); "
+            f"the space is back {both:,.1f}x sooner than DELETE + VACUUM make it reusable "
+            "(which gives nothing back to the filesystem)"
         )
         if args.quick:
             print("quick mode: targets not judged")
