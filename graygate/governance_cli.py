@@ -256,9 +256,11 @@ def _runs_group(h: Helpers) -> click.Group:
                 _echo_json({"runs": [r.as_dict() for r in rows], "reclaiming": bin_.as_dict()})
                 return 0
             if bin_.tables:
+                more = len(bin_.runs) - 5
+                names = ", ".join(bin_.runs[:5]) + (f" and {more} more" if more > 0 else "")
                 click.echo(
-                    f"reclaiming {byte_size(bin_.bytes)} of deleted run(s) "
-                    f"{', '.join(bin_.runs)} (`graygate runs reap` drops them now)"
+                    f"reclaiming {byte_size(bin_.bytes)} of deleted run(s) {names} "
+                    "(`graygate runs reap` drops them now)"
                 )
             if not rows:
                 click.echo("no runs")

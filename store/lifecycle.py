@@ -27,9 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from graygate.errors import StoreBusy, UnknownRun
 from store.failures import sqlstate, store_errors
 from store.partitions import (
-    count_rows,
     lock_run,
-    partition_name,
     partition_sizes,
     trash_partitions,
 )
@@ -204,33 +202,24 @@ _LOCK_NOT_AVAILABLE = "55P03"
 
 
 async def _delete_once(conn: AsyncConnection, name: str) -> DeletedRun:
-    r = runs.c
     await conn.execute(sa.text(f"SET LOCAL lock_timeout = '{DELETE_LOCK_TIMEOUT_MS}ms'"))
     # runs first, before the partitioned parents (writers read runs, then COPY), and
     # before anything reads it (a lock taken after a read would be an upgrade); then the
     # run's advisory lock (``ensure_partitions`` makes no partition for it meanwhile).
     await conn.execute(sa.text("LOCK TABLE ONLY runs IN ACCESS EXCLUSIVE MODE"))
-    run_id = await conn.scalar(sa.select(r.id).where(r.name == name))
+    run_id = await conn.scalar(sa.select(runs.c.id).where(runs.c.name == name))
     if run_id is None:
         raise UnknownRun(name)
     run_id = int(run_id)
     await lock_run(conn, run_id)
-    estimate = -1
-    name_x = partition_name("exchanges", run_id)
-    if await conn.scalar(sa.select(sa.func.to_regclass(name_x))) is not None:
-        estimate = int(
-            await conn.scalar(
-                sa.text("SELECT reltuples FROM pg_class WHERE oid = CAST(:rel AS regclass)"),
-                {"rel": name_x},
-            )
-            or 0
-        )
-    exact = estimate < COUNT_EXACTLY_BELOW
-    n = await count_rows(conn, run_id) if exact else estimate
-    trashed = await trash_partitions(conn, run_id, name)
-    # Its small rows go with it (ON DELETE CASCADE); its scoped waivers stay (SET NULL).
-    await conn.execute(sa.delete(runs).where(r.id == run_id))
-    return DeletedRun(name, run_id, n, exact, sum(p.bytes for p in trashed))
+    # Its small rows go with its row (ON DELETE CASCADE); its scoped waivers stay (SET NULL).
+    t = await trash_partitions(
+        conn,
+        run_id,
+        count_exactly_below=COUNT_EXACTLY_BELOW,
+        then=f"DELETE FROM runs WHERE id = {run_id}",
+    )
+    return DeletedRun(name, run_id, t.exchanges, t.exact, t.bytes)
 
 
 async def delete_run(
@@ -256,7 +245,7 @@ async def delete_run(
                 async with engine.begin() as conn:
                     deleted = await _delete_once(conn, name)
                 break
-            except sa.exc.DBAPIError as exc:
+            except Exception as exc:  # the DDL's errors come from asyncpg itself
                 if sqlstate(exc) != _LOCK_NOT_AVAILABLE:
                     raise
                 if time.perf_counter() + pause > deadline:

@@ -37,10 +37,11 @@ from typing import Final
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from store.tables import PARTITIONED, TRASH_SCHEMA, runs, trash
+from store.tables import PARTITIONED, TRASH_SCHEMA, runs
 
 __all__ = [
     "PARTITION_NAME",
+    "Trashed",
     "TrashedPartition",
     "count_rows",
     "ensure_partitions",
@@ -168,51 +169,99 @@ class TrashedPartition:
     rows: int  # pg_class.reltuples: PostgreSQL's estimate (-1 when never analysed)
 
 
-_FOREIGN_KEYS = sa.text(
-    "SELECT conname FROM pg_constraint WHERE conrelid = CAST(:rel AS regclass) AND contype = 'f'"
+# A run's partitions as they stand: attached or not (or detach pending), their estimated
+# rows, size and foreign keys; one row per partitioned table, nulls where there is none.
+_PLAN = sa.text(
+    """
+    SELECT p.parent, p.name, c.oid IS NOT NULL AS present, i.inhrelid IS NOT NULL AS attached,
+           coalesce(i.inhdetachpending, false) AS pending, coalesce(c.reltuples, -1) AS rows,
+           CASE WHEN c.oid IS NULL THEN 0 ELSE pg_total_relation_size(c.oid) END AS bytes,
+           ARRAY(SELECT conname::text FROM pg_constraint
+                  WHERE conrelid = c.oid AND contype = 'f' ORDER BY 1) AS fks
+      FROM unnest(CAST(:parents AS text[]), CAST(:names AS text[])) WITH ORDINALITY
+           AS p(parent, name, n)
+      LEFT JOIN pg_class c ON c.oid = to_regclass(p.name)
+      LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
+     ORDER BY p.n
+    """
 )
 
 
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class Trashed:
+    partitions: list[TrashedPartition]
+    exchanges: int  # the rows of its exchanges partition: exact when ``exact``, else estimated
+    exact: bool
+
+    @property
+    def bytes(self) -> int:
+        return sum(p.bytes for p in self.partitions)
+
+
 async def trash_partitions(
-    conn: AsyncConnection, run_id: int, run_name: str
-) -> list[TrashedPartition]:
+    conn: AsyncConnection, run_id: int, *, count_exactly_below: int = 0, then: str = ""
+) -> Trashed:
     """In the caller's transaction: detach run ``run_id``'s partitions, move them to
-    ``TRASH_SCHEMA`` and record them in ``trash``; returns them. Nothing is dropped here:
-    the reaper (``store.trash``) drops them after the commit.
+    ``TRASH_SCHEMA`` and record them in ``trash`` (with the run's name, from its row),
+    then run ``then`` (SQL of the caller's, e.g. the run row's delete), in one round trip.
+    Returns the partitions and the exchanges they held: counted when PostgreSQL estimates
+    fewer than ``count_exactly_below`` (or has no estimate), else the estimate (an exact
+    count of 1M rows costs more than the rest together). Nothing is dropped here: the
+    reaper (``store.trash``) drops them after the commit.
 
     The caller holds the run's advisory lock (``lock_run``) and ``runs`` in ACCESS
-    EXCLUSIVE mode. Each plain ``DETACH PARTITION`` takes ACCESS EXCLUSIVE on the parent
-    until the commit (``DETACH ... CONCURRENTLY`` cannot run in a transaction); the
-    caller's transaction is short and its lock waits bounded (``store.lifecycle``). A
-    partition left detach pending by an interrupted ``DETACH ... CONCURRENTLY`` is
-    finished (``FINALIZE``); one already detached is taken as it is. Its foreign key to
-    ``runs`` is dropped, else deleting the run's row would cascade into it row by row."""
-    attached = await partitions_of(conn, run_id)
-    out = []
-    for parent in (t.name for t in PARTITIONED):
-        name = partition_name(parent, run_id)
-        if name in attached:
-            how = " FINALIZE" if attached[name] else ""
-            await conn.execute(sa.text(f"ALTER TABLE {parent} DETACH PARTITION {name}{how}"))
-        elif await conn.scalar(sa.select(sa.func.to_regclass(name))) is None:
-            continue
-        for fk in (await conn.scalars(_FOREIGN_KEYS, {"rel": name})).all():
-            await conn.execute(sa.text(f'ALTER TABLE {name} DROP CONSTRAINT "{fk}"'))
-        size, rows = (
-            await conn.execute(
-                sa.text(
-                    "SELECT pg_total_relation_size(c.oid), c.reltuples FROM pg_class c "
-                    "WHERE c.oid = CAST(:rel AS regclass)"
-                ),
-                {"rel": name},
-            )
-        ).one()
-        await conn.execute(sa.text(f"ALTER TABLE {name} SET SCHEMA {TRASH_SCHEMA}"))
+    EXCLUSIVE mode, and has begun the transaction with a statement. Each plain ``DETACH
+    PARTITION`` takes ACCESS EXCLUSIVE on the parent until the commit (``DETACH ...
+    CONCURRENTLY`` cannot run in a transaction); the caller's transaction is short and its
+    lock waits bounded (``store.lifecycle``). A partition left detach pending by an
+    interrupted ``DETACH ... CONCURRENTLY`` is finished (``FINALIZE``); one already
+    detached is taken as it is. Its foreign key to ``runs`` is dropped, else deleting the
+    run's row would cascade into it row by row."""
+    run_id = int(run_id)
+    parents = [t.name for t in PARTITIONED]
+    plan = (
         await conn.execute(
-            sa.insert(trash).values(relname=name, run_id=run_id, run_name=run_name, bytes=size)
+            _PLAN, {"parents": parents, "names": [partition_name(p, run_id) for p in parents]}
         )
-        out.append(TrashedPartition(name, int(size), int(rows)))
-    return out
+    ).all()
+    out: list[TrashedPartition] = []
+    ddl: list[str] = []
+    exchanges, exact = 0, True
+    for row in plan:
+        if not row.present:
+            continue
+        name = str(row.name)
+        if row.parent == "exchanges":
+            exact = row.rows < count_exactly_below
+            if exact:
+                exchanges = int(await conn.scalar(sa.text(f"SELECT count(*) FROM {name}")) or 0)
+            else:
+                exchanges = int(row.rows)
+        if row.attached:
+            how = " FINALIZE" if row.pending else ""
+            ddl.append(f"ALTER TABLE {row.parent} DETACH PARTITION {name}{how}")
+        ddl.extend(f"ALTER TABLE {name} DROP CONSTRAINT {_ident(fk)}" for fk in row.fks)
+        ddl.append(f"ALTER TABLE {name} SET SCHEMA {TRASH_SCHEMA}")
+        out.append(TrashedPartition(name, int(row.bytes), int(row.rows)))
+    if out:
+        values = ", ".join(f"('{p.relname}', {p.bytes})" for p in out)
+        ddl.append(
+            "INSERT INTO trash (relname, run_id, run_name, bytes) "
+            f"SELECT v.relname, r.id, r.name, v.bytes FROM runs r, (VALUES {values}) "
+            f"AS v(relname, bytes) WHERE r.id = {run_id}"
+        )
+    if then:
+        ddl.append(then)
+    if ddl:
+        # One round trip (the simple query protocol takes many statements), inside the
+        # transaction SQLAlchemy began on this connection.
+        raw = await conn.get_raw_connection()
+        await raw.driver_connection.execute(";\n".join(ddl))  # type: ignore[union-attr]
+    return Trashed(out, exchanges, exact)
 
 
 async def lock_run(conn: AsyncConnection, run_id: int) -> None:
