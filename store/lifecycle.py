@@ -32,7 +32,15 @@ from store.partitions import (
     trash_partitions,
 )
 from store.run_versions import version_changes, versions_seen
-from store.tables import exchanges, run_losses, runs, verdicts
+from store.tables import (
+    exchanges,
+    rejudge_differences,
+    rejudge_outcomes,
+    rejudges,
+    run_losses,
+    runs,
+    verdicts,
+)
 
 __all__ = [
     "COUNT_EXACTLY_BELOW",
@@ -201,6 +209,34 @@ COUNT_EXACTLY_BELOW = 100_000
 _LOCK_NOT_AVAILABLE = "55P03"
 
 
+async def _cancel_rejudges(engine: AsyncEngine, name: str) -> None:
+    """Before the delete's transaction: cancel the run's running re-judgements and delete
+    their staging (as a newer ``rejudge`` does), so that the run row's cascade has no big
+    staging to delete row by row while the delete holds its locks."""
+    j = rejudges.c
+    async with engine.begin() as conn:
+        running = (
+            await conn.scalars(
+                sa.select(j.id)
+                .join(runs, runs.c.id == j.run_id)
+                .where(runs.c.name == name, j.completed_at.is_(None), j.cancelled_at.is_(None))
+                .with_for_update(of=rejudges)
+            )
+        ).all()
+        if not running:
+            return
+        await conn.execute(
+            sa.delete(rejudge_differences).where(rejudge_differences.c.rejudge_id.in_(running))
+        )
+        await conn.execute(
+            sa.delete(rejudge_outcomes).where(rejudge_outcomes.c.rejudge_id.in_(running))
+        )
+        await conn.execute(
+            sa.update(rejudges).where(j.id.in_(running)).values(cancelled_at=sa.func.now())
+        )
+    logger.info("run %s: re-judgement(s) %s cancelled before its delete", name, list(running))
+
+
 async def _delete_once(conn: AsyncConnection, name: str) -> DeletedRun:
     await conn.execute(sa.text(f"SET LOCAL lock_timeout = '{DELETE_LOCK_TIMEOUT_MS}ms'"))
     # runs first, before the partitioned parents (writers read runs, then COPY), and
@@ -239,6 +275,7 @@ async def delete_run(
     pause = 0.05
     attempts = 0
     async with store_errors(engine):
+        await _cancel_rejudges(engine, name)
         while True:
             attempts += 1
             try:

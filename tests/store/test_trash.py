@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from diff.worker import judge_pending, run_workers
+from diff.worker import judge_pending, rejudge_step, run_workers
 from graygate.errors import StoreBusy, UnknownRun
 from store.exchanges import count_exchanges, write_exchanges
 from store.lifecycle import (
@@ -26,7 +26,8 @@ from store.lifecycle import (
     list_run_details,
 )
 from store.partitions import partition_name, partitions_of
-from store.tables import TRASH_SCHEMA, runs, trash
+from store.rejudge import start_rejudge
+from store.tables import TRASH_SCHEMA, rejudge_outcomes, rejudges, runs, trash
 from store.trash import reap_trash, trash_summary, wait_reaped
 from tests.diff.judgeseed import add, matching, new_run, rulebook
 from tests.proxy.recording.rows import rows
@@ -233,4 +234,27 @@ async def test_a_busy_timeout_at_the_bound(engine: AsyncEngine, run_name: str) -
             await delete_run(engine, run_name, busy_timeout_s=0.0)
         await reader.rollback()
     assert (await delete_run(engine, run_name, busy_timeout_s=0.0)).run_id == run_id
+    await reap_trash(engine, run_ids=[run_id])
+
+
+async def test_a_run_deleted_mid_rejudgement_leaves_no_staging(
+    engine: AsyncEngine, run_name: str
+) -> None:
+    """The running re-judgement is cancelled and its staging deleted before the delete's
+    transaction (its cascade then has nothing big to delete under the locks)."""
+    run_id = await new_run(engine, run_name)
+    await add(engine, run_id, matching(6))
+    await judge_pending(engine, run_name, rulebook())
+    job = await start_rejudge(engine, run_name, None, by="t")
+    assert await rejudge_step(engine, run_id=run_id, batch_size=2) == 2  # 2 of 6 staged
+    async with engine.connect() as conn:
+        staged = await conn.scalar(
+            sa.select(sa.func.count()).where(rejudge_outcomes.c.rejudge_id == job.id)
+        )
+    assert staged == 2
+    assert (await delete_run(engine, run_name)).exchanges == 6
+    async with engine.connect() as conn:
+        for table in (rejudge_outcomes, rejudges):
+            col = table.c.rejudge_id if table is rejudge_outcomes else table.c.id
+            assert await conn.scalar(sa.select(sa.func.count()).where(col == job.id)) == 0
     await reap_trash(engine, run_ids=[run_id])
