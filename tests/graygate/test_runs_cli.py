@@ -98,6 +98,9 @@ async def test_prune_dry_run_then_prune(engine: AsyncEngine, database_url: str) 
     assert f"would delete {old}" in out and new not in out
     code, out, err = await graygate("runs", "list", "--json", *db)
     assert old in {r["name"] for r in orjson.loads(out)["runs"]}
+    async with engine.connect() as conn:  # the dry run touched nothing
+        assert len(await partitions_of(conn, ids[old])) == 2
+    assert await _trash_left(engine, ids[old]) == 0
 
     code, out, err = await graygate("runs", "prune", "--older-than", "30d", "--wait", *db)
     assert code == 0 and f"deleted {old} (2 exchanges)" in out, err
