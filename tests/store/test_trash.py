@@ -258,3 +258,17 @@ async def test_a_run_deleted_mid_rejudgement_leaves_no_staging(
             col = table.c.rejudge_id if table is rejudge_outcomes else table.c.id
             assert await conn.scalar(sa.select(sa.func.count()).where(col == job.id)) == 0
     await reap_trash(engine, run_ids=[run_id])
+
+
+async def test_the_reaper_locks_nothing_the_others_use(engine: AsyncEngine, run_name: str) -> None:
+    """A reader holding exchanges, differences and runs (a long report) does not hold up the
+    reaper, whose drop would fail after its 5 s lock timeout if it waited for them."""
+    run_id = await new_run(engine, run_name)
+    await add(engine, run_id, matching(3))
+    await delete_run(engine, run_name)
+    async with engine.connect() as reader:
+        for table in ("exchanges", "differences", "runs"):
+            await reader.execute(sa.text(f"SELECT count(*) FROM {table}"))
+        assert (await reap_trash(engine, run_ids=[run_id])).tables == 2
+        await reader.rollback()
+    assert await _in_trash(engine, run_id) == ([], 0)
