@@ -64,6 +64,7 @@ from graygate.governance_cli import start_reaper
 from graygate.values import Answer, RecordedExchange
 from proxy.recorder import Recorder
 from store.engine import create_engine
+from store.exchanges import exchange_row, write_exchanges
 from store.lifecycle import delete_run
 from store.migrate import upgrade
 from store.partitions import partition_name, partition_sizes
@@ -371,7 +372,89 @@ class DeleteFigures:
     runs_delete_s: float  # delete_run's return: the run is gone for every reader
     reclaimed_s: float  # from the delete's start until the trash is empty and the files gone
     files_left_bytes: int  # what is left on disk of the partitions' files then (0)
+    neighbour_plain: str  # another run's writer during the plain DELETE
+    neighbour_fast: str  # ... and during runs delete
     phases: list[str]  # delete_run's own account (its log line)
+
+
+def _neighbour_exchange(run_id: int, i: int) -> RecordedExchange:
+    trace = uuid.uuid4().hex
+    body = order_body(i)
+    return RecordedExchange(
+        run_id=run_id, trace_id=trace, span_id=trace[:16], received_at=datetime.now(UTC),
+        endpoint="GET /api/orders/{id}", method="GET", path=f"/api/orders/{i}", query="",
+        request_headers=REQUEST_HEADERS, request_body=None, request_body_truncated=False,
+        gray_label=None, served_by="primary",
+        primary=Answer(200, RESPONSE_HEADERS, body, latency_ms=12.5),
+        canary=Answer(200, RESPONSE_HEADERS, body, latency_ms=13.0),
+    )  # fmt: skip
+
+
+async def _neighbour(url: str, run_id: int, ready: Any, stop: Any, out: Any) -> None:
+    """Write batches of 10 exchanges into ``run_id`` (a proxy recording another run) until
+    ``stop``; put (start, seconds) of each write on ``out``."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        await write_exchanges(engine, [exchange_row(_neighbour_exchange(run_id, 0))])
+        ready.set()
+        i, times = 1, []
+        while not stop.is_set():
+            batch = [exchange_row(_neighbour_exchange(run_id, i + k)) for k in range(10)]
+            t = time.perf_counter()
+            result = await write_exchanges(engine, batch)
+            times.append((t, time.perf_counter() - t))
+            assert result.inserted == 10, result
+            i += 10
+            await asyncio.sleep(0.002)
+        out.put(times)
+    finally:
+        await engine.dispose()
+
+
+def _neighbour_process(url: str, run_id: int, ready: Any, stop: Any, out: Any) -> None:
+    try:
+        asyncio.run(_neighbour(url, run_id, ready, stop, out))
+    except BaseException as exc:  # reported by the parent
+        out.put(repr(exc))
+
+
+class Neighbour:
+    """Another run's writer in a process of its own, around a timed operation: its write
+    latencies inside the operation's window against those before it."""
+
+    def __init__(self, url: str, run_id: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.ready, self.stop, self.out = ctx.Event(), ctx.Event(), ctx.Queue()
+        self.proc = ctx.Process(
+            target=_neighbour_process, args=(url, run_id, self.ready, self.stop, self.out)
+        )
+
+    def __enter__(self) -> Neighbour:
+        self.proc.start()
+        if not self.ready.wait(120):
+            raise RuntimeError("the neighbour writer did not start")
+        time.sleep(0.5)  # its latencies before the operation
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.3)
+        self.stop.set()
+        got = self.out.get(timeout=60)
+        self.proc.join(30)
+        if isinstance(got, str):
+            raise RuntimeError(f"the neighbour writer failed: {got}")
+        self.times: list[tuple[float, float]] = got
+
+    def summary(self, start: float, end: float) -> str:
+        """Writes overlapping [start, end] (perf_counter: one clock on one machine)."""
+        before = sorted(d for t, d in self.times if t + d < start)
+        during = [d for t, d in self.times if t < end and t + d > start]
+        median = before[len(before) // 2] * 1000 if before else float("nan")
+        worst = max(during) * 1000 if during else float("nan")
+        return (
+            f"{len(during)} writes of 10 exchanges overlapped it, the slowest {worst:,.1f} ms "
+            f"(median before it {median:,.1f} ms)"
+        )
 
 
 class _Phases(logging.Handler):
@@ -421,7 +504,9 @@ async def delete_race(db: str, n: int, data_dir: str) -> DeleteFigures:
     engine = create_engine(url, pool_size=2)
     conn = await asyncpg.connect(_dsn_for(db))
     try:
-        ids = {}
+        ids = {
+            "neighbour": await ensure_run(engine, "neighbour", primary_url=None, canary_url=None)
+        }
         for name in ("plain-delete", "runs-delete"):
             ids[name] = await ensure_run(engine, name, primary_url=None, canary_url=None)
             t = time.perf_counter()
@@ -439,13 +524,15 @@ async def delete_race(db: str, n: int, data_dir: str) -> DeleteFigures:
         files = await partition_files(conn, ids["runs-delete"], data_dir)
 
         await conn.execute("CHECKPOINT")
-        t = time.perf_counter()
-        async with conn.transaction():
-            await conn.execute("DELETE FROM differences WHERE run_id = $1", ids["plain-delete"])
-            gone = await conn.execute(
-                "DELETE FROM exchanges WHERE run_id = $1", ids["plain-delete"]
-            )
-        plain = time.perf_counter() - t
+        with Neighbour(url, ids["neighbour"]) as neighbour_plain:
+            t = time.perf_counter()
+            async with conn.transaction():
+                await conn.execute("DELETE FROM differences WHERE run_id = $1", ids["plain-delete"])
+                gone = await conn.execute(
+                    "DELETE FROM exchanges WHERE run_id = $1", ids["plain-delete"]
+                )
+            plain = time.perf_counter() - t
+        plain_window = (t, t + plain)
         assert gone == f"DELETE {n}", gone
         t = time.perf_counter()
         for table in PARTITIONED:
@@ -459,9 +546,10 @@ async def delete_race(db: str, n: int, data_dir: str) -> DeleteFigures:
             lg.addHandler(phases)
             lg.setLevel(logging.INFO)
         try:
-            t = time.perf_counter()
-            deleted = await delete_run(engine, "runs-delete")
-            fast = time.perf_counter() - t
+            with Neighbour(url, ids["neighbour"]) as neighbour_fast:
+                t = time.perf_counter()
+                deleted = await delete_run(engine, "runs-delete")
+                fast = time.perf_counter() - t
         finally:
             for lg in loggers:
                 lg.removeHandler(phases)
@@ -479,6 +567,7 @@ async def delete_race(db: str, n: int, data_dir: str) -> DeleteFigures:
         await reap_trash(engine)
         return DeleteFigures(
             n, n_diff, run_bytes, plain, vacuum, fast, reclaimed, bytes_on_disk(files),
+            neighbour_plain.summary(*plain_window), neighbour_fast.summary(t, t + fast),
             phases.lines,
         )  # fmt: skip
     finally:
@@ -584,6 +673,7 @@ def run(args: argparse.Namespace) -> int:
             f"  plain DELETE of the rows: {d.plain_delete_s * 1000:,.0f} ms "
             f"(and the VACUUM it leaves to do: {d.vacuum_after_s * 1000:,.0f} ms)"
         )
+        print(f"    another run's writer meanwhile: {d.neighbour_plain}")
         print(
             f"  runs delete, until it returns (the run gone for every reader; its partitions "
             f"detached into the trash): {d.runs_delete_s * 1000:,.1f} ms "
@@ -592,6 +682,7 @@ def run(args: argparse.Namespace) -> int:
         )
         for line in d.phases:
             print(f"    {line}")
+        print(f"    another run's writer meanwhile: {d.neighbour_fast}")
         print(
             f"  runs delete, until the space is reclaimed (a detached `graygate runs reap` "
             f"started, the trash empty, the partitions' files gone: "
