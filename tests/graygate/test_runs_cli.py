@@ -142,3 +142,35 @@ async def test_delete_over_the_api_needs_write(engine: AsyncEngine, run_name: st
             await _trash_emptied(engine, run_id)
         async with http.delete(url, headers=bearer(ENV["RELEASE_BOT_TOKEN"])) as resp:
             assert resp.status == 404
+
+
+async def test_list_shows_the_space_being_reclaimed_and_reap_reclaims_it(
+    engine: AsyncEngine, database_url: str, run_name: str
+) -> None:
+    """A delete whose reaper never ran (as after a crash): `runs list` says what is still
+    being reclaimed, `runs reap` reclaims it."""
+    from store.lifecycle import delete_run
+
+    db = ("--database-url", database_url)
+    run_id = await new_run(engine, run_name)
+    await add(engine, run_id, matching(3))
+    deleted = await delete_run(engine, run_name)  # no reaper started
+    code, out, err = await graygate("runs", "list", "--json", *db)
+    assert code == 0, err
+    listed = orjson.loads(out)
+    assert run_name not in {r["name"] for r in listed["runs"]}
+    assert run_name in listed["reclaiming"]["runs"]
+    assert listed["reclaiming"]["bytes"] >= deleted.trash_bytes > 0
+    code, out, _ = await graygate("runs", "list", *db)
+    assert code == 0 and any(
+        line.startswith("reclaiming ") and run_name in line for line in out.splitlines()
+    ), out
+
+    code, out, err = await graygate("runs", "reap", *db)
+    assert code == 0 and out.startswith("reclaimed "), (out, err)
+    assert await _trash_left(engine, run_id) == 0
+    code, out, _ = await graygate("runs", "list", "--json", *db)
+    assert run_name not in orjson.loads(out)["reclaiming"]["runs"]
+    code, out, _ = await graygate("runs", "reap", *db)
+    assert code == 0, out
+    assert out.strip() == "nothing to reclaim" or out.startswith("reclaimed ")  # others' trash
