@@ -1,9 +1,11 @@
 """Storage at production volume, in one run: bytes per exchange, the sustained rate one
 PostgreSQL records at, and ``graygate runs delete`` against a plain ``DELETE``.
 
-Targets: deleting a run of 1M exchanges (``store.lifecycle.delete_run``: its partitions
-detached and dropped) takes under 1 s, and at least 100x less than a plain ``DELETE`` of
-the same rows.
+Targets: deleting a run of 1M exchanges (``store.lifecycle.delete_run``: the run removed
+and its partitions detached into the trash, in one transaction) returns in under 1 s, and
+at least 100x sooner than a plain ``DELETE`` of the same rows. The time until the space is
+reclaimed (the reaper dropping the trashed partitions, after the command returned) is
+printed beside it, not judged.
 
 1. **Recording rate** (the ceiling one database gives, to set against the proxies' rate):
    ``--writers`` processes (default 2), each a real ``proxy.recorder.Recorder`` (the
@@ -17,7 +19,9 @@ the same rows.
 3. **Delete**: two runs of ``--exchanges`` exchanges each (10% with one difference),
    seeded with ``INSERT ... SELECT generate_series`` and VACUUM ANALYZEd; then a plain
    ``DELETE`` of one run's rows (one transaction) and ``delete_run`` of the other, each
-   timed after a CHECKPOINT.
+   timed after a CHECKPOINT; then, as ``graygate runs delete`` does, a detached
+   ``graygate runs reap``, timed from the delete's start until the trash is empty and the
+   partitions' files are gone from the data directory (when it is readable here).
 
     python bench/bench_storage.py                  # 1M exchanges a run, 20 s of recording
     python bench/bench_storage.py --quick          # 20k exchanges, 3 s: a smoke test
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -55,14 +60,17 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from config.schema import BodiesConfig, RecordConfig
+from graygate.governance_cli import start_reaper
 from graygate.values import Answer, RecordedExchange
 from proxy.recorder import Recorder
 from store.engine import create_engine
+from store.exchanges import exchange_row, write_exchanges
 from store.lifecycle import delete_run
 from store.migrate import upgrade
 from store.partitions import partition_name, partition_sizes
 from store.runs import ensure_run
 from store.tables import PARTITIONED
+from store.trash import reap_trash
 
 ADMIN_DSN = os.environ.get("GRAYGATE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -361,8 +369,92 @@ class DeleteFigures:
     run_bytes: int
     plain_delete_s: float
     vacuum_after_s: float  # what the plain DELETE leaves to do before the space is reusable
-    runs_delete_s: float
-    phases: list[str]  # delete_run's own account of its phases (its log lines)
+    runs_delete_s: float  # delete_run's return: the run is gone for every reader
+    reclaimed_s: float  # from the delete's start until the trash is empty and the files gone
+    files_left_bytes: int  # what is left on disk of the partitions' files then (0)
+    neighbour_plain: str  # another run's writer during the plain DELETE
+    neighbour_fast: str  # ... and during runs delete
+    phases: list[str]  # delete_run's own account (its log line)
+
+
+def _neighbour_exchange(run_id: int, i: int) -> RecordedExchange:
+    trace = uuid.uuid4().hex
+    body = order_body(i)
+    return RecordedExchange(
+        run_id=run_id, trace_id=trace, span_id=trace[:16], received_at=datetime.now(UTC),
+        endpoint="GET /api/orders/{id}", method="GET", path=f"/api/orders/{i}", query="",
+        request_headers=REQUEST_HEADERS, request_body=None, request_body_truncated=False,
+        gray_label=None, served_by="primary",
+        primary=Answer(200, RESPONSE_HEADERS, body, latency_ms=12.5),
+        canary=Answer(200, RESPONSE_HEADERS, body, latency_ms=13.0),
+    )  # fmt: skip
+
+
+async def _neighbour(url: str, run_id: int, ready: Any, stop: Any, out: Any) -> None:
+    """Write batches of 10 exchanges into ``run_id`` (a proxy recording another run) until
+    ``stop``; put (start, seconds) of each write on ``out``."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        await write_exchanges(engine, [exchange_row(_neighbour_exchange(run_id, 0))])
+        ready.set()
+        i, times = 1, []
+        while not stop.is_set():
+            batch = [exchange_row(_neighbour_exchange(run_id, i + k)) for k in range(10)]
+            t = time.perf_counter()
+            result = await write_exchanges(engine, batch)
+            times.append((t, time.perf_counter() - t))
+            assert result.inserted == 10, result
+            i += 10
+            await asyncio.sleep(0.002)
+        out.put(times)
+    finally:
+        await engine.dispose()
+
+
+def _neighbour_process(url: str, run_id: int, ready: Any, stop: Any, out: Any) -> None:
+    try:
+        asyncio.run(_neighbour(url, run_id, ready, stop, out))
+    except BaseException as exc:  # reported by the parent
+        out.put(repr(exc))
+
+
+class Neighbour:
+    """Another run's writer in a process of its own, around a timed operation: its write
+    latencies inside the operation's window against those before it."""
+
+    def __init__(self, url: str, run_id: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.ready, self.stop, self.out = ctx.Event(), ctx.Event(), ctx.Queue()
+        self.proc = ctx.Process(
+            target=_neighbour_process, args=(url, run_id, self.ready, self.stop, self.out)
+        )
+
+    def __enter__(self) -> Neighbour:
+        self.proc.start()
+        if not self.ready.wait(120):
+            raise RuntimeError("the neighbour writer did not start")
+        time.sleep(0.5)  # its latencies before the operation
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.3)
+        self.stop.set()
+        got = self.out.get(timeout=60)
+        self.proc.join(30)
+        if isinstance(got, str):
+            raise RuntimeError(f"the neighbour writer failed: {got}")
+        self.times: list[tuple[float, float]] = got
+
+    def summary(self, start: float, end: float) -> str:
+        """Writes overlapping [start, end] (perf_counter: one clock on one machine)."""
+        before = sorted(d for t, d in self.times if t + d < start)
+        during = [d for t, d in self.times if t < end and t + d > start]
+        median = before[len(before) // 2] * 1000 if before else float("nan")
+        worst = max(during) * 1000 if during else float("nan")
+        return (
+            f"{len(during)} writes of 10 exchanges overlapped it, the slowest {worst:,.1f} ms "
+            f"(median before it {median:,.1f} ms)"
+        )
 
 
 class _Phases(logging.Handler):
@@ -374,12 +466,47 @@ class _Phases(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-async def delete_race(db: str, n: int) -> DeleteFigures:
+async def partition_files(conn: asyncpg.Connection, run_id: int, data_dir: str) -> list[Path]:
+    """The files of the run's partitions (heaps, TOAST, indexes; their segments and forks)
+    under ``data_dir``; [] when the data directory cannot be read here."""
+    if not data_dir or not await asyncio.to_thread(os.path.isdir, data_dir):
+        return []
+    rels = [partition_name(t.name, run_id) for t in PARTITIONED]
+    rows = await conn.fetch(
+        """
+        WITH parts AS (SELECT oid, reltoastrelid FROM pg_class WHERE oid = ANY($1::regclass[])),
+             tables AS (SELECT oid FROM parts UNION SELECT reltoastrelid FROM parts
+                         WHERE reltoastrelid <> 0)
+        SELECT pg_relation_filepath(oid) AS path FROM tables
+        UNION ALL
+        SELECT pg_relation_filepath(indexrelid) FROM pg_index
+         WHERE indrelid IN (SELECT oid FROM tables)
+        """,
+        rels,
+    )
+    return [Path(data_dir) / r["path"] for r in rows if r["path"]]
+
+
+def bytes_on_disk(paths: list[Path]) -> int:
+    """The bytes of these relation files, every segment (.1, .2, ...) and fork (_fsm, _vm)
+    included. A dropped relation's first segment is truncated to 0 at the drop's commit and
+    unlinked at the next checkpoint: its bytes are back then."""
+    total = 0
+    for path in paths:
+        for f in [path, *path.parent.glob(path.name + ".*"), *path.parent.glob(path.name + "_*")]:
+            with contextlib.suppress(OSError):
+                total += f.stat().st_size
+    return total
+
+
+async def delete_race(db: str, n: int, data_dir: str) -> DeleteFigures:
     url = _url_for(db)
     engine = create_engine(url, pool_size=2)
     conn = await asyncpg.connect(_dsn_for(db))
     try:
-        ids = {}
+        ids = {
+            "neighbour": await ensure_run(engine, "neighbour", primary_url=None, canary_url=None)
+        }
         for name in ("plain-delete", "runs-delete"):
             ids[name] = await ensure_run(engine, name, primary_url=None, canary_url=None)
             t = time.perf_counter()
@@ -394,15 +521,18 @@ async def delete_race(db: str, n: int) -> DeleteFigures:
         )
         async with engine.connect() as sa_conn:
             run_bytes = (await partition_sizes(sa_conn)).get(ids["runs-delete"], 0)
+        files = await partition_files(conn, ids["runs-delete"], data_dir)
 
         await conn.execute("CHECKPOINT")
-        t = time.perf_counter()
-        async with conn.transaction():
-            await conn.execute("DELETE FROM differences WHERE run_id = $1", ids["plain-delete"])
-            gone = await conn.execute(
-                "DELETE FROM exchanges WHERE run_id = $1", ids["plain-delete"]
-            )
-        plain = time.perf_counter() - t
+        with Neighbour(url, ids["neighbour"]) as neighbour_plain:
+            t = time.perf_counter()
+            async with conn.transaction():
+                await conn.execute("DELETE FROM differences WHERE run_id = $1", ids["plain-delete"])
+                gone = await conn.execute(
+                    "DELETE FROM exchanges WHERE run_id = $1", ids["plain-delete"]
+                )
+            plain = time.perf_counter() - t
+        plain_window = (t, t + plain)
         assert gone == f"DELETE {n}", gone
         t = time.perf_counter()
         for table in PARTITIONED:
@@ -416,15 +546,30 @@ async def delete_race(db: str, n: int) -> DeleteFigures:
             lg.addHandler(phases)
             lg.setLevel(logging.INFO)
         try:
-            t = time.perf_counter()
-            deleted = await delete_run(engine, "runs-delete")
-            fast = time.perf_counter() - t
+            with Neighbour(url, ids["neighbour"]) as neighbour_fast:
+                t = time.perf_counter()
+                deleted = await delete_run(engine, "runs-delete")
+                fast = time.perf_counter() - t
         finally:
             for lg in loggers:
                 lg.removeHandler(phases)
-        assert deleted == n, deleted
+        # The space, as `graygate runs delete` reclaims it: a detached `graygate runs reap`.
+        reaper = start_reaper(None, url, None)
+        left_q = "SELECT count(*) FROM trash WHERE run_id = $1"
+        while await conn.fetchval(left_q, deleted.run_id) or bytes_on_disk(files):
+            if time.perf_counter() - t > 600:
+                raise RuntimeError("the trash was not reaped within 600 s")
+            await asyncio.sleep(0.01)
+        reclaimed = time.perf_counter() - t
+        await asyncio.to_thread(reaper.wait, 60)
+        assert deleted.exchanges == n, deleted
         await delete_run(engine, "plain-delete")  # its partitions, now empty (not timed)
-        return DeleteFigures(n, n_diff, run_bytes, plain, vacuum, fast, phases.lines)
+        await reap_trash(engine)
+        return DeleteFigures(
+            n, n_diff, run_bytes, plain, vacuum, fast, reclaimed, bytes_on_disk(files),
+            neighbour_plain.summary(*plain_window), neighbour_fast.summary(t, t + fast),
+            phases.lines,
+        )  # fmt: skip
     finally:
         await conn.close()
         await engine.dispose()
@@ -518,7 +663,7 @@ def run(args: argparse.Namespace) -> int:
             f"{full_bpe / max(sampled_bpe, 1):.1f}x smaller"
         )
         print(f"delete: two runs of {args.exchanges:,} exchanges", flush=True)
-        d = asyncio.run(delete_race(db, args.exchanges))
+        d = asyncio.run(delete_race(db, args.exchanges, pg_data))
         ratio = d.plain_delete_s / max(d.runs_delete_s, 1e-9)
         print(
             f"  run size {d.run_bytes / 1e6:,.0f} MB ({d.exchanges:,} exchanges, "
@@ -528,17 +673,29 @@ def run(args: argparse.Namespace) -> int:
             f"  plain DELETE of the rows: {d.plain_delete_s * 1000:,.0f} ms "
             f"(and the VACUUM it leaves to do: {d.vacuum_after_s * 1000:,.0f} ms)"
         )
+        print(f"    another run's writer meanwhile: {d.neighbour_plain}")
         print(
-            f"  runs delete (partitions detached and dropped): {d.runs_delete_s * 1000:,.0f} ms "
-            f"(target < {DELETE_TARGET_S * 1000:.0f} ms)"
+            f"  runs delete, until it returns (the run gone for every reader; its partitions "
+            f"detached into the trash): {d.runs_delete_s * 1000:,.1f} ms "
+            f"(target < {DELETE_TARGET_S * 1000:.0f} ms: "
+            f"{'met' if d.runs_delete_s < DELETE_TARGET_S else 'MISSED'})"
         )
         for line in d.phases:
             print(f"    {line}")
-        print(f"    data directory on: {data_filesystem(pg_data)}")
-        both = (d.plain_delete_s + d.vacuum_after_s) / max(d.runs_delete_s, 1e-9)
+        print(f"    another run's writer meanwhile: {d.neighbour_fast}")
         print(
-            f"  ratio: {ratio:,.1f}x faster than the DELETE (target >= "
-            f"{DELETE_TARGET_RATIO:.0f}x); {both:,.1f}x than DELETE + VACUUM"
+            f"  runs delete, until the space is reclaimed (a detached `graygate runs reap` "
+            f"started, the trash empty, the partitions' files gone: "
+            f"{d.files_left_bytes:,} B left): {d.reclaimed_s * 1000:,.0f} ms "
+            f"(not part of the target: after the command returned)"
+        )
+        print(f"    data directory on: {data_filesystem(pg_data)}")
+        both = (d.plain_delete_s + d.vacuum_after_s) / max(d.reclaimed_s, 1e-9)
+        print(
+            f"  ratio: runs delete returns {ratio:,.1f}x sooner than the DELETE (target >= "
+            f"{DELETE_TARGET_RATIO:.0f}x: {'met' if ratio >= DELETE_TARGET_RATIO else 'MISSED'}); "
+            f"the space is back {both:,.1f}x sooner than DELETE + VACUUM make it reusable "
+            "(which gives nothing back to the filesystem)"
         )
         if args.quick:
             print("quick mode: targets not judged")

@@ -54,6 +54,7 @@ from store.judgement import (
     store_judgements,
 )
 from store.runs import get_run_id
+from store.trash import SWEEP_EVERY_S, trash_sweeper
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -389,6 +390,7 @@ async def run_workers(
     grace: float = 5.0,
     stats: WorkerStats | None = None,
     nice: int = 0,
+    sweep_every_s: float | None = SWEEP_EVERY_S,
 ) -> AsyncIterator[WorkerStats]:
     """Run ``count`` worker loops while the block runs; on exit let them finish their
     batch (up to ``grace`` seconds), then cancel them. Yields their shared stats.
@@ -396,6 +398,10 @@ async def run_workers(
     ``nice`` > 0: the comparisons run in ``count`` threads of their own whose CPU priority
     is lowered by ``nice`` (:func:`judge_executor`), so that a burst of large differing
     documents yields the CPU to the proxy sharing the host (``workers.nice``).
+
+    With them, the trash sweeper (``store.trash.trash_sweeper``, every ``sweep_every_s``;
+    None: none): deleted runs' partitions that a crashed or never-started reaper left in
+    the trash are dropped by whichever process's workers sweep first.
 
     In the composition root::
 
@@ -426,6 +432,12 @@ async def run_workers(
         )
         for i in range(count)
     ]
+    if sweep_every_s is not None:
+        tasks.append(
+            loop.create_task(
+                trash_sweeper(engine, stop, every_s=sweep_every_s), name="trash-sweeper"
+            )
+        )
     try:
         yield stats
     finally:

@@ -21,6 +21,7 @@ from graygate.vocabulary import ErrorKind
 __all__ = [
     "ConfigError",
     "GraygateError",
+    "StoreBusy",
     "StoreError",
     "StoreUnavailable",
     "UnknownRun",
@@ -52,6 +53,11 @@ class StoreError(GraygateError):
 
 class StoreUnavailable(StoreError):
     """PostgreSQL cannot be reached, or its schema is not at the expected revision."""
+
+
+class StoreBusy(StoreError):
+    """The tables an operation must lock briefly stayed locked by others for too long
+    (e.g. a long report query); nothing was changed: try again."""
 
 
 class UnknownRun(StoreError):

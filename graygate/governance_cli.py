@@ -1,5 +1,5 @@
 """Governance commands: ``graygate waiver add|list|revoke``, ``graygate runs
-list|close|delete|prune``, ``graygate rejudge RUN``.
+list|close|delete|prune|reap``, ``graygate rejudge RUN``.
 
 ``graygate.cli`` registers them with one call, :func:`register`, handing over its own
 helpers (how a command finds its database, how errors become exit codes), so this module
@@ -19,7 +19,7 @@ from typing import Any
 import click
 import orjson
 
-__all__ = ["MAX_DURATION_S", "Helpers", "parse_duration", "register"]
+__all__ = ["MAX_DURATION_S", "Helpers", "parse_duration", "register", "start_reaper"]
 
 logger = logging.getLogger(__name__)
 
@@ -246,12 +246,22 @@ def _runs_group(h: Helpers) -> click.Group:
         """Every run: created, last exchange, counts, latest verdict, size on disk."""
         from graygate.formatting import byte_size, when
         from store.lifecycle import list_run_details
+        from store.trash import trash_summary
 
         async def go(engine: Any) -> int:
             rows = await list_run_details(engine)
+            async with engine.connect() as conn:
+                bin_ = await trash_summary(conn)
             if as_json:
-                _echo_json({"runs": [r.as_dict() for r in rows]})
+                _echo_json({"runs": [r.as_dict() for r in rows], "reclaiming": bin_.as_dict()})
                 return 0
+            if bin_.tables:
+                more = len(bin_.runs) - 5
+                names = ", ".join(bin_.runs[:5]) + (f" and {more} more" if more > 0 else "")
+                click.echo(
+                    f"reclaiming {byte_size(bin_.bytes)} of deleted run(s) {names} "
+                    "(`graygate runs reap` drops them now)"
+                )
             if not rows:
                 click.echo("no runs")
             for r in rows:
@@ -288,15 +298,23 @@ def _runs_group(h: Helpers) -> click.Group:
     @runs.command(name="delete")
     @click.argument("run")
     @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+    @click.option(
+        "--wait", is_flag=True, help="Return when the disk space is reclaimed, not before."
+    )
     @h.database_options
     def delete(
         run: str,
         yes: bool,
+        wait: bool,
         config_path: str | None,
         database_url: str | None,
         data_dir: str | None,
     ) -> None:
-        """Delete RUN and everything recorded for it (its waivers' audit trail stays)."""
+        """Delete RUN and everything recorded for it (its waivers' audit trail stays).
+
+        Returns when the run is gone: nothing sees it any more. Its disk space is
+        reclaimed just after, by a reaper started in the background (with --wait, by this
+        command before it returns)."""
         from store.lifecycle import delete_run
 
         if not yes:
@@ -310,8 +328,12 @@ def _runs_group(h: Helpers) -> click.Group:
                 sys.exit(1)
 
         async def go(engine: Any) -> int:
-            n = await delete_run(engine, run)
-            click.echo(f"run {run} deleted ({n:,} exchanges)")
+            d = await delete_run(engine, run)
+            about = "" if d.exact else "about "
+            click.echo(f"run {run} deleted ({about}{d.exchanges:,} exchanges)")
+            await _reclaim(
+                engine, [d.run_id], d.trash_bytes, wait, config_path, database_url, data_dir
+            )
             return 0
 
         sys.exit(h.run(config_path, database_url, data_dir, go))
@@ -326,16 +348,21 @@ def _runs_group(h: Helpers) -> click.Group:
         help="Never prune the N most recently created runs.",
     )
     @click.option("--dry-run", is_flag=True, help="Print what would be deleted; delete nothing.")
+    @click.option(
+        "--wait", is_flag=True, help="Return when the disk space is reclaimed, not before."
+    )
     @h.database_options
     def prune(
         older_than: str,
         keep_last: int,
         dry_run: bool,
+        wait: bool,
         config_path: str | None,
         database_url: str | None,
         data_dir: str | None,
     ) -> None:
-        """Delete the runs idle for longer than --older-than."""
+        """Delete the runs idle for longer than --older-than (their disk space is reclaimed
+        just after, as with `runs delete`)."""
         from store.lifecycle import delete_runs, prune_candidates
 
         seconds = _duration_option(older_than, "--older-than")
@@ -349,14 +376,106 @@ def _runs_group(h: Helpers) -> click.Group:
                 click.echo(f"{len(names)} run(s) would be deleted (dry run)")
                 return 0
             deleted = await delete_runs(engine, names)
-            for name, n in deleted.items():
-                click.echo(f"deleted {name} ({n:,} exchanges)")
+            for name, d in deleted.items():
+                about = "" if d.exact else "about "
+                click.echo(f"deleted {name} ({about}{d.exchanges:,} exchanges)")
             click.echo(f"{len(deleted)} run(s) deleted")
+            if deleted:
+                await _reclaim(
+                    engine,
+                    [d.run_id for d in deleted.values()],
+                    sum(d.trash_bytes for d in deleted.values()),
+                    wait,
+                    config_path,
+                    database_url,
+                    data_dir,
+                )
+            return 0
+
+        sys.exit(h.run(config_path, database_url, data_dir, go))
+
+    @runs.command(name="reap")
+    @click.option("--quiet", is_flag=True, help="Print nothing (as started by `runs delete`).")
+    @h.database_options
+    def reap(
+        quiet: bool, config_path: str | None, database_url: str | None, data_dir: str | None
+    ) -> None:
+        """Drop what deleted runs left in the trash, giving their disk space back.
+
+        `runs delete` and `runs prune` start this in the background, and the diff workers
+        sweep the trash every minute: run it by hand to reclaim the space at once."""
+        from graygate.formatting import byte_size
+        from store.trash import reap_trash
+
+        async def go(engine: Any) -> int:
+            done = await reap_trash(engine)
+            if not quiet:
+                click.echo(
+                    f"reclaimed {byte_size(done.bytes)} ({done.tables} table(s)) "
+                    f"in {done.seconds:.1f}s"
+                    if done.tables
+                    else "nothing to reclaim"
+                )
             return 0
 
         sys.exit(h.run(config_path, database_url, data_dir, go))
 
     return runs
+
+
+async def _reclaim(
+    engine: Any,
+    run_ids: list[int],
+    size: int,
+    wait: bool,
+    config_path: str | None,
+    database_url: str | None,
+    data_dir: str | None,
+) -> None:
+    """After a delete: drop the runs' trashed partitions here (``wait``), or start
+    ``graygate runs reap`` detached and return."""
+    from graygate.formatting import byte_size
+
+    if wait:
+        from store.trash import wait_reaped
+
+        done = await wait_reaped(engine, run_ids)
+        click.echo(f"reclaimed {byte_size(size)} in {done:.1f}s")
+        return
+    if size == 0:
+        return
+    try:
+        start_reaper(config_path, database_url, data_dir)
+    except OSError as exc:
+        logger.warning("could not start the reaper (%s); the diff workers' sweep will", exc)
+    click.echo(f"reclaiming {byte_size(size)} in the background")
+
+
+def start_reaper(config_path: str | None, database_url: str | None, data_dir: str | None) -> Any:
+    """Start ``graygate runs reap --quiet`` in a session of its own (it outlives this
+    process, and a Ctrl-C here does not reach it), on the same database: the URL passes
+    in the environment, not the command line (no password in ``ps``). Returns the Popen."""
+    import os
+    import subprocess
+
+    argv = [sys.executable, "-m", "graygate", "runs", "reap", "--quiet"]
+    env = dict(os.environ)
+    if database_url is not None:
+        env["GRAYGATE_DATABASE_URL"] = database_url  # and no -c: its URL would come first
+        env.pop("GRAYGATE_CONFIG", None)
+    elif config_path is not None:
+        argv += ["-c", config_path]
+    if data_dir is not None:
+        argv += ["--data-dir", data_dir]
+    return subprocess.Popen(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
 
 
 # How often `graygate rejudge` reads the job's progress while the workers judge.

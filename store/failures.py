@@ -25,13 +25,14 @@ from graygate.errors import StoreUnavailable, one_line
 from store.engine import censor_dsn
 from store.exchanges import is_unavailable
 
-__all__ = ["store_errors", "unavailable_error"]
+__all__ = ["sqlstate", "store_errors", "unavailable_error"]
 
 _UNREACHABLE_PREFIXES = ("28", "3D000")
 _SCHEMA_BEHIND = frozenset({"42P01", "42703"})
 
 
-def _sqlstate(exc: BaseException) -> str:
+def sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE PostgreSQL gave ``exc`` (through SQLAlchemy's wrapper), or ""."""
     orig = getattr(exc, "orig", None)
     for cur in (orig, getattr(orig, "__cause__", None), exc):
         state = getattr(cur, "sqlstate", None) or getattr(cur, "pgcode", None)
@@ -43,7 +44,7 @@ def _sqlstate(exc: BaseException) -> str:
 def unavailable_error(engine: AsyncEngine, exc: BaseException) -> StoreUnavailable | None:
     """The ``StoreUnavailable`` to raise (``from None``) for ``exc``, or None when ``exc`` is
     some other error and should propagate as it is."""
-    state = _sqlstate(exc)
+    state = sqlstate(exc)
     behind = state in _SCHEMA_BEHIND
     if not (behind or is_unavailable(exc) or state.startswith(_UNREACHABLE_PREFIXES)):
         return None

@@ -1,17 +1,20 @@
 """A run's lifecycle: listing with sizes, closing, deleting, pruning.
 
-Deleting a run closes it (writers drop its rows from then on), drops its partitions of
-exchanges and differences (``store.partitions.drop_partitions``: detached concurrently and
-dropped, never a row-by-row DELETE), then deletes its row: its losses, verdicts, runtime
-samples, findings, versions and re-judgement jobs go with it (``ON DELETE CASCADE``: small
-per-run tables), its scoped waivers stay (their ``run_id`` becomes NULL) and the waivers'
-audit trail is never touched. Each step can be done again: a delete that failed half-way
-is finished by the next one.
+Deleting a run is one short transaction (a few ms): its partitions of exchanges and
+differences are detached and moved to the trash (``store.partitions.trash_partitions``:
+never a row-by-row DELETE), and its row is deleted: its losses, verdicts, runtime samples,
+findings, versions and re-judgement jobs go with it (``ON DELETE CASCADE``: small per-run
+tables), its scoped waivers stay (their ``run_id`` becomes NULL) and the waivers' audit
+trail is never touched. From the commit on no view, API, verdict or report sees the run;
+the partitions' files are dropped afterwards by the reaper (``store.trash``). A writer
+still feeding the run finds no partition and no run: its rows are counted as rejected.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,16 +22,32 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from graygate.errors import UnknownRun
-from store.failures import store_errors
-from store.partitions import count_rows, drop_partitions, partition_sizes
+from graygate.errors import StoreBusy, UnknownRun
+from store.failures import sqlstate, store_errors
+from store.partitions import (
+    lock_run,
+    partition_sizes,
+    trash_partitions,
+)
 from store.run_versions import version_changes, versions_seen
-from store.tables import exchanges, run_losses, runs, verdicts
+from store.tables import (
+    exchanges,
+    rejudge_differences,
+    rejudge_outcomes,
+    rejudges,
+    run_losses,
+    runs,
+    verdicts,
+)
 
 __all__ = [
+    "COUNT_EXACTLY_BELOW",
+    "DELETE_BUSY_TIMEOUT_S",
+    "DELETE_LOCK_TIMEOUT_MS",
     "MAX_KEEP_LAST",
+    "DeletedRun",
     "RunListing",
     "close_run",
     "delete_run",
@@ -159,36 +178,131 @@ async def close_run(engine: AsyncEngine, name: str) -> datetime:
     return closed_at  # type: ignore[no-any-return]
 
 
-async def delete_run(engine: AsyncEngine, name: str) -> int:
-    """Delete run ``name`` and everything recorded for it; returns how many exchanges it
-    held. UnknownRun when there is none."""
-    r = runs.c
-    started = time.perf_counter()
-    async with store_errors(engine):
-        async with engine.begin() as conn:
-            # Closed first (committed): from now on writers drop its rows and make it no
-            # partition.
-            run_id = await conn.scalar(
-                sa.update(runs)
-                .where(r.name == name)
-                .values(closed_at=sa.func.coalesce(r.closed_at, sa.func.now()))
-                .returning(r.id)
+@dataclass(frozen=True, slots=True)
+class DeletedRun:
+    name: str
+    run_id: int
+    exchanges: int  # exact when ``exact``, else PostgreSQL's estimate (pg_class.reltuples)
+    exact: bool
+    trash_bytes: int  # its partitions' size, in the trash until the reaper drops them
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.name,
+            "deleted": True,
+            "exchanges": self.exchanges,
+            "exchanges_exact": self.exact,
+            "reclaiming_bytes": self.trash_bytes,
+        }
+
+
+# Each attempt waits at most this long for a lock: a writer (a proxy's COPY, a diff
+# worker's claim) queued behind the delete waits at most this plus the transaction's few
+# milliseconds.
+DELETE_LOCK_TIMEOUT_MS = 100
+# Attempts go on, with pauses, for at most this long; then StoreBusy (nothing changed).
+DELETE_BUSY_TIMEOUT_S = 30.0
+# A run's exchanges are counted exactly when PostgreSQL estimates fewer than this (an
+# index-only count of 100k rows takes a few ms); past it, the estimate is reported.
+COUNT_EXACTLY_BELOW = 100_000
+
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
+async def _cancel_rejudges(engine: AsyncEngine, name: str) -> None:
+    """Before the delete's transaction: cancel the run's running re-judgements and delete
+    their staging (as a newer ``rejudge`` does), so that the run row's cascade has no big
+    staging to delete row by row while the delete holds its locks."""
+    j = rejudges.c
+    async with engine.begin() as conn:
+        running = (
+            await conn.scalars(
+                sa.select(j.id)
+                .join(runs, runs.c.id == j.run_id)
+                .where(runs.c.name == name, j.completed_at.is_(None), j.cancelled_at.is_(None))
+                .with_for_update(of=rejudges)
             )
-            if run_id is None:
-                raise UnknownRun(name)
-            n = await count_rows(conn, int(run_id))
-        counted = time.perf_counter()
-        await drop_partitions(engine, int(run_id))
-        async with engine.begin() as conn:
-            await conn.execute(sa.delete(runs).where(r.id == run_id))
-    logger.info(
-        "run %s deleted (%d exchanges) in %.0f ms (closed and counted in %.0f ms)",
-        name,
-        n,
-        (time.perf_counter() - started) * 1000,
-        (counted - started) * 1000,
+        ).all()
+        if not running:
+            return
+        await conn.execute(
+            sa.delete(rejudge_differences).where(rejudge_differences.c.rejudge_id.in_(running))
+        )
+        await conn.execute(
+            sa.delete(rejudge_outcomes).where(rejudge_outcomes.c.rejudge_id.in_(running))
+        )
+        await conn.execute(
+            sa.update(rejudges).where(j.id.in_(running)).values(cancelled_at=sa.func.now())
+        )
+    logger.info("run %s: re-judgement(s) %s cancelled before its delete", name, list(running))
+
+
+async def _delete_once(conn: AsyncConnection, name: str) -> DeletedRun:
+    await conn.execute(sa.text(f"SET LOCAL lock_timeout = '{DELETE_LOCK_TIMEOUT_MS}ms'"))
+    # runs first, before the partitioned parents (writers read runs, then COPY), and
+    # before anything reads it (a lock taken after a read would be an upgrade); then the
+    # run's advisory lock (``ensure_partitions`` makes no partition for it meanwhile).
+    await conn.execute(sa.text("LOCK TABLE ONLY runs IN ACCESS EXCLUSIVE MODE"))
+    run_id = await conn.scalar(sa.select(runs.c.id).where(runs.c.name == name))
+    if run_id is None:
+        raise UnknownRun(name)
+    run_id = int(run_id)
+    await lock_run(conn, run_id)
+    # Its small rows go with its row (ON DELETE CASCADE); its scoped waivers stay (SET NULL).
+    t = await trash_partitions(
+        conn,
+        run_id,
+        count_exactly_below=COUNT_EXACTLY_BELOW,
+        then=f"DELETE FROM runs WHERE id = {run_id}",
     )
-    return n
+    return DeletedRun(name, run_id, t.exchanges, t.exact, t.bytes)
+
+
+async def delete_run(
+    engine: AsyncEngine, name: str, *, busy_timeout_s: float = DELETE_BUSY_TIMEOUT_S
+) -> DeletedRun:
+    """Delete run ``name`` and everything recorded for it, in one short transaction: from
+    its commit nothing sees the run; its partitions wait in the trash for the reaper
+    (``store.trash.reap_trash``), which gives their space back. UnknownRun when there is
+    none; StoreBusy when the locks could not be had for ``busy_timeout_s`` (nothing
+    changed then).
+
+    Each attempt waits at most ``DELETE_LOCK_TIMEOUT_MS`` for a lock, then rolls back and
+    tries again after a pause: a long query holding a table makes the delete wait, never
+    the writers queued behind it."""
+    started = time.perf_counter()
+    deadline = started + busy_timeout_s
+    pause = 0.05
+    attempts = 0
+    async with store_errors(engine):
+        await _cancel_rejudges(engine, name)
+        while True:
+            attempts += 1
+            try:
+                async with engine.begin() as conn:
+                    deleted = await _delete_once(conn, name)
+                break
+            except Exception as exc:  # the DDL's errors come from asyncpg itself
+                if sqlstate(exc) != _LOCK_NOT_AVAILABLE:
+                    raise
+                if time.perf_counter() + pause > deadline:
+                    raise StoreBusy(
+                        f"run {name} not deleted: its tables stayed locked by other sessions "
+                        f"for {busy_timeout_s:g}s ({attempts} attempt(s); a long query?); "
+                        "try again"
+                    ) from None
+                await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+                pause = min(1.0, pause * 2)
+    logger.info(
+        "run %s deleted (%s%d exchanges, %d bytes to reclaim) in %.0f ms, %d attempt(s)",
+        name,
+        "" if deleted.exact else "about ",
+        deleted.exchanges,
+        deleted.trash_bytes,
+        (time.perf_counter() - started) * 1000,
+        attempts,
+    )
+    return deleted
 
 
 async def prune_candidates(
@@ -226,9 +340,9 @@ async def prune_candidates(
         return list((await conn.scalars(stmt)).all())
 
 
-async def delete_runs(engine: AsyncEngine, names: Sequence[str]) -> dict[str, int]:
+async def delete_runs(engine: AsyncEngine, names: Sequence[str]) -> dict[str, DeletedRun]:
     """Delete each run of ``names`` (one transaction each); a run gone meanwhile is skipped."""
-    out: dict[str, int] = {}
+    out: dict[str, DeletedRun] = {}
     for name in names:
         try:
             out[name] = await delete_run(engine, name)

@@ -19,34 +19,38 @@ partition if the run is open and retries once, else counts the row as a ``reject
 (A default partition would also forbid ``DETACH ... CONCURRENTLY`` and make every ATTACH
 scan it.)
 
-Dropping them (``drop_partitions``, for ``graygate runs delete`` and ``prune``): each
-partition is ``DETACH PARTITION ... CONCURRENTLY`` (SHARE UPDATE EXCLUSIVE on the parent:
-the other runs' COPYs and claims go on) and then dropped: no row-by-row DELETE, no bloat,
-no vacuum. A detach that was interrupted is finished (``FINALIZE``) by the next call.
+Removing them (``trash_partitions``, for ``graygate runs delete`` and ``prune``): in the
+transaction that deletes the run, each partition is detached, moved to the schema
+``graygate_trash`` and recorded in ``trash``; ``store.trash`` drops them after the commit,
+off the caller's path (dropping gigabytes of files takes the filesystem a second or more):
+no row-by-row DELETE, no bloat, no vacuum.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Final
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from store.tables import PARTITIONED, runs
+from store.tables import PARTITIONED, TRASH_SCHEMA, runs
 
 __all__ = [
     "PARTITION_NAME",
+    "Trashed",
+    "TrashedPartition",
     "count_rows",
-    "drop_partitions",
     "ensure_partitions",
     "is_missing_partition",
+    "lock_run",
     "partition_name",
     "partition_sizes",
     "partitions_of",
+    "trash_partitions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -116,7 +120,7 @@ async def partitions_of(conn: AsyncConnection, run_id: int) -> dict[str, bool]:
 
 async def _make(conn: AsyncConnection, run_id: int) -> bool:
     """In a transaction: make the run's missing partitions, if the run is open."""
-    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_LOCK_CLASS, _lock_key(run_id))))
+    await lock_run(conn, run_id)
     have = await partitions_of(conn, run_id)
     missing = [t.name for t in PARTITIONED if partition_name(t.name, run_id) not in have]
     if not missing:
@@ -158,45 +162,112 @@ async def ensure_partitions(engine: AsyncEngine, run_ids: Iterable[int]) -> list
     return made
 
 
-async def drop_partitions(engine: AsyncEngine, run_id: int) -> list[str]:
-    """Detach (concurrently) and drop run ``run_id``'s partitions; returns their names.
+@dataclass(frozen=True, slots=True)
+class TrashedPartition:
+    relname: str  # its name in TRASH_SCHEMA
+    bytes: int  # pg_total_relation_size when it was trashed
+    rows: int  # pg_class.reltuples: PostgreSQL's estimate (-1 when never analysed)
 
-    Holds the run's advisory lock throughout, so that no writer makes them again meanwhile
-    (close the run first: ``ensure_partitions`` makes none for a closed run). Once
-    detached, the run's rows are out of every query; the drop then gives their files back
-    to the filesystem (its time grows with their size: the filesystem frees the blocks)."""
-    async with engine.connect() as conn:
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        key = {"cls": _LOCK_CLASS, "key": _lock_key(run_id)}
-        await conn.execute(sa.text("SELECT pg_advisory_lock(:cls, :key)"), key)
-        try:
-            started = time.perf_counter()
-            attached = await partitions_of(conn, run_id)
-            names = [partition_name(t.name, run_id) for t in PARTITIONED]
-            for parent, name in zip((t.name for t in PARTITIONED), names, strict=True):
-                if name in attached:
-                    how = "FINALIZE" if attached[name] else "CONCURRENTLY"
-                    detach = f"ALTER TABLE {parent} DETACH PARTITION {name} {how}"
-                    await conn.execute(sa.text(detach))
-            detached = time.perf_counter()
-            dropped = [
-                name
-                for name in names
-                if await conn.scalar(sa.select(sa.func.to_regclass(name))) is not None
-            ]
-            if dropped:
-                await conn.execute(sa.text(f"DROP TABLE {', '.join(dropped)}"))
-            done = time.perf_counter()
-        finally:
-            await conn.execute(sa.text("SELECT pg_advisory_unlock(:cls, :key)"), key)
-    logger.info(
-        "run %d: partitions %s detached in %.0f ms, dropped in %.0f ms",
-        run_id,
-        ", ".join(dropped) or "(none)",
-        (detached - started) * 1000,
-        (done - detached) * 1000,
-    )
-    return dropped
+
+# A run's partitions as they stand: attached or not (or detach pending), their estimated
+# rows, size and foreign keys; one row per partitioned table, nulls where there is none.
+_PLAN = sa.text(
+    """
+    SELECT p.parent, p.name, c.oid IS NOT NULL AS present, i.inhrelid IS NOT NULL AS attached,
+           coalesce(i.inhdetachpending, false) AS pending, coalesce(c.reltuples, -1) AS rows,
+           CASE WHEN c.oid IS NULL THEN 0 ELSE pg_total_relation_size(c.oid) END AS bytes,
+           ARRAY(SELECT conname::text FROM pg_constraint
+                  WHERE conrelid = c.oid AND contype = 'f' ORDER BY 1) AS fks
+      FROM unnest(CAST(:parents AS text[]), CAST(:names AS text[])) WITH ORDINALITY
+           AS p(parent, name, n)
+      LEFT JOIN pg_class c ON c.oid = to_regclass(p.name)
+      LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
+     ORDER BY p.n
+    """
+)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class Trashed:
+    partitions: list[TrashedPartition]
+    exchanges: int  # the rows of its exchanges partition: exact when ``exact``, else estimated
+    exact: bool
+
+    @property
+    def bytes(self) -> int:
+        return sum(p.bytes for p in self.partitions)
+
+
+async def trash_partitions(
+    conn: AsyncConnection, run_id: int, *, count_exactly_below: int = 0, then: str = ""
+) -> Trashed:
+    """In the caller's transaction: detach run ``run_id``'s partitions, move them to
+    ``TRASH_SCHEMA`` and record them in ``trash`` (with the run's name, from its row),
+    then run ``then`` (SQL of the caller's, e.g. the run row's delete), in one round trip.
+    Returns the partitions and the exchanges they held: counted when PostgreSQL estimates
+    fewer than ``count_exactly_below`` (or has no estimate), else the estimate (an exact
+    count of 1M rows costs more than the rest together). Nothing is dropped here: the
+    reaper (``store.trash``) drops them after the commit.
+
+    The caller holds the run's advisory lock (``lock_run``) and ``runs`` in ACCESS
+    EXCLUSIVE mode, and has begun the transaction with a statement. Each plain ``DETACH
+    PARTITION`` takes ACCESS EXCLUSIVE on the parent until the commit (``DETACH ...
+    CONCURRENTLY`` cannot run in a transaction); the caller's transaction is short and its
+    lock waits bounded (``store.lifecycle``). A partition left detach pending by an
+    interrupted ``DETACH ... CONCURRENTLY`` is finished (``FINALIZE``); one already
+    detached is taken as it is. Its foreign key to ``runs`` is dropped, else deleting the
+    run's row would cascade into it row by row."""
+    run_id = int(run_id)
+    parents = [t.name for t in PARTITIONED]
+    plan = (
+        await conn.execute(
+            _PLAN, {"parents": parents, "names": [partition_name(p, run_id) for p in parents]}
+        )
+    ).all()
+    out: list[TrashedPartition] = []
+    ddl: list[str] = []
+    exchanges, exact = 0, True
+    for row in plan:
+        if not row.present:
+            continue
+        name = str(row.name)
+        if row.parent == "exchanges":
+            exact = row.rows < count_exactly_below
+            if exact:
+                exchanges = int(await conn.scalar(sa.text(f"SELECT count(*) FROM {name}")) or 0)
+            else:
+                exchanges = int(row.rows)
+        if row.attached:
+            how = " FINALIZE" if row.pending else ""
+            ddl.append(f"ALTER TABLE {row.parent} DETACH PARTITION {name}{how}")
+        ddl.extend(f"ALTER TABLE {name} DROP CONSTRAINT {_ident(fk)}" for fk in row.fks)
+        ddl.append(f"ALTER TABLE {name} SET SCHEMA {TRASH_SCHEMA}")
+        out.append(TrashedPartition(name, int(row.bytes), int(row.rows)))
+    if out:
+        values = ", ".join(f"('{p.relname}', {p.bytes})" for p in out)
+        ddl.append(
+            "INSERT INTO trash (relname, run_id, run_name, bytes) "
+            f"SELECT v.relname, r.id, r.name, v.bytes FROM runs r, (VALUES {values}) "
+            f"AS v(relname, bytes) WHERE r.id = {run_id}"
+        )
+    if then:
+        ddl.append(then)
+    if ddl:
+        # One round trip (the simple query protocol takes many statements), inside the
+        # transaction SQLAlchemy began on this connection.
+        raw = await conn.get_raw_connection()
+        await raw.driver_connection.execute(";\n".join(ddl))  # type: ignore[union-attr]
+    return Trashed(out, exchanges, exact)
+
+
+async def lock_run(conn: AsyncConnection, run_id: int) -> None:
+    """In a transaction: the run's advisory lock (``ensure_partitions`` takes it too), held
+    until the transaction ends."""
+    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_LOCK_CLASS, _lock_key(run_id))))
 
 
 async def count_rows(conn: AsyncConnection, run_id: int, table: str = "exchanges") -> int:

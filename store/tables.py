@@ -26,6 +26,7 @@ from graygate.vocabulary import (
 __all__ = [
     "PARTITIONED",
     "ROLES",
+    "TRASH_SCHEMA",
     "differences",
     "exchange_of",
     "exchanges",
@@ -39,6 +40,7 @@ __all__ = [
     "runs",
     "runtime_samples",
     "spill_replays",
+    "trash",
     "verdicts",
     "waiver_events",
     "waivers",
@@ -424,4 +426,20 @@ run_versions = sa.Table(
     sa.Column("exchanges", sa.BigInteger, nullable=False),
     sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Deleted runs' partitions waiting to be dropped (migration 0007): ``graygate runs delete``
+# moves them to the schema TRASH_SCHEMA and records each here in the transaction that
+# deletes the run; the reaper (store.trash) drops the table and its row. ``bytes`` is its
+# size when it was trashed; no foreign key: the run is gone.
+TRASH_SCHEMA = "graygate_trash"
+trash = sa.Table(
+    "trash",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("relname", sa.Text, nullable=False, unique=True),  # its name in TRASH_SCHEMA
+    sa.Column("run_id", sa.BigInteger, nullable=False),
+    sa.Column("run_name", sa.Text, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("trashed_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
 )

@@ -9,8 +9,11 @@ under ``ENGINE_KEY``; its one error middleware renders what handlers raise):
   "expires"? ("14d"), "scope"?}``; 201 with the waiver; ``by`` is the admin token's name;
 - ``POST /api/v1/waivers/{id}/revoke``: body ``{"reason"}``; 200 with the waiver; 404
   unknown, 409 already revoked;
-- ``DELETE /api/v1/runs/{run}``: the run and everything recorded for it;
-  ``{"run", "deleted": true, "exchanges": n}``; 404 unknown.
+- ``DELETE /api/v1/runs/{run}``: the run and everything recorded for it; answers when the
+  run is gone, ``{"run", "deleted": true, "exchanges": n, "exchanges_exact",
+  "reclaiming_bytes"}``; its disk space is reclaimed just after by a background task
+  (``store.trash``), drained when the application stops; 404 unknown, 503 when its tables
+  stayed locked (nothing deleted: try again).
 
 Every route but the GETs needs a ``write`` token (``WRITE_ROUTES``).
 
@@ -28,19 +31,27 @@ import orjson
 from aiohttp import web
 
 from graygate.admin.api import ENGINE_KEY, json_response
-from graygate.errors import UnknownWaiver, WaiverConflict
+from graygate.errors import StoreBusy, UnknownWaiver, WaiverConflict
+from graygate.tasks import TaskSet
 from graygate.vocabulary import WaiverSource
 
 __all__ = [
     "ANONYMOUS",
     "IDENTITY_KEY",
     "MAX_BODY_BYTES",
+    "REAPERS_KEY",
     "WRITE_ROUTES",
     "add_governance_routes",
     "caller",
 ]
 
 logger = logging.getLogger(__name__)
+
+# The background tasks that drop deleted runs' trashed partitions.
+REAPERS_KEY = web.AppKey("graygate_trash_reapers", TaskSet)
+# How long the application's stop waits for a reaper still dropping (the rest is left to
+# the next reaper or the diff workers' sweep).
+REAPER_GRACE_S = 10.0
 
 # Where the auth middleware keeps the caller's token name (a request-scoped value).
 IDENTITY_KEY = web.RequestKey("graygate_identity", str)
@@ -168,11 +179,22 @@ async def revoke(request: web.Request) -> web.Response:
 
 async def delete_run_route(request: web.Request) -> web.Response:
     from store.lifecycle import delete_run
+    from store.trash import reap_trash
 
     run = request.match_info["run"]
-    n = await delete_run(request.app[ENGINE_KEY], run)
+    engine = request.app[ENGINE_KEY]
+    try:
+        d = await delete_run(engine, run)
+    except StoreBusy as exc:
+        raise web.HTTPServiceUnavailable(text=str(exc)) from None
     logger.info("run %s deleted through the admin API by %s", run, caller(request))
-    return json_response({"run": run, "deleted": True, "exchanges": n})
+    if d.trash_bytes:
+        request.app[REAPERS_KEY].spawn(reap_trash(engine, run_ids=[d.run_id]), name=run)
+    return json_response(d.as_dict())
+
+
+async def _drain_reapers(app: web.Application) -> None:
+    await app[REAPERS_KEY].drain(REAPER_GRACE_S)
 
 
 def add_governance_routes(app: web.Application) -> None:
@@ -181,3 +203,5 @@ def add_governance_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/runs/{run}/waivers", add_run_waiver, name="waiver_add")
     app.router.add_post("/api/v1/waivers/{id}/revoke", revoke, name="waiver_revoke")
     app.router.add_delete("/api/v1/runs/{run}", delete_run_route, name="run_delete")
+    app[REAPERS_KEY] = TaskSet("trash-reaper")
+    app.on_cleanup.append(_drain_reapers)

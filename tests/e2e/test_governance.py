@@ -153,7 +153,7 @@ def test_header_versions_body_digests_close_and_delete_by_partition(
     X-Build-Version (the canary's changes half-way), with record.bodies.sample 0.5: the run
     records both versions and the change, every pair is judged (from bodies or from
     digests, and the verdict says how many), closing it counts what comes after, and
-    `graygate runs delete` drops its partitions."""
+    `graygate runs delete --wait` drops its partitions."""
     import asyncio
 
     import asyncpg
@@ -235,6 +235,7 @@ def test_header_versions_body_digests_close_and_delete_by_partition(
             await conn.close()
 
     assert len(asyncio.run(tables())) == 2  # the run's two partitions
-    code, out, err = graygate("runs", "delete", run, "--yes", *db)
-    assert code == 0 and out.strip() == f"run {run} deleted (40 exchanges)", (out, err)
-    assert asyncio.run(tables()) == []
+    code, out, err = graygate("runs", "delete", run, "--yes", "--wait", *db)
+    assert code == 0 and out.splitlines()[0] == f"run {run} deleted (40 exchanges)", (out, err)
+    assert out.splitlines()[1].startswith("reclaimed "), out
+    assert asyncio.run(tables()) == []  # --wait: dropped, in no schema

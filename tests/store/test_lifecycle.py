@@ -73,7 +73,7 @@ async def test_delete_removes_the_run_and_keeps_the_trail(
         engine, run_name, endpoint="*", field="$.status", reason="r", by="a",
         source=WaiverSource.CLI, scope="nothing-else-*",
     )  # fmt: skip
-    assert await delete_run(engine, run_name) == 6
+    assert (await delete_run(engine, run_name)).exchanges == 6
     async with engine.connect() as conn:
         for table in (exchanges, differences, verdicts):
             n = await conn.scalar(

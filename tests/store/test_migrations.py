@@ -96,7 +96,8 @@ async def test_0006_keeps_the_rows_and_partitions_them(
         assert result.inserted == 2
         async with engine.connect() as conn:
             assert await conn.scalar(sa.text("SELECT min(id) FROM exchanges_r9 WHERE id > 8"))
-        assert await delete_run(engine, "old-a") == 5
+        await asyncio.to_thread(migrate.upgrade, url, "0007")  # the trash delete_run uses
+        assert (await delete_run(engine, "old-a")).exchanges == 5
         async with engine.connect() as conn:
             assert await conn.scalar(sa.text("SELECT to_regclass('exchanges_r7')")) is None
 

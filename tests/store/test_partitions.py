@@ -1,7 +1,8 @@
 """Exchanges and differences partitioned by run, on the real PostgreSQL: a run gets its
 partitions when it is created, made once whoever asks at once; a row of a run without one
-makes them (run open) or is refused and counted (no such run); deleting a run detaches and
-drops them, never deleting a row one by one, and finishes an interrupted detach."""
+makes them (run open) or is refused and counted (no such run); deleting a run detaches them
+into the trash, never deleting a row one by one (the reaper drops them), and finishes an
+interrupted detach."""
 
 from __future__ import annotations
 
@@ -20,13 +21,13 @@ from store.engine import create_engine
 from store.exchanges import count_exchanges, fetch_losses, write_exchanges
 from store.lifecycle import close_run, delete_run, list_run_details
 from store.partitions import (
-    drop_partitions,
     ensure_partitions,
     partition_name,
     partition_sizes,
     partitions_of,
 )
-from store.tables import differences
+from store.tables import TRASH_SCHEMA, differences
+from store.trash import reap_trash
 from tests.diff.judgeseed import Ex, add, matching, new_run, order, rulebook
 from tests.proxy.recording.rows import record, rows
 
@@ -41,6 +42,19 @@ async def _tables(engine: AsyncEngine, run_id: int) -> dict[str, bool]:
             is not None
             for t in NAMES
         }
+
+
+async def _trashed(engine: AsyncEngine, run_id: int) -> list[str]:
+    """The run's tables in the trash schema (deleted, not yet dropped)."""
+    async with engine.connect() as conn:
+        rows = await conn.scalars(
+            sa.text(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = :schema AND c.relname = ANY(:names) ORDER BY 1"
+            ),
+            {"schema": TRASH_SCHEMA, "names": [partition_name(t, run_id) for t in NAMES]},
+        )
+        return list(rows.all())
 
 
 async def _detach_and_drop(engine: AsyncEngine, run_id: int) -> None:
@@ -156,11 +170,14 @@ async def test_delete_drops_the_partitions_without_deleting_rows(
         sizes = await partition_sizes(conn)
     assert listed[run_name].size_bytes == sizes[run_id] > 0
 
-    assert await delete_run(engine, run_name) == 6
+    assert (await delete_run(engine, run_name)).exchanges == 6
     assert await _tables(engine, run_id) == {"exchanges": False, "differences": False}
+    assert await _trashed(engine, run_id) == sorted(partition_name(t, run_id) for t in NAMES)
     assert await count_exchanges(engine, other) == 4  # the other run untouched
     async with engine.connect() as conn:
         assert len(await partitions_of(conn, other)) == 2
+    assert (await reap_trash(engine, run_ids=[run_id])).tables == 2  # dropped, not emptied
+    assert await _trashed(engine, run_id) == []
 
 
 async def test_an_interrupted_detach_is_finished_by_the_next_delete(
@@ -207,6 +224,8 @@ async def test_an_interrupted_detach_is_finished_by_the_next_delete(
     async with engine.connect() as conn:
         assert (await partitions_of(conn, run_id))[name] is True  # detach pending
 
-    assert await delete_run(engine, run_name) == 3
+    assert (await delete_run(engine, run_name)).exchanges == 3
     assert await _tables(engine, run_id) == {"exchanges": False, "differences": False}
-    assert await drop_partitions(engine, run_id) == []  # nothing left: a no-op
+    assert (await reap_trash(engine, run_ids=[run_id])).tables == 2
+    assert await _trashed(engine, run_id) == []
+    assert (await reap_trash(engine, run_ids=[run_id])).tables == 0  # nothing left: a no-op
