@@ -329,18 +329,11 @@ async def _site(
     listen: str,
     *,
     reuse_port: bool,
-    settings: dict[str, Any] | None = None,
-    runner_cls: type[web.AppRunner] = web.AppRunner,
 ) -> AsyncIterator[str]:
-    """Serve ``app`` on ``listen``; ``settings``: more ``web.AppRunner`` arguments (the
-    proxied port's request parser: ``proxy.app.server_settings``)."""
+    """Serve ``app`` (the admin API, the probes) on ``listen`` with aiohttp."""
     host, port = parse_listen(listen)
-    runner = runner_cls(
-        app,
-        handle_signals=False,
-        access_log=None,
-        shutdown_timeout=SHUTDOWN_GRACE_S,
-        **(settings or {}),
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S
     )
     await runner.setup()
     try:
@@ -353,6 +346,26 @@ async def _site(
         yield f"http://{bound[0]}:{bound[1]}"
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def _proxy_site(app: web.Application, listen: str, *, reuse_port: bool) -> AsyncIterator[str]:
+    """Serve the proxy app (``proxy.app.make_proxy_app``) on ``listen`` with the proxied
+    port's server (``proxy.server.ProxyServer``): on the way out it stops accepting, lets
+    the requests in flight finish within ``SHUTDOWN_GRACE_S``, then drains the mirrors."""
+    from proxy.server import ProxyServer
+
+    host, port = parse_listen(listen)
+    server = ProxyServer(app, shutdown_timeout=SHUTDOWN_GRACE_S)
+    await server.setup()
+    try:
+        try:
+            bound = await server.start(host, port, reuse_port=reuse_port)
+        except OSError as exc:
+            raise ConfigError("listen", f"{listen!r}: cannot listen: {exc.strerror}") from None
+        yield f"http://{bound[0]}:{bound[1]}"
+    finally:
+        await server.cleanup()
 
 
 async def _serve(
@@ -373,7 +386,7 @@ async def _serve(
     from diff.write_checker import write_checker
     from graygate.preflight import preflight
     from graygate.runtime_sampler import runtime_sampler_ctx
-    from proxy.app import ProxyRunner, make_proxy_app, server_settings
+    from proxy.app import make_proxy_app
     from proxy.recorder import Recorder
     from store.engine import censor_dsn, create_engine
     from store.runs import ensure_run
@@ -463,13 +476,7 @@ async def _serve(
                 )
                 app = make_proxy_app(cfg, recorder=recorder, run_id=run_id)
                 url = await stack.enter_async_context(
-                    _site(
-                        app,
-                        cfg.listen,
-                        reuse_port=reuse_port,
-                        settings=server_settings(cfg),
-                        runner_cls=ProxyRunner,
-                    )
+                    _proxy_site(app, cfg.listen, reuse_port=reuse_port)
                 )
                 if beat_fd is not None:
                     # From now on the admin child's probes say the proxy is listening.

@@ -1,11 +1,11 @@
 """The proxied port's application: request path steps 1-6 in one handler.
 
-``make_proxy_app(cfg, recorder=..., run_id=...)`` returns an ``aiohttp`` application with
-one resource for every request target (``OPTIONS *`` included) and no middleware (the hot
-path is one coroutine). Its request parser's settings travel with it (``handler_args``:
-bodies as sent, ``listen_limits``); serve it with :class:`ProxyRunner` for 414/431. What it owns,
-each in a cleanup context, in this order (cleanup runs in reverse, so mirrors are drained
-before the tracer and the pools go):
+``make_proxy_app(cfg, recorder=..., run_id=...)`` returns an ``aiohttp`` application that
+owns the proxy's resources; it is served by the proxied port's own server,
+``proxy.server.ProxyServer`` (its handler and bounds under ``SERVING_KEY``: :func:`serving`),
+every request target (``OPTIONS *`` included) to one coroutine. What it owns, each in a
+cleanup context, in this order (cleanup runs in reverse, so mirrors are drained before the
+tracer and the pools go):
 
 1. ``UPSTREAMS_KEY``: one connection ``Pool`` per upstream (``proxy.upstream_pools``)
 2. ``TRACING_KEY``: the ``TracerProvider``, or nothing (``proxy.tracing``)
@@ -23,20 +23,14 @@ happen after the serving side is done.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from collections.abc import AsyncIterator
+from typing import Final, Protocol
 
-from aiohttp import ClientError, web
-from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
-from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_urldispatcher import AbstractResource, ResourceRoute, UrlMappingMatchInfo
+from aiohttp import web
 from opentelemetry.sdk.trace.export import SpanExporter
-from yarl import URL
 
 from config.schema import GraygateConfig
 from diff.endpoints import EndpointMatcher
@@ -44,7 +38,7 @@ from graygate.values import RecordedExchange
 from graygate.vocabulary import ErrorKind, Role, SkipReason
 from proxy.access_log import AccessLog
 from proxy.capture import Capture
-from proxy.error_mapping import ClientStalled
+from proxy.client_answer import Answer
 from proxy.exchange import Completion, Exchange
 from proxy.forward import RequestBody, forward
 from proxy.headers import (
@@ -54,13 +48,7 @@ from proxy.headers import (
     split_target,
     upstream_headers,
 )
-from proxy.metrics import (
-    CLIENT_CONNECTIONS,
-    count_client_closed,
-    count_mirror_skip,
-    observe_proxy_added,
-    observe_upstream,
-)
+from proxy.metrics import count_mirror_skip, observe_proxy_added, observe_upstream
 from proxy.mirror import MIRROR_TASKS_KEY, Mirror, mirror_tasks_ctx
 from proxy.recording.building import RecordBuilder
 from proxy.redact import Redactor
@@ -73,22 +61,17 @@ from proxy.routing import (
     SKIP_SATURATED,
     Router,
 )
+from proxy.server import SERVING_KEY, Body, ClientLimits, HeadLimits, Request, Serving
 from proxy.tagging import tag_request
 from proxy.tracing import TRACING_KEY, Tracing, tracing_ctx
 from proxy.upstream_pools import UPSTREAMS_KEY, Upstream, upstreams_ctx
 
-if TYPE_CHECKING:
-    from aiohttp.web_urldispatcher import _InfoDict
-
 __all__ = [
-    "CLIENT_LIMITS_KEY",
     "PROXY_KEY",
-    "ClientLimits",
     "Proxy",
-    "ProxyRunner",
     "RecordSink",
     "make_proxy_app",
-    "server_settings",
+    "serving",
     "strip_shadow_suffix",
 ]
 
@@ -215,7 +198,7 @@ class Proxy:
             gc.set_threshold(*saved)
             gc.unfreeze()
 
-    def _head_too_large(self, request: web.Request) -> web.Response | None:
+    def _head_too_large(self, request: Request) -> Answer | None:
         """A 431 when the request's header fields total more than
         ``listen_limits.max_header_bytes`` (names and values), else None."""
         size = 0
@@ -223,12 +206,11 @@ class Proxy:
             size += len(name) + len(value)
         if size <= self._max_header_bytes:
             return None
-        return web.Response(
-            status=431,
-            text=f"request header fields total more than {self._max_header_bytes} bytes\n",
+        return Answer.text(
+            431, f"request header fields total more than {self._max_header_bytes} bytes\n"
         )
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Answer:
         received = time.time()
         began = time.perf_counter()  # for graygate_proxy_added_seconds
         headers = request.headers
@@ -244,7 +226,7 @@ class Proxy:
         path, query = split_target(request)
         if self._prefixed and leaves_root(path):
             # With a base path (primary: http://host/api), "/../internal" would leave it.
-            return web.Response(status=400, text="the path leaves the root\n")
+            return Answer.text(400, "the path leaves the root\n")
         skip = router.mirror_skip(method, trace_id)
         if skip is None and asks_upgrade(request) is not None:
             skip = SKIP_UPGRADE  # a tunnel is not mirrored; its handshake is recorded
@@ -271,7 +253,7 @@ class Proxy:
                 reading = time.perf_counter()
                 body, stream = await self._read_body(request, ex, out_headers)
                 began += time.perf_counter() - reading  # the client's pace, not graygate's
-            except (ConnectionError, ClientError, HttpProcessingError):
+            except ConnectionError:
                 # The client went away (or broke off its body): nobody reads this answer,
                 # and no upstream was asked; the exchange is recorded as what happened.
                 gone = Capture(self._record_limit)
@@ -282,7 +264,7 @@ class Proxy:
                     ex.request.truncated = True
                 ex.mirror_skipped = SKIP_CLIENT_ABORTED
                 done.served()  # no mirror was started: recorded now
-                return web.Response(status=400)
+                return Answer(400, body=b"")
             if stream is not None:
                 data = stream
                 if skip is None:
@@ -329,7 +311,7 @@ class Proxy:
                 Tracing.finish(span, client_status, cap.error)
             done.served()
 
-    async def handle_shadow(self, request: web.Request) -> web.StreamResponse:
+    async def handle_shadow(self, request: Request) -> Answer:
         """Shadow mode: ``request`` is a mirrored copy (nginx ``mirror``, Envoy/Istio). It is
         answered 202 at once, before anything else is asked (the mirror source never waits
         on graygate); then graygate itself sends it to the primary, the canary (and the
@@ -346,7 +328,7 @@ class Proxy:
         method = request.method
         path, query = split_target(request)
         if self._prefixed and leaves_root(path):
-            return web.Response(status=400, text="the path leaves the root\n")
+            return Answer.text(400, "the path leaves the root\n")
         skip = self._router.mirror_skip(method, tags.trace_id)
         if skip == SKIP_METHOD:
             skip = SKIP_METHOD_NOT_MIRRORED
@@ -368,10 +350,10 @@ class Proxy:
                         body += more
                     if len(body) > limit:
                         skip, body = SKIP_BODY_TOO_LARGE, None
-            except (ConnectionError, ClientError, HttpProcessingError):
+            except ConnectionError:
                 count_mirror_skip(SKIP_CLIENT_ABORTED)
-                return web.Response(status=400)
-        answer = web.Response(status=202)
+                return Answer(400, body=b"")
+        answer = Answer(202, body=b"")
         await answer.prepare(request)
         await answer.write_eof()  # the mirror source has its answer: now fan out
         if skip is not None:
@@ -407,7 +389,7 @@ class Proxy:
         return answer
 
     async def _read_body(
-        self, request: web.Request, ex: Exchange, out_headers: list[tuple[str, str]]
+        self, request: Request, ex: Exchange, out_headers: list[tuple[str, str]]
     ) -> tuple[bytes | None, AsyncIterator[bytes] | None]:
         """The whole body when it fits ``mirror.max_body_bytes``; else a stream of it (what
         was read already, then the rest). A bounded copy goes to ``ex.request``."""
@@ -462,7 +444,7 @@ class Proxy:
             logger.exception("the recorder refused exchange %s", ex.tags.trace_id)
 
 
-async def _stream(head: list[bytes], content: StreamReader, copy: Capture) -> AsyncIterator[bytes]:
+async def _stream(head: list[bytes], content: Body, copy: Capture) -> AsyncIterator[bytes]:
     for chunk in head:
         yield chunk
     while chunk := await content.readany():
@@ -473,204 +455,28 @@ async def _stream(head: list[bytes], content: StreamReader, copy: Capture) -> As
 PROXY_KEY: web.AppKey[Proxy] = web.AppKey("graygate.proxy.proxy", Proxy)
 
 
-def server_settings(cfg: GraygateConfig) -> dict[str, Any]:
-    """The keyword arguments of the proxied port's ``web.AppRunner`` (its request parser).
-
-    ``auto_decompress=False``: the upstreams get the body's bytes as the client sent them
-    (aiohttp would otherwise inflate a ``Content-Encoding: gzip`` body and hand on the
-    inflated bytes under the same label: bodies past ``mirror.max_body_bytes``, bombs, and
-    a second request smuggled in the inflated bytes). ``keepalive_timeout``: an idle
-    connection (or a new one that sends nothing) is closed after ``timeouts.keepalive_s``
-    (aiohttp's default is an hour). Serving the proxy app without these settings is a bug.
-    """
+def serving(cfg: GraygateConfig, proxy: Proxy) -> Serving:
+    """How the proxied port's server (``proxy.server.ProxyServer``) serves the proxy: its
+    handler (``handle``, or ``handle_shadow`` in shadow mode), the client bounds
+    (``timeouts``, ``listen_limits.max_connections``) and the head's
+    (``listen_limits``)."""
     limits = cfg.listen_limits
-    return {
-        "auto_decompress": False,
-        "max_line_size": limits.max_line_bytes,
-        "max_field_size": limits.max_field_bytes,
-        "max_headers": limits.max_headers,
-        "keepalive_timeout": cfg.timeouts.keepalive_s,
-    }
-
-
-class ClientLimits:
-    """The proxied port's bounds on its clients, shared by the connections of one server:
-    the head's time (``timeouts.client_header_s``), each wait to hand an answer's bytes to
-    the client (``timeouts.client_write_s``) and the number of open connections
-    (``listen_limits.max_connections``: at the cap, the connection idle the longest is
-    closed for the new one; with none idle, the new one is closed). What it closes is
-    counted (``graygate_client_closed_total{reason}``)."""
-
-    __slots__ = ("header_s", "live", "max_connections", "write_s")
-
-    def __init__(self, *, header_s: float, write_s: float, max_connections: int) -> None:
-        self.header_s = header_s
-        self.write_s = write_s
-        self.max_connections = max_connections
-        self.live: dict[_RequestHandler, None] = {}  # open client connections
-
-    @classmethod
-    def from_config(cls, cfg: GraygateConfig) -> ClientLimits:
-        return cls(
-            header_s=cfg.timeouts.client_header_s,
-            write_s=cfg.timeouts.client_write_s,
-            max_connections=cfg.listen_limits.max_connections,
-        )
-
-    def opened(self, conn: _RequestHandler) -> bool:
-        """A new connection: False when it must be closed (the cap, none idle)."""
-        live = self.live
-        if len(live) >= self.max_connections:
-            oldest: _RequestHandler | None = None
-            for other in live:
-                if other.idle and (oldest is None or other.active_at < oldest.active_at):
-                    oldest = other
-            if oldest is None:
-                count_client_closed("refused")
-                return False
-            count_client_closed("evicted")
-            self.closed(oldest)
-            oldest.abort()
-        live[conn] = None
-        CLIENT_CONNECTIONS.inc()
-        return True
-
-    def closed(self, conn: _RequestHandler) -> None:
-        if self.live.pop(conn, 0) is None:
-            CLIENT_CONNECTIONS.dec()
-
-
-class _RequestHandler(RequestHandler):
-    """aiohttp's connection handler, with the proxied port's bounds (:class:`ClientLimits`),
-    answering a head over the limits with 414 (target) or 431 (header fields), as RFC 9110
-    and RFC 6585 say, rather than 400."""
-
-    def __init__(self, manager: web.Server, *, limits: ClientLimits, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._limits = limits
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._head_count = 0  # requests parsed when the head timer was armed
-        self.active_at = 0.0  # when the last request was parsed (or the connection made)
-        self.stalled = False  # cut off: it took no bytes of its answer in time
-
-    @property
-    def idle(self) -> bool:
-        """Waiting for a request (none parsed and unanswered): may be closed for another."""
-        waiter = self._waiter
-        return waiter is not None and not waiter.done() and not self._messages
-
-    def abort(self) -> None:
-        """Close at once, dropping what is buffered for the client."""
-        transport = self.transport
-        if transport is not None:
-            transport.abort()
-        self.force_close()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.active_at = self._loop.time()
-        if not self._limits.opened(self):
-            cast(
-                asyncio.Transport, transport
-            ).abort()  # connection_lost follows; no request is read
-            return
-        super().connection_made(transport)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._limits.closed(self)
-        timer = self._head_timer
-        if timer is not None:
-            timer.cancel()
-            self._head_timer = None
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        count = self._request_count
-        if self._head_timer is None and (self.idle or count == 0) and data:
-            # The first bytes of a head: it has timeouts.client_header_s to be complete.
-            self._head_count = count
-            self._head_timer = self._loop.call_later(self._limits.header_s, self._head_late)
-        super().data_received(data)
-        if self._request_count != count:
-            self.active_at = self._loop.time()
-            timer = self._head_timer
-            if timer is not None:
-                timer.cancel()
-                self._head_timer = None
-
-    def _head_late(self) -> None:
-        self._head_timer = None
-        if self._request_count == self._head_count and self.transport is not None:
-            count_client_closed("header_timeout")
-            self.abort()
-
-    async def _drain_helper(self) -> None:
-        # The one place a write to the client waits: bounded by timeouts.client_write_s.
-        if self.transport is None or not self._paused:
-            return await super()._drain_helper()
-        try:
-            async with asyncio.timeout(self._limits.write_s):
-                await super()._drain_helper()
-        except TimeoutError:
-            self.stalled = True
-            count_client_closed("stalled")
-            self.abort()
-            raise ClientStalled(
-                f"the client took no bytes for {self._limits.write_s:g} s"
-            ) from None
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if status == 400 and exc is not None:
-            status = _limit_status(exc, self.max_line_size, self.max_field_size) or status
-        return super().handle_error(request, status, exc, message)
-
-
-def _limit_status(exc: BaseException, max_line: int, max_field: int) -> int | None:
-    if isinstance(exc, LineTooLong):
-        limit = exc.args[1] if len(exc.args) > 1 else None
-        if limit == max_line and limit != max_field:
-            return 414
-        if limit == max_field and limit != max_line:
-            return 431
-        line = exc.args[0] if exc.args else b""
-        # Equal limits: a request target starts with "/", "*" or a scheme.
-        if isinstance(line, bytes) and (line[:1] in (b"/", b"*") or line[:4] == b"http"):
-            return 414
-        return 431
-    if isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
-        return 431
-    return None
-
-
-class _Server(web.Server):
-    limits: ClientLimits
-
-    def __call__(self) -> RequestHandler:
-        return _RequestHandler(self, loop=self._loop, limits=self.limits, **self._kwargs)
-
-
-CLIENT_LIMITS_KEY: web.AppKey[ClientLimits] = web.AppKey(
-    "graygate.proxy.client_limits", ClientLimits
-)
-
-
-class ProxyRunner(web.AppRunner):
-    """The ``web.AppRunner`` of the proxied port: over-limit heads get 414 / 431, and its
-    connections are bounded by the app's :class:`ClientLimits` (``CLIENT_LIMITS_KEY``)."""
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = _Server
-        limits = self.app.get(CLIENT_LIMITS_KEY)
-        if limits is None:
-            raise RuntimeError("ProxyRunner serves the app of make_proxy_app only")
-        cast(_Server, server).limits = limits
-        return server
+    timeouts = cfg.timeouts
+    return Serving(
+        proxy.handle_shadow if cfg.mode == "shadow" else proxy.handle,
+        ClientLimits(
+            header_s=timeouts.client_header_s,
+            write_s=timeouts.client_write_s,
+            keepalive_s=timeouts.keepalive_s,
+            max_connections=limits.max_connections,
+        ),
+        HeadLimits(
+            max_line=limits.max_line_bytes,
+            max_field=limits.max_field_bytes,
+            max_headers=limits.max_headers,
+            max_header_bytes=limits.max_header_bytes,
+        ),
+    )
 
 
 def make_proxy_app(
@@ -692,48 +498,11 @@ def make_proxy_app(
     often (process-wide; restored on cleanup).
     """
     proxy = Proxy(cfg, recorder=recorder, run_id=run_id, tune_gc=tune_gc)
-    # The request parser's settings travel with the app, whatever runner serves it.
-    app = web.Application(handler_args=server_settings(cfg))
+    app = web.Application()
     app[PROXY_KEY] = proxy
-    app[CLIENT_LIMITS_KEY] = ClientLimits.from_config(cfg)
+    app[SERVING_KEY] = serving(cfg, proxy)
     app.cleanup_ctx.append(upstreams_ctx(cfg.upstreams, cfg.mirror))
     app.cleanup_ctx.append(tracing_ctx(cfg.tracing, span_exporter, run=cfg.run))
     app.cleanup_ctx.append(mirror_tasks_ctx(cfg.mirror.timeout_ms / 1000 + 1.0))
     app.cleanup_ctx.append(proxy.ctx)
-    handler = proxy.handle_shadow if cfg.mode == "shadow" else proxy.handle
-    app.router.register_resource(_EveryTarget(handler))
     return app
-
-
-class _EveryTarget(AbstractResource):
-    """The proxy's one resource: every request target, in any form (origin, absolute, and
-    the asterisk form of ``OPTIONS *``, which a path pattern cannot match)."""
-
-    def __init__(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
-        super().__init__()
-        self._route = ResourceRoute("*", handler, self)
-
-    @property
-    def canonical(self) -> str:
-        return "/"  # indexed at the root: every lookup ends there
-
-    def url_for(self, **kwargs: str) -> URL:
-        return URL("/")
-
-    async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo, set[str]]:
-        return UrlMappingMatchInfo({}, self._route), set()
-
-    def add_prefix(self, prefix: str) -> None:
-        raise NotImplementedError("the proxy's resource takes no prefix")
-
-    def get_info(self) -> _InfoDict:
-        return {}
-
-    def raw_match(self, path: str) -> bool:
-        return True
-
-    def __len__(self) -> int:
-        return 1
-
-    def __iter__(self) -> Iterator[ResourceRoute]:
-        return iter((self._route,))

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Final
 
 import orjson
-from aiohttp import web
 
 from graygate.errors import UpstreamError
 from graygate.vocabulary import ErrorKind
+from proxy.client_answer import Answer
 from proxy.tagging import X_TRACE_ID
 
 __all__ = ["ClientStalled", "error_kind", "error_response"]
@@ -35,13 +35,13 @@ def error_kind(exc: BaseException) -> str:
 _ERROR_STATUS: Final[dict[str, int]] = {ErrorKind.TIMEOUT: 504}
 
 
-def error_response(kind: str, role: str, trace_id: str) -> web.Response:
+def error_response(kind: str, role: str, trace_id: str) -> Answer:
     """The client's answer when the serving upstream failed: 504 on timeout, else 502."""
-    return web.Response(
-        status=_ERROR_STATUS.get(kind, 502),
+    return Answer(
+        _ERROR_STATUS.get(kind, 502),
+        headers=[(X_TRACE_ID, trace_id)],
         body=orjson.dumps({"error": kind, "upstream": role, "trace_id": trace_id}),
         content_type="application/json",
-        headers={X_TRACE_ID: trace_id},
     )
 
 

@@ -19,8 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterable
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from graygate.errors import UpstreamError
 from proxy.capture import Capture
@@ -30,6 +29,10 @@ from proxy.headers import accepts_trailers, client_headers
 from proxy.tunnel import switch
 from proxy.upstream import UpstreamAnswer
 from proxy.upstream_pools import Upstream
+
+if TYPE_CHECKING:
+    from proxy.client_answer import Answer
+    from proxy.server import Request
 
 __all__ = ["RequestBody", "fetch", "forward"]
 
@@ -48,19 +51,19 @@ RequestBody = bytes | AsyncIterable[bytes] | None
 
 
 async def forward(
-    request: web.BaseRequest,
+    request: Request,
     upstream: Upstream,
     target: str,
     headers: list[tuple[str, str]],
     body: RequestBody,
     trace_id: str,
     capture: Capture,
-) -> web.StreamResponse:
+) -> Answer:
     """Send the request to ``upstream`` and stream its answer to the client.
 
     Fills ``capture`` (status, headers, bounded body, latency, error) as it goes. Never
     raises for an upstream failure or a client that went away: the first gives a 502/504
-    response, the second a response that aiohttp discards quietly.
+    response, the second a response that the server discards quietly.
     """
     start = _perf()
     interim = None
@@ -69,7 +72,7 @@ async def forward(
 
         def interim(head: bytes) -> None:
             # 1xx answers (103 Early Hints...) go to the client as they came (RFC 9110
-            # 15.2: a proxy forwards them); 100 Continue is aiohttp's to send.
+            # 15.2: a proxy forwards them); 100 Continue is the server's to send.
             if not head.startswith((b"HTTP/1.1 100 ", b"HTTP/1.0 100 ")):
                 if transport is not None and not transport.is_closing():
                     transport.write(head)

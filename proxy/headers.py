@@ -30,7 +30,7 @@ from proxy.tagging import TRACEPARENT, X_TRACE_ID, Tags
 from proxy.trust import is_proxy_header, peer_is_trusted
 
 if TYPE_CHECKING:
-    from aiohttp import web
+    from proxy.server import Request
 
 __all__ = [
     "HOP_BY_HOP",
@@ -84,7 +84,7 @@ def _connection_named(value: str | None, base: frozenset[str]) -> frozenset[str]
     return base | {token.strip().lower() for token in value.split(",")}
 
 
-def split_target(request: web.BaseRequest) -> tuple[str, str]:
+def split_target(request: Request) -> tuple[str, str]:
     """The request's raw path and raw query string, exactly as the client sent them.
 
     An absolute-form target (``GET http://host/x``) gives its path and query only: the
@@ -131,7 +131,7 @@ def request_drop(gray_header: str) -> frozenset[str]:
 
 
 def upstream_headers(
-    request: web.BaseRequest,
+    request: Request,
     tags: Tags,
     gray_header: str,
     label: str,
@@ -209,12 +209,11 @@ def _names_origin(value: str, origin: str) -> bool:
     )
 
 
-def asks_upgrade(request: web.BaseRequest) -> str | None:
+def asks_upgrade(request: Request) -> str | None:
     """The protocol the client asks to switch to (``Upgrade`` named in ``Connection``).
 
-    Only ``websocket``: aiohttp's request parser hands the bytes that follow the head to
-    the handler for that protocol only (others are parsed as HTTP, a guard against request
-    smuggling), so a request asking for another one is forwarded as a plain request."""
+    Only ``websocket``: a request asking for another one is forwarded as a plain request
+    (and its connection closed after the answer: ``proxy.server``)."""
     upgrade = request.headers.get("Upgrade")
     connection = request.headers.get("Connection")
     if not upgrade or not connection or upgrade.strip().lower() != "websocket":
@@ -224,7 +223,7 @@ def asks_upgrade(request: web.BaseRequest) -> str | None:
     return upgrade
 
 
-def accepts_trailers(request: web.BaseRequest) -> bool:
+def accepts_trailers(request: Request) -> bool:
     """The client said it accepts trailer fields (``TE: trailers``)."""
     te = request.headers.get("TE")
     return te is not None and any(

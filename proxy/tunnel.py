@@ -2,7 +2,8 @@
 
 Only a switch the client asked for (``proxy.headers.asks_upgrade``: websocket) is relayed;
 one nobody asked for gets a 502. Once switched, the upstream's connection leaves its pool
-(``UpstreamAnswer.upgrade``) and the client's leaves aiohttp's parser: each side's bytes are
+(``UpstreamAnswer.upgrade``) and the client's leaves the server's parser
+(``proxy.server.Connection.take_over``): each side's bytes are
 written to the other, with flow control both ways, until either side closes. A tunnel is
 never mirrored; its handshake is what is recorded.
 """
@@ -12,8 +13,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from graygate.vocabulary import ErrorKind
 from proxy.client_answer import ClientAnswer
 from proxy.error_mapping import error_response
@@ -21,6 +20,8 @@ from proxy.headers import asks_upgrade, switching_headers
 
 if TYPE_CHECKING:
     from proxy.capture import Capture
+    from proxy.client_answer import Answer
+    from proxy.server import Request
     from proxy.upstream import UpstreamAnswer
 
 __all__ = ["switch"]
@@ -60,30 +61,32 @@ class _Pipe(asyncio.Protocol):
 
 
 class _ClientFeed:
-    """Takes the client's bytes from aiohttp (its payload parser's place) to the upstream."""
+    """Takes the client's bytes from the server's connection to the upstream (``b""``:
+    the client closed)."""
+
+    __slots__ = ("done", "upstream")
 
     def __init__(self, upstream: asyncio.Transport, done: asyncio.Future[None]) -> None:
         self.upstream = upstream
         self.done = done
 
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        if not self.upstream.is_closing():
-            self.upstream.write(data)
-        return False, b""
-
-    def feed_eof(self) -> None:
+    def feed(self, data: bytes) -> None:
+        if data:
+            if not self.upstream.is_closing():
+                self.upstream.write(data)
+            return
         self.upstream.close()
         if not self.done.done():
             self.done.set_result(None)
 
 
 async def switch(
-    request: web.BaseRequest,
+    request: Request,
     resp: UpstreamAnswer,
     role: str,
     trace_id: str,
     capture: Capture,
-) -> web.StreamResponse:
+) -> Answer:
     """The upstream (``role``) switched protocols: relay the switch to a client that asked
     for it and tunnel the bytes both ways until either side closes; else 502."""
     if asks_upgrade(request) is None:
@@ -103,7 +106,9 @@ async def switch(
         await out.prepare(request)
         if early:
             client.write(early)
-        request.protocol.set_parser(_ClientFeed(up_transport, done))  # type: ignore[arg-type]
+        ahead = request.protocol.take_over(_ClientFeed(up_transport, done).feed)
+        if ahead:  # the client's bytes that came with its head
+            up_transport.write(ahead)
         await done
     except ConnectionError:
         capture.client_gone = True

@@ -20,7 +20,8 @@ from config.load import config_from_mapping
 from config.schema import GraygateConfig
 from graygate.processes import free_port
 from graygate.values import RecordedExchange
-from proxy.app import ProxyRunner, make_proxy_app, server_settings
+from proxy.app import make_proxy_app
+from proxy.server import ProxyServer
 
 __all__ = [
     "DELAYED_SCRIPT",
@@ -38,6 +39,7 @@ __all__ = [
     "raw_request",
     "send_and_hang_up",
     "serve_app",
+    "serve_proxy",
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -65,10 +67,9 @@ class Sink:
 
 
 @asynccontextmanager
-async def serve_app(
-    app: web.Application, runner_cls: type[web.AppRunner] = web.AppRunner, **settings: Any
-) -> AsyncIterator[str]:
-    runner = runner_cls(app, access_log=None, shutdown_timeout=1.0, **settings)
+async def serve_app(app: web.Application, **settings: Any) -> AsyncIterator[str]:
+    """Serve an aiohttp app (the tests' upstreams); ``settings``: ``web.AppRunner``'s."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, **settings)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -76,6 +77,18 @@ async def serve_app(
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def serve_proxy(app: web.Application) -> AsyncIterator[str]:
+    """Serve the proxy app (``make_proxy_app``) as ``graygate serve`` does."""
+    server = ProxyServer(app, shutdown_timeout=1.0)
+    await server.setup()
+    try:
+        host, port = await server.start("127.0.0.1", 0)
+        yield f"http://{host}:{port}"
+    finally:
+        await server.cleanup()
 
 
 def handler_app(handler: Handler) -> web.Application:
@@ -147,8 +160,7 @@ def make_cfg(primary: str, canary: str, **extra: Any) -> GraygateConfig:
 
 @asynccontextmanager
 async def proxy_for(cfg: GraygateConfig, sink: Sink) -> AsyncIterator[str]:
-    app = make_proxy_app(cfg, recorder=sink, run_id=7)
-    async with serve_app(app, ProxyRunner, **server_settings(cfg)) as url:
+    async with serve_proxy(make_proxy_app(cfg, recorder=sink, run_id=7)) as url:
         yield url
 
 

@@ -32,6 +32,7 @@ from tests.proxy.harness import (
     raw_request,
     send_and_hang_up,
     serve_app,
+    serve_proxy,
 )
 
 # --- harness: real servers on random loopback ports ------------------------------------
@@ -558,10 +559,10 @@ async def test_client_abandoning_its_body_is_quiet(caplog: pytest.LogCaptureFixt
 async def test_gc_is_tuned_while_serving_and_restored_after() -> None:
     before = gc.get_threshold()
     cfg = make_cfg("http://127.0.0.1:1", "http://127.0.0.1:2")
-    async with serve_app(make_proxy_app(cfg, recorder=Sink(), run_id=1)):
+    async with serve_proxy(make_proxy_app(cfg, recorder=Sink(), run_id=1)):
         assert gc.get_threshold()[0] >= 50_000
     assert gc.get_threshold() == before
-    async with serve_app(make_proxy_app(cfg, recorder=Sink(), run_id=1, tune_gc=False)):
+    async with serve_proxy(make_proxy_app(cfg, recorder=Sink(), run_id=1, tune_gc=False)):
         assert gc.get_threshold() == before
 
 

@@ -34,6 +34,7 @@ from tests.proxy.harness import (
     make_cfg,
     proxy_for,
     serve_app,
+    serve_proxy,
 )
 
 # --- harness: real servers on random loopback ports ------------------------------------
@@ -167,7 +168,7 @@ async def test_mirror_done_first_is_recorded_when_the_client_is_served(
     ):
         cfg = make_cfg(p, c)
         app = make_proxy_app(cfg, recorder=sink, run_id=7, span_exporter=exporter)
-        async with serve_app(app) as proxy:
+        async with serve_proxy(app) as proxy:
             async with client.get(proxy + "/mirror-first") as resp:
                 assert (await resp.json())["role"] == "primary"
             (rec,) = await sink.wait()
@@ -467,7 +468,7 @@ async def test_end_to_end_into_postgresql(
             0, recorder_ctx(cfg.record, engine=engine, default_spill_dir=tmp_path)
         )
         trace_ids = []
-        async with serve_app(app) as proxy:
+        async with serve_proxy(app) as proxy:
             for i in range(5):
                 async with client.get(
                     proxy + f"/api/orders/{i}?q={i}", headers={"Authorization": "Bearer x"}

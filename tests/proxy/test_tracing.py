@@ -24,6 +24,7 @@ from tests.proxy.harness import (
     handler_app,
     make_cfg,
     serve_app,
+    serve_proxy,
 )
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -37,7 +38,7 @@ PARENT = "00f067aa0ba902b7"
 async def traced_proxy(cfg: GraygateConfig, sink: Sink) -> AsyncIterator[tuple[str, Exporter]]:
     exporter = Exporter()
     app = make_proxy_app(cfg, recorder=sink, run_id=1, span_exporter=exporter)
-    async with serve_app(app) as url:
+    async with serve_proxy(app) as url:
         yield url, exporter
 
 

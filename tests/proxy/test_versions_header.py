@@ -14,7 +14,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.load import config_from_mapping
-from proxy.app import ProxyRunner, make_proxy_app, server_settings
+from proxy.app import make_proxy_app
 from proxy.recorder import Recorder
 from store.exchanges import count_exchanges
 from store.lifecycle import list_run_details
@@ -23,7 +23,7 @@ from store.run_versions import VersionSeen, add_versions, version_changes, versi
 from store.runs import ensure_run
 from store.tables import run_versions, runs
 from tests.diff.reportseed import serve_admin
-from tests.proxy.harness import handler_app, serve_app
+from tests.proxy.harness import handler_app, serve_app, serve_proxy
 
 HEADER = "X-Build-Version"
 
@@ -69,7 +69,7 @@ async def test_versions_named_by_the_answers(engine: AsyncEngine, run_name: str)
         async with Recorder(engine, cfg.record, version_header=cfg.versions.header) as rec:
             app = make_proxy_app(cfg, recorder=rec, run_id=run_id)
             async with (
-                serve_app(app, ProxyRunner, **server_settings(cfg)) as proxy,
+                serve_proxy(app) as proxy,
                 aiohttp.ClientSession() as http,
             ):
                 for i in range(25):  # one at a time: the canary's 11th answer is the change
