@@ -373,6 +373,18 @@ class _Failed:
         self.text = text
 
 
+def _head_end(buf: bytearray, start: int) -> int:
+    """Where the first head in ``buf`` ends (after its empty line), looking from about
+    ``start`` (what was searched before); -1 when its empty line is not in yet."""
+    crlf = buf.find(b"\n\r\n", max(0, start - 2))
+    lf = buf.find(b"\n\n", max(0, start - 1))  # a bare LF: the parser refuses it
+    if crlf < 0:
+        return lf + 2 if lf >= 0 else -1
+    if 0 <= lf < crlf:
+        return lf + 2
+    return crlf + 3
+
+
 def _decode(raw: bytes) -> str:
     try:
         return raw.decode()
@@ -537,17 +549,19 @@ class Connection(asyncio.Protocol):
                 self._head_timer = self.loop.call_later(self._client.header_s, self._head_late)
             buf += data
             # The head is parsed in one piece once its empty line is in (or it is too long).
-            window = buf.find(b"\n\n", max(0, start - 1))
-            if window < 0:
-                window = buf.find(b"\n\r\n", max(0, start - 2))
-            if window < 0 and len(buf) <= self._head_limits.max_head_bytes:
+            bound = self._head_limits.max_head_bytes
+            end = _head_end(buf, start)
+            if end < 0 and len(buf) <= bound:
                 return
             data = bytes(buf)
             buf.clear()
-            self._parse(data)
-            if window < 0 and self._in_head and not self._broken:
-                self._fail(431, "the request head is too large")
-            return
+            if end < 0 or end > bound:
+                # Too long: what the parser makes of its first bytes (a 414, a 431 for one
+                # field), else a 431 for the head.
+                self._parse(data[:bound])
+                if not self._broken:
+                    self._fail(431, f"the request head is longer than {bound} bytes")
+                return
         self._parse(data)
 
     def _parse(self, data: bytes) -> None:
