@@ -3,14 +3,15 @@
     python bench/bench_server_stack.py [--duration S] [--connections N] [--repeats R]
                                        [--quick] [--pinning split|shared]
 
-The proxied port's server (aiohttp today) on a trivial handler that answers every request
+An HTTP server on a trivial handler that answers every request
 with the bench's ~1.5 KB JSON document, so that what is measured is the server stack
 alone: parsing the request, building the request object, running the handler, writing the
 answer. Variants, each a child process, interleaved within each repeat:
 
 - ``aiohttp-app-asyncio``: ``web.Application`` + ``AppRunner`` (as the proxied port is
   served), asyncio's loop;
-- ``aiohttp-app-uvloop``: the same on uvloop (what ``graygate serve`` runs today);
+- ``aiohttp-app-uvloop``: the same on uvloop (what ``graygate serve`` ran on the proxied
+  port before ``proxy.server``; the admin API's stack);
 - ``aiohttp-server-uvloop``: aiohttp's low-level ``web.Server(handler)`` on uvloop (no
   application, no router);
 - ``lean-asyncio``: an ``asyncio.Protocol`` with ``httptools``' request parser and a task
@@ -18,6 +19,9 @@ answer. Variants, each a child process, interleaved within each repeat:
 - ``lean-uvloop``: the same on uvloop;
 - ``lean-uvloop-sync``: the same, the answer written from the parser's callback (no task):
   the floor;
+- ``graygate-server-uvloop``: the proxied port's server (``proxy.server.ProxyServer``, what
+  ``graygate serve`` runs) on uvloop, the same trivial handler (its ``Request``, its
+  ``Answer``): the lean protocol with everything the proxy needs of it;
 - ``nginx``: nginx serving the same document (1 worker), the reference (left out without
   nginx).
 
@@ -54,6 +58,7 @@ VARIANTS = (
     "lean-asyncio",
     "lean-uvloop",
     "lean-uvloop-sync",
+    "graygate-server-uvloop",
 )
 REFERENCE = "aiohttp-app-uvloop"
 
@@ -179,6 +184,35 @@ def _serve_lean(kind: str, port: int, body: bytes, loop: asyncio.AbstractEventLo
     server.close()
 
 
+def _serve_graygate(port: int, body: bytes, loop: asyncio.AbstractEventLoop) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this tree's proxy/
+    from aiohttp import web
+
+    from proxy.client_answer import Answer
+    from proxy.server import SERVING_KEY, ClientLimits, HeadLimits, ProxyServer, Request, Serving
+
+    async def handler(request: Request) -> Answer:
+        if request.body_exists:
+            await request.read()
+        return Answer(200, body=body, content_type="application/json")
+
+    app = web.Application()
+    app[SERVING_KEY] = Serving(
+        handler,
+        ClientLimits(header_s=10.0, write_s=30.0, max_connections=10_000),
+        HeadLimits(max_line=65_536, max_field=61_440, max_headers=100, max_header_bytes=61_440),
+    )
+    server = ProxyServer(app)
+
+    async def start() -> None:
+        await server.setup()
+        await server.start("127.0.0.1", port)
+
+    loop.run_until_complete(start())
+    _run(loop)
+    loop.run_until_complete(server.cleanup())
+
+
 def _run(loop: asyncio.AbstractEventLoop) -> None:
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
     loop.add_signal_handler(signal.SIGINT, loop.stop)
@@ -191,6 +225,8 @@ def serve(kind: str, port: int, body_path: str) -> None:
     asyncio.set_event_loop(loop)
     if kind.startswith("aiohttp"):
         _serve_aiohttp(kind, port, body, loop)
+    elif kind.startswith("graygate"):
+        _serve_graygate(port, body, loop)
     else:
         _serve_lean(kind, port, body, loop)
 

@@ -78,6 +78,7 @@ BODY_HIGH_WATER: Final = 256 * 1024  # a body's bytes buffered before the socket
 _BODY_LOW_WATER: Final = 64 * 1024
 _MAX_QUEUED: Final = 8  # parsed requests waiting for their turn before reading pauses
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CHUNK_FRAMING: Final = 24  # bytes of framing allowed per chunk (its size line and CRLFs)
 # Fields a request may carry once (aiohttp refuses a second one, so does this server).
 _SINGLETONS: Final = frozenset(
     {
@@ -398,9 +399,12 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_broken",
+        "_chunks",
         "_client",
+        "_delivered",
         "_drain",
         "_feed",
+        "_framing",
         "_handler",
         "_head_buf",
         "_head_limits",
@@ -445,6 +449,11 @@ class Connection(asyncio.Protocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._body: Body | None = None  # the body being parsed
+        # A chunked body's framing (chunk lines, extensions, trailer fields) is bounded: the
+        # bytes fed less the body's, against the head's bound and a few bytes per chunk.
+        self._chunks = 0
+        self._delivered = 0
+        self._framing = 0
         self._queue: deque[Request | _Failed] = deque()
         self._serving: asyncio.Task[None] | None = None
         self._broken = False  # nothing more is parsed
@@ -565,6 +574,8 @@ class Connection(asyncio.Protocol):
         self._parse(data)
 
     def _parse(self, data: bytes) -> None:
+        body = self._body
+        self._delivered = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -583,6 +594,12 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(400, str(exc) or "bad request")
             return
+        if body is not None and self._body is body and self._chunks:
+            self._framing += len(data) - self._delivered
+            if self._framing > self._head_limits.max_head_bytes + _CHUNK_FRAMING * self._chunks:
+                self._fail(400, "the chunk framing or the trailer fields are too long")
+        else:
+            self._framing = 0
 
     def _upgraded_at(self, rest: bytes) -> None:
         """The parser stopped after an upgrade's head (or a CONNECT)."""
@@ -620,6 +637,7 @@ class Connection(asyncio.Protocol):
 
     # httptools' callbacks
     def on_message_begin(self) -> None:
+        self._chunks = 0
         self._url = []
         self._headers = []
         self._header_bytes = 0
@@ -708,7 +726,11 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
         self._start()
 
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+
     def on_body(self, data: bytes) -> None:
+        self._delivered += len(data)
         body = self._body
         if body is not None:
             body.feed(data)

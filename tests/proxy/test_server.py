@@ -367,3 +367,38 @@ async def test_the_app_is_served_by_the_proxy_server_only() -> None:
     async with serve_proxy(make_proxy_app(cfg, recorder=Sink(), run_id=1)) as url:
         raw = await raw_request(url, b"OPTIONS * HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     assert _status(raw) == 502  # the primary is down: answered, as any target
+
+
+async def test_an_endless_trailer_field_is_cut_off() -> None:
+    # httptools collects a field until its end: the chunk framing and trailers are bounded
+    # (the head's byte bound), so a trailer that never ends costs no more than a head.
+    seen: list[str] = []
+
+    async def upstream(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        await request.read()
+        return web.Response(text="ok")
+
+    async with (
+        serve_app(handler_app(upstream)) as p,
+        proxy_for(make_cfg(p, p, listen_limits=LIMITS, mirror={"enabled": False}), Sink()) as url,
+    ):
+        reader, writer = await _open(url)
+        writer.write(b"POST /t HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"3\r\nabc\r\n0\r\nX-Trailer: ")
+        with pytest.raises(ConnectionError):
+            for _ in range(2000):  # 2 MB
+                writer.write(b"t" * 1000)
+                await writer.drain()
+                await asyncio.sleep(0)
+                if reader.at_eof():
+                    raise ConnectionResetError
+        try:
+            answer = await reader.read()
+        except ConnectionResetError:  # closed with the client's bytes unread: a reset
+            answer = b"HTTP/1.1 400 (reset)"
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert seen == []
