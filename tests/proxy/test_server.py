@@ -402,3 +402,23 @@ async def test_an_endless_trailer_field_is_cut_off() -> None:
         writer.close()
     assert answer.startswith(b"HTTP/1.1 400")
     assert seen == []
+
+
+async def test_an_upgrade_to_another_protocol_is_a_plain_request_and_connect_is_answered() -> None:
+    async with proxy_between(Sink(), mirror={"enabled": False}) as url:
+        reader, writer = await _open(url)
+        writer.write(
+            b"GET /h2c HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        )
+        ((head, body),) = await _answers(reader, 1)
+        assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
+        seen = orjson.loads(body)
+        assert seen["raw_path"] == "/h2c"
+        assert "upgrade" not in {k.lower() for k, _ in seen["headers"]}
+        assert await _closed(reader)  # what followed the head was not HTTP
+        writer.close()
+        raw = await raw_request(
+            url, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n"
+        )
+    assert 200 <= _status(raw) < 600
