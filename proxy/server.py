@@ -171,7 +171,17 @@ class Body:
     bytes the connection stops reading the socket until the handler takes some. A client
     that goes away or breaks its framing makes the readers raise :class:`BadRequest`."""
 
-    __slots__ = ("_chunks", "_conn", "_continue", "_eof", "_error", "_size", "_waiter", "discard")
+    __slots__ = (
+        "_all",
+        "_chunks",
+        "_conn",
+        "_continue",
+        "_eof",
+        "_error",
+        "_size",
+        "_waiter",
+        "discard",
+    )
 
     def __init__(self, conn: Connection | None, expect_continue: bool) -> None:
         self._conn = conn
@@ -182,6 +192,7 @@ class Body:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.discard = False  # the handler is done with it: what comes is dropped
+        self._all = False  # the handler waits for all of it: the socket is not paused
 
     # -- the connection's side
     def feed(self, data: bytes) -> None:
@@ -189,7 +200,7 @@ class Body:
             return
         self._chunks.append(data)
         self._size += len(data)
-        if self._size > BODY_HIGH_WATER and self._conn is not None:
+        if self._size > BODY_HIGH_WATER and self._conn is not None and not self._all:
             self._conn.pause_body()
         self._wake()
 
@@ -251,6 +262,10 @@ class Body:
         """All of the body (``n < 0``), or at most ``n`` bytes of what is buffered (waiting
         for some); ``b""`` at the end."""
         if n < 0:
+            if not self._eof and self._conn is not None:
+                # (the caller bounds it: the proxy reads a whole body up to its mirror bound)
+                self._all = True
+                self._conn.resume_body()
             while not self._eof:
                 await self._wait()
             return self._take() if self._chunks else b""

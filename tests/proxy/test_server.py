@@ -422,3 +422,21 @@ async def test_an_upgrade_to_another_protocol_is_a_plain_request_and_connect_is_
             url, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n"
         )
     assert 200 <= _status(raw) < 600
+
+
+async def test_a_body_past_the_read_buffer_but_within_the_mirror_bound_is_read_whole() -> None:
+    # The proxy reads such a body whole (it is mirrored): the socket is not left paused.
+    sink = Sink()
+    mirror = {"max_body_bytes": 2_000_000, "methods": ["POST"], "allow_side_effects": True}
+    async with proxy_between(sink, mirror=mirror) as url:
+        body = bytes(range(256)) * 4096  # 1 MiB
+        raw = await raw_request(
+            url,
+            b"POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+            % len(body)
+            + body,
+        )
+        assert _status(raw) == 200
+        assert len(orjson.loads(raw.partition(b"\r\n\r\n")[2])["body"]) == len(body)
+        (record,) = await sink.wait()
+    assert record.mirror_skipped is None
