@@ -78,8 +78,8 @@ COMPONENTS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
         ("proxy/upstream.py",),
     ),
     (
-        "aiohttp server (its own frames: parse, request, dispatch, response, writes)",
-        ("aiohttp/", "multidict/", "yarl/"),
+        "server (proxy/server.py, proxy/client_answer.py; aiohttp, multidict, yarl frames)",
+        ("proxy/server.py", "proxy/client_answer.py", "aiohttp/", "multidict/", "yarl/"),
         (),
     ),
     ("forward (the client's answer; less the above)", (), ("forward (proxy/forward",)),
