@@ -30,8 +30,11 @@ What it guarantees, as aiohttp did before it:
   keep-alive connection and the number of open connections, counted in
   ``graygate_client_closed_total{reason}`` and ``graygate_client_connections``.
 - A body is buffered up to :data:`BODY_HIGH_WATER` bytes; past it the socket is not read
-  until the handler has taken some. A body the handler did not read is discarded (the
-  connection stays open for the next request) within ``timeouts.client_header_s``.
+  until the handler has taken some (unless the handler waits for all of it, ``read()``:
+  the proxy does so only up to ``mirror.max_body_bytes``). A body the handler did not read
+  is discarded (the connection stays open for the next request) within
+  ``timeouts.client_header_s``. A chunked body's framing and trailer fields (dropped) are
+  bounded like a head.
 - A handler that raises: a 500 when nothing was written yet, and the connection closed.
 
 :class:`ProxyServer` runs an ``aiohttp`` application's startup and cleanup (the proxy app's
