@@ -464,6 +464,7 @@ async def _serve(
                         queue_size=cfg.record.queue_size,
                         argv=[sys.executable, "-m", "graygate", *_level_argv(), "record-writer"],
                         setup=setup.dumps(),
+                        intents_dir=spill_dir if cfg.record.spill_max_bytes > 0 else None,
                     )
                 )
                 app = make_proxy_app(cfg, recorder=link, run_id=run_id)

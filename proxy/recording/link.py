@@ -26,8 +26,10 @@ runs: a spill directory it cannot use stops ``graygate serve`` as before) and wa
   has and exit.
 
 A proxy killed with SIGKILL closes the pipe too: the writer reads what is in it and writes
-it; what was still in the proxy's queue is lost uncounted (it is never more than the
-pipe could not take: the writer was not keeping up).
+it. What was still in the proxy's queue, and the loss counters not yet sent, are in the
+proxy's own intent log (``intents_dir``: the spill directory; accepted at ``hand_over``,
+settled once written whole into a pipe): the next writer started on that directory charges
+them as ``process_killed``, as it does a killed writer's.
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
-from graygate.errors import ConfigError
+from graygate.errors import ConfigError, one_line
 from proxy.recording.handover import encode_exchange, encode_losses, frame
 from proxy.recording.intake import TakenCounter
+from proxy.recording.intents import IntentLog
 from proxy.recording.ledger import CLOSED, ENCODE_ERROR, PROCESS_KILLED, QUEUE_FULL
 from proxy.recording.series import DROPPED
 
@@ -97,6 +101,7 @@ class WriterLink:
         start_timeout: float = 60.0,
         env: Mapping[str, str] | None = None,
         pipe_bytes: int = PIPE_BYTES,
+        intents_dir: str | Path | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, not {queue_size}")
@@ -108,6 +113,9 @@ class WriterLink:
         self._start_timeout = start_timeout
         self._env = dict(env) if env is not None else None
         self._pipe_bytes = pipe_bytes
+        # What this process holds and no writer has yet: the queue and the loss counters
+        # not yet sent (proxy.recording.intents; charged by the next start if we are killed).
+        self._intents = IntentLog(intents_dir) if intents_dir is not None else None
 
         # The queue: (frame, kind, its loss key and count for a LOSSES frame).
         self._frames: deque[tuple[bytes, int, tuple[str, int] | None]] = deque()
@@ -161,6 +169,14 @@ class WriterLink:
         if self._loop is not None:
             raise RuntimeError("writer link already started")
         self._loop = asyncio.get_running_loop()
+        if self._intents is not None:
+            try:
+                await asyncio.to_thread(self._intents.open)
+            except OSError as exc:
+                raise ConfigError(
+                    "record.spill_dir",
+                    f"cannot use {str(self._intents.directory)!r}: {one_line(exc)}",
+                ) from None
         self._spawn()
 
     async def ready(self) -> None:
@@ -218,6 +234,8 @@ class WriterLink:
         self._frames.append((data, _EXCHANGE, None))
         self._queued += 1
         self.stats.handed += 1
+        if self._intents is not None:
+            self._intents.accept(self._run_id)
         if not self._scheduled and not self._waiting:
             self._scheduled = True
             assert self._loop is not None
@@ -225,15 +243,21 @@ class WriterLink:
         return True
 
     def _drop(self, reason: str, n: int = 1) -> None:
+        reason = str(reason)
         DROPPED.labels(reason).inc(n)
         dropped = self.stats.dropped
         dropped[reason] = dropped.get(reason, 0) + n
         if reason == CLOSED:
             return  # no writer left to tell
-        self._losses[reason] = self._losses.get(reason, 0) + n
+        self._hold_losses(reason, n)
         if not self._scheduled and not self._waiting and self._loop is not None:
             self._scheduled = True
             self._loop.call_soon(self._flush)
+
+    def _hold_losses(self, reason: str, n: int) -> None:
+        self._losses[reason] = self._losses.get(reason, 0) + n
+        if self._intents is not None:
+            self._intents.accept(self._run_id, n)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -282,6 +306,7 @@ class WriterLink:
         frames = self._frames
         offset = self._offset + written
         stats = self.stats
+        handed = 0  # exchanges and losses now in a writer's hands
         while frames:
             data, kind, loss = frames[0]
             if offset < len(data):
@@ -292,15 +317,19 @@ class WriterLink:
                 self._queued -= 1
                 self._sent += 1
                 stats.sent += 1
+                handed += 1
             elif kind == _LOSSES:
                 assert loss is not None
                 self._sent += 1
+                handed += loss[1]
                 self._sent_losses.append((self._sent, loss))
                 if len(self._sent_losses) > 64 and self._taken is not None:
                     taken = self._taken.value
                     while self._sent_losses and self._sent_losses[0][0] <= taken:
                         self._sent_losses.popleft()
         self._offset = offset
+        if handed and self._intents is not None:
+            self._intents.settle({self._run_id: handed})
 
     def _stop_waiting(self) -> None:
         if self._waiting:
@@ -361,7 +390,7 @@ class WriterLink:
         for seq, (reason, n) in self._sent_losses:
             if seq > took:
                 lost -= 1
-                self._losses[reason] = self._losses.get(reason, 0) + n
+                self._hold_losses(reason, n)
         self._sent_losses.clear()
         frames = self._frames
         if self._offset and frames:
@@ -370,6 +399,8 @@ class WriterLink:
                 frames.popleft()
                 self._queued -= 1
                 lost += 1
+                if self._intents is not None:  # held again below, as a loss
+                    self._intents.settle({self._run_id: 1})
         self._offset = 0
         if frames and frames[0][1] == _SETUP:
             frames.popleft()
@@ -460,16 +491,20 @@ class WriterLink:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        if self._queued:
-            self.stats.dropped[CLOSED] = self.stats.dropped.get(CLOSED, 0) + self._queued
+        if self._queued and self._intents is None:
+            closed = str(CLOSED)
+            self.stats.dropped[closed] = self.stats.dropped.get(closed, 0) + self._queued
             DROPPED.labels(CLOSED).inc(self._queued)
+        if self._queued or self._losses:
+            # With an intent log, still outstanding there: the next start charges them.
             logger.error(
-                "%d exchanges could not reach the record writer within %g s: not recorded",
+                "%d exchanges (and loss counters %s) could not reach the record writer within "
+                "%g s: not recorded%s",
                 self._queued,
+                self._losses or "none",
                 self._drain_timeout,
+                "; left in the intent log for the next start" if self._intents else "",
             )
-        if self._losses:
-            logger.error("loss counters not sent to the record writer: %s", self._losses)
         self._stop_waiting()
         proc, wfd, taken = self._proc, self._wfd, self._taken
         self._proc = self._wfd = self._taken = None
@@ -493,6 +528,8 @@ class WriterLink:
             await asyncio.to_thread(dead.wait)
             self._forget(dead)
         self._reaping.clear()
+        if self._intents is not None:
+            self._intents.close()
         s = self.stats
         logger.info(
             "record writer link closed: %d handed over, %d sent, dropped %s, %d writer restarts",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -220,4 +221,53 @@ async def test_what_a_killed_writer_took_is_charged_by_the_next_from_its_intents
         assert link.stats.dropped == {}
     assert await count_exchanges(engine, run_id) == 0
     assert await fetch_losses(engine, run_id) == {"process_killed": 12}
+    assert list(spill_dir.glob("*.intents")) == []
+
+
+KILLED_PROXY = Path(__file__).parent / "recording" / "killed_proxy.py"
+
+
+def _run_killed_proxy(database_url: str, spill_dir: Path, run_id: int) -> tuple[bytes, str]:
+    """Its first line and its log, once it is dead."""
+    log = spill_dir.parent / "killed_proxy.log"
+    with open(log, "wb") as err:
+        # Its writer outlives it (and holds stdout): read the line, not to the end.
+        proc = subprocess.Popen(
+            [sys.executable, str(KILLED_PROXY), database_url, str(spill_dir), str(run_id), "10"],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    proc.stdout.close()
+    code = proc.wait(120)
+    assert code == -signal.SIGKILL, log.read_text()[-3000:]
+    return line, log.read_text()[-3000:]
+
+
+async def test_a_killed_proxy_leaves_the_pipe_written_and_its_queue_counted(
+    engine: AsyncEngine, database_url: str, run_name: str, tmp_path: Path
+) -> None:
+    run_id = await new_run(engine, run_name)
+    spill_dir = tmp_path / "spill"
+    line, log = await asyncio.to_thread(_run_killed_proxy, database_url, spill_dir, run_id)
+    piped, queued, writer = (int(x) for x in line.split())
+    assert queued == 5 and piped > 0, log
+    os.kill(writer, signal.SIGCONT)  # its proxy is gone: it reads the pipe to its end
+    await eventually(lambda: _equals(count_exchanges(engine, run_id), 10 + piped))
+
+    async def writer_gone() -> bool:
+        try:
+            os.kill(writer, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    await eventually(writer_gone)
+    # The next start on the spill directory charges the dead proxy's queue (5) and its
+    # loss counter not yet sent (1 queue_full) as process_killed.
+    async with writer_link(database_url, run_id, spill_dir):
+        await eventually(lambda: _equals(fetch_losses(engine, run_id), {"process_killed": 6}))
+    assert await count_exchanges(engine, run_id) == 10 + piped
     assert list(spill_dir.glob("*.intents")) == []
