@@ -7,8 +7,12 @@ every pod can be probed and scraped), the diff workers and runtime sampler, and 
 proxy listener. Stop order (SIGTERM or SIGINT): ``/readyz`` answers 503 at once and the
 proxy keeps serving for ``shutdown.grace_s`` (load balancers and kube-proxy stop sending; a
 second signal ends the grace), then it stops accepting and finishes in-flight requests and
-mirrors, the recorder flushes its queue, the workers finish their batch, and the engine
-closes.
+mirrors, the record writer process writes (or spills) what it was handed and exits, the
+workers finish their batch, and the engine closes.
+
+Each proxy process starts its own record writer process (``proxy.recording.link``): the
+records are built and COPYed there, off the proxy's event loop and GIL; so Prometheus
+multiprocess mode is on whenever the proxy role runs.
 
 ``--processes N`` starts N-1 more processes that run only the proxy role on the same port
 (SO_REUSEPORT; a named port, not 0), once this process has checked the schema. When this
