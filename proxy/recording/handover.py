@@ -35,7 +35,7 @@ from proxy.exchange import Exchange
 from proxy.tagging import Tags
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
 __all__ = [
     "EXCHANGE",
@@ -55,6 +55,7 @@ _pack_head = FRAME_HEAD.pack
 _unpack_head = FRAME_HEAD.unpack_from
 _HEAD = FRAME_HEAD.size
 _dumps = marshal.dumps
+_str = str.__str__
 _VERSION: Final = 4  # marshal format 4 (CPython 3.4+): shares repeated strings
 
 
@@ -70,7 +71,7 @@ def encode_exchange(ex: Exchange) -> bytes:
         (
             str(role),
             cap.status,
-            None if cap.headers is None else tuple(cap.headers.items()),
+            None if cap.headers is None else _fields(cap.headers.keys(), cap.headers.values()),
             cap.body,
             cap.truncated,
             cap.latency,
@@ -90,7 +91,7 @@ def encode_exchange(ex: Exchange) -> bytes:
         ex.method,
         ex.path,
         ex.query,
-        ex.headers,
+        _fields(*zip(*ex.headers, strict=True)) if ex.headers else ("", ()),
         None if req is None else (req.body, req.truncated),
         ex.request_encoding,
         ex.request_type,
@@ -114,7 +115,7 @@ def _builtins(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return tuple(_builtins(v) for v in value)
     if isinstance(value, str):
-        return str.__str__(value)
+        return _str(value)
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):
@@ -124,6 +125,25 @@ def _builtins(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     raise TypeError(f"a {type(value).__name__} cannot be handed to the record writer")
+
+
+def _fields(names: Iterable[str], values: Iterable[str]) -> tuple[str, tuple[str, ...]]:
+    """Header fields as ``(names joined by newlines, values)``: C loops only. Names come as
+    multidict's ``istr`` (aiohttp's parser names well-known fields with its constants, a
+    CIMultiDict's keys are ``istr``), which marshal refuses and ``str.join`` takes; a field
+    name never holds a newline (a token), which the count checks."""
+    vals = tuple(values)
+    joined = "\n".join(names)
+    if joined.count("\n") != len(vals) - 1 and vals:
+        raise ValueError("a header field name with a newline")
+    return joined, vals
+
+
+def _pairs(fields: tuple[str, tuple[str, ...]]) -> list[tuple[str, str]]:
+    names, values = fields
+    if not values:
+        return []
+    return list(zip(names.split("\n"), values, strict=True))
 
 
 def encode_losses(run_id: int, reason: str, n: int) -> bytes:
@@ -177,7 +197,7 @@ def decode_exchange(message: tuple[Any, ...]) -> Exchange:
         method=method,
         path=path,
         query=query,
-        headers=headers,
+        headers=_pairs(headers),
         served_by=served_by,
     )
     if req is not None:
@@ -194,7 +214,7 @@ def decode_exchange(message: tuple[Any, ...]) -> Exchange:
         cap = Capture(len(body))
         cap.status = status
         if fields is not None:
-            cap.headers = CIMultiDictProxy(CIMultiDict(fields))
+            cap.headers = CIMultiDictProxy(CIMultiDict(_pairs(fields)))
         cap.chunks = [body]
         cap.size = cap.total = len(body)
         cap.truncated = truncated
