@@ -130,6 +130,15 @@ def _table(
     return [*lines, ""]
 
 
+def _role(pid: int) -> str:
+    """``pid``'s part: a proxy process or a record writer (``graygate record-writer``)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return f"{pid}"
+    return f"record writer {pid}" if b"record-writer" in cmdline else f"proxy {pid}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=20.0, help="seconds sampled")
@@ -200,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
             system = sum(b[1] - a[1] for a, b in zip(before, after, strict=True))
             used = user + system
             res["user_share"] = user / used if used else 0.0
+            n = max(1, int(res["requests"] or 0))
+            res["by_process"] = {
+                _role(pid): 1e6 * (b[0] + b[1] - a[0] - a[1]) / n
+                for pid, a, b in zip(pids, before, after, strict=True)
+            }
             if spy is not None:
                 _, err = spy.communicate(timeout=args.duration + 60)
                 if spy.returncode != 0:
@@ -233,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         f"unprofiled: {plain['rps']:.0f} req/s, {plain_us:.0f} us CPU per request "
         f"({plain['user_share']:.0%} user, the rest system); profiled: {profiled['rps']:.0f} "
         f"req/s, {profiled_us:.0f} us CPU per request",
+        "",
+        "unprofiled, by process (us CPU per request): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in plain["by_process"].items()),  # type: ignore[attr-defined]
         "",
         "### Where the time goes (first match from the top; shares of the samples)",
         "",

@@ -144,6 +144,16 @@ def cli(log_level: str, log_format: str) -> None:
     _setup_logging(log_level, log_format)
 
 
+@cli.command("record-writer", hidden=True)
+@click.option("--fd", "fd", type=int, required=True)
+@click.option("--taken-fd", "taken_fd", type=int, required=True)
+def record_writer(fd: int, taken_fd: int) -> None:
+    """A proxy process's record writer (started by the proxy; graygate.record_writer)."""
+    from graygate.record_writer import run
+
+    sys.exit(run(fd, taken_fd))
+
+
 @cli.command()
 @_config_option
 @click.option(

@@ -7,8 +7,12 @@ every pod can be probed and scraped), the diff workers and runtime sampler, and 
 proxy listener. Stop order (SIGTERM or SIGINT): ``/readyz`` answers 503 at once and the
 proxy keeps serving for ``shutdown.grace_s`` (load balancers and kube-proxy stop sending; a
 second signal ends the grace), then it stops accepting and finishes in-flight requests and
-mirrors, the recorder flushes its queue, the workers finish their batch, and the engine
-closes.
+mirrors, the record writer process writes (or spills) what it was handed and exits, the
+workers finish their batch, and the engine closes.
+
+Each proxy process starts its own record writer process (``proxy.recording.link``): the
+records are built and COPYed there, off the proxy's event loop and GIL; so Prometheus
+multiprocess mode is on whenever the proxy role runs.
 
 ``--processes N`` starts N-1 more processes that run only the proxy role on the same port
 (SO_REUSEPORT; a named port, not 0), once this process has checked the schema. When this
@@ -116,10 +120,7 @@ def serve_forever(
             processes,
             cores,
         )
-    # The children log as this process does: the level by argv (an environment variable
-    # would outlive this command in a process that runs several), the format by environment.
-    level = logging.getLevelName(logging.getLogger().level)
-    level_argv = ["--log-level", level] if level in _LOG_LEVELS else []
+    level_argv = _level_argv()
     base_argv = [
         sys.executable, "-m", "graygate", *level_argv, "serve", "-c", config_path, "--no-preflight",
         "--no-probes", "--mode", cfg.mode, *(["--access-log"] if cfg.log.access else []),
@@ -143,12 +144,14 @@ def serve_forever(
             child += ["--heartbeat-fd", str(read_fd)]
         argvs.append(child)
     metrics_dir: str | None = None
-    if argvs and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # A proxy process has its record writer process (proxy.recording.link): its series too.
+    if (argvs or "proxy" in roles) and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         if "prometheus_client" in sys.modules:
             # Too late: its values were made in-process, and this process's series would be
             # missing from the admin port's scrape. A bug in what imports what.
             raise RuntimeError("prometheus_client was imported before serve chose its mode")
-        # Several processes (more proxies, the worker child): one scrape of the admin port
+        # Several processes (more proxies, the worker child, the record writers): one scrape
+        # of the admin port
         # shows every process's series. Set before proxy.metrics and diff.verdict_metrics
         # are imported, here and in the children (they inherit it).
         metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
@@ -179,6 +182,13 @@ def serve_forever(
 
 
 _PDEATHSIG = parent_death_signal()
+
+
+def _level_argv() -> list[str]:
+    """The children log as this process does: the level by argv (an environment variable
+    would outlive this command in a process that runs several), the format by environment."""
+    level = logging.getLevelName(logging.getLogger().level)
+    return ["--log-level", level] if level in _LOG_LEVELS else []
 
 
 class _Children:
@@ -385,9 +395,10 @@ async def _serve(
     from diff.worker import run_workers
     from diff.write_checker import write_checker
     from graygate.preflight import preflight
+    from graygate.record_writer import WriterSetup
     from graygate.runtime_sampler import runtime_sampler_ctx
     from proxy.app import make_proxy_app
-    from proxy.recorder import Recorder
+    from proxy.recording.link import WriterLink
     from store.engine import censor_dsn, create_engine
     from store.runs import ensure_run
 
@@ -466,18 +477,24 @@ async def _serve(
                 logger.info("diff worker judging run %r", cfg.run)
             if "proxy" in roles:
                 spill_dir = Path(cfg.record.spill_dir or (data_dir or default_data_dir()) / "spill")
-                recorder = await stack.enter_async_context(
-                    Recorder(
-                        engine,
-                        cfg.record,
-                        default_spill_dir=spill_dir,
-                        version_header=cfg.versions.header,
+                # Records are built and written in a process of their own, fed by a pipe:
+                # started (and restarted) by this one, which alone can count what a dead
+                # writer never took; closed after the mirrors are drained (the stack).
+                setup = WriterSetup(cfg, handle.url, run_id, str(spill_dir))
+                link = await stack.enter_async_context(
+                    WriterLink(
+                        run_id=run_id,
+                        queue_size=cfg.record.queue_size,
+                        argv=[sys.executable, "-m", "graygate", *_level_argv(), "record-writer"],
+                        setup=setup.dumps(),
+                        intents_dir=spill_dir if cfg.record.spill_max_bytes > 0 else None,
                     )
                 )
-                app = make_proxy_app(cfg, recorder=recorder, run_id=run_id)
+                app = make_proxy_app(cfg, recorder=link, run_id=run_id)
                 url = await stack.enter_async_context(
                     _proxy_site(app, cfg.listen, reuse_port=reuse_port)
                 )
+                await link.ready()  # its recorder runs (a bad spill_dir stops us here)
                 if beat_fd is not None:
                     # From now on the admin child's probes say the proxy is listening.
                     beating = asyncio.Event()

@@ -18,7 +18,8 @@ up to ``mirror.max_body_bytes`` (beyond: streamed, not mirrored), spawn the mirr
 to the serving side streaming its answer, then record the exchange: once, when both the
 serving side and the mirror are done (``proxy.exchange.Completion``: from the handler or
 from the mirror's task, whichever ends last). Decoding, redaction and building the record
-happen after the serving side is done.
+happen after the serving side is done: in the record writer process when the recorder is
+an ``ExchangeSink`` (``graygate serve``), else here.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Final, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Final, Protocol, runtime_checkable
 
 from aiohttp import web
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -68,6 +69,7 @@ from proxy.upstream_pools import UPSTREAMS_KEY, Upstream, upstreams_ctx
 
 __all__ = [
     "PROXY_KEY",
+    "ExchangeSink",
     "Proxy",
     "RecordSink",
     "make_proxy_app",
@@ -112,10 +114,21 @@ def strip_shadow_suffix(host: str | None) -> str | None:
 
 
 class RecordSink(Protocol):
-    """What the proxy hands exchanges to (``proxy.recorder.Recorder``)."""
+    """What the proxy hands records to, built on its own loop (``proxy.recorder.Recorder``
+    in-process: tests, embedding)."""
 
     def submit(self, record: RecordedExchange) -> bool:
         """Queue ``record`` without blocking; False when it was dropped (and counted)."""
+        ...
+
+
+@runtime_checkable
+class ExchangeSink(Protocol):
+    """What the proxy hands finished exchanges to, unbuilt: their records are built
+    elsewhere (``proxy.recording.link.WriterLink``: in the record writer process)."""
+
+    def hand_over(self, ex: Exchange) -> bool:
+        """Queue ``ex`` without blocking; False when it was dropped (and counted)."""
         ...
 
 
@@ -126,7 +139,7 @@ class Proxy:
         self,
         cfg: GraygateConfig,
         *,
-        recorder: RecordSink | None,
+        recorder: RecordSink | ExchangeSink | None,
         run_id: int,
         tune_gc: bool = True,
     ) -> None:
@@ -144,7 +157,12 @@ class Proxy:
         self._max_in_flight = cfg.mirror.max_in_flight
         self._record_limit = cfg.record.max_body_bytes
         self._max_header_bytes = cfg.listen_limits.max_header_bytes
-        self._recorder = recorder
+        self._recorder: RecordSink | None = None
+        self._hand_over: Callable[[Exchange], bool] | None = None
+        if isinstance(recorder, ExchangeSink):
+            self._hand_over = recorder.hand_over
+        else:
+            self._recorder = recorder
         # Bound on startup (ctx).
         self._upstreams: dict[str, Upstream] = {}
         self._prefixed = False
@@ -161,7 +179,7 @@ class Proxy:
     async def ctx(self, app: web.Application) -> AsyncIterator[None]:
         """Cleanup context: bind to the pools, tracer, task set (and recorder); tune the
         garbage collector while serving (``tune_gc``)."""
-        if self._recorder is None:
+        if self._recorder is None and self._hand_over is None:
             from proxy.recorder import RECORDER_KEY
 
             if RECORDER_KEY not in app:
@@ -424,13 +442,21 @@ class Proxy:
         return None, _stream(chunks, content, copy)
 
     def _finish(self, ex: Exchange) -> None:
-        """Build the exchange's record and hand it to the recorder (its ``Completion``
-        calls this once); write its access log line when the log is on."""
+        """Hand the exchange to the record writer (or build its record and hand that to
+        an in-process recorder); its ``Completion`` calls this once. Write its access log
+        line when the log is on."""
         if self._access_log is not None:
             try:
                 self._access_log.write(ex)
             except Exception:
                 logger.exception("cannot write the access log line of %s", ex.tags.trace_id)
+        hand_over = self._hand_over
+        if hand_over is not None:
+            try:
+                hand_over(ex)  # a refusal is counted by the link
+            except Exception:
+                logger.exception("the record writer refused exchange %s", ex.tags.trace_id)
+            return
         try:
             record = self._builder.build(ex)
         except Exception:
@@ -482,14 +508,17 @@ def serving(cfg: GraygateConfig, proxy: Proxy) -> Serving:
 def make_proxy_app(
     cfg: GraygateConfig,
     *,
-    recorder: RecordSink | None,
+    recorder: RecordSink | ExchangeSink | None,
     run_id: int,
     span_exporter: SpanExporter | None = None,
     tune_gc: bool = True,
 ) -> web.Application:
     """The proxied port's application.
 
-    ``recorder``: where exchanges go (anything with ``submit(record) -> bool``). ``None``
+    ``recorder``: where exchanges go: an ``ExchangeSink`` (``hand_over(exchange) -> bool``:
+    ``graygate serve``'s record writer process, ``proxy.recording.link``) takes them as they
+    are; a ``RecordSink`` (``submit(record) -> bool``: a ``Recorder`` in this process, tests,
+    embedding) takes the records built here. ``None``
     takes ``app[proxy.recorder.RECORDER_KEY]`` on startup: then put ``recorder_ctx`` first
     (``app.cleanup_ctx.insert(0, recorder_ctx(...))``), so that it starts before the proxy
     and stops after the mirrors are drained. ``span_exporter`` overrides

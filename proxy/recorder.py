@@ -202,6 +202,11 @@ class Recorder:
         return len(self._batcher)
 
     @property
+    def queue_room(self) -> int:
+        """Exchanges the queue can take now."""
+        return self._batcher.queue_size - len(self._batcher)
+
+    @property
     def database_up(self) -> bool:
         return self._health.up
 
@@ -269,6 +274,18 @@ class Recorder:
         if self._intents is not None:
             self._intents.accept(record.run_id)
         return True
+
+    def charge(self, run_id: int, reason: str, n: int, *, counted: bool = True) -> None:
+        """``n`` exchanges of ``run_id`` lost for ``reason`` before they reached this
+        recorder (by a proxy process, which ``counted`` them in Prometheus; or by the writer
+        process building their records): store them in ``run_losses`` with this
+        recorder's. Outstanding in the intent log until stored,
+        so that a writer killed first leaves them counted (as ``process_killed``)."""
+        if n <= 0:
+            return
+        if self._intents is not None:
+            self._intents.accept(run_id, n)
+        self._ledger.lose(run_id, reason, n, accepted=True, counted=counted)
 
     def _settle(self, counts: Mapping[int, int]) -> None:
         """These exchanges (by run) are durable now: stored, spilled, or counted lost."""

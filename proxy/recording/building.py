@@ -50,6 +50,10 @@ class RecordBuilder:
         self._matcher = EndpointMatcher(list(endpoints))
         self._limit = record.max_body_bytes
 
+    @property
+    def run_id(self) -> int:
+        return self._run_id
+
     @classmethod
     def from_config(cls, cfg: GraygateConfig, run_id: int) -> RecordBuilder:
         return cls(run_id, cfg.redact, cfg.record, [e.match for e in cfg.compare.endpoints])

@@ -119,17 +119,17 @@ class IntentLog:
             return _HEAD.size - _COUNT.size
         return HEADER + slot * _SLOT.size + _COUNT.size
 
-    def accept(self, run_id: int) -> None:
-        """One exchange of ``run_id`` accepted (the request path)."""
+    def accept(self, run_id: int, n: int = 1) -> None:
+        """``n`` exchanges of ``run_id`` accepted (the request path: one)."""
         m = self._map
         if m is None:
             return
         slot = self._where.get(run_id)
         if slot is None:
             slot = self._assign(m, run_id)
-        self._run_out[run_id] += 1
+        self._run_out[run_id] += n
         outs = self._out
-        out = outs[slot] = outs[slot] + 1
+        out = outs[slot] = outs[slot] + n
         _pack_count(m, self._offsets[slot], out)
 
     def _assign(self, m: mmap.mmap, run_id: int) -> int:

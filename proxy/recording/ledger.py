@@ -97,9 +97,19 @@ class LossLedger:
         """A copy of the counters not yet stored."""
         return dict(self._pending)
 
-    def lose(self, run_id: int, reason: str, n: int = 1, *, accepted: bool = False) -> None:
+    def lose(
+        self,
+        run_id: int,
+        reason: str,
+        n: int = 1,
+        *,
+        accepted: bool = False,
+        counted: bool = False,
+    ) -> None:
         """Count ``n`` exchanges of ``run_id`` lost for ``reason``; ``accepted``: the recorder
-        had accepted them (they are outstanding in the intent log until stored here)."""
+        had accepted them (they are outstanding in the intent log until stored here);
+        ``counted``: Prometheus has them already (a proxy process counted them when it
+        dropped them, ``proxy.recording.link``)."""
         if n <= 0:
             return
         if accepted:
@@ -109,6 +119,8 @@ class LossLedger:
         pending[key] = pending.get(key, 0) + n
         dropped = self.dropped
         dropped[reason] = dropped.get(reason, 0) + n
+        if counted:
+            return
         child = _children.get(reason)
         if child is None:
             child = _children[reason] = DROPPED.labels(reason)
