@@ -84,12 +84,14 @@ class _Extra(Exception):
     ``HttpParserCallbackError``)."""
 
 
-def _head_end(buf: bytes | bytearray, start: int) -> int:
+def _head_end(buf: bytes | bytearray, start: int, stop: int) -> int:
     """The end of the head in ``buf`` (after its empty line), or -1; searched from
-    ``start``, so that collecting a head is linear in its size."""
-    crlf = buf.find(b"\n\r\n", start)
+    ``start``, so that collecting a head is linear in its size, and only up to ``stop``
+    (the end of the longest head allowed), so that an endless head costs the bound, not
+    what arrived past it."""
+    crlf = buf.find(b"\n\r\n", start, stop)
     if crlf < 0:
-        lf = buf.find(b"\n\n", start)
+        lf = buf.find(b"\n\n", start, stop)
         return -1 if lf < 0 else lf + 2
     # A bare LF empty line before it? Searched up to it only, not through the body.
     lf = buf.find(b"\n\n", start, crlf + 1)
@@ -240,8 +242,12 @@ class _Connection(asyncio.Protocol):
             # The common case: the whole head of a final answer (not 1xx, not to a HEAD) in
             # the first bytes. Parsed with what follows it in one call, without copying it
             # into the head buffer and out again.
-            end = _head_end(data, 0)
-            if end > 0 and self._head_total + end <= limit:
+            room = limit - self._head_total
+            end = _head_end(data, 0, room)
+            if end < 0 and len(data) >= room:  # no empty line within the bound
+                self._fail(UpstreamError(f"answer head over {limit} bytes"))
+                return
+            if end > 0:
                 self._head_total += end
                 before = self._buffered - self._discard_left
                 self.parser.feed_data(data)
@@ -254,15 +260,13 @@ class _Connection(asyncio.Protocol):
             if len(buf) >= 5 and not buf.startswith(b"HTTP/"):
                 self._fail(UpstreamError(f"malformed answer: {bytes(buf[:20])!r}"))
                 return
-            end = _head_end(buf, scan)
+            room = limit - self._head_total  # the longest head still allowed
+            end = _head_end(buf, scan, room)
             if end < 0:
-                if self._head_total + len(buf) > limit:
+                if len(buf) >= room:  # no empty line within the bound: none will be
                     self._fail(UpstreamError(f"answer head over {limit} bytes"))
                 return
             self._head_total += end
-            if self._head_total > limit:
-                self._fail(UpstreamError(f"answer head over {limit} bytes"))
-                return
             head = bytes(buf[:end])
             rest = bytes(buf[end:])
             buf.clear()

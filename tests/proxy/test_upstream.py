@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from graygate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
-from proxy.upstream import Pool, UpstreamAnswer, UpstreamReset
+from proxy.upstream import Pool, UpstreamAnswer, UpstreamReset, _head_end
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -626,6 +626,7 @@ def _head_of(size: int, fields: int = 1) -> bytes:
     return head + b"X-Pad: " + b"p" * pad + b"\r\n\r\n"
 
 
+@pytest.mark.parametrize("piece", [100, None], ids=["in-pieces", "in-one-write"])
 @pytest.mark.parametrize(
     ("size", "fields", "ok"),
     [
@@ -635,15 +636,18 @@ def _head_of(size: int, fields: int = 1) -> bytes:
         (1000, 21, False),  # one field past the bound
     ],
 )
-async def test_answer_head_bounds(size: int, fields: int, ok: bool) -> None:
+async def test_answer_head_bounds(size: int, fields: int, ok: bool, piece: int | None) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
         head = _head_of(size, fields)
         assert len(head) == size and head.count(b"\r\n") - 2 == fields
-        for i in range(0, len(head), 100):  # in small pieces
-            writer.write(head[i : i + 100])
-            await writer.drain()
-        writer.write(b"ok")
+        if piece is None:  # the head, its body and more in one write (one read, mostly)
+            writer.write(head + b"ok")
+        else:
+            for i in range(0, len(head), piece):
+                writer.write(head[i : i + piece])
+                await writer.drain()
+            writer.write(b"ok")
         await reader.read()
 
     async with (
@@ -658,6 +662,21 @@ async def test_answer_head_bounds(size: int, fields: int, ok: bool) -> None:
                 await pool.send("GET", "/", [], None, limit=5, idle=True)
             assert info.value.kind == "error"
             assert "over 4096 bytes" in str(info.value) or "more than 20" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("head", "stop", "end"),
+    [
+        (b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody", 25, 25),  # ends at the bound: found
+        (b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody", 24, -1),  # one byte past it: not
+        (b"HTTP/1.1 200 OK\nA: b\n\nbody", 22, 22),  # bare LF empty line, at the bound
+        (b"HTTP/1.1 200 OK\nA: b\n\nbody", 21, -1),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: " + b"x" * 100_000 + b"\r\n\r\n", 4096, -1),
+    ],
+)
+def test_head_end_looks_no_further_than_the_bound(head: bytes, stop: int, end: int) -> None:
+    """An endless head costs a scan of the bound, whatever arrived past it in one read."""
+    assert _head_end(head, 0, stop) == end
 
 
 async def test_endless_header_line_fails_at_the_bound() -> None:
