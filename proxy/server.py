@@ -59,6 +59,7 @@ from yarl import URL
 
 from proxy.client_answer import REASONS, Answer
 from proxy.error_mapping import ClientStalled
+from proxy.http_head import head_end
 from proxy.metrics import CLIENT_CONNECTIONS, count_client_closed
 
 __all__ = [
@@ -399,18 +400,6 @@ class _Failed:
         self.text = text
 
 
-def _head_end(buf: bytearray, start: int) -> int:
-    """Where the first head in ``buf`` ends (after its empty line), looking from about
-    ``start`` (what was searched before); -1 when its empty line is not in yet."""
-    crlf = buf.find(b"\n\r\n", max(0, start - 2))
-    lf = buf.find(b"\n\n", max(0, start - 1))  # a bare LF: the parser refuses it
-    if crlf < 0:
-        return lf + 2 if lf >= 0 else -1
-    if 0 <= lf < crlf:
-        return lf + 2
-    return crlf + 3
-
-
 class Connection(asyncio.Protocol):
     """One client connection: parses its requests and answers them in order."""
 
@@ -597,7 +586,7 @@ class Connection(asyncio.Protocol):
             buf += data
             # The head is parsed in one piece once its empty line is in (or it is too long).
             bound = self._head_limits.max_head_bytes
-            end = _head_end(buf, start)
+            end = head_end(buf, max(0, start - 2), bound)
             if end < 0 and len(buf) <= bound:
                 return
             data = bytes(buf)

@@ -56,6 +56,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from graygate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from graygate.vocabulary import ErrorKind
+from proxy.http_head import head_end
 
 __all__ = [
     "MAX_DISCARD_BYTES",
@@ -82,20 +83,6 @@ class _Stale(UpstreamReset):
 class _Extra(Exception):
     """Raised in a parser callback to stop parsing (the parser turns it into an
     ``HttpParserCallbackError``)."""
-
-
-def _head_end(buf: bytes | bytearray, start: int, stop: int) -> int:
-    """The end of the head in ``buf`` (after its empty line), or -1; searched from
-    ``start``, so that collecting a head is linear in its size, and only up to ``stop``
-    (the end of the longest head allowed), so that an endless head costs the bound, not
-    what arrived past it."""
-    crlf = buf.find(b"\n\r\n", start, stop)
-    if crlf < 0:
-        lf = buf.find(b"\n\n", start, stop)
-        return -1 if lf < 0 else lf + 2
-    # A bare LF empty line before it? Searched up to it only, not through the body.
-    lf = buf.find(b"\n\n", start, crlf + 1)
-    return crlf + 3 if lf < 0 else lf + 2
 
 
 _perf = time.perf_counter
@@ -243,7 +230,7 @@ class _Connection(asyncio.Protocol):
             # the first bytes. Parsed with what follows it in one call, without copying it
             # into the head buffer and out again.
             room = limit - self._head_total
-            end = _head_end(data, 0, room)
+            end = head_end(data, 0, room)
             if end < 0 and len(data) >= room:  # no empty line within the bound
                 self._fail(UpstreamError(f"answer head over {limit} bytes"))
                 return
@@ -261,7 +248,7 @@ class _Connection(asyncio.Protocol):
                 self._fail(UpstreamError(f"malformed answer: {bytes(buf[:20])!r}"))
                 return
             room = limit - self._head_total  # the longest head still allowed
-            end = _head_end(buf, scan, room)
+            end = head_end(buf, scan, room)
             if end < 0:
                 if len(buf) >= room:  # no empty line within the bound: none will be
                     self._fail(UpstreamError(f"answer head over {limit} bytes"))

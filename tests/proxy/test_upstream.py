@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from graygate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
-from proxy.upstream import Pool, UpstreamAnswer, UpstreamReset, _head_end
+from proxy.upstream import Pool, UpstreamAnswer, UpstreamReset
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -662,21 +662,6 @@ async def test_answer_head_bounds(size: int, fields: int, ok: bool, piece: int |
                 await pool.send("GET", "/", [], None, limit=5, idle=True)
             assert info.value.kind == "error"
             assert "over 4096 bytes" in str(info.value) or "more than 20" in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("head", "stop", "end"),
-    [
-        (b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody", 25, 25),  # ends at the bound: found
-        (b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody", 24, -1),  # one byte past it: not
-        (b"HTTP/1.1 200 OK\nA: b\n\nbody", 22, 22),  # bare LF empty line, at the bound
-        (b"HTTP/1.1 200 OK\nA: b\n\nbody", 21, -1),
-        (b"HTTP/1.1 200 OK\r\n" + b"X: " + b"x" * 100_000 + b"\r\n\r\n", 4096, -1),
-    ],
-)
-def test_head_end_looks_no_further_than_the_bound(head: bytes, stop: int, end: int) -> None:
-    """An endless head costs a scan of the bound, whatever arrived past it in one read."""
-    assert _head_end(head, 0, stop) == end
 
 
 async def test_endless_header_line_fails_at_the_bound() -> None:
