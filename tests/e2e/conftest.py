@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,5 +283,42 @@ def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
 def graygate_config(tmp_path: Path) -> Callable[..., Path]:
     def make(**kwargs: Any) -> Path:
         return write_config(tmp_path / "graygate.yaml", **kwargs)
+
+    return make
+
+
+@dataclass(frozen=True)
+class TwinSetup:
+    """graygate's config in front of two identical upstreams (the canary is a second
+    primary), on free ports: ``cfg`` the file, ``listen`` the proxied port, ``admin`` the
+    admin port, ``run`` the run's name."""
+
+    cfg: Path
+    listen: int
+    admin: int
+    run: str
+
+
+@pytest.fixture
+def twin_config(procs: Procs, graygate_config: Callable[..., Path]) -> Callable[..., TwinSetup]:
+    """``twin_config(prefix, overrides)``: two primaries started, a config written for them
+    (``runtime.canary`` off: the twins are not Go services) and its ports."""
+
+    def make(prefix: str, overrides: dict[str, Any] | None = None) -> TwinSetup:
+        primary, canary = procs.primary(), procs.primary()
+        assert primary.url and canary.url
+        listen, admin = procs.free_port(), procs.free_port()
+        run = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        extra: dict[str, Any] = {"runtime": {"canary": None}}
+        _merge(extra, overrides or {})
+        cfg = graygate_config(
+            run=run,
+            primary=primary.url,
+            canary=canary.url,
+            listen_port=listen,
+            admin_port=admin,
+            overrides=extra,
+        )
+        return TwinSetup(cfg, listen, admin, run)
 
     return make

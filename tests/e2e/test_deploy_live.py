@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.test_deploy import dashboard_metric_names, dockerfile_copies
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import Procs
+    from tests.e2e.conftest import Procs, TwinSetup
 
 ROOT = Path(__file__).resolve().parents[2]
 _SUFFIXES = {
@@ -44,20 +43,11 @@ def scraped_names(text: str) -> set[str]:
 def test_every_dashboard_metric_is_in_a_live_scrape(
     procs: Procs,
     migrated_database: Callable[[], str],
-    graygate_config: Callable[..., Path],
+    twin_config: Callable[..., TwinSetup],
 ) -> None:
     url = migrated_database()
-    primary, canary = procs.primary(), procs.primary()
-    assert primary.url and canary.url
-    listen, admin = procs.free_port(), procs.free_port()
-    cfg = graygate_config(
-        run=f"e2e-deploy-{uuid.uuid4().hex[:8]}",
-        primary=primary.url,
-        canary=canary.url,
-        listen_port=listen,
-        admin_port=admin,
-        overrides={"runtime": {"canary": None}},
-    )
+    setup = twin_config("e2e-deploy")
+    cfg, listen, admin = setup.cfg, setup.listen, setup.admin
     procs.serve(cfg, url, f"http://127.0.0.1:{admin}")
     for i in range(5):
         assert procs.http_get(f"http://127.0.0.1:{listen}/api/inventory/SKU-000{i + 1}")[0] == 200

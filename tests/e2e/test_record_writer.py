@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,24 +23,14 @@ import sqlalchemy as sa
 from store.engine import create_engine
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import Proc, Procs
+    from tests.e2e.conftest import Proc, Procs, TwinSetup
 
 
 def _serve(
-    procs: Procs, url: str, graygate_config: Callable[..., Path]
+    procs: Procs, url: str, twin_config: Callable[..., TwinSetup]
 ) -> tuple[Proc, int, int, str]:
-    primary, canary = procs.primary(), procs.primary()
-    assert primary.url and canary.url
-    listen, admin = procs.free_port(), procs.free_port()
-    run = f"e2e-writer-{uuid.uuid4().hex[:8]}"
-    cfg = graygate_config(
-        run=run,
-        primary=primary.url,
-        canary=canary.url,
-        listen_port=listen,
-        admin_port=admin,
-        overrides={"shutdown": {"grace_s": 0}, "runtime": {"canary": None}},
-    )
+    setup = twin_config("e2e-writer", {"shutdown": {"grace_s": 0}})
+    cfg, listen, admin, run = setup.cfg, setup.listen, setup.admin, setup.run
     proc = procs.spawn(
         "serve",
         [
@@ -109,10 +98,10 @@ async def _recorded(url: str, run: str) -> tuple[int, dict[str, int]]:
 
 
 def test_every_answered_exchange_is_recorded_across_sigterm(
-    procs: Procs, migrated_database: Callable[[], str], graygate_config: Callable[..., Path]
+    procs: Procs, migrated_database: Callable[[], str], twin_config: Callable[..., TwinSetup]
 ) -> None:
     url = migrated_database()
-    proc, listen, admin, run = _serve(procs, url, graygate_config)
+    proc, listen, admin, run = _serve(procs, url, twin_config)
     [writer] = _writer_pids(proc.pid)
     assert asyncio.run(_send(listen, 100)) == [200] * 100
     # The writer's series are on the admin port (Prometheus multiprocess mode).
@@ -140,10 +129,10 @@ def test_every_answered_exchange_is_recorded_across_sigterm(
 
 
 def test_a_writer_killed_is_counted_and_started_again_and_users_are_served(
-    procs: Procs, migrated_database: Callable[[], str], graygate_config: Callable[..., Path]
+    procs: Procs, migrated_database: Callable[[], str], twin_config: Callable[..., TwinSetup]
 ) -> None:
     url = migrated_database()
-    proc, listen, _, run = _serve(procs, url, graygate_config)
+    proc, listen, _, run = _serve(procs, url, twin_config)
     [first] = _writer_pids(proc.pid)
     assert asyncio.run(_send(listen, 50)) == [200] * 50
     deadline = time.monotonic() + 30

@@ -11,15 +11,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import Procs
+    from tests.e2e.conftest import Procs, TwinSetup
 
 GRACE_S = 2.0
 RATE = 20.0
@@ -31,21 +29,12 @@ EDGE_S = 0.3
 def _start(
     procs: Procs,
     migrated_database: Callable[[], str],
-    graygate_config: Callable[..., Path],
+    twin_config: Callable[..., TwinSetup],
     *roles: str,
 ) -> tuple[object, int, int]:
     url = migrated_database()
-    primary, canary = procs.primary(), procs.primary()
-    assert primary.url and canary.url
-    listen, admin = procs.free_port(), procs.free_port()
-    cfg = graygate_config(
-        run=f"e2e-rolling-{uuid.uuid4().hex[:8]}",
-        primary=primary.url,
-        canary=canary.url,
-        listen_port=listen,
-        admin_port=admin,
-        overrides={"shutdown": {"grace_s": GRACE_S}, "runtime": {"canary": None}},
-    )
+    setup = twin_config("e2e-rolling", {"shutdown": {"grace_s": GRACE_S}})
+    cfg, listen, admin = setup.cfg, setup.listen, setup.admin
     argv_roles = ["--role", ",".join(roles)] if roles else []
     if argv_roles:
         import sys
@@ -143,9 +132,9 @@ def _check(
 def test_sigterm_drains_without_refusing_or_failing(
     procs: Procs,
     migrated_database: Callable[[], str],
-    graygate_config: Callable[..., Path],
+    twin_config: Callable[..., TwinSetup],
 ) -> None:
-    proc, listen, admin = _start(procs, migrated_database, graygate_config)
+    proc, listen, admin = _start(procs, migrated_database, twin_config)
     popen = proc.popen  # type: ignore[attr-defined]
     results, ready, signalled = asyncio.run(
         _steady_across_sigterm(lambda: popen.send_signal(signal.SIGTERM), listen, admin)
@@ -157,9 +146,9 @@ def test_sigterm_drains_without_refusing_or_failing(
 def test_a_proxy_alone_serves_probes_only_and_drains(
     procs: Procs,
     migrated_database: Callable[[], str],
-    graygate_config: Callable[..., Path],
+    twin_config: Callable[..., TwinSetup],
 ) -> None:
-    proc, listen, admin = _start(procs, migrated_database, graygate_config, "proxy")
+    proc, listen, admin = _start(procs, migrated_database, twin_config, "proxy")
     base = f"http://127.0.0.1:{admin}"
     assert procs.http_get(f"{base}/healthz")[0] == 200
     assert procs.http_get(f"{base}/readyz")[0] == 200

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import Procs
+    from tests.e2e.conftest import Procs, TwinSetup
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
 
@@ -62,21 +61,11 @@ def _maps(pid: int) -> str:
 def test_admin_and_judging_run_outside_the_proxy_process(
     procs: Procs,
     migrated_database: Callable[[], str],
-    graygate_config: Callable[..., Path],
+    twin_config: Callable[..., TwinSetup],
 ) -> None:
     url = migrated_database()
-    primary, canary = procs.primary(), procs.primary()
-    assert primary.url and canary.url
-    listen, admin = procs.free_port(), procs.free_port()
-    run = f"e2e-procs-{uuid.uuid4().hex[:8]}"
-    cfg = graygate_config(
-        run=run,
-        primary=primary.url,
-        canary=canary.url,
-        listen_port=listen,
-        admin_port=admin,
-        overrides={"shutdown": {"grace_s": 0}, "runtime": {"canary": None}},
-    )
+    setup = twin_config("e2e-procs", {"shutdown": {"grace_s": 0}})
+    cfg, listen, admin, run = setup.cfg, setup.listen, setup.admin, setup.run
     serve = procs.serve(cfg, url, f"http://127.0.0.1:{admin}")
     for i in range(120):  # enough pairs for the latency check (its statistics)
         status, _ = procs.http_get(f"http://127.0.0.1:{listen}/api/inventory/SKU-{i % 5 + 1:04d}")
