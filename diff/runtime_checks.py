@@ -18,10 +18,15 @@ The sampler turns two consecutive readings into the pauses that ended between th
 
 - GC pauses: a window fails when its p99 pause exceeds the baseline's threshold; the check
   fails after ``failing_windows`` consecutive failing windows (windows without a collection
-  carry no evidence and are skipped). The baseline is, in this order: the configured
-  ``gc_pause_budget_ms`` (the threshold itself), the primary's own pauses when the primary
-  is a Go service too, or the canary's pauses in an earlier run that got GO; from measured
-  pauses the threshold is ``2 * mean + 3 * sigma``.
+  carry no evidence and are skipped), or when ``failing_windows`` windows fail anywhere in
+  the run and the p99 of all the run's pauses is over the threshold too (a canary over its
+  budget every other window is not healthy; one burst, however long ago, is not enough).
+  Latest windows over the threshold that do not fail it yet, or a whole run over it in too
+  few windows, leave the check undecided (``observed["gc_pending"]``): never a pass.
+  The baseline is, in this order: the configured ``gc_pause_budget_ms`` (the threshold
+  itself), the primary's own pauses when the primary is a Go service too, or the canary's
+  pauses in an earlier run that got GO; from measured pauses the threshold is
+  ``2 * mean + 3 * sigma``.
 - Goroutines: after the first (warm-up) window, a leak is growth of at least
   :data:`MIN_GOROUTINE_GROWTH` goroutines that rises steadily (the window medians rise in
   at least :data:`RISING_FRACTION` of the steps) and is either
@@ -748,9 +753,13 @@ def runtime_check(
     else:
         decided += 1
         base = f"{a.baseline.threshold_ms:.3g} ms ({a.baseline.source})"
+        # The run as a whole: every pause of the run, pooled.
+        run_p99 = a.pause_p99_ms
+        run_over = run_p99 is not None and run_p99 > a.baseline.threshold_ms
+        worst = observed["worst_window_p99_ms"]
         if a.max_consecutive_failing >= cfg.failing_windows and a.failing_run is not None:
             first, last = a.failing_run
-            worst = max(
+            worst_run = max(
                 w.p99_ms
                 for w in a.windows
                 if first <= w.index <= last and w.failed and w.p99_ms is not None
@@ -759,11 +768,20 @@ def runtime_check(
                 f"GC pause p99 above {base} in {a.max_consecutive_failing} consecutive "
                 f"windows: windows {first}-{last} of {cfg.window_s:g}s "
                 f"({first * cfg.window_s:g}-{(last + 1) * cfg.window_s:g}s into sampling), "
-                f"worst {worst:.3g} ms (limit {cfg.failing_windows} windows in a row; "
+                f"worst {worst_run:.3g} ms (limit {cfg.failing_windows} windows in a row; "
                 f"{a.failing_windows} of {len(judged)} failed)"
             )
+        elif a.failing_windows >= cfg.failing_windows and run_over:
+            # Not in a row, but neither a burst: the windows over the threshold are spread
+            # over the run and weigh enough that the whole run's pause p99 is over it too.
+            assert run_p99 is not None
+            failures.append(
+                f"GC pause p99 above {base} in {a.failing_windows} of {len(judged)} windows "
+                f"(not in a row) and over the whole run: {run_p99:.3g} ms, worst window "
+                f"{worst:.3g} ms (limit {cfg.failing_windows} windows in a row, or anywhere "
+                f"when the whole run's p99 is over the threshold too)"
+            )
         else:
-            worst = observed["worst_window_p99_ms"]
             notes.append(
                 f"GC pause p99 {worst:.3g} ms worst window vs {base}; "
                 f"{a.failing_windows} of {len(judged)} windows over"
@@ -779,6 +797,15 @@ def runtime_check(
                 pending_gc = (
                     f"GC pauses over {base} in the last {trailing} window(s), "
                     f"{cfg.failing_windows} in a row fail: waiting for the next window"
+                )
+            elif run_over and a.failing_windows:
+                # The whole run is over the threshold in fewer windows than fail it: one
+                # more failing window anywhere would. Not a pass either.
+                assert run_p99 is not None
+                pending_gc = (
+                    f"GC pause p99 over the whole run {run_p99:.3g} ms is over {base}, in "
+                    f"{a.failing_windows} of {len(judged)} windows; {cfg.failing_windows} "
+                    f"such windows fail: waiting for the next window"
                 )
     if a.pauses_lost:
         notes.append(f"{a.pauses_lost} pauses not seen (more than {PAUSE_RING} GCs per poll)")
@@ -838,6 +865,7 @@ def runtime_check(
     if a.errors:
         notes.append(f"{a.errors} of {a.samples} polls failed")
 
+    observed["gc_pending"] = pending_gc is not None and not failures
     if failures:
         return Check("runtime", False, observed, threshold, "; ".join(failures + notes))
     if pending_gc is not None:

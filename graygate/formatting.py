@@ -300,10 +300,10 @@ def runtime_check_rows(check: Check) -> list[tuple[str, str, str]]:
             f"≤ {ms_unit(thr.get('pause_p99_ms'))}",
         ),
         (
-            "consecutive failing windows",
-            f"{obs.get('max_consecutive_failing_windows', 0)} "
-            f"({obs.get('failing_windows', 0)} of {obs.get('windows', 0)} failing)",
-            f"< {thr.get('failing_windows', '—')}",
+            "failing windows (in a row; in all)",
+            f"{obs.get('max_consecutive_failing_windows', 0)}; "
+            f"{obs.get('failing_windows', 0)} of {obs.get('windows', 0)}",
+            f"< {thr.get('failing_windows', '—')} in a row; in all too while the run's p99 is over",
         ),
         (
             "goroutines (growth, rising windows)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from config.schema import RuntimeConfig, RuntimeSource
 from diff.runtime_checks import (
@@ -343,14 +346,69 @@ def test_three_failing_windows_in_a_row_fail() -> None:
     assert check.observed["baseline"]["source"] == "budget"
 
 
-def test_two_failing_windows_in_a_row_pass() -> None:
+def sparse_slow_in(windows: set[int]) -> Callable[[int], tuple[int, ...]]:
+    """Pauses: twenty 1 ms pauses a second; in the given 10 s windows three of the window's
+    200 pauses take 50 ms: enough for the window's p99, too few for a whole run's."""
+
+    def pauses(t: int) -> tuple[int, ...]:
+        if t // 10 in windows and t % 10 == 0:
+            return (MS,) * 17 + (50 * MS,) * 3
+        return (MS,) * 20
+
+    return pauses
+
+
+def test_two_failing_windows_in_a_row_pass_when_the_run_as_a_whole_is_under() -> None:
     check = runtime_check(
-        series(80, pauses=slow_in({1, 2, 4, 5})), cfg(gc_pause_budget_ms=10), baseline=None
+        series(80, pauses=sparse_slow_in({1, 2, 4, 5})), cfg(gc_pause_budget_ms=10), baseline=None
     )
     assert check.passed is True, check.detail
     assert check.observed["failing_windows"] == 4
     assert check.observed["max_consecutive_failing_windows"] == 2
+    assert check.observed["pause_p99_ms"] < 10
+    assert check.observed["gc_pending"] is False
     assert "4 of 8 windows over" in check.detail
+
+
+def test_failing_windows_spread_over_the_run_fail_when_the_run_as_a_whole_is_over() -> None:
+    """A canary over its budget every other window is not healthy because no three windows
+    in a row failed: 4 of 8 windows over, a quarter of all pauses at 50 ms."""
+    check = runtime_check(
+        series(80, pauses=slow_in({1, 2, 4, 5})), cfg(gc_pause_budget_ms=10), baseline=None
+    )
+    assert check.passed is False and check.blocking, check.detail
+    assert check.observed["max_consecutive_failing_windows"] == 2
+    assert check.observed["pause_p99_ms"] == 50
+    assert "in 4 of 8 windows (not in a row) and over the whole run: 50 ms" in check.detail
+
+
+def test_the_ci_reproduction_three_of_six_windows_alternating_fail() -> None:
+    """What a loaded machine made of the demo's gc_pressure canary (20 ms pauses, budget
+    10 ms): windows over and under in turn, 3 of 6 over, and two polls failed. It got GO."""
+
+    def pauses(t: int) -> tuple[int, ...]:
+        return (34 * MS,) * 5 if (t // 10) % 2 == 0 else (MS,) * 5
+
+    samples = series(60, pauses=pauses)
+    samples[13] = RuntimeSample.failed(samples[13].taken_at, "expvar", "timeout")
+    samples[41] = RuntimeSample.failed(samples[41].taken_at, "expvar", "timeout")
+    check = runtime_check(samples, cfg(gc_pause_budget_ms=10), baseline=None)
+    assert check.observed["failing_windows"] == 3
+    assert check.observed["max_consecutive_failing_windows"] == 1
+    assert check.passed is False, check.detail
+    assert "2 of 60 polls failed" in check.detail
+
+
+def test_a_whole_run_over_in_too_few_windows_waits() -> None:
+    """Two windows over (not the latest ones) carry a quarter of the run's pauses at 50 ms:
+    the run's p99 is over, and one more such window anywhere fails it. Not a pass."""
+    check = runtime_check(
+        series(80, pauses=slow_in({1, 3})), cfg(gc_pause_budget_ms=10), baseline=None
+    )
+    assert check.passed is None and check.blocking, check.detail
+    assert check.observed["gc_pending"] is True
+    assert "over the whole run 50 ms is over 10 ms (budget), in 2 of 8 windows" in check.detail
+    assert "3 such windows fail: waiting for the next window" in check.detail
 
 
 @pytest.mark.parametrize("latest", [{7}, {6, 7}])
@@ -359,16 +417,20 @@ def test_failing_latest_windows_are_undecided_never_a_pass(latest: set[int]) -> 
     next window may complete the run, so the check waits (INCONCLUSIVE), required or not."""
     for required in (True, False):
         check = runtime_check(
-            series(80, pauses=slow_in({1, 2, 4} | latest)),
+            series(80, pauses=sparse_slow_in({1, 2, 4} | latest)),
             cfg(gc_pause_budget_ms=10, required=required),
             baseline=None,
         )
         assert check.passed is None and check.blocking, check
+        assert check.observed["gc_pending"] is True
         assert f"in the last {len(latest)} window(s)" in check.detail, check.detail
     complete = runtime_check(
-        series(80, pauses=slow_in({1, 2, 4, 5, 6, 7})), cfg(gc_pause_budget_ms=10), baseline=None
+        series(80, pauses=sparse_slow_in({1, 2, 4, 5, 6, 7})),
+        cfg(gc_pause_budget_ms=10),
+        baseline=None,
     )
     assert complete.passed is False, complete.detail
+    assert complete.observed["gc_pending"] is False
 
 
 def test_failing_windows_is_configurable_and_quiet_windows_carry_no_evidence() -> None:
@@ -376,7 +438,9 @@ def test_failing_windows_is_configurable_and_quiet_windows_carry_no_evidence() -
         w = t // 10
         if w in (3, 5):
             return ()  # no collection in these windows
-        return (50 * MS,) if w in (2, 4, 6) else (MS,)
+        if w in (2, 4, 6):
+            return (MS,) * 17 + (50 * MS,) * 3 if t % 10 == 0 else (MS,) * 20
+        return (MS,) * 20
 
     samples = series(80, pauses=pauses)
     # 2, (3 quiet), 4, (5 quiet), 6: three failing windows with evidence, in a row.
@@ -385,6 +449,33 @@ def test_failing_windows_is_configurable_and_quiet_windows_carry_no_evidence() -
         runtime_check(samples, cfg(gc_pause_budget_ms=10, failing_windows=4), baseline=None).passed
         is True
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    slow=st.lists(st.booleans(), min_size=1, max_size=12),
+    dense=st.booleans(),
+    failing_windows=st.integers(min_value=1, max_value=5),
+)
+def test_never_a_pass_with_the_whole_run_over_or_enough_windows_in_a_row(
+    slow: list[bool], dense: bool, failing_windows: int
+) -> None:
+    """Whatever windows are over the budget: the check fails when failing_windows of them
+    are in a row, and never passes while the p99 of all the run's pauses is over."""
+    windows = {i for i, s in enumerate(slow) if s}
+    pauses = slow_in(windows) if dense else sparse_slow_in(windows)
+    check = runtime_check(
+        series(10 * len(slow), pauses=pauses),
+        cfg(gc_pause_budget_ms=10, failing_windows=failing_windows),
+        baseline=None,
+    )
+    longest = max((len(list(g)) for k, g in itertools.groupby(slow) if k), default=0)
+    if longest >= failing_windows:
+        assert check.passed is False, check.detail
+    if check.observed["pause_p99_ms"] > 10:
+        assert check.passed is not True, check.detail
+    if not windows:
+        assert check.passed is not False, check.detail
 
 
 def test_baseline_threshold_is_two_means_plus_three_sigma() -> None:
