@@ -529,36 +529,45 @@ async def _wait_judged(
             recorded = int(summary.get("recorded") or 0)
             unrecorded = int(summary.get("unrecorded") or 0)
             judged = int(summary.get("judged") or 0)
+            waiting = _waiting_for(last) if last is not None else None
             status.update(
                 f"[bold cyan]judging[/]  {judged} of {recorded} recorded exchanges judged"
-                f" ({answered} answered)"
+                f" ({answered} answered)" + (f"; waiting for {waiting}" if waiting else "")
             )
             if (
                 last is not None
                 and judged >= recorded
                 and recorded + unrecorded >= answered
-                and _settled(last)
+                and waiting is None
             ):
                 return last
             if time.monotonic() > deadline:
                 plan.step(
                     "judging",
                     f"gave up waiting after {JUDGE_TIMEOUT_S:.0f}s: {judged} of {recorded} "
-                    f"recorded exchanges judged, {answered} answered",
+                    f"recorded exchanges judged, {answered} answered"
+                    + (f", still waiting for {waiting}" if waiting else ""),
                 )
                 return last
             await asyncio.sleep(POLL_S * 2)
 
 
-def _settled(doc: dict[str, Any]) -> bool:
-    """Nothing the verdict waits for is still on its way: no judging backlog, and the write
-    checks (which record their reads ``settle_ms`` after each exchange) have caught up."""
+def _waiting_for(doc: dict[str, Any]) -> str | None:
+    """What the verdict still waits for, None when nothing: a judging backlog, the write
+    checks (which record their reads ``settle_ms`` after each exchange), or the runtime
+    check's next window (GC pauses over the threshold that do not fail it yet: the sampler
+    goes on while graygate runs, so the next windows decide)."""
     checks = {c.get("name"): c for c in doc.get("checks") or []}
     backlog = checks.get("backlog")
     writes = checks.get("writes")
-    return (backlog is None or backlog.get("passed") is not False) and (
-        writes is None or writes.get("passed") is not None
-    )
+    runtime = checks.get("runtime") or {}
+    if backlog is not None and backlog.get("passed") is False:
+        return "the judging backlog"
+    if writes is not None and writes.get("passed") is None:
+        return "the write checks"
+    if (runtime.get("observed") or {}).get("gc_pending"):
+        return "the runtime check's next window"
+    return None
 
 
 _STATUS_STYLE = {"PASS": "green", "FAIL": "bold red", "FAIL*": "yellow", "WAIT": "yellow",

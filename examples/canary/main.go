@@ -830,12 +830,16 @@ func gcPressure(ctx context.Context, hold time.Duration) {
 		for n := 0; n < gcGarbageBytes; n += gcGarbageChunk {
 			garbage = append(garbage, make([]byte, gcGarbageChunk))
 		}
-		done := make(chan struct{})
+		running, done := make(chan struct{}), make(chan struct{})
 		go func() {
+			close(running)
 			spinSink = spin(rounds)
 			close(done)
 		}()
-		time.Sleep(time.Millisecond) // let the spinner take a P before the collection starts
+		// The collection starts only once the spinner runs: on a busy machine a fixed sleep
+		// can end before the spinner has a P, and the stop-the-world then pauses for
+		// microseconds, not for hold (windows that look healthy in a faulty canary).
+		<-running
 		runtime.GC()
 		<-done
 	}
