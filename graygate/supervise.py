@@ -53,7 +53,7 @@ from graygate.errors import ConfigError, StoreUnavailable
 from graygate.heartbeat import Pulse, beat
 from graygate.processes import parent_death_signal, run_async
 
-__all__ = ["Draining", "probes_app", "raise_fd_limit", "serve_forever"]
+__all__ = ["Readiness", "probes_app", "raise_fd_limit", "serve_forever"]
 
 logger = logging.getLogger(__name__)
 
@@ -248,30 +248,37 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
-class Draining:
-    """Set on the first SIGTERM/SIGINT: ``/readyz`` answers 503 from then on."""
+class Readiness:
+    """Whether this process's proxy takes traffic: not before its listener is open and its
+    record writer runs (``listening``), and no more from the first SIGTERM/SIGINT
+    (``draining``). The probes-only ``/readyz`` answers from it; the admin API's answers 503
+    while draining (it speaks for the proxy through the heartbeat otherwise)."""
 
-    __slots__ = ("since",)
+    __slots__ = ("listening", "since")
 
     def __init__(self) -> None:
-        self.since: float | None = None
+        self.listening = False
+        self.since: float | None = None  # when draining started
 
-    def start(self) -> None:
+    def drain(self) -> None:
         if self.since is None:
             self.since = time.monotonic()
 
     @property
-    def on(self) -> bool:
+    def draining(self) -> bool:
         return self.since is not None
 
 
 _DRAINING_BODY = '{"ready": false, "error": "shutting down", "status": 503}'
+_STARTING_BODY = (
+    '{"ready": false, "error": "starting: the proxy is not listening yet", "status": 503}'
+)
 
 
-def _draining_middleware(draining: Draining) -> Any:
+def _draining_middleware(readiness: Readiness) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        if draining.on and request.path == "/readyz":
+        if readiness.draining and request.path == "/readyz":
             return web.Response(status=503, text=_DRAINING_BODY, content_type="application/json")
         response: web.StreamResponse = await handler(request)
         return response
@@ -279,19 +286,22 @@ def _draining_middleware(draining: Draining) -> Any:
     return middleware
 
 
-def probes_app(draining: Draining) -> web.Application:
+def probes_app(readiness: Readiness) -> web.Application:
     """The admin port of a proxy without the admin role: ``/healthz`` (200 while the
-    process serves), ``/readyz`` (200, 503 once it is shutting down) and ``/metrics`` (this
-    process's series, for the ServiceMonitor); no API, no report, no database read."""
+    process serves), ``/readyz`` (503 until the proxy listens, 200, 503 once it is shutting
+    down) and ``/metrics`` (this process's series, for the ServiceMonitor); no API, no
+    report, no database read."""
     from graygate.admin.app import METRICS_REGISTRY_KEY, metrics, metrics_registry
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
+        if not readiness.listening:
+            return web.Response(status=503, text=_STARTING_BODY, content_type="application/json")
         return web.json_response({"ready": True})
 
-    app = web.Application(middlewares=[_draining_middleware(draining)])
+    app = web.Application(middlewares=[_draining_middleware(readiness)])
     app[METRICS_REGISTRY_KEY] = metrics_registry()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -413,7 +423,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    draining = Draining()
+    readiness = Readiness()
 
     engine = create_engine(handle.url, pool_size=cfg.database.pool_size)
     try:
@@ -438,7 +448,7 @@ async def _serve(
                 from graygate.admin.app import PULSE_KEY, make_admin_app
 
                 admin = make_admin_app(cfg, engine)
-                admin.middlewares.insert(0, _draining_middleware(draining))
+                admin.middlewares.insert(0, _draining_middleware(readiness))
                 if heartbeat_fd is not None:
                     pulse = Pulse(heartbeat_fd)
                     pulse.start()
@@ -454,7 +464,7 @@ async def _serve(
                 stack.push_async_callback(_cancel, gauge_task)
             elif "proxy" in roles and probes:
                 url = await stack.enter_async_context(
-                    _site(probes_app(draining), cfg.admin.listen, reuse_port=False)
+                    _site(probes_app(readiness), cfg.admin.listen, reuse_port=False)
                 )
                 logger.info("probes on %s (/healthz, /readyz)", url)
             if "worker" in roles:
@@ -495,6 +505,7 @@ async def _serve(
                     _proxy_site(app, cfg.listen, reuse_port=reuse_port)
                 )
                 await link.ready()  # its recorder runs (a bad spill_dir stops us here)
+                readiness.listening = True  # the probes' /readyz: 200 from now on
                 if beat_fd is not None:
                     # From now on the admin child's probes say the proxy is listening.
                     beating = asyncio.Event()
@@ -532,7 +543,7 @@ async def _serve(
                     logger.error("child process %d exited with %s", dead.pid, dead.returncode)
                     code = dead.returncode if dead.returncode > 0 else 1
                     stop.set()
-            draining.start()
+            readiness.drain()
             children.terminate()
             grace = cfg.shutdown.grace_s
             speaks_for_proxy = "proxy" in roles or heartbeat_fd is not None

@@ -161,3 +161,42 @@ def test_a_proxy_alone_serves_probes_only_and_drains(
     )
     _check(results, ready, signalled)
     assert popen.wait(30) == 0, proc.output()  # type: ignore[attr-defined]
+
+
+def test_a_proxy_alone_is_not_ready_before_it_listens(
+    procs: Procs,
+    migrated_database: Callable[[], str],
+    twin_config: Callable[..., TwinSetup],
+) -> None:
+    """A load balancer sends traffic at the first 200 from ``/readyz``: from that moment the
+    proxy's port must accept. The probes listen before the proxy does (its record writer
+    starts first), and answer 503 "starting" until the proxy listens."""
+    import socket
+    import sys
+
+    url = migrated_database()
+    setup = twin_config("e2e-ready", {})
+    proc = procs.spawn(
+        "serve",
+        [
+            sys.executable, "-m", "graygate", "serve", "-c", str(setup.cfg),
+            "--database-url", url, "--data-dir", str(procs.workdir / "data"), "--role", "proxy",
+        ],
+    )  # fmt: skip
+    seen: list[int] = []
+    deadline = time.monotonic() + 60
+    while not seen or seen[-1] != 200:
+        assert proc.popen.poll() is None, proc.output()  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, (seen, proc.output())
+        try:
+            status, body = procs.http_get(f"http://127.0.0.1:{setup.admin}/readyz", 2.0)
+        except OSError:
+            time.sleep(0.005)
+            continue
+        seen.append(status)
+        if status == 503:
+            assert b"starting" in body, body
+    # The first 200: the proxy's port takes a connection now, not a moment later.
+    with socket.create_connection(("127.0.0.1", setup.listen), timeout=5) as conn:
+        conn.sendall(b"GET /api/orders/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert conn.recv(12).startswith(b"HTTP/1.1 "), seen
