@@ -41,6 +41,7 @@ __all__ = [
     "EXCHANGE",
     "FRAME_HEAD",
     "LOSSES",
+    "UNREADABLE",
     "decode_exchange",
     "encode_exchange",
     "encode_losses",
@@ -50,6 +51,7 @@ __all__ = [
 
 EXCHANGE: Final = 0
 LOSSES: Final = 1
+UNREADABLE: Final = (-1,)  # what frames() yields for a frame that is not marshal data
 FRAME_HEAD: Final = struct.Struct("<I")
 _pack_head = FRAME_HEAD.pack
 _unpack_head = FRAME_HEAD.unpack_from
@@ -153,7 +155,9 @@ def encode_losses(run_id: int, reason: str, n: int) -> bytes:
 
 def frames(buf: bytes | bytearray | memoryview, start: int = 0) -> Iterator[tuple[int, Any]]:
     """The whole frames of ``buf`` from ``start``: ``(end, message)`` pairs, ``end`` the
-    offset just past the frame (a partial frame at the end is left for the next read)."""
+    offset just past the frame (a partial frame at the end is left for the next read). A
+    frame whose bytes are not ``marshal`` data is ``(end, UNREADABLE)``: its length still
+    says where the next one starts."""
     size = len(buf)
     pos = start
     view = memoryview(buf)
@@ -163,7 +167,10 @@ def frames(buf: bytes | bytearray | memoryview, start: int = 0) -> Iterator[tupl
             end = pos + _HEAD + n
             if end > size:
                 return
-            message = marshal.loads(view[pos + _HEAD : end])
+            try:
+                message = marshal.loads(view[pos + _HEAD : end])
+            except (ValueError, EOFError, TypeError):
+                message = UNREADABLE
             pos = end
             yield end, message
     finally:

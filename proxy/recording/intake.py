@@ -26,7 +26,7 @@ import struct
 from typing import TYPE_CHECKING, Final
 
 from graygate.errors import one_line
-from proxy.recording.handover import EXCHANGE, LOSSES, decode_exchange, frames
+from proxy.recording.handover import EXCHANGE, LOSSES, UNREADABLE, decode_exchange, frames
 from proxy.recording.ledger import ENCODE_ERROR
 
 if TYPE_CHECKING:
@@ -104,6 +104,7 @@ async def take_frames(
     buf = bytearray(buffer)
     count = 0
     failed = 0
+    unreadable = 0
     first = ""
     while True:
         # Read only while the queue has room: the proxy's bound then holds (module doc).
@@ -121,7 +122,7 @@ async def take_frames(
         end = 0
         for after, message in frames(buf):
             end = after
-            kind = message[0]
+            kind = message[0] if type(message) is tuple and message else None
             if kind == EXCHANGE:
                 while recorder.queue_room <= 0:  # noqa: ASYNC110 (as above)
                     await asyncio.sleep(0.005)
@@ -130,15 +131,24 @@ async def take_frames(
                 except Exception as exc:
                     recorder.charge(builder.run_id, ENCODE_ERROR, 1, counted=False)
                     if not failed:
-                        first = f"{message[1]}: {one_line(exc)}"
+                        trace = message[1] if len(message) > 1 else "?"
+                        first = f"{trace!r}: {one_line(exc)}"
                     failed += 1
                 else:
                     recorder.submit(record)  # a refusal is counted by the recorder
-            elif kind == LOSSES:
+            elif kind == LOSSES and _is_losses(message):
                 _, run_id, reason, n = message
                 recorder.charge(run_id, reason, n)
             else:
-                logger.error("record writer: a frame of unknown kind %r, skipped", kind)
+                # Not a frame this writer can read (a bug on one side): the exchange it
+                # may have carried is lost, and counted; the frames after it still count.
+                recorder.charge(builder.run_id, ENCODE_ERROR, 1, counted=False)
+                if not unreadable:
+                    logger.error(
+                        "record writer: a frame it cannot read (%s), counted as lost",
+                        "not marshal data" if message is UNREADABLE else f"kind {kind!r}",
+                    )
+                unreadable += 1
             count += 1
             taken.set(count)
         if end:
@@ -146,6 +156,18 @@ async def take_frames(
         if failed:  # one line per read, never one per exchange
             logger.warning("cannot build the record of %d exchanges (first: %s)", failed, first)
             failed = 0
+    if unreadable > 1:
+        logger.error("record writer: %d frames it could not read, counted as lost", unreadable)
     if buf:
         logger.error("record writer: %d bytes of a partial frame at the end of the pipe", len(buf))
     return count
+
+
+def _is_losses(message: tuple[object, ...]) -> bool:
+    return (
+        len(message) == 4
+        and type(message[1]) is int
+        and type(message[2]) is str
+        and type(message[3]) is int
+        and message[3] >= 0
+    )
