@@ -254,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(float(s.get(key) or 0.0) for s in samples[name])
 
     offered = f"{args.rate:g} req/s offered" if args.rate > 0 else "saturation"
-    print(f"\n{args.connections} connections, {offered}, {duration:g} s x {repeats}")
+    m = bp.machine()
+    print(f"\nmachine: {m['cpu_model']}, {m['usable_cpus']} of {m['cpus']} CPUs usable")
+    print(f"{args.connections} connections, {offered}, {duration:g} s x {repeats}")
     print(f"{'variant':34} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
     for name in samples:
         errors = sum(s["socket_errors"] + s["non_2xx"] for s in samples[name])
