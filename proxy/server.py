@@ -50,7 +50,7 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
 
 import httptools
 from aiohttp import web
@@ -400,6 +400,19 @@ class _Failed:
         self.text = text
 
 
+class TunnelEnd(Protocol):
+    """What a tunnel (``proxy.tunnel``) gives the client's connection it takes over."""
+
+    def feed(self, data: bytes) -> None:
+        """The client's bytes (``b""``: the client closed)."""
+
+    def pause(self) -> None:
+        """The client takes no more bytes for now: stop reading the upstream."""
+
+    def resume(self) -> None:
+        """The client takes bytes again."""
+
+
 class Connection(asyncio.Protocol):
     """One client connection: parses its requests and answers them in order."""
 
@@ -428,8 +441,10 @@ class Connection(asyncio.Protocol):
         "_queue",
         "_server",
         "_serving",
+        "_stall_timer",
         "_tick_s",
         "_timer",
+        "_tunnel",
         "_upgraded",
         "_url",
         "_waiter",
@@ -482,6 +497,8 @@ class Connection(asyncio.Protocol):
         self._broken = False  # nothing more is parsed
         self._upgraded = False  # the bytes after the head are not HTTP
         self._feed: Callable[[bytes], None] | None = None  # a tunnel's (take_over)
+        self._tunnel: TunnelEnd | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._drain: asyncio.Future[None] | None = None
         self._writing_paused = False
         self._paused_body = False
@@ -521,6 +538,11 @@ class Connection(asyncio.Protocol):
         if timer is not None:
             timer.cancel()
             self._timer = None
+        stall = self._stall_timer
+        if stall is not None:
+            stall.cancel()
+            self._stall_timer = None
+        self._tunnel = None
         gone = BadRequest("the client closed the connection")
         body = self._body
         if body is not None:
@@ -823,14 +845,31 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        tunnel = self._tunnel
+        if tunnel is not None:  # the client reads slower than the upstream sends
+            tunnel.pause()
+            self._stall_timer = self.loop.call_later(self._client.write_s, self._tunnel_stalled)
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        timer = self._stall_timer
+        if timer is not None:
+            self._stall_timer = None
+            timer.cancel()
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.resume()
         drain = self._drain
         if drain is not None:
             self._drain = None
             if not drain.done():
                 drain.set_result(None)
+
+    def _tunnel_stalled(self) -> None:
+        self._stall_timer = None
+        self.stalled = True
+        count_client_closed("stalled")
+        self.abort()  # connection_lost ends the tunnel: feed(b"") closes the upstream
 
     async def drain(self) -> None:
         """Wait until the client takes the bytes written: bounded by ``client_write_s``
@@ -859,13 +898,19 @@ class Connection(asyncio.Protocol):
             return False
         return request.content._error is None
 
-    def take_over(self, feed: Callable[[bytes], None]) -> bytes:
-        """The connection is a tunnel's from now on: the client's bytes go to ``feed``
-        (``b""``: the client closed). Returns the bytes that came after the head."""
+    def take_over(self, tunnel: TunnelEnd) -> bytes:
+        """The connection is a tunnel's from now on: the client's bytes go to
+        ``tunnel.feed`` (``b""``: the client closed); while the client takes no more bytes,
+        ``tunnel.pause`` (stop reading the upstream) until ``tunnel.resume``, and a client
+        that takes nothing for ``client_write_s`` is cut off. Returns the bytes that came
+        after the head."""
         early = bytes(self._head_buf)
         self._head_buf.clear()
-        self._feed = feed
+        self._tunnel = tunnel
+        self._feed = tunnel.feed
         self._broken = True
+        if self._writing_paused:
+            self.pause_writing()
         if self.transport is not None:
             self.transport.resume_reading()
         return early

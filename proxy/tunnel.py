@@ -4,7 +4,8 @@ Only a switch the client asked for (``proxy.headers.asks_upgrade``: websocket) i
 one nobody asked for gets a 502. Once switched, the upstream's connection leaves its pool
 (``UpstreamAnswer.upgrade``) and the client's leaves the server's parser
 (``proxy.server.Connection.take_over``): each side's bytes are
-written to the other, with flow control both ways, until either side closes. A tunnel is
+written to the other, with flow control both ways (a client that takes no bytes for
+``timeouts.client_write_s`` is cut off), until either side closes. A tunnel is
 never mirrored; its handshake is what is recorded.
 """
 
@@ -62,7 +63,8 @@ class _Pipe(asyncio.Protocol):
 
 class _ClientFeed:
     """Takes the client's bytes from the server's connection to the upstream (``b""``:
-    the client closed)."""
+    the client closed), and stops reading the upstream while the client reads nothing
+    (``proxy.server.TunnelEnd``)."""
 
     __slots__ = ("done", "upstream")
 
@@ -78,6 +80,14 @@ class _ClientFeed:
         self.upstream.close()
         if not self.done.done():
             self.done.set_result(None)
+
+    def pause(self) -> None:
+        if not self.upstream.is_closing():
+            self.upstream.pause_reading()
+
+    def resume(self) -> None:
+        if not self.upstream.is_closing():
+            self.upstream.resume_reading()
 
 
 async def switch(
@@ -106,7 +116,7 @@ async def switch(
         await out.prepare(request)
         if early:
             client.write(early)
-        ahead = request.protocol.take_over(_ClientFeed(up_transport, done).feed)
+        ahead = request.protocol.take_over(_ClientFeed(up_transport, done))
         if ahead:  # the client's bytes that came with its head
             up_transport.write(ahead)
         await done
