@@ -5,7 +5,10 @@ never waits for it: the handler hands it the exchange's ``Completion`` and goes 
 ``mirror.max_in_flight`` mirrors run at once; one more is not queued but skipped
 (``saturated``). Each is bounded by ``mirror.timeout_ms`` (the whole exchange, one timer),
 marked ``X-Gray-Shadow: 1``, and carries the request's trace id and gray label. The optional
-``secondary`` upstream gets the same copy at the same time (the noise baseline).
+``secondary`` upstream gets the same copy at the same time (the noise baseline). A target
+that keeps breaking its answers is ejected for a while (``proxy.ejection``): while any
+target is, the mirror is not sent (``ejected``), so that a recorded mirror always has every
+side.
 
 When the mirror's answers (or errors) are in, the task tells the exchange's
 ``proxy.exchange.Completion``: the exchange is recorded once, when the serving side is done
@@ -17,25 +20,35 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Final
 
 from aiohttp import web
 from opentelemetry.trace import Span
 
 from graygate.tasks import TaskSet
-from graygate.vocabulary import ErrorKind
+from graygate.vocabulary import ErrorKind, SkipReason
 from proxy.capture import Capture
 from proxy.exchange import Completion, Exchange
 from proxy.forward import fetch
 from proxy.headers import X_GRAY_SHADOW
-from proxy.metrics import MIRROR_IN_FLIGHT, count_mirror_outcome, observe_upstream
+from proxy.metrics import (
+    MIRROR_IN_FLIGHT,
+    count_ejection,
+    count_mirror_outcome,
+    observe_upstream,
+)
+from proxy.routing import SKIP_SATURATED
 from proxy.tracing import Tracing
 from proxy.upstream_pools import Upstream
 
-__all__ = ["MIRROR_TASKS_KEY", "Mirror", "mirror_tasks_ctx"]
+__all__ = ["MIRROR_TASKS_KEY", "SKIP_EJECTED", "Mirror", "mirror_tasks_ctx"]
 
 logger = logging.getLogger(__name__)
 
 _SHADOW = (X_GRAY_SHADOW, "1")
+
+# A mirror not sent because a target is ejected (proxy.ejection).
+SKIP_EJECTED: Final = SkipReason.EJECTED
 
 
 class Mirror:
@@ -64,17 +77,21 @@ class Mirror:
         targets: tuple[Upstream, ...],
         body: bytes | None,
         span: Span | None = None,
-    ) -> bool:
+    ) -> SkipReason | None:
         """Spawn the mirror of ``done.exchange`` to ``targets`` (its spans children of
-        ``span``, the request's server span when tracing); False when saturated."""
+        ``span``, the request's server span when tracing); else why not: ``ejected`` (a
+        target is), ``saturated``."""
+        for up in targets:
+            if up.ejection.ejected():
+                return SKIP_EJECTED
         if self.in_flight >= self.max_in_flight:
-            return False
+            return SKIP_SATURATED
         self.in_flight += 1
         MIRROR_IN_FLIGHT.inc()
         done.mirror_started()
         exchange = done.exchange
         self._tasks.spawn(self._run(done, targets, body, span), name=exchange.tags.trace_id)
-        return True
+        return None
 
     async def _run(
         self,
@@ -115,6 +132,8 @@ class Mirror:
         exchange.captures[upstream.role] = cap
         outcome = cap.error or "ok"
         count_mirror_outcome(outcome)
+        if upstream.ejection.outcome(cap.error):
+            count_ejection(upstream.role)
         observe_upstream(
             upstream.role,
             "mirror",

@@ -7,6 +7,8 @@
   pools on cleanup. A pool never decompresses (the client gets the upstream's exact
   bytes), never follows redirects and keeps no cookies (one user's cookies must not reach
   another).
+- Each :class:`Upstream` carries the ``proxy.ejection.Ejection`` of its mirrors
+  (``mirror.eject``): a mirror target that keeps breaking its answers is skipped a while.
 - An upstream's base URL may have a path: the request target is joined under it
   (:meth:`Upstream.target`), and a ``Location`` naming it (:attr:`Upstream.origin`) is
   rewritten to the proxied address.
@@ -21,6 +23,7 @@ from yarl import URL
 
 from config.schema import MirrorConfig, UpstreamsConfig
 from graygate.vocabulary import Role
+from proxy.ejection import Ejection
 from proxy.upstream import Pool
 
 __all__ = ["UPSTREAMS_KEY", "Upstream", "upstreams_ctx"]
@@ -32,6 +35,7 @@ class Upstream:
     __slots__ = (
         "_prefix",
         "base",
+        "ejection",
         "host_header",
         "mirror_timeout",
         "origin",
@@ -48,8 +52,11 @@ class Upstream:
         serve_timeout: float,
         mirror_timeout: float,
         host_header: str | None = None,
+        ejection: Ejection | None = None,
     ) -> None:
         self.role = role
+        # Mirrors to it skipped after broken answers (mirror.eject); serving never is.
+        self.ejection = ejection if ejection is not None else Ejection(role, 0, 1.0, 1.0)
         self.base = base
         self.pool = pool
         self.serve_timeout = serve_timeout
@@ -129,6 +136,12 @@ def upstreams_ctx(
                     serve_timeout,
                     mirror_timeout,
                     hosts.get(role),
+                    Ejection(
+                        role,
+                        mirror.eject.consecutive,
+                        mirror.eject.base_ms / 1000,
+                        mirror.eject.max_ms / 1000,
+                    ),
                 )
             app[UPSTREAMS_KEY] = upstreams
             yield
