@@ -24,7 +24,7 @@ from typing import Final
 
 from graygate.vocabulary import ErrorKind
 
-__all__ = ["BROKEN", "Ejection"]
+__all__ = ["BROKEN", "DiscardGate", "Ejection"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,4 +103,62 @@ class Ejection:
             error,
             self.ejections,
         )
+        return seconds
+
+
+class DiscardGate:
+    """Whether a mirror's answer from one upstream is read on past the record bound to
+    time its end (``proxy.upstream.UpstreamAnswer.discard``), per endpoint.
+
+    Reading on costs up to the pool's ``max_discard_bytes`` per mirror. When an endpoint's
+    answers outrun that bound ``consecutive`` times in a row (an endless body), they were
+    never timed and the reading bought nothing: for ``base_s`` (doubling while the probe
+    after each pause outruns it too, up to ``max_s``) the endpoint's answers are cut at the
+    record bound instead, left untimed as they would have been (never timed as complete:
+    the latency check counts them among the pairs it could not time). An answer that ends
+    within the bound starts the count over. ``consecutive: 0`` always reads on."""
+
+    __slots__ = ("_by_endpoint", "_clock", "base_s", "consecutive", "max_s")
+
+    def __init__(
+        self,
+        consecutive: int,
+        base_s: float,
+        max_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if consecutive < 0 or base_s <= 0 or max_s < base_s:
+            raise ValueError(f"bad discard bounds: {consecutive=}, {base_s=}, {max_s=}")
+        self.consecutive = consecutive
+        self.base_s = base_s
+        self.max_s = max_s
+        self._clock = clock
+        # endpoint -> [outrun in a row, pauses in a row, pause ends at]; endpoints are the
+        # route matcher's, bounded (metrics.max_endpoints, then "other").
+        self._by_endpoint: dict[str, list[float]] = {}
+
+    def reads_on(self, endpoint: str) -> bool:
+        """Read ``endpoint``'s answer on past the record bound, to time it."""
+        state = self._by_endpoint.get(endpoint)
+        return state is None or self._clock() >= state[2]
+
+    def ended(self, endpoint: str, within: bool) -> float:
+        """A read-on answer of ``endpoint`` ended ``within`` the bound, or outran it.
+        Returns the seconds of the pause this starts, 0.0 when none."""
+        if within:
+            self._by_endpoint.pop(endpoint, None)
+            return 0.0
+        if self.consecutive == 0:
+            return 0.0
+        state = self._by_endpoint.setdefault(endpoint, [0, 0, 0.0])
+        now = self._clock()
+        if now < state[2]:
+            return 0.0  # read on before the pause began
+        state[0] += 1
+        if state[0] < self.consecutive and state[1] == 0:
+            return 0.0
+        seconds = min(self.max_s, self.base_s * float(2 ** min(int(state[1]), 40)))
+        state[0] = 0
+        state[1] += 1
+        state[2] = now + seconds
         return seconds

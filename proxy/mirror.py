@@ -8,7 +8,9 @@ marked ``X-Gray-Shadow: 1``, and carries the request's trace id and gray label. 
 ``secondary`` upstream gets the same copy at the same time (the noise baseline). A target
 that keeps breaking its answers is ejected for a while (``proxy.ejection``): while any
 target is, the mirror is not sent (``ejected``), so that a recorded mirror always has every
-side.
+side. An endpoint whose answers keep outrunning the bound a mirror reads past the record
+bound to time them (endless bodies) is, for a while, cut at the record bound instead
+(``proxy.ejection.DiscardGate``): untimed, as it would have been.
 
 When the mirror's answers (or errors) are in, the task tells the exchange's
 ``proxy.exchange.Completion``: the exchange is recorded once, when the serving side is done
@@ -126,10 +128,23 @@ class Mirror:
         if self._tracing.enabled and parent is not None:
             span = self._tracing.child_span(parent, "mirror", upstream.role)
         target = upstream.target(exchange.path, exchange.query)
+        endpoint = exchange.route.endpoint
+        gate = upstream.discard_gate
+        read_on = gate.reads_on(endpoint)
         cap = await fetch(
-            upstream, exchange.method, target, headers, body, Capture(self._limit), exchange.host
+            upstream,
+            exchange.method,
+            target,
+            headers,
+            body,
+            Capture(self._limit),
+            exchange.host,
+            read_on=read_on,
         )
         exchange.captures[upstream.role] = cap
+        if read_on and cap.error is None:
+            # Read on past the record bound: did the answer end within the discard bound?
+            gate.ended(endpoint, within=not cap.truncated or cap.latency is not None)
         outcome = cap.error or "ok"
         count_mirror_outcome(outcome)
         if upstream.ejection.outcome(cap.error):

@@ -23,7 +23,7 @@ from yarl import URL
 
 from config.schema import MirrorConfig, UpstreamsConfig
 from graygate.vocabulary import Role
-from proxy.ejection import Ejection
+from proxy.ejection import DiscardGate, Ejection
 from proxy.upstream import Pool
 
 __all__ = ["UPSTREAMS_KEY", "Upstream", "upstreams_ctx"]
@@ -35,6 +35,7 @@ class Upstream:
     __slots__ = (
         "_prefix",
         "base",
+        "discard_gate",
         "ejection",
         "host_header",
         "mirror_timeout",
@@ -53,10 +54,13 @@ class Upstream:
         mirror_timeout: float,
         host_header: str | None = None,
         ejection: Ejection | None = None,
+        discard_gate: DiscardGate | None = None,
     ) -> None:
         self.role = role
         # Mirrors to it skipped after broken answers (mirror.eject); serving never is.
         self.ejection = ejection if ejection is not None else Ejection(role, 0, 1.0, 1.0)
+        # Whether a mirror's answer is read on past the record bound to be timed.
+        self.discard_gate = discard_gate if discard_gate is not None else DiscardGate(0, 1.0, 1.0)
         self.base = base
         self.pool = pool
         self.serve_timeout = serve_timeout
@@ -122,6 +126,7 @@ def upstreams_ctx(
         serve_timeout = cfg.timeout_ms / 1000
         # Mirroring: the whole exchange, body included, within mirror.timeout_ms.
         mirror_timeout = mirror.timeout_ms / 1000
+        eject = mirror.eject
         bases = {Role.PRIMARY: cfg.primary, Role.CANARY: cfg.canary}
         if cfg.secondary is not None:
             bases[Role.SECONDARY] = cfg.secondary
@@ -136,12 +141,8 @@ def upstreams_ctx(
                     serve_timeout,
                     mirror_timeout,
                     hosts.get(role),
-                    Ejection(
-                        role,
-                        mirror.eject.consecutive,
-                        mirror.eject.base_ms / 1000,
-                        mirror.eject.max_ms / 1000,
-                    ),
+                    Ejection(role, eject.consecutive, eject.base_ms / 1000, eject.max_ms / 1000),
+                    DiscardGate(eject.consecutive, eject.base_ms / 1000, eject.max_ms / 1000),
                 )
             app[UPSTREAMS_KEY] = upstreams
             yield

@@ -15,8 +15,14 @@ from aiohttp import ClientSession, web
 from prometheus_client import REGISTRY
 
 from graygate.vocabulary import ErrorKind, SkipReason
-from proxy.ejection import Ejection
-from tests.proxy.harness import Sink, handler_app, make_cfg, proxy_for, serve_app
+from proxy.app import make_proxy_app
+from proxy.capture import Capture
+from proxy.ejection import DiscardGate, Ejection
+from proxy.forward import fetch
+from proxy.route_match import UNMATCHED
+from proxy.upstream import Pool
+from proxy.upstream_pools import UPSTREAMS_KEY, Upstream
+from tests.proxy.harness import Sink, handler_app, make_cfg, proxy_for, serve_app, serve_proxy
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -192,3 +198,124 @@ async def test_a_sound_canary_is_never_ejected() -> None:
                 await sink.wait(i + 1)
     assert all(r.mirror_skipped is None for r in sink.records)
     assert all(r.canary is not None and r.canary.status == 200 for r in sink.records)
+
+
+# --- reading on past the record bound (DiscardGate) -------------------------------------
+
+
+def test_the_discard_gate_pauses_after_answers_outrun_the_bound() -> None:
+    clock = Clock()
+    gate = DiscardGate(2, 1.0, 3.0, clock)
+    assert gate.ended("GET /a", within=False) == 0.0
+    assert gate.reads_on("GET /a")
+    assert gate.ended("GET /a", within=False) == 1.0
+    assert not gate.reads_on("GET /a")
+    assert gate.reads_on("GET /b")  # per endpoint
+    seconds = []
+    for _ in range(3):
+        clock.now += 5.0
+        assert gate.reads_on("GET /a")  # a probe
+        seconds.append(gate.ended("GET /a", within=False))
+    assert seconds == [2.0, 3.0, 3.0]
+    clock.now += 5.0
+    assert gate.ended("GET /a", within=True) == 0.0  # ended within: the count starts over
+    assert gate.ended("GET /a", within=False) == 0.0 and gate.reads_on("GET /a")
+
+
+def test_the_discard_gate_with_consecutive_zero_always_reads_on() -> None:
+    gate = DiscardGate(0, 1.0, 1.0, Clock())
+    for _ in range(100):
+        assert gate.ended("GET /a", within=False) == 0.0
+    assert gate.reads_on("GET /a")
+    with pytest.raises(ValueError, match="bad discard bounds"):
+        DiscardGate(1, 2.0, 1.0)
+
+
+def _stalling(head: bytes, closed: asyncio.Event) -> Serve:
+    """Answers with ``head`` and 256 KiB of body, then sends nothing until the client
+    closes the connection (and sets ``closed``)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(head + b"z" * 262_144)
+            await writer.drain()
+            await reader.read()
+        finally:  # closed (or reset: the client left bytes unread)
+            closed.set()
+        raise ConnectionResetError  # this connection is done
+
+    return serve
+
+
+@pytest.mark.parametrize(
+    ("head", "read_on"),
+    [
+        # No length, not read on: the answer is cut at the record bound.
+        (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n", False),
+        # A length past the record bound plus what a mirror may read on: not read on either.
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10485760\r\n\r\n", True),
+    ],
+    ids=["read_on_false", "length_past_the_discard_bound"],
+)
+async def test_a_mirror_that_cannot_time_its_answer_does_not_read_on(
+    head: bytes, read_on: bool
+) -> None:
+    # The canary stalls after 256 KiB: reading on would wait until the mirror's timeout
+    # (30 s here) and record a timeout; not reading on, the answer is recorded as it is,
+    # truncated, untimed, without error, and its connection closed at once.
+    closed = asyncio.Event()
+    async with raw_canary(_stalling(head, closed)) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        pool = Pool("http", "127.0.0.1", port, f"127.0.0.1:{port}", max_connections=4,
+                    connect_timeout=5)  # fmt: skip
+        upstream = Upstream("canary", url, pool, 30.0, 30.0)
+        try:
+            async with asyncio.timeout(20):
+                cap = await fetch(upstream, "GET", "/", [], None, Capture(65_536), read_on=read_on)
+                await closed.wait()
+        finally:
+            await pool.close()
+    assert cap.error is None and cap.status == 200
+    assert cap.truncated and cap.size == 65_536
+    assert cap.latency is None
+    assert pool.size == 0
+
+
+@contextlib.asynccontextmanager
+async def endless_chunked() -> AsyncIterator[str]:
+    frame = b"%x\r\n%b\r\n" % (65_536, b"y" * 65_536)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(100_000):  # 6 GiB at most: far past any bound
+            writer.write(frame)
+            await writer.drain()
+
+    async with raw_canary(serve) as (url, _):
+        yield url
+
+
+async def test_endless_answers_stop_being_read_on_then_a_probe_reads_on() -> None:
+    async with serve_app(handler_app(_ok)) as primary, endless_chunked() as canary:
+        cfg = make_cfg(
+            primary,
+            canary,
+            record={"max_body_bytes": 65_536},
+            mirror={"timeout_ms": 30_000, "eject": {"consecutive": 2, "base_ms": 3_600_000,
+                                                    "max_ms": 3_600_000}},
+        )  # fmt: skip
+        sink = Sink()
+        app = make_proxy_app(cfg, recorder=sink, run_id=7)
+        async with serve_proxy(app) as url, ClientSession() as session:
+            gate = app[UPSTREAMS_KEY]["canary"].discard_gate
+            endpoint = UNMATCHED.endpoint
+            for i in range(4):
+                async with session.get(f"{url}/x") as resp:
+                    assert resp.status == 200
+                await sink.wait(i + 1)
+                assert gate.reads_on(endpoint) == (i == 0)
+    for record in sink.records:
+        assert record.mirror_skipped is None  # recorded, never ejected: it is HTTP
+        c = record.canary
+        assert c is not None and c.error is None and c.status == 200
+        assert c.body_truncated and c.latency_ms is None  # untimed, read on or not
