@@ -653,9 +653,11 @@ class ShutdownConfig(_Frozen):
 
 class WorkersConfig(_Frozen):
     """The diff workers of ``graygate serve``'s worker role. ``nice``: the CPU priority of
-    the threads that compare pairs, lowered by this much (``nice(1)``'s scale: 0 keeps the
-    process's, 19 is the lowest), so that judging a burst of large documents yields the
-    CPU to the proxy (and its upstreams) on a shared host instead of competing with it."""
+    a process that runs them and no proxy (all its threads, the event loop's included) and,
+    once more, of the threads that compare pairs, lowered by this much (``nice(1)``'s
+    scale: 0 keeps the priority, 19 is the lowest), so that judging a burst of large
+    documents yields the CPU to the proxy (and its upstreams) on a shared host instead of
+    competing with it."""
 
     nice: int = Field(default=10, ge=0, le=19)
 
