@@ -6,9 +6,10 @@ never waits for it: the handler hands it the exchange's ``Completion`` and goes 
 (``saturated``). Each is bounded by ``mirror.timeout_ms`` (the whole exchange, one timer),
 marked ``X-Gray-Shadow: 1``, and carries the request's trace id and gray label. The optional
 ``secondary`` upstream gets the same copy at the same time (the noise baseline). A target
-that keeps breaking its answers is ejected for a while (``proxy.ejection``): while any
-target is, the mirror is not sent (``ejected``), so that a recorded mirror always has every
-side. An endpoint whose answers keep outrunning the bound a mirror reads past the record
+that keeps breaking its answers is ejected for a while (``proxy.ejection``). The canary
+ejected, the mirror is not sent (``ejected``; the verdict's errors check
+counts such exchanges as the canary's failures); another ejected target is left out of it.
+An endpoint whose answers keep outrunning the bound a mirror reads past the record
 bound to time them (endless bodies) is, for a while, cut at the record bound instead
 (``proxy.ejection.DiscardGate``): untimed, as it would have been.
 
@@ -28,7 +29,7 @@ from aiohttp import web
 from opentelemetry.trace import Span
 
 from graygate.tasks import TaskSet
-from graygate.vocabulary import ErrorKind, SkipReason
+from graygate.vocabulary import ErrorKind, Role, SkipReason
 from proxy.capture import Capture
 from proxy.exchange import Completion, Exchange
 from proxy.forward import fetch
@@ -81,11 +82,16 @@ class Mirror:
         span: Span | None = None,
     ) -> SkipReason | None:
         """Spawn the mirror of ``done.exchange`` to ``targets`` (its spans children of
-        ``span``, the request's server span when tracing); else why not: ``ejected`` (a
-        target is), ``saturated``."""
+        ``span``, the request's server span when tracing); else why not: ``ejected`` (the
+        canary is, or every target), ``saturated``. Another ejected target (a secondary; the
+        primary when the canary serves or in shadow mode) is left out of this mirror."""
         for up in targets:
             if up.ejection.ejected():
-                return SKIP_EJECTED
+                if up.role == Role.CANARY:
+                    return SKIP_EJECTED  # nothing to judge without it
+                targets = tuple(t for t in targets if t is not up)
+        if not targets:
+            return SKIP_EJECTED
         if self.in_flight >= self.max_in_flight:
             return SKIP_SATURATED
         self.in_flight += 1

@@ -319,3 +319,29 @@ async def test_endless_answers_stop_being_read_on_then_a_probe_reads_on() -> Non
         c = record.canary
         assert c is not None and c.error is None and c.status == 200
         assert c.body_truncated and c.latency_ms is None  # untimed, read on or not
+
+
+async def test_an_ejected_secondary_is_left_out_and_the_canary_still_mirrored() -> None:
+    async with (
+        serve_app(handler_app(_ok)) as primary,
+        serve_app(handler_app(_ok)) as canary,
+        raw_canary(garbage) as (secondary, got),
+    ):
+        cfg = make_cfg(
+            primary,
+            canary,
+            upstreams={"secondary": secondary},
+            mirror={"eject": {"consecutive": 2, "base_ms": 3_600_000, "max_ms": 3_600_000}},
+        )
+        sink = Sink()
+        async with proxy_for(cfg, sink) as url, ClientSession() as session:
+            for i in range(5):
+                async with session.get(f"{url}/x") as resp:
+                    assert resp.status == 200
+                await sink.wait(i + 1)
+    records = sink.records
+    assert [r.mirror_skipped for r in records] == [None] * 5  # the canary was always asked
+    assert all(r.canary is not None and r.canary.status == 200 for r in records)
+    assert [r.secondary is not None and r.secondary.error for r in records[:2]] == ["error"] * 2
+    assert all(r.secondary is None or r.secondary.status is None for r in records[2:])
+    assert got[0] == 2
