@@ -25,6 +25,7 @@ __all__ = [
     "BodiesConfig",
     "CompareConfig",
     "DatabaseConfig",
+    "EjectConfig",
     "EndpointRules",
     "GrayConfig",
     "GraygateConfig",
@@ -259,6 +260,26 @@ class TimeoutsConfig(_Frozen):
     client_write_s: float = Field(default=30.0, gt=0.0, le=3_600.0)
 
 
+class EjectConfig(_Frozen):
+    """Outlier ejection of a mirror target (as Envoy's ``consecutive_5xx`` / local-origin
+    failures): after ``consecutive`` broken answers in a row from an upstream the mirror
+    sends to (a malformed answer or one whose head passes the bounds, a reset, a refused
+    connect), mirrors to it are skipped (``ejected``) for ``base_ms``; each ejection that
+    follows without a sound answer in between doubles that, up to ``max_ms``. The first
+    mirror after an ejection is a probe: broken, ejected again at once. ``consecutive: 0``
+    never ejects."""
+
+    consecutive: int = Field(default=5, ge=0, le=1_000)
+    base_ms: int = Field(default=1_000, ge=10, le=3_600_000)
+    max_ms: int = Field(default=60_000, ge=10, le=3_600_000)
+
+    @model_validator(mode="after")
+    def _order(self) -> EjectConfig:
+        if self.max_ms < self.base_ms:
+            raise ValueError(f"max_ms ({self.max_ms}) is less than base_ms ({self.base_ms})")
+        return self
+
+
 class MirrorConfig(_Frozen):
     enabled: bool = True
     sample: float = Field(default=1.0, ge=0.0, le=1.0)
@@ -267,6 +288,7 @@ class MirrorConfig(_Frozen):
     max_body_bytes: int = Field(default=1_048_576, ge=0, le=67_108_864)
     timeout_ms: int = Field(default=2_000, gt=0, le=600_000)
     max_in_flight: int = Field(default=256, ge=1, le=65_536)
+    eject: EjectConfig = Field(default_factory=EjectConfig)
 
     @field_validator("methods")
     @classmethod
@@ -631,9 +653,11 @@ class ShutdownConfig(_Frozen):
 
 class WorkersConfig(_Frozen):
     """The diff workers of ``graygate serve``'s worker role. ``nice``: the CPU priority of
-    the threads that compare pairs, lowered by this much (``nice(1)``'s scale: 0 keeps the
-    process's, 19 is the lowest), so that judging a burst of large documents yields the
-    CPU to the proxy (and its upstreams) on a shared host instead of competing with it."""
+    a process that runs them and no proxy (all its threads, the event loop's included) and,
+    once more, of the threads that compare pairs, lowered by this much (``nice(1)``'s
+    scale: 0 keeps the priority, 19 is the lowest), so that judging a burst of large
+    documents yields the CPU to the proxy (and its upstreams) on a shared host instead of
+    competing with it."""
 
     nice: int = Field(default=10, ge=0, le=19)
 

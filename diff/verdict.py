@@ -14,7 +14,9 @@ tolerance  yes        the same for tolerance violations, ``max_tolerance_violati
 noise      no         never: reports the fields that differ by nature (a secondary shows
                       them), which the two checks above leave out
 errors     yes        the canary's 5xx + transport-error rate exceeds the primary's by
-                      more than ``max_error_rate_increase``
+                      more than ``max_error_rate_increase``; the exchanges not mirrored
+                      while the canary was ejected for broken answers count as its
+                      failures (presumed: it was not asked)
 latency    yes        per endpoint with ``min_samples`` timed pairs: the canary is slower
                       with Mann-Whitney p < ``alpha`` AND its p50 or p99 exceeds the
                       primary's by more than ``max_increase``; endpoints with fewer timed
@@ -289,26 +291,37 @@ def _noise_check(a: RunAggregates, noise: Sequence[FieldNoise]) -> Check:
 def _errors_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
     """Per endpoint: the canary's 5xx + transport-error rate over the primary's, on the
     same endpoint's attempted exchanges; the run fails when any endpoint exceeds
-    ``max_error_rate_increase`` (errors on one endpoint never cancel another's)."""
+    ``max_error_rate_increase`` (errors on one endpoint never cancel another's).
+
+    Exchanges not mirrored because the canary was ejected (``mirror.eject``: it broke its
+    answers several times in a row, and each probe since broke too) count as attempted
+    and failed: ejection stops asking a broken canary, and must not hide how long it was
+    broken (counting only what was asked would show a handful of failures)."""
     threshold = cfg.max_error_rate_increase
     rows = [
-        (_rate(e.canary_failures, e.attempted) - _rate(e.primary_failures, e.attempted), e)
+        (
+            _rate(e.canary_failures + e.ejected, e.attempted + e.ejected)
+            - _rate(e.primary_failures, e.attempted + e.ejected),
+            e,
+        )
         for e in a.endpoints
-        if e.attempted > 0 and not e.endpoint.startswith(WRITE_ENDPOINT_PREFIX)
+        if e.attempted + e.ejected > 0 and not e.endpoint.startswith(WRITE_ENDPOINT_PREFIX)
     ]
     if not rows:
         return Check("errors", None, None, threshold, "no mirrored exchanges judged yet")
     rows.sort(key=lambda t: (-t[0], t[1].endpoint))
     worst = rows[0][0]
     failing = [(r, e) for r, e in rows if r > threshold + 1e-12]
-    attempted = sum(e.attempted for _, e in rows)
+    attempted = sum(e.attempted + e.ejected for _, e in rows)
     p_fail = sum(e.primary_failures for _, e in rows)
-    c_fail = sum(e.canary_failures for _, e in rows)
+    c_fail = sum(e.canary_failures + e.ejected for _, e in rows)
+    ejected = sum(e.ejected for _, e in rows)
 
     def line(r: float, e: EndpointCounts) -> str:
+        n = e.attempted + e.ejected
         return (
-            f"{e.endpoint} canary {e.canary_failures}/{e.attempted} vs primary "
-            f"{e.primary_failures}/{e.attempted} ({r * 100:+.4g}%)"
+            f"{e.endpoint} canary {e.canary_failures + e.ejected}/{n} vs primary "
+            f"{e.primary_failures}/{n} ({r * 100:+.4g}%)"
         )
 
     if failing:
@@ -322,6 +335,11 @@ def _errors_check(a: RunAggregates, cfg: VerdictConfig) -> Check:
         detail = (
             f"canary {c_fail}/{attempted} vs primary {p_fail}/{attempted} 5xx or transport "
             f"errors; worst endpoint {line(*rows[0])}"
+        )
+    if ejected:
+        detail += (
+            f" ({ejected} not mirrored while the canary was ejected for broken answers, "
+            "counted as its failures)"
         )
     return Check("errors", not failing, round(worst, 6), threshold, detail)
 

@@ -5,15 +5,43 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
+import os
 import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-__all__ = ["free_port", "parent_death_signal", "run_async"]
+__all__ = ["free_port", "lower_priority", "parent_death_signal", "run_async"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+
+def lower_priority(nice: int) -> int:
+    """Lower this process's CPU priority by ``nice`` (``nice(1)``'s scale, up to 19):
+    every thread it has (Linux keeps a nice value per thread) and so every thread it starts
+    later, which inherits its creator's. Returns how many threads were lowered (0 where the
+    platform refuses; logged, the process then runs as it is)."""
+    if nice <= 0:
+        return 0
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]  # no /proc: the calling thread (the process's, elsewhere)
+    lowered = 0
+    for tid in tids:
+        try:
+            current = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, current + nice))
+            lowered += 1
+        except (AttributeError, OSError) as exc:  # gone meanwhile, or not permitted
+            logger.debug("cannot lower thread %s's priority: %s", tid, exc)
+    if not lowered:
+        logger.warning("cannot lower the process's CPU priority by %d", nice)
+    return lowered
 
 
 def run_async(factory: Callable[[], Awaitable[T]]) -> T:

@@ -51,7 +51,7 @@ from config.schema import GraygateConfig, parse_listen
 from graygate.embedded_pg import DatabaseHandle, default_data_dir
 from graygate.errors import ConfigError, StoreUnavailable
 from graygate.heartbeat import Pulse, beat
-from graygate.processes import parent_death_signal, run_async
+from graygate.processes import lower_priority, parent_death_signal, run_async
 
 __all__ = ["Readiness", "probes_app", "raise_fd_limit", "serve_forever"]
 
@@ -157,6 +157,11 @@ def serve_forever(
         metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
             prefix="graygate-metrics-"
         )
+    if "worker" in local_roles and "proxy" not in local_roles:
+        # A process that judges and serves no user (the worker child of a proxy, or a
+        # worker of its own): all of it yields the CPU, its event loop (claiming, decoding
+        # and storing large bodies) as much as its comparing threads, which run lower still.
+        lower_priority(cfg.workers.nice)
     try:
         return run_async(
             lambda: _serve(

@@ -188,6 +188,9 @@ class EndpointCounts:
     attempted: int = 0  # judged and not skipped: both sides were asked
     primary_failures: int = 0  # attempted, and the primary answered 5xx or failed in transport
     canary_failures: int = 0  # the same for the canary
+    # Skipped because a mirror target was ejected after broken answers (SkipReason.EJECTED)
+    # while the primary served: the errors check counts them as the canary's failures.
+    ejected: int = 0
     strict_pairs: int = 0  # pairs with a strict mismatch against the canary (any field)
     tolerance_pairs: int = 0  # pairs with a tolerance violation against the canary
 

@@ -145,6 +145,9 @@ class SkipReason(StrEnum):
     UPGRADE_NOT_MIRRORED = "upgrade_not_mirrored"  # a protocol upgrade (WebSocket) tunnel
     CLIENT_ABORTED = "client_aborted"  # the client broke off its request body
     METHOD_NOT_MIRRORED = "method_not_mirrored"  # shadow mode: a method not fanned out
+    # A mirror target broke its answers (consecutive broken ones): ejected for a while
+    # (mirror.eject; proxy/ejection.py), so this exchange's other side was never asked.
+    EJECTED = "ejected"
     # A write check's record (WRITE <name>) of an exchange it did not compare: the canary
     # served it (its writes went to the real tables), or a side failed in transport.
     NOT_WRITE_CHECKED = "not_write_checked"

@@ -59,7 +59,6 @@ from proxy.routing import (
     PRIMARY,
     SKIP_BODY_TOO_LARGE,
     SKIP_METHOD,
-    SKIP_SATURATED,
     Router,
 )
 from proxy.server import SERVING_KEY, Body, ClientLimits, HeadLimits, Request, Serving
@@ -296,8 +295,8 @@ class Proxy:
         if tracing.enabled:
             span = tracing.server_span(tags, method, path, ex.route.template)
             fspan = tracing.child_span(span, "forward", served_by)
-        if skip is None and not self._mirror.try_start(done, self._targets[served_by], body, span):
-            skip = SKIP_SATURATED
+        if skip is None:
+            skip = self._mirror.try_start(done, self._targets[served_by], body, span)
         if skip is not None:
             ex.mirror_skipped = skip
             count_mirror_skip(skip)
@@ -400,8 +399,9 @@ class Proxy:
             ex.request.add(body)
         assert self._mirror is not None
         done = Completion(ex, self._finish)
-        if not self._mirror.try_start(done, self._shadow_targets, body):
-            count_mirror_skip(SKIP_SATURATED)
+        skipped = self._mirror.try_start(done, self._shadow_targets, body)
+        if skipped is not None:
+            count_mirror_skip(skipped)
             return answer
         done.served()  # nobody is served in shadow mode: recorded when all are in
         return answer

@@ -176,6 +176,15 @@ async def forward(
         resp.release()
 
 
+def _outruns(resp: UpstreamAnswer, read: int, limit: int) -> bool:
+    """The answer's ``Content-Length`` says more than ``limit`` bytes are left after the
+    ``read`` ones: reading on could not time it."""
+    length = resp.headers.get("Content-Length")
+    if length is None or not length.isdigit():
+        return False
+    return int(length) - read > limit
+
+
 async def fetch(
     upstream: Upstream,
     method: str,
@@ -184,6 +193,8 @@ async def fetch(
     body: bytes | None,
     capture: Capture,
     client_host: str | None = None,
+    *,
+    read_on: bool = True,
 ) -> Capture:
     """Send a mirror to ``upstream`` and read its answer within the mirror timeout, up to
     what is recorded (``capture``'s bound): past it the answer is recorded truncated, and
@@ -191,7 +202,10 @@ async def fetch(
     end; past the pool's ``max_discard_bytes`` more the connection is closed and the
     answer has no latency (its end is unknown). A mirror thus reads at most the record
     bound (times ``proxy.capture.ENCODED_FACTOR`` for a compressed body) plus that, plus
-    the pool's read buffer. Never raises for an upstream failure: ``capture.error`` says it."""
+    the pool's read buffer. The rest is not read on (the connection closed at once, the
+    answer untimed unless it had ended already) when ``read_on`` is False, or when its
+    ``Content-Length`` says it outruns that bound. Never raises for an upstream failure:
+    ``capture.error`` says it."""
     start = _perf()
     cut = False
     resp: UpstreamAnswer | None = None
@@ -212,7 +226,10 @@ async def fetch(
             while chunk := await resp.read():
                 capture.add(chunk)
                 if capture.truncated:  # past what is recorded: read on, not kept, to time it
-                    cut = not await resp.discard()
+                    limit = upstream.pool.max_discard_bytes
+                    if not read_on or _outruns(resp, capture.total, limit):
+                        limit = 0  # its end cannot be timed: read no more
+                    cut = not await resp.discard(limit)
                     break
         finally:
             resp.release()

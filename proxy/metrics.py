@@ -24,7 +24,10 @@ can be scraped as one. Metric names:
   refused | reset | error; ``ok`` is any HTTP answer)
 - ``graygate_mirror_skipped_total{reason}``: exchanges not mirrored, by reason
   (``graygate.vocabulary.SkipReason``: disabled | method | sampled_out | body_too_large |
-  saturated | upgrade_not_mirrored | method_not_mirrored)
+  saturated | upgrade_not_mirrored | method_not_mirrored | ejected)
+- ``graygate_mirror_ejections_total{role}``: a mirror target ejected after broken answers
+  in a row (``mirror.eject``; ``proxy.ejection``): its mirrors are then skipped as
+  ``ejected`` for a while
 - ``graygate_mirror_in_flight``: mirrors running now
 - ``graygate_client_closed_total{reason}``: client connections the proxy closed itself
   (``header_timeout``: a head not complete in ``timeouts.client_header_s``; ``stalled``: a
@@ -63,12 +66,13 @@ from typing import Any, Final
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.registry import Collector
 
-from graygate.vocabulary import ErrorKind, SkipReason
+from graygate.vocabulary import ErrorKind, Role, SkipReason
 
 __all__ = [
     "CLIENT_CLOSED",
     "CLIENT_CLOSED_REASONS",
     "CLIENT_CONNECTIONS",
+    "MIRROR_EJECTIONS",
     "MIRROR_IN_FLIGHT",
     "MIRROR_OUTCOMES",
     "MIRROR_SKIPPED",
@@ -76,6 +80,7 @@ __all__ = [
     "UPSTREAM_LATENCY",
     "UPSTREAM_REQUESTS",
     "count_client_closed",
+    "count_ejection",
     "count_mirror_outcome",
     "count_mirror_skip",
     "flush",
@@ -278,6 +283,11 @@ MIRROR_SKIPPED: Final = Counter(
     "Exchanges not mirrored, by reason.",
     ("reason",),
 )
+MIRROR_EJECTIONS: Final = Counter(
+    "graygate_mirror_ejections",
+    "Mirror targets ejected after broken answers in a row (mirror.eject), by role.",
+    ("role",),
+)
 MIRROR_IN_FLIGHT: Final = _BatchedGauge(
     Gauge(
         "graygate_mirror_in_flight",
@@ -347,6 +357,10 @@ def count_mirror_skip(reason: str) -> None:
     _add(child)
 
 
+def count_ejection(role: str) -> None:
+    MIRROR_EJECTIONS.labels(role).inc()  # rare: once per ejection
+
+
 _closed: dict[str, Counter] = {}
 
 
@@ -370,6 +384,8 @@ def _zero_known_labels() -> None:
         _outcomes[outcome] = MIRROR_OUTCOMES.labels(outcome)
     for closed in CLIENT_CLOSED_REASONS:
         _closed[closed] = CLIENT_CLOSED.labels(closed)
+    for role in Role:
+        MIRROR_EJECTIONS.labels(role.value)
 
 
 _zero_known_labels()

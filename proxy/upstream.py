@@ -597,7 +597,13 @@ class _Connection(asyncio.Protocol):
         """Read the rest of the body without keeping it, up to ``limit`` bytes (those
         already buffered count): True when the answer ended within them (``latency`` is
         set, in the callbacks as always), False when it goes on past them (not timed; the
-        connection is then not reused). Raises ``UpstreamError`` as :meth:`read` does."""
+        connection is then not reused). ``limit`` 0: nothing more is read; True only when
+        the answer had ended already. Raises ``UpstreamError`` as :meth:`read` does."""
+        if limit <= 0:
+            self.take()
+            if self.error is not None:
+                raise self.error
+            return self.state == _DONE
         self._discard_left = limit - len(self.take())
         self._discarding = True
         while self._discard_left >= 0 and self.state == _BODY:

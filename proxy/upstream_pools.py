@@ -7,6 +7,8 @@
   pools on cleanup. A pool never decompresses (the client gets the upstream's exact
   bytes), never follows redirects and keeps no cookies (one user's cookies must not reach
   another).
+- Each :class:`Upstream` carries the ``proxy.ejection.Ejection`` of its mirrors
+  (``mirror.eject``): a mirror target that keeps breaking its answers is skipped a while.
 - An upstream's base URL may have a path: the request target is joined under it
   (:meth:`Upstream.target`), and a ``Location`` naming it (:attr:`Upstream.origin`) is
   rewritten to the proxied address.
@@ -21,6 +23,7 @@ from yarl import URL
 
 from config.schema import MirrorConfig, UpstreamsConfig
 from graygate.vocabulary import Role
+from proxy.ejection import DiscardGate, Ejection
 from proxy.upstream import Pool
 
 __all__ = ["UPSTREAMS_KEY", "Upstream", "upstreams_ctx"]
@@ -32,6 +35,8 @@ class Upstream:
     __slots__ = (
         "_prefix",
         "base",
+        "discard_gate",
+        "ejection",
         "host_header",
         "mirror_timeout",
         "origin",
@@ -48,8 +53,14 @@ class Upstream:
         serve_timeout: float,
         mirror_timeout: float,
         host_header: str | None = None,
+        ejection: Ejection | None = None,
+        discard_gate: DiscardGate | None = None,
     ) -> None:
         self.role = role
+        # Mirrors to it skipped after broken answers (mirror.eject); serving never is.
+        self.ejection = ejection if ejection is not None else Ejection(role, 0, 1.0, 1.0)
+        # Whether a mirror's answer is read on past the record bound to be timed.
+        self.discard_gate = discard_gate if discard_gate is not None else DiscardGate(0, 1.0, 1.0)
         self.base = base
         self.pool = pool
         self.serve_timeout = serve_timeout
@@ -115,6 +126,7 @@ def upstreams_ctx(
         serve_timeout = cfg.timeout_ms / 1000
         # Mirroring: the whole exchange, body included, within mirror.timeout_ms.
         mirror_timeout = mirror.timeout_ms / 1000
+        eject = mirror.eject
         bases = {Role.PRIMARY: cfg.primary, Role.CANARY: cfg.canary}
         if cfg.secondary is not None:
             bases[Role.SECONDARY] = cfg.secondary
@@ -129,6 +141,8 @@ def upstreams_ctx(
                     serve_timeout,
                     mirror_timeout,
                     hosts.get(role),
+                    Ejection(role, eject.consecutive, eject.base_ms / 1000, eject.max_ms / 1000),
+                    DiscardGate(eject.consecutive, eject.base_ms / 1000, eject.max_ms / 1000),
                 )
             app[UPSTREAMS_KEY] = upstreams
             yield

@@ -48,6 +48,8 @@ from graygate.vocabulary import (
     Against,
     Judgement,
     Outcome,
+    Role,
+    SkipReason,
 )
 from store.failures import store_errors
 from store.tables import differences, exchanges, run_losses, runs, verdicts
@@ -156,6 +158,9 @@ async def fetch_endpoint_counts(conn: AsyncConnection, run_id: int) -> list[Endp
         "strict": flag(e.strict_mismatches > zero),
         "tolerance": flag(e.tolerance_violations > zero),
         "digest_only": e.body_digest_only,
+        # Not mirrored because a mirror target was ejected after broken answers, while the
+        # primary served (its mirror goes to the canary).
+        "ejected": flag((e.mirror_skipped == SkipReason.EJECTED) & (e.served_by == Role.PRIMARY)),
     }
     classes = (
         sa.select(*(v.label(k) for k, v in keys.items()), sa.func.count().label("n"))
@@ -187,6 +192,7 @@ async def fetch_endpoint_counts(conn: AsyncConnection, run_id: int) -> list[Endp
             n(attempted).label("attempted"),
             n(attempted & c.primary_failed).label("primary_failures"),
             n(attempted & c.canary_failed).label("canary_failures"),
+            n((c.outcome == Outcome.SKIPPED) & c.ejected).label("ejected"),
             n(pair & c.strict).label("strict_pairs"),
             n(pair & c.tolerance).label("tolerance_pairs"),
             n(pair & c.digest_only).label("digest_pairs"),

@@ -4,7 +4,7 @@ modules keep under their own names, and what the schema documents, are its membe
 from __future__ import annotations
 
 from graygate.vocabulary import LossReason, Outcome, SkipReason
-from proxy import app, routing
+from proxy import app, mirror, routing
 from proxy.recording import ledger
 from store.tables import exchanges, run_losses
 
@@ -26,6 +26,7 @@ def test_every_skip_reason_the_proxy_records_is_a_skip_reason() -> None:
         app.SKIP_UPGRADE,
         app.SKIP_CLIENT_ABORTED,
         app.SKIP_METHOD_NOT_MIRRORED,
+        mirror.SKIP_EJECTED,
     }
     # ... and the one the write checker records (diff.write_compare.write_record).
     assert named | {SkipReason.NOT_WRITE_CHECKED} == set(SkipReason)

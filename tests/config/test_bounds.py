@@ -27,6 +27,8 @@ BOUNDS: list[tuple[str, float, float]] = [
     ("mirror.max_body_bytes", 67_108_864, 67_108_865),
     ("mirror.timeout_ms", 600_000, 600_001),
     ("mirror.max_in_flight", 65_536, 65_537),
+    ("mirror.eject.consecutive", 1_000, 1_001),
+    ("mirror.eject.max_ms", 3_600_000, 3_600_001),
     ("shutdown.grace_s", 300.0, 300.001),
     ("workers.nice", 19, 20),
     ("compare.noise.relative", 100.0, 100.001),
@@ -147,3 +149,28 @@ def test_versions_header_must_be_a_header_name(header: str) -> None:
     assert str(info.value).startswith("versions.header"), str(info.value)
     if header and len(header) <= 256:
         assert "not an HTTP header name" in str(info.value)
+
+
+def _eject(**eject: object) -> dict[str, Any]:
+    return {"run": "r", "upstreams": dict(UPSTREAMS), "mirror": {"eject": eject}}
+
+
+def test_mirror_eject_bounds() -> None:
+    # base_ms at its upper bound needs max_ms as high (max_ms >= base_ms); lower bounds.
+    cfg = config_from_mapping(_eject(base_ms=3_600_000, max_ms=3_600_000), env={})
+    assert cfg.mirror.eject.base_ms == cfg.mirror.eject.max_ms == 3_600_000
+    cfg = config_from_mapping(_eject(consecutive=0, base_ms=10, max_ms=10), env={})
+    assert (cfg.mirror.eject.consecutive, cfg.mirror.eject.base_ms) == (0, 10)
+    for key, value, extra in [
+        ("base_ms", 3_600_001, {"max_ms": 3_600_000}),
+        ("base_ms", 9, {}),
+        ("max_ms", 9, {}),
+        ("consecutive", -1, {}),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            config_from_mapping(_eject(**{key: value}, **extra), env={})
+        assert str(info.value).startswith(f"mirror.eject.{key}"), str(info.value)
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(_eject(base_ms=2_000, max_ms=1_000), env={})
+    assert str(info.value).startswith("mirror.eject"), str(info.value)
+    assert "max_ms (1000) is less than base_ms (2000)" in str(info.value)

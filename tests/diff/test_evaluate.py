@@ -52,6 +52,9 @@ async def test_sql_aggregates_on_known_data(engine: AsyncEngine, run_name: str) 
     exchanges += [Ex(primary=order(i), canary=order(i, status="open")) for i in range(3)]
     exchanges += [Ex(primary=order(i), canary=order(i, total=100.5 + i)) for i in range(2)]
     exchanges += [Ex(primary=order(i), mirror_skipped="method") for i in range(4)]
+    # Not mirrored while a target was ejected: counted when the primary served.
+    exchanges += [Ex(primary=order(i), mirror_skipped="ejected") for i in range(3)]
+    exchanges += [Ex(primary=order(1), mirror_skipped="ejected", served_by="canary")]
     exchanges += [Ex(primary=order(i), canary_error="timeout", canary_ms=2000) for i in range(2)]
     # The primary failed (503), the canary answered: a pair with a status mismatch.
     exchanges += [Ex(primary={"error": "busy"}, primary_status=503, canary=order(1))]
@@ -77,10 +80,11 @@ async def test_sql_aggregates_on_known_data(engine: AsyncEngine, run_name: str) 
         fields = await fetch_field_counts(conn, run_id)
         losses = await fetch_losses(conn, run_id)
     o = counts[ORDERS]
-    assert o.recorded == 30 + 3 + 2 + 4 + 2 + 1 + 1 + 1
+    assert o.recorded == 30 + 3 + 2 + 4 + 4 + 2 + 1 + 1 + 1
     assert o.judged == o.recorded - 1
     assert o.pairs == 30 + 3 + 2 + 1 + 1
-    assert o.skipped == 4 and o.errors == 2
+    assert o.skipped == 4 + 4 and o.errors == 2
+    assert o.ejected == 3
     assert o.attempted == o.pairs + 2
     assert (o.primary_failures, o.canary_failures) == (1, 2)
     assert (o.strict_pairs, o.tolerance_pairs) == (3 + 1, 2)
@@ -220,6 +224,28 @@ async def test_canary_errors_are_no_go(engine: AsyncEngine, run_name: str) -> No
     assert result.verdict is Verdict.NO_GO
     errors = check(result, "errors")
     assert errors["passed"] is False and "2/32" in str(errors["detail"])
+
+
+async def test_exchanges_skipped_while_the_canary_was_ejected_count_as_its_failures(
+    engine: AsyncEngine, run_name: str
+) -> None:
+    # 3 broken answers, then ejected: without counting the 27 skipped exchanges the
+    # canary's error rate would read 3/33 and hide that it was broken for most of them.
+    run_id = await new_run(engine, run_name)
+    await add(
+        engine,
+        run_id,
+        matching(30)
+        + [Ex(primary=order(1), canary_error="error")] * 3
+        + [Ex(primary=order(1), mirror_skipped="ejected")] * 27,
+    )
+    await judge_pending(engine, run_name, BOOK)
+    result = await evaluate_run(engine, run_name)
+    assert result.verdict is Verdict.NO_GO
+    errors = check(result, "errors")
+    assert errors["passed"] is False
+    assert "30/60" in str(errors["detail"]) and "27 not mirrored" in str(errors["detail"])
+    assert errors["observed"] == pytest.approx(0.5)
 
 
 async def test_noise_with_a_secondary_is_left_out(engine: AsyncEngine, run_name: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -289,6 +290,18 @@ def test_canary_error_rate_above_primary_fails() -> None:
     assert c.observed == pytest.approx(10 / 150, abs=1e-6)  # endpoint A alone
     assert "canary" in c.detail and A in c.detail
     assert r.verdict is Verdict.NO_GO
+
+
+def test_exchanges_skipped_while_the_canary_was_ejected_count_as_failures() -> None:
+    cfg = VerdictConfig(min_pairs=100, min_pairs_per_endpoint=20, max_error_rate_increase=0.05)
+    # 4 failures among 200 asked: within 5%. With 40 more exchanges not mirrored while the
+    # canary was ejected, 44/240 (18%): no GO.
+    a = replace(ep(A, 196, errors=4, canary_failures=4), ejected=40)
+    r = decide(aggregates(a), cfg)
+    c = check(r, "errors")
+    assert c.passed is False and c.observed == pytest.approx(44 / 240, abs=1e-6)
+    assert "44/240" in c.detail and "40 not mirrored while the canary was ejected" in c.detail
+    assert check(decide(aggregates(ep(A, 196, errors=4, canary_failures=4)), cfg), "errors").passed
 
 
 def test_error_rate_within_allowed_increase_passes() -> None:

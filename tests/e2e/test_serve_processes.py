@@ -54,6 +54,17 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in found]
 
 
+def _nices(pid: int) -> list[int]:
+    """The nice value of each of ``pid``'s threads (field 19 of their stat)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out.append(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
+        except OSError:
+            continue  # ended meanwhile
+    return out
+
+
 def _maps(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
 
@@ -75,6 +86,11 @@ def test_admin_and_judging_run_outside_the_proxy_process(
     assert _holder(listen, [proxy_pid, *kids]) == proxy_pid
     admin_pid = _holder(admin, [proxy_pid, *kids])
     assert admin_pid in kids, "the admin port is served by the proxy's own process"
+    # The child judges and serves no user: all of it runs below the proxy (workers.nice,
+    # 10 by default), its comparing threads lower still; the proxy keeps its priority.
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert set(_nices(proxy_pid)) == {base}
+    assert min(_nices(admin_pid)) == min(19, base + 10), _nices(admin_pid)
     # Ask for what costs: the verdict (its latency check loads the statistics library once
     # the pairs are recorded) and the HTML report.
     deadline = time.monotonic() + 30
@@ -82,7 +98,7 @@ def test_admin_and_judging_run_outside_the_proxy_process(
         status, body = procs.http_get(f"http://127.0.0.1:{admin}/api/v1/runs/{run}/verdict")
         assert status == 200, body
         assert json.loads(body)["verdict"] in ("GO", "NO_GO", "INCONCLUSIVE")
-        assert time.monotonic() < deadline, f"the latency check never ran: {body[:400]}"
+        assert time.monotonic() < deadline, f"the latency check never ran: {body[:400]!r}"
         time.sleep(0.3)
     assert procs.http_get(f"http://127.0.0.1:{admin}/runs/{run}")[0] == 200
     assert "/site-packages/scipy/" not in _maps(proxy_pid), "judging ran in the proxy process"
