@@ -50,7 +50,9 @@ loop's thread and handed to ``prometheus_client`` in one go (:func:`flush`): hal
 after the first pending update (one loop timer), when the default registry is collected
 (a scrape, ``REGISTRY.get_sample_value``: the collection waits for the flush on the loop's
 thread), and at exit. A scrape of several processes (multiprocess mode) sees each one's
-updates up to ``FLUSH_INTERVAL_S`` late.
+updates up to ``FLUSH_INTERVAL_S`` late. Updates from a thread other than the one whose
+loop holds pending updates go to ``prometheus_client`` at once (its lock), never into the
+pending dicts that thread swaps.
 """
 
 from __future__ import annotations
@@ -172,7 +174,17 @@ def _pending_now() -> None:
     _flusher = loop.call_later(FLUSH_INTERVAL_S, _on_timer)
 
 
+def _elsewhere() -> bool:
+    """Updates are pending on another thread's loop: this thread must not touch the
+    pending dicts (that thread swaps them when it flushes)."""
+    owner = _owner
+    return _flusher is not None and owner is not None and owner[1] != threading.get_ident()
+
+
 def _add(child: Any, amount: float = 1.0) -> None:
+    if _elsewhere():
+        child.inc(amount)  # prometheus_client's own lock: safe from any thread
+        return
     pending = _pending
     pending[child] = pending.get(child, 0.0) + amount
     if _flusher is None:
@@ -181,6 +193,9 @@ def _add(child: Any, amount: float = 1.0) -> None:
 
 def _observe(hist: Histogram, seconds: float, bounds: tuple[float, ...]) -> None:
     """``bounds``: the histogram's buckets' upper bounds, ``+Inf`` last."""
+    if _elsewhere():
+        hist.observe(seconds)
+        return
     counts = _pending_observed.get(hist)
     if counts is None:
         counts = _pending_observed[hist] = [0.0] * (len(bounds) + 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
@@ -155,3 +156,44 @@ def test_off_a_loop_updates_apply_at_once() -> None:
     role = "test-sync"
     observe_upstream(role, "serve", ENDPOINT, 503, 0.01)
     assert applied_requests(role, "serve", "503") == 1
+
+
+def test_updates_from_a_thread_other_than_the_pending_loops_are_never_lost() -> None:
+    """A loop in another thread has updates pending (its timer not fired yet): this
+    thread's updates go to prometheus_client at once, not into the dicts that thread swaps
+    when it flushes (where they could be lost in the swap)."""
+    import threading
+
+    metrics.flush()
+    role = "test-threads"
+    loop = asyncio.new_event_loop()
+    pending = threading.Event()
+    stop = threading.Event()
+
+    def other_thread() -> None:
+        async def main() -> None:
+            observe_upstream(role, "mirror", ENDPOINT, 200, 0.001)  # pending on this loop
+            pending.set()
+            while not stop.is_set():
+                observe_upstream(role, "mirror", ENDPOINT, 200, 0.001)
+                await asyncio.sleep(0)
+
+        loop.run_until_complete(main())
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    try:
+        assert pending.wait(10)
+        # Long enough for that loop's timer to flush several times meanwhile.
+        sent = 0
+        until = time.monotonic() + FLUSH_INTERVAL_S * 4
+        while time.monotonic() < until:
+            for _ in range(1_000):
+                observe_upstream(role, "serve", ENDPOINT, 200, 0.001)
+            sent += 1_000
+    finally:
+        stop.set()
+        thread.join(10)
+    metrics.flush()
+    loop.close()
+    assert applied_requests(role, "serve", "200") == sent
