@@ -184,6 +184,8 @@ async def fetch(
     body: bytes | None,
     capture: Capture,
     client_host: str | None = None,
+    *,
+    fresh: bool = False,
 ) -> Capture:
     """Send a mirror to ``upstream`` and read its answer within the mirror timeout, up to
     what is recorded (``capture``'s bound): past it the answer is recorded truncated, and
@@ -191,7 +193,8 @@ async def fetch(
     end; past the pool's ``max_discard_bytes`` more the connection is closed and the
     answer has no latency (its end is unknown). A mirror thus reads at most the record
     bound (times ``proxy.capture.ENCODED_FACTOR`` for a compressed body) plus that, plus
-    the pool's read buffer. Never raises for an upstream failure: ``capture.error`` says it."""
+    the pool's read buffer. Never raises for an upstream failure: ``capture.error`` says it.
+    ``fresh``: on a new connection (``Pool.send``)."""
     start = _perf()
     cut = False
     resp: UpstreamAnswer | None = None
@@ -204,6 +207,7 @@ async def fetch(
             limit=upstream.mirror_timeout,
             idle=False,
             host=upstream.host(client_host),
+            fresh=fresh,
         )
         try:
             capture.status = resp.status

@@ -62,9 +62,11 @@ __all__ = [
     "MAX_DISCARD_BYTES",
     "MAX_HEAD_BYTES",
     "MAX_HEAD_FIELDS",
+    "AnswerSink",
     "Pool",
     "UpstreamAnswer",
     "UpstreamReset",
+    "retryable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -120,6 +122,7 @@ class _Connection(asyncio.Protocol):
         "_discard_left",
         "_discarding",
         "_drain",
+        "_feeding",
         "_head_buf",
         "_head_total",
         "_header_parts",
@@ -127,6 +130,8 @@ class _Connection(asyncio.Protocol):
         "_paused",
         "_paused_at",
         "_paused_for",
+        "_sink",
+        "_sink_headed",
         "_timeout",
         "_timer",
         "_timer_at",
@@ -189,6 +194,10 @@ class _Connection(asyncio.Protocol):
         self.interim: Callable[[bytes], None] | None = None
         self.received = False
         self.idle_since = 0.0
+        # The answer goes to a sink's callbacks rather than to a waiting task (send_nowait).
+        self._sink: AnswerSink | None = None
+        self._sink_headed = False  # the sink has its head
+        self._feeding = False  # in data_received: the sink is told after the parser is done
 
     # -- asyncio.Protocol
 
@@ -207,6 +216,7 @@ class _Connection(asyncio.Protocol):
                 self.pool._drop_idle(self)
             return
         self.received = True
+        self._feeding = True
         try:
             if state == _HEAD:
                 self._feed_head(data)
@@ -219,6 +229,10 @@ class _Connection(asyncio.Protocol):
                 self.keep_alive = False
             else:
                 self._fail(UpstreamError(f"malformed answer: {exc}"))
+        finally:
+            self._feeding = False
+        if self._sink is not None:
+            self._sink_step()
 
     def _feed_head(self, data: bytes) -> None:
         """Collect the head until its end (in linear time, bounded by ``MAX_HEAD_BYTES``),
@@ -433,6 +447,10 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def _wake(self) -> None:
+        if self._sink is not None:
+            if not self._feeding:
+                self._sink_step()
+            return
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -456,6 +474,40 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if transport is not None:
             transport.close()
+        if self._sink is not None and not self._feeding:
+            self._sink_step()
+
+    def _sink_step(self) -> None:
+        """Tell the sink what came (the head, the body), and once the answer is over (or
+        failed, or went past what ``discard`` reads) give the connection back and end it:
+        what a task reading the answer would do, in the connection's callbacks."""
+        sink = self._sink
+        assert sink is not None
+        error = self.error
+        latency: float | None = None
+        if error is None:
+            state = self.state
+            if state == _HEAD:
+                return
+            if not self._sink_headed:
+                self._sink_headed = True
+                headers = self.headers
+                assert headers is not None
+                sink.head(self.status, headers)
+            if self.chunks and not self._discarding and not sink.body(self.take()):
+                # Past what the sink keeps: read on without keeping, to time the end.
+                self._discard_left = self.pool.max_discard_bytes
+                self._discarding = True
+            if self._discarding and self._discard_left < 0:
+                pass  # past the discard bound too: not timed, the connection closes
+            elif self.state == _DONE:
+                latency = self.latency
+            else:
+                return
+        self._sink = None
+        sink._conn = None
+        self.pool._release(self)
+        sink.end(error, latency)
 
     def _arm(self, at: float) -> None:
         """Time the request in progress out at ``at`` (loop time), unless it waits (idle)."""
@@ -628,6 +680,46 @@ class _Connection(asyncio.Protocol):
         self._waiter = None
         self._drain = None
         self._head_buf = bytearray()
+
+
+class AnswerSink:
+    """Takes an answer in its connection's callbacks, with no task waiting for it
+    (:meth:`Pool.send_nowait`): :meth:`head` once the final head is parsed, :meth:`body`
+    with each part of the body (False: keep no more; the rest is read on without being
+    kept, up to the pool's ``max_discard_bytes``, only to time its end, as
+    :meth:`UpstreamAnswer.discard` does), then :meth:`end` once, the connection already
+    given back to its pool."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self) -> None:
+        self._conn: _Connection | None = None
+
+    def head(self, status: int, headers: CIMultiDictProxy[str]) -> None:
+        """The answer's final head."""
+
+    def body(self, data: bytes) -> bool:
+        """A part of the body; False to keep no more of it."""
+        return True
+
+    def end(self, error: UpstreamError | None, latency: float | None) -> None:
+        """The answer is over: ``error`` when it failed (``retryable(error)``: a reused
+        connection closed before any byte of it), else ``latency`` (seconds from the
+        request's first byte written to the answer's last byte read; None: not timed, the
+        body went on past what is read of it)."""
+
+    def cancel(self) -> None:
+        """Give up on the answer: its connection is closed, :meth:`end` gets an error."""
+        conn = self._conn
+        if conn is not None and conn._sink is self:
+            conn._fail(UpstreamReset("the request was cancelled"))
+
+
+def retryable(error: BaseException, method: str) -> bool:
+    """``error`` ended a request that may be sent again on a fresh connection
+    (``Pool.send(..., fresh=True)``): a reused connection closed before any byte of the
+    answer came, and the method is idempotent."""
+    return isinstance(error, _Stale) and method in IDEMPOTENT
 
 
 class _NoAnswer:
@@ -805,6 +897,7 @@ class Pool:
         idle: bool,
         host: str | None = None,
         interim: Callable[[bytes], None] | None = None,
+        fresh: bool = False,
     ) -> UpstreamAnswer:
         """Send a request and wait for the head of its answer.
 
@@ -812,6 +905,8 @@ class Pool:
         whole exchange up to the body's end (``idle=False``); the pool wait and the connect
         count. ``host``: the ``Host`` header (default: the upstream's authority).
         ``interim``: called with the bytes of each interim (1xx) head, as they come.
+        ``fresh``: on a new connection, not retried (the retry of a request that a reused
+        connection lost: ``retryable``).
         """
         loop = self.loop
         deadline = loop.time() + limit
@@ -819,14 +914,7 @@ class Pool:
         stream: AsyncIterable[bytes] | None = None
         chunked = False
         if body is None or isinstance(body, bytes | bytearray | memoryview):
-            if body:
-                data = f"{text}\r\nContent-Length: {len(body)}\r\n\r\n".encode(
-                    "utf-8", "surrogateescape"
-                ) + bytes(body)
-            elif method in _BODYLESS:
-                data = f"{text}\r\n\r\n".encode("utf-8", "surrogateescape")
-            else:
-                data = f"{text}\r\nContent-Length: 0\r\n\r\n".encode("utf-8", "surrogateescape")
+            data = _request_bytes(method, text, body)
         else:
             stream = body
             chunked = not any(k.lower() == "content-length" for k, _ in headers)
@@ -834,7 +922,6 @@ class Pool:
             data = f"{text}\r\n{tail}".encode("utf-8", "surrogateescape")
         head_only = method == "HEAD"
         retry = stream is None and method in IDEMPOTENT
-        fresh = False
         while True:
             conn = await self._acquire(deadline, fresh)
             try:
@@ -855,15 +942,53 @@ class Pool:
                 raise
             return UpstreamAnswer(conn)
 
-    async def _acquire(self, deadline: float, fresh: bool) -> _Connection:
-        if self._closed:
-            raise UpstreamUnreachable("the pool is closed")
+    def send_nowait(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+        sink: AnswerSink,
+        *,
+        limit: float,
+        host: str | None = None,
+    ) -> bool:
+        """Send a request on an idle connection, if one is at hand, and hand its answer to
+        ``sink`` in the connection's callbacks (no task waits for it); ``limit`` bounds the
+        whole exchange, as ``send(..., idle=False)``. False: none was idle (or the pool is
+        closed), nothing was sent: ``send`` it. Raises ``UpstreamError`` as ``send`` does for
+        a head that cannot be sent."""
+        if self._closed or not self._idle:
+            return False
+        text = _encode_head(method, target, host or self.authority, headers)
+        data = _request_bytes(method, text, body)
+        conn = self._idle_conn()
+        if conn is None:
+            return False
+        conn._sink = sink
+        conn._sink_headed = False
+        sink._conn = conn
+        conn.start(data, method == "HEAD", limit, self.loop.time() + limit, False)
+        return True
+
+    def _idle_conn(self) -> _Connection | None:
+        """The idle connection released last that is still open, or None."""
         idle = self._idle
-        while idle and not fresh:
+        while idle:
             conn = idle.pop()
             if conn.transport is not None and not conn.transport.is_closing():
                 return conn
             self._forget(conn)
+        return None
+
+    async def _acquire(self, deadline: float, fresh: bool) -> _Connection:
+        if self._closed:
+            raise UpstreamUnreachable("the pool is closed")
+        if not fresh:
+            conn = self._idle_conn()
+            if conn is not None:
+                return conn
+        idle = self._idle
         if self.size >= self.max_connections:
             if fresh and idle:
                 self._forget(idle.pop(0)).close()  # make room: the oldest idle one
@@ -1007,6 +1132,17 @@ class Pool:
             if not waiter.done():
                 waiter.set_exception(UpstreamUnreachable("the pool is closed"))
         await asyncio.sleep(0)  # let the transports close
+
+
+def _request_bytes(method: str, text: str, body: bytes | bytearray | memoryview | None) -> bytes:
+    """The request's head (``text``: its line and fields) and its in-memory body."""
+    if body:
+        return f"{text}\r\nContent-Length: {len(body)}\r\n\r\n".encode(
+            "utf-8", "surrogateescape"
+        ) + bytes(body)
+    if method in _BODYLESS:
+        return f"{text}\r\n\r\n".encode("utf-8", "surrogateescape")
+    return f"{text}\r\nContent-Length: 0\r\n\r\n".encode("utf-8", "surrogateescape")
 
 
 def _expire(waiter: asyncio.Future[_Connection | None]) -> None:
