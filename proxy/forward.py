@@ -25,7 +25,7 @@ from graygate.errors import UpstreamError
 from proxy.capture import Capture
 from proxy.client_answer import ClientAnswer
 from proxy.error_mapping import ClientStalled, error_kind, error_response
-from proxy.headers import accepts_trailers, client_headers
+from proxy.headers import accepts_trailers, client_fields, client_headers
 from proxy.tunnel import switch
 from proxy.upstream import UpstreamAnswer
 from proxy.upstream_pools import Upstream
@@ -118,12 +118,19 @@ async def forward(
         if client_host and ("Location" in up_headers or "Content-Location" in up_headers):
             # (not request.host: without a Host header it asks the resolver for our name)
             redirect = (upstream.origin, f"{request.scheme}://{client_host}")
-        out = ClientAnswer(
-            resp.status,
-            resp.reason,
-            client_headers(up_headers, trace_id, redirect),
-            immediate=not (first or resp.at_eof),
-        )
+        immediate = not (first or resp.at_eof)
+        fields = None if redirect is not None else client_fields(resp.head_parts, trace_id)
+        if fields is not None:
+            out = ClientAnswer.from_fields(
+                resp.status, resp.reason, fields[0], fields[1], immediate=immediate
+            )
+        else:
+            out = ClientAnswer(
+                resp.status,
+                resp.reason,
+                client_headers(up_headers, trace_id, redirect),
+                immediate=immediate,
+            )
         try:
             await out.prepare(request)
             if first:

@@ -140,6 +140,7 @@ class _Connection(asyncio.Protocol):
         "chunks",
         "error",
         "head_only",
+        "head_parts",
         "headers",
         "idle_since",
         "interim",
@@ -166,6 +167,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.headers: CIMultiDictProxy[str] | None = None
+        self.head_parts: list[bytes] = []  # the final head's names and values, as they came
         self.trailers: list[tuple[str, str]] = []
         self._header_parts: list[bytes] = []
         self._head_buf = bytearray()  # the head as it comes, fed to the parser when whole
@@ -377,6 +379,7 @@ class _Connection(asyncio.Protocol):
             self.reason = b""  # an interim answer: skip it
             return
         self.status = status
+        self.head_parts = parts
         if parts:
             it = iter(b"\n".join(parts).decode("utf-8", "surrogateescape").split("\n"))
             # (A list: CIMultiDict takes one in a single pass, faster than an iterator.)
@@ -736,7 +739,16 @@ class UpstreamAnswer:
     when the body was read to the end, else it is closed.
     """
 
-    __slots__ = ("_conn", "headers", "latency", "reason", "sent_at", "status", "trailers")
+    __slots__ = (
+        "_conn",
+        "head_parts",
+        "headers",
+        "latency",
+        "reason",
+        "sent_at",
+        "status",
+        "trailers",
+    )
 
     def __init__(self, conn: _Connection) -> None:
         self._conn: _Connection | None = conn
@@ -745,6 +757,8 @@ class UpstreamAnswer:
         headers = conn.headers
         assert headers is not None
         self.headers = headers
+        # The same fields as bytes, as they came: names and values in turn.
+        self.head_parts = conn.head_parts
         # The trailer fields (name, value), once the body was read to its end.
         self.trailers: list[tuple[str, str]] = conn.trailers
         # Seconds from the request's first byte written to the answer's last byte read,
