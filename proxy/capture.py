@@ -29,6 +29,7 @@ class Capture:
         "client_gone",
         "client_stalled",
         "error",
+        "head_block",
         "head_sent",
         "headers",
         "latency",
@@ -44,6 +45,9 @@ class Capture:
         self.limit = limit
         self.status: int | None = None
         self.headers: CIMultiDictProxy[str] | None = None
+        # The same fields as they came (names and values in turn, joined by newlines), when
+        # an upstream's parser gave them: what the record writer is handed.
+        self.head_block: bytes | None = None
         self.chunks: list[bytes] = []
         self.size = 0
         self.total = 0  # body bytes seen (the copy keeps up to limit of them)

@@ -100,6 +100,7 @@ async def forward(
         capture.upstream_head = _perf() - resp.sent_at
         capture.status = resp.status
         capture.headers = up_headers = resp.headers
+        capture.head_block = resp.head_block
         capture.encoded(up_headers)
         if resp.status == 101:
             capture.latency = _perf() - start
@@ -219,6 +220,7 @@ async def fetch(
         try:
             capture.status = resp.status
             capture.headers = resp.headers
+            capture.head_block = resp.head_block
             capture.encoded(resp.headers)
             while chunk := await resp.read():
                 capture.add(chunk)

@@ -223,10 +223,11 @@ class _Target(AnswerSink):
             self.call.spawn(self, headers, False)
 
     # -- the connection's callbacks (AnswerSink)
-    def head(self, status: int, headers: CIMultiDictProxy[str]) -> None:
+    def head(self, status: int, headers: CIMultiDictProxy[str], block: bytes) -> None:
         cap = self.capture
         cap.status = status
         cap.headers = headers
+        cap.head_block = block
         cap.encoded(headers)
 
     def body(self, data: bytes) -> bool:

@@ -139,6 +139,7 @@ class _Connection(asyncio.Protocol):
         "_waiter",
         "chunks",
         "error",
+        "head_block",
         "head_only",
         "head_parts",
         "headers",
@@ -168,6 +169,7 @@ class _Connection(asyncio.Protocol):
         self.reason = b""
         self.headers: CIMultiDictProxy[str] | None = None
         self.head_parts: list[bytes] = []  # the final head's names and values, as they came
+        self.head_block = b""  # the same joined by newlines (which no name or value holds)
         self.trailers: list[tuple[str, str]] = []
         self._header_parts: list[bytes] = []
         self._head_buf = bytearray()  # the head as it comes, fed to the parser when whole
@@ -380,8 +382,9 @@ class _Connection(asyncio.Protocol):
             return
         self.status = status
         self.head_parts = parts
+        self.head_block = block = b"\n".join(parts)
         if parts:
-            it = iter(b"\n".join(parts).decode("utf-8", "surrogateescape").split("\n"))
+            it = iter(block.decode("utf-8", "surrogateescape").split("\n"))
             # (A list: CIMultiDict takes one in a single pass, faster than an iterator.)
             self.headers = CIMultiDictProxy(CIMultiDict(list(zip(it, it, strict=True))))
         else:
@@ -496,7 +499,7 @@ class _Connection(asyncio.Protocol):
                 self._sink_headed = True
                 headers = self.headers
                 assert headers is not None
-                sink.head(self.status, headers)
+                sink.head(self.status, headers, self.head_block)
             if self.chunks and not self._discarding and not sink.body(self.take()):
                 # Past what the sink keeps: read on without keeping, to time the end.
                 self._discard_left = self.pool.max_discard_bytes
@@ -698,8 +701,9 @@ class AnswerSink:
     def __init__(self) -> None:
         self._conn: _Connection | None = None
 
-    def head(self, status: int, headers: CIMultiDictProxy[str]) -> None:
-        """The answer's final head."""
+    def head(self, status: int, headers: CIMultiDictProxy[str], block: bytes) -> None:
+        """The answer's final head (``block``: its names and values as they came, joined by
+        newlines)."""
 
     def body(self, data: bytes) -> bool:
         """A part of the body; False to keep no more of it."""
@@ -741,6 +745,7 @@ class UpstreamAnswer:
 
     __slots__ = (
         "_conn",
+        "head_block",
         "head_parts",
         "headers",
         "latency",
@@ -759,6 +764,7 @@ class UpstreamAnswer:
         self.headers = headers
         # The same fields as bytes, as they came: names and values in turn.
         self.head_parts = conn.head_parts
+        self.head_block = conn.head_block  # joined by newlines
         # The trailer fields (name, value), once the body was read to its end.
         self.trailers: list[tuple[str, str]] = conn.trailers
         # Seconds from the request's first byte written to the answer's last byte read,

@@ -12,8 +12,10 @@ writer with ``sys.executable``).
 Kinds (the tuple's first item):
 
 - ``EXCHANGE``: one finished :class:`proxy.exchange.Exchange`: the request as sent upstream
-  and each side's :class:`proxy.capture.Capture` (status, header pairs as they came, the
-  bounded body still encoded, latency, error, what became of the client). Nothing is decoded,
+  and each side's :class:`proxy.capture.Capture` (status, header fields as they came: the
+  upstream parser's bytes joined by newlines, ``Capture.head_block``, or names and values
+  when only those are known; the bounded body still encoded, latency, error, what became of
+  the client). Nothing is decoded,
   redacted or matched on the request path: the writer does that (``RecordBuilder``).
 - ``LOSSES``: ``(run_id, reason, n)``: exchanges the proxy could not hand over (its queue was
   full, a writer died with them), for ``run_losses``.
@@ -71,7 +73,11 @@ def encode_exchange(ex: Exchange) -> bytes:
         (
             str(role),
             cap.status,
-            None if cap.headers is None else _fields(cap.headers.keys(), cap.headers.values()),
+            cap.head_block
+            if cap.head_block is not None
+            else None
+            if cap.headers is None
+            else _fields(cap.headers.keys(), cap.headers.values()),
             cap.body,
             cap.truncated,
             cap.latency,
@@ -146,6 +152,13 @@ def _pairs(fields: tuple[str, tuple[str, ...]]) -> list[tuple[str, str]]:
     return list(zip(names.split("\n"), values, strict=True))
 
 
+def _block_pairs(block: bytes) -> list[tuple[str, str]]:
+    if not block:
+        return []
+    it = iter(block.decode("utf-8", "surrogateescape").split("\n"))
+    return list(zip(it, it, strict=True))
+
+
 def encode_losses(run_id: int, reason: str, n: int) -> bytes:
     """``n`` exchanges of ``run_id`` lost for ``reason``, as one frame."""
     return frame(_dumps((LOSSES, run_id, str(reason), n), _VERSION))
@@ -213,7 +226,9 @@ def decode_exchange(message: tuple[Any, ...]) -> Exchange:
     for role, status, fields, body, truncated, latency, error, gone, stalled in caps:
         cap = Capture(len(body))
         cap.status = status
-        if fields is not None:
+        if type(fields) is bytes:  # the upstream's fields as they came
+            cap.headers = CIMultiDictProxy(CIMultiDict(_block_pairs(fields)))
+        elif fields is not None:
             cap.headers = CIMultiDictProxy(CIMultiDict(_pairs(fields)))
         cap.chunks = [body]
         cap.size = cap.total = len(body)

@@ -825,9 +825,10 @@ class Taken(AnswerSink):
         self.latency: float | None = None
         self.ended = asyncio.get_running_loop().create_future()
 
-    def head(self, status: int, headers: CIMultiDictProxy[str]) -> None:
+    def head(self, status: int, headers: CIMultiDictProxy[str], block: bytes) -> None:
         self.status = status
         self.headers = dict(headers)
+        assert block.decode().split("\n") == [x for kv in headers.items() for x in kv]
 
     def body(self, data: bytes) -> bool:
         self.chunks.append(data)
