@@ -98,10 +98,7 @@ async def forward(
         return error_response(kind, upstream.role, trace_id)
     try:
         capture.upstream_head = _perf() - resp.sent_at
-        capture.status = resp.status
-        capture.headers = up_headers = resp.headers
-        capture.head_block = resp.head_block
-        capture.encoded(up_headers)
+        capture.head(resp.status, resp.head_block)
         if resp.status == 101:
             capture.latency = _perf() - start
             return await switch(request, resp, upstream.role, trace_id, capture)
@@ -116,7 +113,11 @@ async def forward(
             return error_response(kind, upstream.role, trace_id)
         redirect = None
         client_host = request.headers.get("Host")
-        if client_host and ("Location" in up_headers or "Content-Location" in up_headers):
+        if (
+            client_host
+            and b"location" in resp.head_block.lower()  # (then exactly, on the fields)
+            and ("Location" in resp.headers or "Content-Location" in resp.headers)
+        ):
             # (not request.host: without a Host header it asks the resolver for our name)
             redirect = (upstream.origin, f"{request.scheme}://{client_host}")
         immediate = not (first or resp.at_eof)
@@ -129,7 +130,7 @@ async def forward(
             out = ClientAnswer(
                 resp.status,
                 resp.reason,
-                client_headers(up_headers, trace_id, redirect),
+                client_headers(resp.headers, trace_id, redirect),
                 immediate=immediate,
             )
         try:
@@ -218,10 +219,7 @@ async def fetch(
             fresh=fresh,
         )
         try:
-            capture.status = resp.status
-            capture.headers = resp.headers
-            capture.head_block = resp.head_block
-            capture.encoded(resp.headers)
+            capture.head(resp.status, resp.head_block)
             while chunk := await resp.read():
                 capture.add(chunk)
                 if capture.truncated:  # past what is recorded: read on, not kept, to time it

@@ -25,7 +25,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
 from opentelemetry.trace import Span
 
 from graygate.errors import UpstreamError
@@ -223,12 +222,8 @@ class _Target(AnswerSink):
             self.call.spawn(self, headers, False)
 
     # -- the connection's callbacks (AnswerSink)
-    def head(self, status: int, headers: CIMultiDictProxy[str], block: bytes) -> None:
-        cap = self.capture
-        cap.status = status
-        cap.headers = headers
-        cap.head_block = block
-        cap.encoded(headers)
+    def head(self, status: int, block: bytes) -> None:
+        self.capture.head(status, block)
 
     def body(self, data: bytes) -> bool:
         cap = self.capture
@@ -250,7 +245,9 @@ class _Target(AnswerSink):
         elif latency is not None:
             cap.latency = latency
         # else: past the discard bound, the answer's end is unknown: no latency
-        self.finish()
+        # The rest (metrics, the record's hand-over) after what this round of the loop has
+        # woken already: a client's answer that came in the same round goes out first.
+        self.call._mirror._loop.call_soon(self.finish)
 
     async def fetch(self, headers: list[tuple[str, str]], body: bytes | None, fresh: bool) -> None:
         up = self.upstream
@@ -270,6 +267,8 @@ class _Target(AnswerSink):
 
     def finish(self) -> None:
         """The target's answer (or error) is in: into the exchange, counted."""
+        if self.call.aborted:
+            return
         try:
             up = self.upstream
             cap = self.capture

@@ -52,10 +52,11 @@ from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from typing import Final, cast
 
 import httptools
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from graygate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from graygate.vocabulary import ErrorKind
+from proxy.capture import header_fields
 from proxy.http_head import head_end
 
 __all__ = [
@@ -382,13 +383,8 @@ class _Connection(asyncio.Protocol):
             return
         self.status = status
         self.head_parts = parts
-        self.head_block = block = b"\n".join(parts)
-        if parts:
-            it = iter(block.decode("utf-8", "surrogateescape").split("\n"))
-            # (A list: CIMultiDict takes one in a single pass, faster than an iterator.)
-            self.headers = CIMultiDictProxy(CIMultiDict(list(zip(it, it, strict=True))))
-        else:
-            self.headers = CIMultiDictProxy(CIMultiDict())
+        self.head_block = b"\n".join(parts)
+        self.headers = None  # made from head_block when asked for (fields())
         self.state = _BODY
         if self.head_only or status == 101:
             # httptools cannot be told the request was HEAD: the answer ends here, and a
@@ -437,11 +433,17 @@ class _Connection(asyncio.Protocol):
     def pool_reused(self) -> bool:
         return self.idle_since > 0.0
 
-    def _until_close(self) -> bool:
+    def fields(self) -> CIMultiDictProxy[str]:
+        """The final head's header fields (made once, when first asked for)."""
         headers = self.headers
-        return headers is not None and (
-            "Content-Length" not in headers and "Transfer-Encoding" not in headers
-        )
+        if headers is None:
+            headers = self.headers = header_fields(self.head_block)
+        return headers
+
+    def _until_close(self) -> bool:
+        # (Only asked in the body: the head is parsed.)
+        headers = self.fields()
+        return "Content-Length" not in headers and "Transfer-Encoding" not in headers
 
     def _complete(self) -> None:
         # The answer's last byte is read: its latency, taken here in the protocol's callback
@@ -497,9 +499,7 @@ class _Connection(asyncio.Protocol):
                 return
             if not self._sink_headed:
                 self._sink_headed = True
-                headers = self.headers
-                assert headers is not None
-                sink.head(self.status, headers, self.head_block)
+                sink.head(self.status, self.head_block)
             if self.chunks and not self._discarding and not sink.body(self.take()):
                 # Past what the sink keeps: read on without keeping, to time the end.
                 self._discard_left = self.pool.max_discard_bytes
@@ -701,9 +701,9 @@ class AnswerSink:
     def __init__(self) -> None:
         self._conn: _Connection | None = None
 
-    def head(self, status: int, headers: CIMultiDictProxy[str], block: bytes) -> None:
-        """The answer's final head (``block``: its names and values as they came, joined by
-        newlines)."""
+    def head(self, status: int, block: bytes) -> None:
+        """The answer's final head: its status, its header fields as they came (names and
+        values in turn, joined by newlines: ``header_fields`` reads them)."""
 
     def body(self, data: bytes) -> bool:
         """A part of the body; False to keep no more of it."""
@@ -745,9 +745,9 @@ class UpstreamAnswer:
 
     __slots__ = (
         "_conn",
+        "_headers",
         "head_block",
         "head_parts",
-        "headers",
         "latency",
         "reason",
         "sent_at",
@@ -759,10 +759,8 @@ class UpstreamAnswer:
         self._conn: _Connection | None = conn
         self.status = conn.status
         self.reason = conn.reason.decode("latin-1")
-        headers = conn.headers
-        assert headers is not None
-        self.headers = headers
-        # The same fields as bytes, as they came: names and values in turn.
+        self._headers = conn.headers  # (made when first asked for: headers)
+        # The fields as bytes, as they came: names and values in turn.
         self.head_parts = conn.head_parts
         self.head_block = conn.head_block  # joined by newlines
         # The trailer fields (name, value), once the body was read to its end.
@@ -772,6 +770,14 @@ class UpstreamAnswer:
         self.latency: float | None = conn.latency
         # perf_counter() when the request's first byte was written (its head then parsed).
         self.sent_at = conn.sent_at
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """The header fields (made from ``head_block`` when first asked for)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = header_fields(self.head_block)
+        return headers
 
     @property
     def at_eof(self) -> bool:

@@ -152,13 +152,6 @@ def _pairs(fields: tuple[str, tuple[str, ...]]) -> list[tuple[str, str]]:
     return list(zip(names.split("\n"), values, strict=True))
 
 
-def _block_pairs(block: bytes) -> list[tuple[str, str]]:
-    if not block:
-        return []
-    it = iter(block.decode("utf-8", "surrogateescape").split("\n"))
-    return list(zip(it, it, strict=True))
-
-
 def encode_losses(run_id: int, reason: str, n: int) -> bytes:
     """``n`` exchanges of ``run_id`` lost for ``reason``, as one frame."""
     return frame(_dumps((LOSSES, run_id, str(reason), n), _VERSION))
@@ -227,7 +220,7 @@ def decode_exchange(message: tuple[Any, ...]) -> Exchange:
         cap = Capture(len(body))
         cap.status = status
         if type(fields) is bytes:  # the upstream's fields as they came
-            cap.headers = CIMultiDictProxy(CIMultiDict(_block_pairs(fields)))
+            cap.head_block = fields  # (its fields made when first asked for)
         elif fields is not None:
             cap.headers = CIMultiDictProxy(CIMultiDict(_pairs(fields)))
         cap.chunks = [body]
