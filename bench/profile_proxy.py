@@ -2,16 +2,17 @@
 
     python bench/profile_proxy.py [--duration S] [--rate HZ] [--native] [--processes N]
                                   [--connections N] [--top N] [--out DIR] [--source DIR]
+                                  [--writer]
 
 Starts what ``bench_proxy.py`` starts (nginx primary and canary on the load CPUs, a scratch
 database, ``graygate serve --role proxy`` on the other CPUs, mirror sample 1.0, recorder
 on), drives it with wrk at its peak (64 connections) and samples graygate's process(es)
 with ``py-spy record --format raw`` (``--native``: C frames of uvloop, httptools, aiohttp's
-extensions too). Then it prints, and writes to ``DIR/profile-<time>.md``, the top entries by
-own time (the sampled frame) and by cumulative time (every function on the stack, once per
-sample), as a share of the samples in which a thread held the GIL (``py-spy --gil``: a
-thread blocked in a C call, as the idle workers of the default executor, is not taken for
-a busy one). The raw
+extensions too; ``--writer``: the record writer process instead of the proxy's). Then it
+prints, and writes to ``DIR/profile-<time>.md``, the top entries by own time (the sampled
+frame) and by cumulative time (every function on the stack, once per sample), as a share
+of the samples in which a thread held the GIL (``py-spy --gil``: a thread blocked in a C
+call, as the idle workers of the default executor, is not taken for a busy one). The raw
 stacks go beside it (``.txt``: ``flamegraph.pl`` or speedscope read them).
 
 Also prints the proxy's CPU per request in the profiled window and in an unprofiled one
@@ -149,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", default=str(bp.RESULTS_DIR), help="where the tables go")
     ap.add_argument("--source", default=None, help="graygate from this source tree")
+    ap.add_argument(
+        "--writer",
+        action="store_true",
+        help="sample the record writer process(es) instead of the proxy's",
+    )
     args = ap.parse_args(argv)
     for tool in ("wrk", "py-spy"):
         if not shutil.which(tool):
@@ -194,9 +200,16 @@ def main(argv: list[str] | None = None) -> int:
                 cmd += ["--gil"]
                 cmd += ["-d", str(round(args.duration) + 2), "-o", str(raw_path)]
                 cmd += ["--native"] if args.native else []
-                cmd += ["--subprocesses"] if args.processes > 1 else []
+                if args.writer:
+                    writers = [p for p in pids if _role(p).startswith("record writer")]
+                    if not writers:
+                        raise bp.BenchError("no record writer process to sample")
+                    target = writers[0]  # (with several proxy processes: the first one's)
+                else:
+                    target = child.pid
+                    cmd += ["--subprocesses"] if args.processes > 1 else []
                 spy = subprocess.Popen(
-                    [*cmd, "-p", str(child.pid)],
+                    [*cmd, "-p", str(target)],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                     text=True,
@@ -240,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"machine: {m['cpu_model']}, {m['cpus']} CPUs, Python {m['python']}; graygate "
         f"{' '.join(bench.graygate)} {'(' + str(settings.source) + ')' if settings.source else ''}"
-        f", --processes {args.processes} on CPU {main_place.sut_cpus}; wrk "
+        f", --processes {args.processes} on CPU {main_place.sut_cpus}"
+        f"{' (the record writer sampled)' if args.writer else ''}; wrk "
         f"-c{args.connections} {args.duration:g}s at the peak; py-spy {args.rate} Hz"
         f"{', native' if args.native else ''}, {total} samples holding the GIL",
         "",

@@ -10,12 +10,11 @@ became of the client.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-if TYPE_CHECKING:
-    from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["ENCODED_FACTOR", "Capture"]
+__all__ = ["ENCODED_FACTOR", "Capture", "header_fields"]
 
 ENCODED_FACTOR: Final = 4
 
@@ -25,12 +24,13 @@ class Capture:
     with a copy of the body bounded at ``limit`` bytes."""
 
     __slots__ = (
+        "_headers",
         "chunks",
         "client_gone",
         "client_stalled",
         "error",
+        "head_block",
         "head_sent",
-        "headers",
         "latency",
         "limit",
         "size",
@@ -43,7 +43,11 @@ class Capture:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.status: int | None = None
-        self.headers: CIMultiDictProxy[str] | None = None
+        self._headers: CIMultiDictProxy[str] | None = None
+        # The header fields as they came (names and values in turn, joined by newlines),
+        # when an upstream's parser gave them (``head``): what the record writer is handed,
+        # and what ``headers`` is made of when first asked for.
+        self.head_block: bytes | None = None
         self.chunks: list[bytes] = []
         self.size = 0
         self.total = 0  # body bytes seen (the copy keeps up to limit of them)
@@ -54,6 +58,30 @@ class Capture:
         self.client_stalled = False  # the client was cut off: it took no bytes in time
         self.upstream_head: float | None = None  # seconds: first byte written to head parsed
         self.head_sent: float | None = None  # perf_counter() when the client's head went out
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str] | None:
+        """The answer's header fields (None: no head came)."""
+        headers = self._headers
+        if headers is None and self.head_block is not None:
+            headers = self._headers = header_fields(self.head_block)
+        return headers
+
+    @headers.setter
+    def headers(self, headers: CIMultiDictProxy[str] | None) -> None:
+        self._headers = headers
+        self.head_block = None
+
+    def head(self, status: int, block: bytes) -> None:
+        """The answer's head: its status and its header fields as the upstream's parser gave
+        them (``header_fields``); the bound widened for a compressed body (``encoded``)."""
+        self.status = status
+        self._headers = None
+        self.head_block = block
+        if b"content-encoding" in block.lower():  # (exactly: encoded)
+            headers = self.headers
+            assert headers is not None
+            self.encoded(headers)
 
     def encoded(self, headers: Mapping[str, str]) -> None:
         """The body is compressed (``Content-Encoding``): keep up to ``ENCODED_FACTOR``
@@ -80,3 +108,13 @@ class Capture:
         if len(chunks) == 1:
             return chunks[0]
         return b"".join(chunks)
+
+
+def header_fields(block: bytes) -> CIMultiDictProxy[str]:
+    """Header fields from their names and values as they came, joined by newlines (which no
+    name or value holds: an upstream parser's ``head_block``)."""
+    if not block:
+        return CIMultiDictProxy(CIMultiDict())
+    it = iter(block.decode("utf-8", "surrogateescape").split("\n"))
+    # (A list: CIMultiDict takes one in a single pass, faster than an iterator.)
+    return CIMultiDictProxy(CIMultiDict(list(zip(it, it, strict=True))))

@@ -50,6 +50,7 @@ class Answer:
         "_conn",
         "_declared",
         "_done",
+        "_fields",
         "_head",
         "_immediate",
         "_keep_alive",
@@ -86,6 +87,7 @@ class Answer:
                     except ValueError:
                         declared = None
         self._pairs = pairs
+        self._fields: bytes | None = None  # the fields on the wire already (from_fields)
         self._body = body
         self._declared = declared
         self._immediate = immediate
@@ -143,8 +145,12 @@ class Answer:
                 framing.append(("Connection", "keep-alive"))
         self._keep_alive = keep_alive
         line = f"HTTP/{version[0]}.{version[1]} {self.status} {self.reason}\r\n"
-        fields = "".join([f"{k}: {v}\r\n" for k, v in (*self._pairs, *framing)])
-        head = line.encode("latin-1") + fields.encode("utf-8", "surrogateescape") + b"\r\n"
+        if self._fields is not None:
+            fields = "".join([f"{k}: {v}\r\n" for k, v in framing])
+            head = b"".join((line.encode("latin-1"), self._fields, fields.encode(), b"\r\n"))
+        else:
+            fields = "".join([f"{k}: {v}\r\n" for k, v in (*self._pairs, *framing)])
+            head = line.encode("latin-1") + fields.encode("utf-8", "surrogateescape") + b"\r\n"
         body = self._body
         if body is not None:
             self._done = True
@@ -213,3 +219,14 @@ class ClientAnswer(Answer):
         self, status: int, reason: str, headers: list[tuple[str, str]], *, immediate: bool
     ) -> None:
         super().__init__(status, reason, headers, immediate=immediate)
+
+    @classmethod
+    def from_fields(
+        cls, status: int, reason: str, fields: bytes, declared: int | None, *, immediate: bool
+    ) -> ClientAnswer:
+        """The same answer from its header fields as they go on the wire (``name: value``
+        lines, ``proxy.headers.client_fields``) and the ``Content-Length`` they declare."""
+        answer = cls(status, reason, [], immediate=immediate)
+        answer._fields = fields
+        answer._declared = declared
+        return answer

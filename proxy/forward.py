@@ -25,7 +25,7 @@ from graygate.errors import UpstreamError
 from proxy.capture import Capture
 from proxy.client_answer import ClientAnswer
 from proxy.error_mapping import ClientStalled, error_kind, error_response
-from proxy.headers import accepts_trailers, client_headers
+from proxy.headers import accepts_trailers, client_fields, client_headers
 from proxy.tunnel import switch
 from proxy.upstream import UpstreamAnswer
 from proxy.upstream_pools import Upstream
@@ -98,9 +98,7 @@ async def forward(
         return error_response(kind, upstream.role, trace_id)
     try:
         capture.upstream_head = _perf() - resp.sent_at
-        capture.status = resp.status
-        capture.headers = up_headers = resp.headers
-        capture.encoded(up_headers)
+        capture.head(resp.status, resp.head_block)
         if resp.status == 101:
             capture.latency = _perf() - start
             return await switch(request, resp, upstream.role, trace_id, capture)
@@ -115,15 +113,26 @@ async def forward(
             return error_response(kind, upstream.role, trace_id)
         redirect = None
         client_host = request.headers.get("Host")
-        if client_host and ("Location" in up_headers or "Content-Location" in up_headers):
+        if (
+            client_host
+            and b"location" in resp.head_block.lower()  # (then exactly, on the fields)
+            and ("Location" in resp.headers or "Content-Location" in resp.headers)
+        ):
             # (not request.host: without a Host header it asks the resolver for our name)
             redirect = (upstream.origin, f"{request.scheme}://{client_host}")
-        out = ClientAnswer(
-            resp.status,
-            resp.reason,
-            client_headers(up_headers, trace_id, redirect),
-            immediate=not (first or resp.at_eof),
-        )
+        immediate = not (first or resp.at_eof)
+        fields = None if redirect is not None else client_fields(resp.head_parts, trace_id)
+        if fields is not None:
+            out = ClientAnswer.from_fields(
+                resp.status, resp.reason, fields[0], fields[1], immediate=immediate
+            )
+        else:
+            out = ClientAnswer(
+                resp.status,
+                resp.reason,
+                client_headers(resp.headers, trace_id, redirect),
+                immediate=immediate,
+            )
         try:
             await out.prepare(request)
             if first:
@@ -176,13 +185,14 @@ async def forward(
         resp.release()
 
 
-def _outruns(resp: UpstreamAnswer, read: int, limit: int) -> bool:
-    """The answer's ``Content-Length`` says more than ``limit`` bytes are left after the
-    ``read`` ones: reading on could not time it."""
-    length = resp.headers.get("Content-Length")
+def outruns(capture: Capture, limit: int) -> bool:
+    """The answer's ``Content-Length`` says more than ``limit`` bytes are left after those
+    ``capture`` has seen: reading on could not time it."""
+    headers = capture.headers
+    length = None if headers is None else headers.get("Content-Length")
     if length is None or not length.isdigit():
         return False
-    return int(length) - read > limit
+    return int(length) - capture.total > limit
 
 
 async def fetch(
@@ -195,6 +205,7 @@ async def fetch(
     client_host: str | None = None,
     *,
     read_on: bool = True,
+    fresh: bool = False,
 ) -> Capture:
     """Send a mirror to ``upstream`` and read its answer within the mirror timeout, up to
     what is recorded (``capture``'s bound): past it the answer is recorded truncated, and
@@ -205,7 +216,7 @@ async def fetch(
     the pool's read buffer. The rest is not read on (the connection closed at once, the
     answer untimed unless it had ended already) when ``read_on`` is False, or when its
     ``Content-Length`` says it outruns that bound. Never raises for an upstream failure:
-    ``capture.error`` says it."""
+    ``capture.error`` says it. ``fresh``: on a new connection (``Pool.send``)."""
     start = _perf()
     cut = False
     resp: UpstreamAnswer | None = None
@@ -218,16 +229,15 @@ async def fetch(
             limit=upstream.mirror_timeout,
             idle=False,
             host=upstream.host(client_host),
+            fresh=fresh,
         )
         try:
-            capture.status = resp.status
-            capture.headers = resp.headers
-            capture.encoded(resp.headers)
+            capture.head(resp.status, resp.head_block)
             while chunk := await resp.read():
                 capture.add(chunk)
                 if capture.truncated:  # past what is recorded: read on, not kept, to time it
                     limit = upstream.pool.max_discard_bytes
-                    if not read_on or _outruns(resp, capture.total, limit):
+                    if not read_on or outruns(capture, limit):
                         limit = 0  # its end cannot be timed: read no more
                     cut = not await resp.discard(limit)
                     break

@@ -37,6 +37,7 @@ __all__ = [
     "X_GRAY_SHADOW",
     "accepts_trailers",
     "asks_upgrade",
+    "client_fields",
     "client_headers",
     "leaves_root",
     "request_drop",
@@ -199,6 +200,42 @@ def client_headers(
                 out[i] = (k, proxied + v[len(origin) :])
     out.append((X_TRACE_ID, trace_id))
     return out
+
+
+_RESPONSE_DROP_BYTES: Final = frozenset(name.encode() for name in _RESPONSE_DROP)
+
+
+def client_fields(parts: list[bytes], trace_id: str) -> tuple[bytes, int | None] | None:
+    """:func:`client_headers` on the upstream's fields as bytes (``parts``: names and values
+    in turn, as they came), put on the wire (``name: value`` lines), and the
+    ``Content-Length`` they declare (None: none, or not a number). None when a
+    ``Connection`` field names fields to drop besides the hop-by-hop ones: then
+    ``client_headers``. No redirect is rewritten here."""
+    out: list[bytes] = []
+    declared: int | None = None
+    for i in range(0, len(parts), 2):
+        name = parts[i]
+        if not name.isascii():
+            return None  # (str.lower() maps a few non-ASCII letters to ASCII ones)
+        low = name.lower()
+        if low in _RESPONSE_DROP_BYTES:
+            if low == b"connection" and any(
+                token.strip().lower() not in _RESPONSE_DROP_BYTES
+                for token in parts[i + 1].split(b",")
+            ):
+                return None
+            continue
+        value = parts[i + 1]
+        if low == b"content-length":
+            if not value.isascii():
+                return None  # (int() reads other digits in a str)
+            try:
+                declared = int(value)
+            except ValueError:
+                declared = None
+        out += (name, b": ", value, b"\r\n")
+    out += (b"X-Trace-ID: ", trace_id.encode(), b"\r\n")
+    return b"".join(out), declared
 
 
 def _names_origin(value: str, origin: str) -> bool:

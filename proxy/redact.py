@@ -47,6 +47,7 @@ __all__ = [
     "MAX_HEADER_VALUE",
     "Redactor",
     "form_location",
+    "storable_text",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,18 @@ _FORM_PART = re.compile(r"\[([^\]]*)\]")
 _DISPOSITION_NAME = re.compile(rb'(?i)content-disposition:[^\r\n]*?\bname="([^"]*)"')
 _PART_TYPE = re.compile(rb"(?i)content-type:\s*([^\r\n;]+)")
 _BOUNDARY = re.compile(r'(?i)boundary=(?:"([^"]+)"|([^;\s]+))')
+
+
+def storable_text(value: str) -> str:
+    """``value`` as it can be stored (UTF-8 text): bytes outside UTF-8, which travel as
+    surrogate escapes, written ``\\xNN`` (``caf\\xe9``)."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
 
 
 def form_location(name: str) -> list[str | int]:
@@ -148,7 +161,8 @@ class Redactor:
         self, items: Iterable[tuple[str, str]], drop: frozenset[str] = frozenset()
     ) -> dict[str, str]:
         """Lower-case names, repeated headers joined with ``", "``, secrets replaced; the
-        (lower-case) names in ``drop`` left out; bounded (see the module docstring)."""
+        (lower-case) names in ``drop`` left out; bounded (see the module docstring); names
+        and values storable text (``storable_text``)."""
         out: dict[str, str] = {}
         names = self._header_names
         placeholder = self._placeholder
@@ -163,8 +177,11 @@ class Redactor:
                 continue
             if secret:
                 value = placeholder
-            elif len(value) > MAX_HEADER_VALUE:
-                value = value[: MAX_HEADER_VALUE - len(_CUT_MARK)] + _CUT_MARK
+            else:
+                if not value.isascii():
+                    value = storable_text(value)
+                if len(value) > MAX_HEADER_VALUE:
+                    value = value[: MAX_HEADER_VALUE - len(_CUT_MARK)] + _CUT_MARK
             prev = out.get(key)
             cost = len(value) + (len(key) if prev is None else 2)
             if cost > budget:
@@ -177,7 +194,7 @@ class Redactor:
         return out
 
     def _header_name(self, name: str) -> tuple[str, bool]:
-        key = name.lower()
+        key = storable_text(name).lower()
         known = (key, key in self._headers or _secret_name(key))
         names = self._header_names
         if len(names) >= _NAMES_CACHED:  # a client inventing names: start over

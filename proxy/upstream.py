@@ -52,19 +52,22 @@ from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from typing import Final, cast
 
 import httptools
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from graygate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from graygate.vocabulary import ErrorKind
+from proxy.capture import header_fields
 from proxy.http_head import head_end
 
 __all__ = [
     "MAX_DISCARD_BYTES",
     "MAX_HEAD_BYTES",
     "MAX_HEAD_FIELDS",
+    "AnswerSink",
     "Pool",
     "UpstreamAnswer",
     "UpstreamReset",
+    "retryable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -120,6 +123,7 @@ class _Connection(asyncio.Protocol):
         "_discard_left",
         "_discarding",
         "_drain",
+        "_feeding",
         "_head_buf",
         "_head_total",
         "_header_parts",
@@ -127,6 +131,8 @@ class _Connection(asyncio.Protocol):
         "_paused",
         "_paused_at",
         "_paused_for",
+        "_sink",
+        "_sink_headed",
         "_timeout",
         "_timer",
         "_timer_at",
@@ -134,7 +140,9 @@ class _Connection(asyncio.Protocol):
         "_waiter",
         "chunks",
         "error",
+        "head_block",
         "head_only",
+        "head_parts",
         "headers",
         "idle_since",
         "interim",
@@ -161,6 +169,8 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.headers: CIMultiDictProxy[str] | None = None
+        self.head_parts: list[bytes] = []  # the final head's names and values, as they came
+        self.head_block = b""  # the same joined by newlines (which no name or value holds)
         self.trailers: list[tuple[str, str]] = []
         self._header_parts: list[bytes] = []
         self._head_buf = bytearray()  # the head as it comes, fed to the parser when whole
@@ -189,6 +199,10 @@ class _Connection(asyncio.Protocol):
         self.interim: Callable[[bytes], None] | None = None
         self.received = False
         self.idle_since = 0.0
+        # The answer goes to a sink's callbacks rather than to a waiting task (send_nowait).
+        self._sink: AnswerSink | None = None
+        self._sink_headed = False  # the sink has its head
+        self._feeding = False  # in data_received: the sink is told after the parser is done
 
     # -- asyncio.Protocol
 
@@ -207,6 +221,7 @@ class _Connection(asyncio.Protocol):
                 self.pool._drop_idle(self)
             return
         self.received = True
+        self._feeding = True
         try:
             if state == _HEAD:
                 self._feed_head(data)
@@ -219,6 +234,10 @@ class _Connection(asyncio.Protocol):
                 self.keep_alive = False
             else:
                 self._fail(UpstreamError(f"malformed answer: {exc}"))
+        finally:
+            self._feeding = False
+        if self._sink is not None:
+            self._sink_step()
 
     def _feed_head(self, data: bytes) -> None:
         """Collect the head until its end (in linear time, bounded by ``MAX_HEAD_BYTES``),
@@ -363,12 +382,9 @@ class _Connection(asyncio.Protocol):
             self.reason = b""  # an interim answer: skip it
             return
         self.status = status
-        if parts:
-            it = iter(b"\n".join(parts).decode("utf-8", "surrogateescape").split("\n"))
-            # (A list: CIMultiDict takes one in a single pass, faster than an iterator.)
-            self.headers = CIMultiDictProxy(CIMultiDict(list(zip(it, it, strict=True))))
-        else:
-            self.headers = CIMultiDictProxy(CIMultiDict())
+        self.head_parts = parts
+        self.head_block = b"\n".join(parts)
+        self.headers = None  # made from head_block when asked for (fields())
         self.state = _BODY
         if self.head_only or status == 101:
             # httptools cannot be told the request was HEAD: the answer ends here, and a
@@ -417,11 +433,17 @@ class _Connection(asyncio.Protocol):
     def pool_reused(self) -> bool:
         return self.idle_since > 0.0
 
-    def _until_close(self) -> bool:
+    def fields(self) -> CIMultiDictProxy[str]:
+        """The final head's header fields (made once, when first asked for)."""
         headers = self.headers
-        return headers is not None and (
-            "Content-Length" not in headers and "Transfer-Encoding" not in headers
-        )
+        if headers is None:
+            headers = self.headers = header_fields(self.head_block)
+        return headers
+
+    def _until_close(self) -> bool:
+        # (Only asked in the body: the head is parsed.)
+        headers = self.fields()
+        return "Content-Length" not in headers and "Transfer-Encoding" not in headers
 
     def _complete(self) -> None:
         # The answer's last byte is read: its latency, taken here in the protocol's callback
@@ -433,6 +455,10 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def _wake(self) -> None:
+        if self._sink is not None:
+            if not self._feeding:
+                self._sink_step()
+            return
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -456,6 +482,38 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if transport is not None:
             transport.close()
+        if self._sink is not None and not self._feeding:
+            self._sink_step()
+
+    def _sink_step(self) -> None:
+        """Tell the sink what came (the head, the body), and once the answer is over (or
+        failed, or went past what ``discard`` reads) give the connection back and end it:
+        what a task reading the answer would do, in the connection's callbacks."""
+        sink = self._sink
+        assert sink is not None
+        error = self.error
+        latency: float | None = None
+        if error is None:
+            state = self.state
+            if state == _HEAD:
+                return
+            if not self._sink_headed:
+                self._sink_headed = True
+                sink.head(self.status, self.head_block)
+            if self.chunks and not self._discarding and not sink.body(self.take()):
+                # Past what the sink keeps: read on without keeping, to time the end.
+                self._discard_left = sink.discard_limit(self.pool.max_discard_bytes)
+                self._discarding = True
+            if self._discarding and self._discard_left < 0:
+                pass  # past the discard bound too: not timed, the connection closes
+            elif self.state == _DONE:
+                latency = self.latency
+            else:
+                return
+        self._sink = None
+        sink._conn = None
+        self.pool._release(self)
+        sink.end(error, latency)
 
     def _arm(self, at: float) -> None:
         """Time the request in progress out at ``at`` (loop time), unless it waits (idle)."""
@@ -636,6 +694,53 @@ class _Connection(asyncio.Protocol):
         self._head_buf = bytearray()
 
 
+class AnswerSink:
+    """Takes an answer in its connection's callbacks, with no task waiting for it
+    (:meth:`Pool.send_nowait`): :meth:`head` once the final head is parsed, :meth:`body`
+    with each part of the body (False: keep no more; the rest is read on without being
+    kept, up to the pool's ``max_discard_bytes``, only to time its end, as
+    :meth:`UpstreamAnswer.discard` does), then :meth:`end` once, the connection already
+    given back to its pool."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self) -> None:
+        self._conn: _Connection | None = None
+
+    def head(self, status: int, block: bytes) -> None:
+        """The answer's final head: its status, its header fields as they came (names and
+        values in turn, joined by newlines: ``header_fields`` reads them)."""
+
+    def body(self, data: bytes) -> bool:
+        """A part of the body; False to keep no more of it."""
+        return True
+
+    def discard_limit(self, default: int) -> int:
+        """Once :meth:`body` said False: how many more bytes to read on, only to time the
+        answer's end (``default``: the pool's ``max_discard_bytes``; below 0: none, the
+        answer is not timed and its connection closes)."""
+        return default
+
+    def end(self, error: UpstreamError | None, latency: float | None) -> None:
+        """The answer is over: ``error`` when it failed (``retryable(error)``: a reused
+        connection closed before any byte of it), else ``latency`` (seconds from the
+        request's first byte written to the answer's last byte read; None: not timed, the
+        body went on past what is read of it)."""
+
+    def cancel(self) -> None:
+        """Give up on the answer: its connection is closed, :meth:`end` gets an error."""
+        conn = self._conn
+        if conn is not None and conn._sink is self:
+            conn._fail(UpstreamReset("the request was cancelled"))
+
+
+def retryable(error: BaseException, method: str) -> bool:
+    """``error`` ended a request that may be sent again on a fresh connection
+    (``Pool.send(..., fresh=True)``): a reused connection closed before any byte of the
+    answer came, and the method is idempotent."""
+    return isinstance(error, _Stale) and method in IDEMPOTENT
+
+
 class _NoAnswer:
     """The protocol of the parser an unlinked connection keeps: it calls nothing back."""
 
@@ -650,15 +755,26 @@ class UpstreamAnswer:
     when the body was read to the end, else it is closed.
     """
 
-    __slots__ = ("_conn", "headers", "latency", "reason", "sent_at", "status", "trailers")
+    __slots__ = (
+        "_conn",
+        "_headers",
+        "head_block",
+        "head_parts",
+        "latency",
+        "reason",
+        "sent_at",
+        "status",
+        "trailers",
+    )
 
     def __init__(self, conn: _Connection) -> None:
         self._conn: _Connection | None = conn
         self.status = conn.status
         self.reason = conn.reason.decode("latin-1")
-        headers = conn.headers
-        assert headers is not None
-        self.headers = headers
+        self._headers = conn.headers  # (made when first asked for: headers)
+        # The fields as bytes, as they came: names and values in turn.
+        self.head_parts = conn.head_parts
+        self.head_block = conn.head_block  # joined by newlines
         # The trailer fields (name, value), once the body was read to its end.
         self.trailers: list[tuple[str, str]] = conn.trailers
         # Seconds from the request's first byte written to the answer's last byte read,
@@ -666,6 +782,14 @@ class UpstreamAnswer:
         self.latency: float | None = conn.latency
         # perf_counter() when the request's first byte was written (its head then parsed).
         self.sent_at = conn.sent_at
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """The header fields (made from ``head_block`` when first asked for)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = header_fields(self.head_block)
+        return headers
 
     @property
     def at_eof(self) -> bool:
@@ -811,6 +935,7 @@ class Pool:
         idle: bool,
         host: str | None = None,
         interim: Callable[[bytes], None] | None = None,
+        fresh: bool = False,
     ) -> UpstreamAnswer:
         """Send a request and wait for the head of its answer.
 
@@ -818,6 +943,8 @@ class Pool:
         whole exchange up to the body's end (``idle=False``); the pool wait and the connect
         count. ``host``: the ``Host`` header (default: the upstream's authority).
         ``interim``: called with the bytes of each interim (1xx) head, as they come.
+        ``fresh``: on a new connection, not retried (the retry of a request that a reused
+        connection lost: ``retryable``).
         """
         loop = self.loop
         deadline = loop.time() + limit
@@ -825,14 +952,7 @@ class Pool:
         stream: AsyncIterable[bytes] | None = None
         chunked = False
         if body is None or isinstance(body, bytes | bytearray | memoryview):
-            if body:
-                data = f"{text}\r\nContent-Length: {len(body)}\r\n\r\n".encode(
-                    "utf-8", "surrogateescape"
-                ) + bytes(body)
-            elif method in _BODYLESS:
-                data = f"{text}\r\n\r\n".encode("utf-8", "surrogateescape")
-            else:
-                data = f"{text}\r\nContent-Length: 0\r\n\r\n".encode("utf-8", "surrogateescape")
+            data = _request_bytes(method, text, body)
         else:
             stream = body
             chunked = not any(k.lower() == "content-length" for k, _ in headers)
@@ -840,7 +960,6 @@ class Pool:
             data = f"{text}\r\n{tail}".encode("utf-8", "surrogateescape")
         head_only = method == "HEAD"
         retry = stream is None and method in IDEMPOTENT
-        fresh = False
         while True:
             conn = await self._acquire(deadline, fresh)
             try:
@@ -861,15 +980,53 @@ class Pool:
                 raise
             return UpstreamAnswer(conn)
 
-    async def _acquire(self, deadline: float, fresh: bool) -> _Connection:
-        if self._closed:
-            raise UpstreamUnreachable("the pool is closed")
+    def send_nowait(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+        sink: AnswerSink,
+        *,
+        limit: float,
+        host: str | None = None,
+    ) -> bool:
+        """Send a request on an idle connection, if one is at hand, and hand its answer to
+        ``sink`` in the connection's callbacks (no task waits for it); ``limit`` bounds the
+        whole exchange, as ``send(..., idle=False)``. False: none was idle (or the pool is
+        closed), nothing was sent: ``send`` it. Raises ``UpstreamError`` as ``send`` does for
+        a head that cannot be sent."""
+        if self._closed or not self._idle:
+            return False
+        text = _encode_head(method, target, host or self.authority, headers)
+        data = _request_bytes(method, text, body)
+        conn = self._idle_conn()
+        if conn is None:
+            return False
+        conn._sink = sink
+        conn._sink_headed = False
+        sink._conn = conn
+        conn.start(data, method == "HEAD", limit, self.loop.time() + limit, False)
+        return True
+
+    def _idle_conn(self) -> _Connection | None:
+        """The idle connection released last that is still open, or None."""
         idle = self._idle
-        while idle and not fresh:
+        while idle:
             conn = idle.pop()
             if conn.transport is not None and not conn.transport.is_closing():
                 return conn
             self._forget(conn)
+        return None
+
+    async def _acquire(self, deadline: float, fresh: bool) -> _Connection:
+        if self._closed:
+            raise UpstreamUnreachable("the pool is closed")
+        if not fresh:
+            conn = self._idle_conn()
+            if conn is not None:
+                return conn
+        idle = self._idle
         if self.size >= self.max_connections:
             if fresh and idle:
                 self._forget(idle.pop(0)).close()  # make room: the oldest idle one
@@ -1013,6 +1170,17 @@ class Pool:
             if not waiter.done():
                 waiter.set_exception(UpstreamUnreachable("the pool is closed"))
         await asyncio.sleep(0)  # let the transports close
+
+
+def _request_bytes(method: str, text: str, body: bytes | bytearray | memoryview | None) -> bytes:
+    """The request's head (``text``: its line and fields) and its in-memory body."""
+    if body:
+        return f"{text}\r\nContent-Length: {len(body)}\r\n\r\n".encode(
+            "utf-8", "surrogateescape"
+        ) + bytes(body)
+    if method in _BODYLESS:
+        return f"{text}\r\n\r\n".encode("utf-8", "surrogateescape")
+    return f"{text}\r\nContent-Length: 0\r\n\r\n".encode("utf-8", "surrogateescape")
 
 
 def _expire(waiter: asyncio.Future[_Connection | None]) -> None:

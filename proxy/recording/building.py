@@ -13,7 +13,7 @@ it once per exchange, after the serving side is done (``proxy.exchange.Completio
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -78,7 +78,7 @@ class RecordBuilder:
             method=ex.method,
             path=ex.path,
             query=redact.query(ex.query),
-            request_headers=redact.headers(_storable(ex.headers)),
+            request_headers=redact.headers(ex.headers),
             request_body=req_body,
             request_body_truncated=req_truncated,
             gray_label=ex.label,
@@ -111,13 +111,14 @@ class RecordBuilder:
         error: str | None = None,
     ) -> Answer:
         """One side's answer as stored: the body decoded (within the record's bound) and
-        redacted, header fields redacted and made storable text, hop-by-hop ones left out.
+        redacted, header fields redacted and made storable text (``Redactor.headers``:
+        bytes outside UTF-8 written ``\\xNN``), hop-by-hop ones left out.
         The proxy's captures and ``graygate replay``'s answers both come here."""
         decoded, cut = decode_body(body, headers.get("Content-Encoding"), self._limit)
         redact = self._redactor
         return Answer(
             status=status,
-            headers=redact.headers(_storable(headers.items()), HOP_BY_HOP),
+            headers=redact.headers(headers.items(), HOP_BY_HOP),
             body=redact.body(decoded, headers.get("Content-Type")),
             body_truncated=truncated or cut,
             latency_ms=latency_ms,
@@ -133,20 +134,3 @@ def _served_extra(served: Capture | None) -> dict[str, str]:
     if served.client_stalled:
         return {"client_disconnected": "true", "client_stalled": "true"}
     return {"client_disconnected": "true"}
-
-
-def _storable(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Header fields as they can be stored (UTF-8 text): bytes outside UTF-8, which travel
-    as surrogate escapes, are written ``\\xNN`` (``caf\\xe9``), so that every exchange is
-    recordable whatever bytes a client or an upstream sends."""
-    return [(_text(k), _text(v)) for k, v in pairs]
-
-
-def _text(value: str) -> str:
-    if value.isascii():
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return value

@@ -12,8 +12,10 @@ writer with ``sys.executable``).
 Kinds (the tuple's first item):
 
 - ``EXCHANGE``: one finished :class:`proxy.exchange.Exchange`: the request as sent upstream
-  and each side's :class:`proxy.capture.Capture` (status, header pairs as they came, the
-  bounded body still encoded, latency, error, what became of the client). Nothing is decoded,
+  and each side's :class:`proxy.capture.Capture` (status, header fields as they came: the
+  upstream parser's bytes joined by newlines, ``Capture.head_block``, or names and values
+  when only those are known; the bounded body still encoded, latency, error, what became of
+  the client). Nothing is decoded,
   redacted or matched on the request path: the writer does that (``RecordBuilder``).
 - ``LOSSES``: ``(run_id, reason, n)``: exchanges the proxy could not hand over (its queue was
   full, a writer died with them), for ``run_losses``.
@@ -73,7 +75,11 @@ def encode_exchange(ex: Exchange) -> bytes:
         (
             str(role),
             cap.status,
-            None if cap.headers is None else _fields(cap.headers.keys(), cap.headers.values()),
+            cap.head_block
+            if cap.head_block is not None
+            else None
+            if cap.headers is None
+            else _fields(cap.headers.keys(), cap.headers.values()),
             cap.body,
             cap.truncated,
             cap.latency,
@@ -220,7 +226,9 @@ def decode_exchange(message: tuple[Any, ...]) -> Exchange:
     for role, status, fields, body, truncated, latency, error, gone, stalled in caps:
         cap = Capture(len(body))
         cap.status = status
-        if fields is not None:
+        if type(fields) is bytes:  # the upstream's fields as they came
+            cap.head_block = fields  # (its fields made when first asked for)
+        elif fields is not None:
             cap.headers = CIMultiDictProxy(CIMultiDict(_pairs(fields)))
         cap.chunks = [body]
         cap.size = cap.total = len(body)

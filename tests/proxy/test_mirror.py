@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.app import make_proxy_app
+from proxy.mirror import MIRROR_TASKS_KEY
 from proxy.recorder import recorder_ctx
 from store.runs import ensure_run
 from store.tables import exchanges
@@ -489,3 +490,48 @@ async def test_end_to_end_into_postgresql(
         assert row["primary_status"] == 200 and row["canary_status"] == 200
         assert row["request_headers"]["authorization"] == "[REDACTED]"
         assert orjson.loads(row["canary_body"])["headers"]
+
+
+async def test_drain_waits_for_mirrors_in_flight_then_gives_up_on_them(
+    client: ClientSession,
+) -> None:
+    """Mirrors taken in their connection's callbacks and mirrors in tasks alike: the app's
+    drain waits for them, and past its time gives up on them (those exchanges are not
+    recorded: their records would lack the canary's side); none is left counted in flight."""
+    sink = Sink()
+    canary = Recording("canary")
+    async with (
+        serve_app(handler_app(echo)) as p,
+        serve_app(handler_app(canary.handle)) as c,
+    ):
+        app = make_proxy_app(make_cfg(p, c), recorder=sink, run_id=7)
+        async with serve_proxy(app) as proxy:
+            tasks = app[MIRROR_TASKS_KEY]
+            async with client.get(proxy + "/first") as resp:  # the canary's pool: one idle
+                assert resp.status == 200
+            await sink.wait(1)
+            # Waited for: answered while the drain waits.
+            canary.release.clear()
+            for path in ("/callback", "/task"):  # one on the idle connection, one opens one
+                async with client.get(proxy + path) as resp:
+                    assert resp.status == 200
+            assert len(tasks.calls) == 2 and len(tasks) == 1
+            drained = asyncio.ensure_future(tasks.drain(5.0))
+            await asyncio.sleep(0.05)
+            assert not drained.done()
+            canary.release.set()
+            await drained
+            assert len(sink.records) == 3
+            assert not tasks.calls and not len(tasks)
+            # Given up on: the drain's time runs out first.
+            canary.release.clear()
+            for path in ("/callback", "/task"):
+                async with client.get(proxy + path) as resp:
+                    assert resp.status == 200
+            assert len(tasks.calls) == 2
+            await tasks.drain(0.1)
+            assert not tasks.calls and not len(tasks)
+            assert REGISTRY.get_sample_value("graygate_mirror_in_flight") == 0.0
+            canary.release.set()
+            await asyncio.sleep(0.1)
+    assert len(sink.records) == 3

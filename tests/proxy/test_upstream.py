@@ -10,7 +10,8 @@ import pytest
 from aiohttp import web
 
 from graygate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
-from proxy.upstream import Pool, UpstreamAnswer, UpstreamReset
+from proxy.capture import header_fields
+from proxy.upstream import AnswerSink, Pool, UpstreamAnswer, UpstreamReset, retryable
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -804,3 +805,144 @@ async def test_discard_raises_when_the_body_breaks_off_or_outlasts_the_deadline(
         await resp.read()
         assert await resp.discard() is True
         assert resp.latency is not None
+
+
+# --- send_nowait: the answer taken in the connection's callbacks ------------------------
+
+
+class Taken(AnswerSink):
+    """What a sink was told, and when it ended."""
+
+    __slots__ = ("chunks", "ended", "error", "headers", "keep", "latency", "status")
+
+    def __init__(self, keep: int = 1 << 30) -> None:
+        super().__init__()
+        self.keep = keep
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.chunks: list[bytes] = []
+        self.error: UpstreamError | None = None
+        self.latency: float | None = None
+        self.ended = asyncio.get_running_loop().create_future()
+
+    def head(self, status: int, block: bytes) -> None:
+        self.status = status
+        self.headers = dict(header_fields(block))
+
+    def body(self, data: bytes) -> bool:
+        self.chunks.append(data)
+        return sum(map(len, self.chunks)) < self.keep
+
+    def end(self, error: UpstreamError | None, latency: float | None) -> None:
+        assert not self.ended.done(), "ended twice"
+        self.error = error
+        self.latency = latency
+        self.ended.set_result(None)
+
+
+async def test_send_nowait_needs_an_idle_connection_and_reuses_it() -> None:
+    async with body_server(50_000, chunked=True, repeat=3) as port, pool_for(port) as pool:
+        assert not pool.send_nowait("GET", "/", [], None, Taken(), limit=2)  # none idle
+        assert pool.size == 0
+        resp = await pool.send("GET", "/", [], None, limit=2, idle=False)
+        assert len(await read_all(resp)) == 50_000
+        for _ in range(2):
+            sink = Taken()
+            assert pool.send_nowait("GET", "/", [("X-A", "1")], None, sink, limit=2)
+            assert (pool.size, pool.idle) == (1, 0)
+            await asyncio.wait_for(sink.ended, 5)
+            assert sink.error is None and sink.status == 200
+            assert sink.headers["Transfer-Encoding"] == "chunked"
+            assert b"".join(sink.chunks) == b"z" * 50_000
+            assert sink.latency is not None and sink.latency > 0
+            assert (pool.size, pool.idle) == (1, 1)  # read to its end: kept
+
+
+async def test_send_nowait_discards_past_what_the_sink_keeps() -> None:
+    size = 3_000_000
+    async with (
+        body_server(size, chunked=False, repeat=3) as port,
+        pool_for(port, max_discard_bytes=size) as pool,
+    ):
+        await read_all(await pool.send("GET", "/", [], None, limit=5, idle=False))
+        # Kept up to 1000 bytes (at least the first part), the rest read to time its end.
+        sink = Taken(keep=1000)
+        assert pool.send_nowait("GET", "/", [], None, sink, limit=5)
+        await asyncio.wait_for(sink.ended, 5)
+        assert sink.error is None and sink.latency is not None
+        assert sum(map(len, sink.chunks)) < size
+        assert (pool.size, pool.idle) == (1, 1)
+        # Past the discard bound too: not timed, the connection closed.
+        pool.max_discard_bytes = 100_000
+        sink = Taken(keep=1000)
+        assert pool.send_nowait("GET", "/", [], None, sink, limit=5)
+        await asyncio.wait_for(sink.ended, 5)
+        assert sink.error is None and sink.latency is None
+        assert (pool.size, pool.idle) == (0, 0)
+
+
+class NoReadOn(Taken):
+    """Keeps ``keep`` bytes and reads nothing past them (``discard_limit`` below 0)."""
+
+    def discard_limit(self, default: int) -> int:
+        return -1
+
+
+async def test_send_nowait_a_sink_that_reads_nothing_on_closes_at_once_untimed() -> None:
+    """The mirror's callback path when its answer cannot be timed (a DiscardGate pause, a
+    Content-Length past the discard bound): the rest is not read, the answer ends at once
+    without error and untimed, and its connection is closed, not kept."""
+    async with (
+        body_server(3_000_000, chunked=False, repeat=2) as port,
+        pool_for(port) as pool,
+    ):
+        await read_all(await pool.send("GET", "/", [], None, limit=5, idle=False))
+        sink = NoReadOn(keep=1000)
+        assert pool.send_nowait("GET", "/", [], None, sink, limit=30)
+        await asyncio.wait_for(sink.ended, 5)
+        assert sink.error is None and sink.latency is None
+        assert sum(map(len, sink.chunks)) < 3_000_000
+        assert (pool.size, pool.idle) == (0, 0)
+
+
+async def test_send_nowait_failures_end_the_sink() -> None:
+    async def stale(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(OK)
+        await writer.drain()
+        await read_head(reader)  # the next request: closed unanswered
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(OK)
+        await writer.drain()
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(stale) as port, pool_for(port) as pool:
+        await read_all(await pool.send("GET", "/", [], None, limit=2, idle=True))
+        sink = Taken()
+        assert pool.send_nowait("GET", "/", [], None, sink, limit=2)
+        await asyncio.wait_for(sink.ended, 5)
+        assert isinstance(sink.error, UpstreamReset)
+        assert retryable(sink.error, "GET") and not retryable(sink.error, "POST")
+        assert (pool.size, pool.idle) == (0, 0)
+    async with raw_server(stall) as port, pool_for(port) as pool:
+        await read_all(await pool.send("GET", "/", [], None, limit=2, idle=True))
+        sink = Taken()
+        assert pool.send_nowait("GET", "/", [], None, sink, limit=0.3)
+        await asyncio.wait_for(sink.ended, 5)
+        assert isinstance(sink.error, UpstreamTimeout) and not retryable(sink.error, "GET")
+        assert sink.status == 200 and sink.chunks == [b"abc"]
+        assert (pool.size, pool.idle) == (0, 0)
+    async with raw_server(stall) as port, pool_for(port) as pool:
+        await read_all(await pool.send("GET", "/", [], None, limit=2, idle=True))
+        sink = Taken()
+        assert pool.send_nowait("GET", "/", [], None, sink, limit=5)
+        await asyncio.sleep(0.1)
+        sink.cancel()
+        await asyncio.wait_for(sink.ended, 5)
+        assert isinstance(sink.error, UpstreamReset)
+        assert (pool.size, pool.idle) == (0, 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import marshal
 
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from config.load import config_from_mapping
 from proxy.recording.building import RecordBuilder
@@ -33,10 +34,19 @@ def _builder() -> RecordBuilder:
     return RecordBuilder.from_config(cfg, 3)
 
 
+@pytest.mark.parametrize("block", [False, True])
 @pytest.mark.parametrize("i", [1, 7])
-def test_an_exchange_is_built_alike_on_either_side_of_the_pipe(i: int) -> None:
+def test_an_exchange_is_built_alike_on_either_side_of_the_pipe(i: int, block: bool) -> None:
     builder = _builder()
     ex = exchange(i)
+    if block:  # as the upstream's parser gives them: bytes (one outside UTF-8)
+        for cap in ex.captures.values():
+            if cap.headers is not None:
+                fields = CIMultiDict(cap.headers)
+                fields.add("X-Bytes", "caf\udce9")
+                cap.headers = CIMultiDictProxy(fields)
+                parts = [x.encode("utf-8", "surrogateescape") for kv in fields.items() for x in kv]
+                cap.head_block = b"\n".join(parts)
     here = builder.build(ex)
     [(_end, message)] = list(frames(encode_exchange(ex)))
     assert message[0] == EXCHANGE
