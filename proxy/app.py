@@ -50,7 +50,7 @@ from proxy.headers import (
     upstream_headers,
 )
 from proxy.metrics import count_mirror_skip, observe_proxy_added, observe_upstream
-from proxy.mirror import MIRROR_TASKS_KEY, Mirror, mirror_tasks_ctx
+from proxy.mirror import MIRROR_TASKS_KEY, SKIP_EJECTED, Mirror, mirror_tasks_ctx
 from proxy.recording.building import RecordBuilder
 from proxy.redact import Redactor
 from proxy.route_match import RouteMatcher
@@ -167,6 +167,7 @@ class Proxy:
         self._prefixed = False
         self._targets: dict[str, tuple[Upstream, ...]] = {}
         self._shadow_targets: tuple[Upstream, ...] = ()
+        self._shadow_primary: tuple[Upstream, ...] = ()
         self._tracing: Tracing | None = None
         self._mirror: Mirror | None = None
 
@@ -196,6 +197,7 @@ class Proxy:
             CANARY: (ups[PRIMARY], *secondary),
         }
         self._shadow_targets = (ups[PRIMARY], ups[CANARY], *secondary)
+        self._shadow_primary = (ups[PRIMARY],)
         self._tracing = app[TRACING_KEY]
         self._mirror = Mirror(
             app[MIRROR_TASKS_KEY],
@@ -400,6 +402,15 @@ class Proxy:
         assert self._mirror is not None
         done = Completion(ex, self._finish)
         skipped = self._mirror.try_start(done, self._shadow_targets, body)
+        if skipped == SKIP_EJECTED:
+            # The canary is ejected: the primary is still asked and the exchange recorded
+            # as skipped `ejected`, as inline mode records it, so that the errors check
+            # counts how long the canary was broken (a skip nobody records hides it).
+            count_mirror_skip(skipped)
+            ex.mirror_skipped = skipped
+            if self._mirror.try_start(done, self._shadow_primary, body) is None:
+                done.served()
+            return answer  # (the primary ejected or saturated too: nothing to record)
         if skipped is not None:
             count_mirror_skip(skipped)
             return answer

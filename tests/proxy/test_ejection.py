@@ -345,3 +345,29 @@ async def test_an_ejected_secondary_is_left_out_and_the_canary_still_mirrored() 
     assert [r.secondary is not None and r.secondary.error for r in records[:2]] == ["error"] * 2
     assert all(r.secondary is None or r.secondary.status is None for r in records[2:])
     assert got[0] == 2
+
+
+async def test_shadow_mode_records_the_exchanges_skipped_while_the_canary_is_ejected() -> None:
+    """In shadow mode too the primary is asked and the exchange recorded as skipped
+    ``ejected`` (the verdict's errors check counts it as the canary's failure): a skip
+    nobody records would hide how long the canary was broken."""
+    async with serve_app(handler_app(_ok)) as primary, raw_canary(garbage) as (canary, got):
+        cfg = make_cfg(
+            primary,
+            canary,
+            mode="shadow",
+            mirror={"eject": {"consecutive": 2, "base_ms": 3_600_000, "max_ms": 3_600_000}},
+        )
+        sink = Sink()
+        async with proxy_for(cfg, sink) as url, ClientSession() as session:
+            for i in range(5):
+                async with session.get(f"{url}/x") as resp:
+                    assert resp.status == 202  # answered at once, whatever the canary does
+                await sink.wait(i + 1)
+    records = sink.records
+    assert [r.mirror_skipped for r in records] == [None] * 2 + [SkipReason.EJECTED] * 3
+    for r in records:
+        assert r.primary is not None and r.primary.status == 200
+    for r in records[2:]:
+        assert r.canary is None or r.canary.status is None
+    assert got[0] == 2  # the ejected canary was asked nothing more
