@@ -24,7 +24,7 @@ from typing import Final
 
 from graygate.vocabulary import ErrorKind
 
-__all__ = ["BROKEN", "DiscardGate", "Ejection"]
+__all__ = ["BROKEN", "Backoff", "DiscardGate", "Ejection"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,20 +34,60 @@ logger = logging.getLogger(__name__)
 BROKEN: Final = frozenset({ErrorKind.ERROR, ErrorKind.RESET, ErrorKind.REFUSED})
 
 
+class Backoff:
+    """Failures in a row that pause something, for longer each time: after ``consecutive``
+    failures in a row a pause of ``base_s`` begins; the first try after it is a probe, and
+    a failed probe pauses again at once for twice as long (up to ``max_s``); a success
+    starts the count over. Failures of tries started before a pause began change nothing.
+    ``consecutive: 0`` never pauses. The time is compared when asked: no timer."""
+
+    __slots__ = ("_clock", "base_s", "consecutive", "failures", "max_s", "pauses", "until")
+
+    def __init__(
+        self, consecutive: int, base_s: float, max_s: float, clock: Callable[[], float]
+    ) -> None:
+        self.consecutive = consecutive
+        self.base_s = base_s
+        self.max_s = max_s
+        self._clock = clock
+        self.failures = 0  # in a row
+        self.pauses = 0  # in a row (no success between them)
+        self.until = 0.0  # clock time the current pause ends
+
+    def paused(self) -> bool:
+        return self.until > 0.0 and self._clock() < self.until
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.pauses = 0
+
+    def failed(self) -> float:
+        """One failure; the seconds of the pause it begins, 0.0 when it begins none."""
+        if self.consecutive == 0:
+            return 0.0
+        now = self._clock()
+        if now < self.until:
+            return 0.0  # a try started before the pause: already counted
+        self.failures += 1
+        # On probation after a pause, one failure pauses again.
+        if self.failures < self.consecutive and self.pauses == 0:
+            return 0.0
+        seconds = min(self.max_s, self.base_s * float(2 ** min(self.pauses, 40)))
+        self.failures = 0
+        self.pauses += 1
+        self.until = now + seconds
+        return seconds
+
+
+def _check(what: str, consecutive: int, base_s: float, max_s: float) -> None:
+    if consecutive < 0 or base_s <= 0 or max_s < base_s:
+        raise ValueError(f"bad {what} bounds: {consecutive=}, {base_s=}, {max_s=}")
+
+
 class Ejection:
     """Whether mirrors to one upstream are ejected now; fed each mirror's outcome."""
 
-    __slots__ = (
-        "_clock",
-        "base_s",
-        "broken",
-        "consecutive",
-        "ejections",
-        "max_s",
-        "role",
-        "total",
-        "until",
-    )
+    __slots__ = ("_backoff", "role", "total")
 
     def __init__(
         self,
@@ -57,52 +97,49 @@ class Ejection:
         max_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if consecutive < 0 or base_s <= 0 or max_s < base_s:
-            raise ValueError(f"bad ejection bounds: {consecutive=}, {base_s=}, {max_s=}")
+        _check("ejection", consecutive, base_s, max_s)
         self.role = role
-        self.consecutive = consecutive  # 0: never ejected
-        self.base_s = base_s
-        self.max_s = max_s
-        self._clock = clock
-        self.broken = 0  # broken answers in a row
-        self.ejections = 0  # ejections in a row (no sound answer between them)
+        self._backoff = Backoff(consecutive, base_s, max_s, clock)
         self.total = 0  # ejections since start
-        self.until = 0.0  # clock time the current ejection ends
+
+    @property
+    def broken(self) -> int:
+        """Broken answers in a row."""
+        return self._backoff.failures
+
+    @property
+    def ejections(self) -> int:
+        """Ejections in a row (no sound answer between them)."""
+        return self._backoff.pauses
+
+    @property
+    def until(self) -> float:
+        """Clock time the current ejection ends."""
+        return self._backoff.until
 
     def ejected(self) -> bool:
         """Mirrors to this upstream are skipped now."""
-        return self.until > 0.0 and self._clock() < self.until
+        return self._backoff.paused()
 
     def outcome(self, error: str | None) -> float:
         """One mirror's outcome (its error kind, None when it answered). Returns the
         seconds of the ejection this starts, 0.0 when it starts none."""
+        backoff = self._backoff
         if error not in BROKEN:
-            self.broken = 0
-            self.ejections = 0
+            backoff.succeeded()
             return 0.0
-        self.broken += 1
-        if self.consecutive == 0:
-            return 0.0
-        now = self._clock()
-        if now < self.until:
-            return 0.0  # a mirror started before the ejection: already counted
-        # On probation after an ejection, one broken answer ejects again.
-        if self.broken < self.consecutive and self.ejections == 0:
-            return 0.0
-        seconds = min(self.max_s, self.base_s * float(2 ** min(self.ejections, 40)))
-        self.ejections += 1
-        self.total += 1
-        self.broken = 0
-        self.until = now + seconds
-        logger.warning(
-            "%s ejected from mirroring for %.3g s after %s broken answer(s) in a row "
-            "(last: %s); ejection %d in a row",
-            self.role,
-            seconds,
-            self.consecutive if self.ejections == 1 else 1,
-            error,
-            self.ejections,
-        )
+        seconds = backoff.failed()
+        if seconds:
+            self.total += 1
+            logger.warning(
+                "%s ejected from mirroring for %.3g s after %s broken answer(s) in a row "
+                "(last: %s); ejection %d in a row",
+                self.role,
+                seconds,
+                backoff.consecutive if backoff.pauses == 1 else 1,
+                error,
+                backoff.pauses,
+            )
         return seconds
 
 
@@ -127,20 +164,19 @@ class DiscardGate:
         max_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if consecutive < 0 or base_s <= 0 or max_s < base_s:
-            raise ValueError(f"bad discard bounds: {consecutive=}, {base_s=}, {max_s=}")
+        _check("discard", consecutive, base_s, max_s)
         self.consecutive = consecutive
         self.base_s = base_s
         self.max_s = max_s
         self._clock = clock
-        # endpoint -> [outrun in a row, pauses in a row, pause ends at]; endpoints are the
-        # route matcher's, bounded (metrics.max_endpoints, then "other").
-        self._by_endpoint: dict[str, list[float]] = {}
+        # One Backoff per endpoint that outran the bound; endpoints are the route
+        # matcher's, bounded (metrics.max_endpoints, then "other").
+        self._by_endpoint: dict[str, Backoff] = {}
 
     def reads_on(self, endpoint: str) -> bool:
         """Read ``endpoint``'s answer on past the record bound, to time it."""
-        state = self._by_endpoint.get(endpoint)
-        return state is None or self._clock() >= state[2]
+        backoff = self._by_endpoint.get(endpoint)
+        return backoff is None or not backoff.paused()
 
     def ended(self, endpoint: str, within: bool) -> float:
         """A read-on answer of ``endpoint`` ended ``within`` the bound, or outran it.
@@ -150,15 +186,9 @@ class DiscardGate:
             return 0.0
         if self.consecutive == 0:
             return 0.0
-        state = self._by_endpoint.setdefault(endpoint, [0, 0, 0.0])
-        now = self._clock()
-        if now < state[2]:
-            return 0.0  # read on before the pause began
-        state[0] += 1
-        if state[0] < self.consecutive and state[1] == 0:
-            return 0.0
-        seconds = min(self.max_s, self.base_s * float(2 ** min(int(state[1]), 40)))
-        state[0] = 0
-        state[1] += 1
-        state[2] = now + seconds
-        return seconds
+        backoff = self._by_endpoint.get(endpoint)
+        if backoff is None:
+            backoff = self._by_endpoint[endpoint] = Backoff(
+                self.consecutive, self.base_s, self.max_s, self._clock
+            )
+        return backoff.failed()
